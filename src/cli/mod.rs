@@ -1,0 +1,96 @@
+//! Command-line interface: clap types and one module per subcommand. No
+//! business logic lives here: each `run` resolves settings and calls into the
+//! library.
+
+pub mod keygen;
+pub mod list;
+pub mod stream;
+pub mod wal_fetch;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::storage::Repository;
+use crate::telemetry::LogFormat;
+
+/// walvault: PostgreSQL WAL streaming archiver into encrypted object storage.
+#[derive(Debug, Parser)]
+#[command(name = "walvault", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log filter: error, warn, info, debug, trace (RUST_LOG wins when set).
+    #[arg(long, global = true, env = "WALVAULT_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "WALVAULT_LOG_FORMAT", value_enum, default_value = "plain")]
+    pub log_format: LogFormat,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream WAL from PostgreSQL into the repository (the sidecar).
+    Stream(stream::Args),
+    /// Fetch one WAL segment or history file from the repository (for restore_command).
+    WalFetch(wal_fetch::Args),
+    /// Show what the repository holds: timelines and WAL ranges.
+    List(list::Args),
+    /// Print a new random encryption key (64 hexadecimal characters).
+    Keygen(keygen::Args),
+}
+
+/// Where the repository is and how to read it.
+#[derive(Debug, Clone, Args)]
+pub struct RepoArgs {
+    /// Repository URL: file:///path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix.
+    /// S3 settings come from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
+    #[arg(long, env = "WALVAULT_REPO")]
+    pub repo: String,
+    /// File with the encryption key(s): 64 hex characters per line, the first seals new objects.
+    /// Without it (and without WALVAULT_KEY) objects are only compressed and checksummed.
+    #[arg(long, env = "WALVAULT_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// zstd level for new objects (1-19).
+    #[arg(long, env = "WALVAULT_COMPRESSION_LEVEL")]
+    pub compression_level: Option<i32>,
+}
+
+impl RepoArgs {
+    /// Opens the repository; the key may also come from `WALVAULT_KEY`.
+    ///
+    /// # Errors
+    /// Configuration errors (exit code 2).
+    pub fn open(&self) -> Result<Repository, crate::config::Error> {
+        let env_key = std::env::var("WALVAULT_KEY").ok();
+        let keyring = crate::config::load_keyring(self.key_file.as_ref(), env_key.as_deref())?;
+        crate::config::open_repository(&self.repo, keyring, self.compression_level)
+    }
+}
+
+/// Runs the parsed command.
+///
+/// # Errors
+/// Whatever the command fails with; `main` maps it to an exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Stream(args) => stream::run(args).await,
+        Command::WalFetch(args) => wal_fetch::run(args).await,
+        Command::List(args) => list::run(args).await,
+        Command::Keygen(args) => keygen::run(&args),
+    }
+}
+
+/// Exit code for an error: 2 for configuration and usage, 1 otherwise.
+pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
+    let is_usage = err.chain().any(|e| {
+        e.is::<crate::config::Error>()
+            || e.is::<crate::protocol::conninfo::ConnInfoError>()
+            || e.is::<crate::format::key::KeyError>()
+            || e.is::<crate::format::manifest::MismatchError>()
+    });
+    if is_usage { ExitCode::from(2) } else { ExitCode::from(1) }
+}

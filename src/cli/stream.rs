@@ -1,0 +1,120 @@
+//! `walvault stream`: the sidecar.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::{parse_byte_size, parse_duration};
+use crate::protocol::ConnInfo;
+use crate::wal::receiver::{self, StreamOptions};
+
+use super::RepoArgs;
+
+/// Default memory budget for WAL held in memory.
+const DEFAULT_MEMORY_BUDGET: &str = "256MiB";
+/// Default time to store the tail at shutdown.
+const DEFAULT_SHUTDOWN_TIMEOUT: &str = "60s";
+
+/// Arguments of `stream`.
+#[derive(Debug, clap::Args)]
+#[command(long_about = "Stream WAL from PostgreSQL over a physical replication slot into the repository. \
+Complete segments are stored whole; every --flush-interval the not-yet-stored tail of the open segment is stored \
+as a small delta object, so committed WAL reaches the store within about that interval. The server is told a \
+position is flushed only once it is in the store, so the slot keeps everything else. SIGINT/SIGTERM store the tail \
+and exit 0. With --synchronous and synchronous_standby_names = 'walvault' on the server, commits wait until \
+their WAL is stored.")]
+pub struct Args {
+    /// PostgreSQL connection string (URI or key=value). Missing parts come from PGHOST, PGPORT,
+    /// PGUSER, PGPASSWORD, PGSSLMODE, PGSSLROOTCERT and the other PG* variables, as libpq reads them.
+    #[arg(long, env = "WALVAULT_PG", default_value = "")]
+    pub pg: String,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Physical replication slot to use (created if missing).
+    #[arg(long, env = "WALVAULT_SLOT", default_value = "walvault")]
+    pub slot: String,
+    /// How often the open segment's new WAL is stored (the data-loss window).
+    #[arg(long, env = "WALVAULT_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+    /// Store every batch as soon as it arrives, for synchronous_standby_names.
+    #[arg(long, env = "WALVAULT_SYNCHRONOUS")]
+    pub synchronous: bool,
+    /// Memory for WAL held before it is stored; reads pause when it is full.
+    #[arg(long, env = "WALVAULT_MEMORY_BUDGET", default_value = DEFAULT_MEMORY_BUDGET, value_parser = parse_byte_size)]
+    pub memory_budget: u64,
+    /// Uploads in flight at once.
+    #[arg(long, env = "WALVAULT_UPLOAD_CONCURRENCY", default_value_t = 4)]
+    pub upload_concurrency: usize,
+    /// How long a graceful shutdown may spend storing the tail.
+    #[arg(long, env = "WALVAULT_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT, value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// Runs the stream until SIGINT/SIGTERM.
+///
+/// # Errors
+/// Configuration errors, or a stream failure that reconnecting cannot fix.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let conninfo = ConnInfo::parse(&args.pg, &|k| std::env::var(k).ok()).context("parse --pg")?;
+    let repo = args.repo.open()?;
+    if args.flush_interval.is_zero() {
+        anyhow::bail!(crate::config::Error::Invalid {
+            what: "--flush-interval",
+            value: "0".into(),
+            reason: "must be positive (use --synchronous for per-batch uploads)".into(),
+        });
+    }
+    let opts = StreamOptions {
+        conninfo,
+        slot: args.slot,
+        flush_interval: args.flush_interval,
+        synchronous: args.synchronous,
+        memory_budget_bytes: args.memory_budget,
+        upload_concurrency: args.upload_concurrency.max(1),
+        shutdown_timeout: args.shutdown_timeout,
+    };
+    let check = crate::config::Error::Invalid {
+        what: "--memory-budget",
+        value: args.memory_budget.to_string(),
+        reason: "must hold at least 4 MiB".into(),
+    };
+    if opts.memory_budget_bytes < 4 << 20 {
+        anyhow::bail!(check);
+    }
+    info!(server = %opts.conninfo.describe(), repo = repo.display(), slot = opts.slot,
+          synchronous = opts.synchronous, "walvault stream starting");
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    let summary = receiver::run(&opts, &repo, &shutdown).await.context("stream WAL")?;
+    info!(durable = %summary.durable, objects = summary.objects, bytes = summary.plain_bytes, "walvault stream stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `token` on the first SIGINT/SIGTERM; a second one exits at once.
+fn spawn_signal_handler(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        let mut count = 0;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            count += 1;
+            if count == 1 {
+                info!("signal received: storing the tail, then exiting (send again to abort)");
+                token.cancel();
+            } else {
+                tracing::error!("second signal: aborting; unstored WAL stays in the slot on the server");
+                std::process::exit(1);
+            }
+        }
+    });
+}

@@ -1,0 +1,124 @@
+//! Settings shared by the commands: repository, keys, sizes and durations.
+//! Precedence is flags > `WALVAULT_*` environment > built-in defaults (clap
+//! resolves flag over environment); this module validates and resolves once.
+
+use std::path::PathBuf;
+
+use crate::format::chunk::{Compression, SealOptions};
+use crate::format::key::{KeyError, Keyring, MasterKey};
+use crate::storage::Repository;
+
+/// Default zstd level: measured as the best ratio per CPU second on WAL (see docs/benchmarks.md).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// A configuration problem (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A required setting is missing.
+    #[error("missing {0}")]
+    Missing(&'static str),
+    /// A value does not parse.
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        /// Which setting.
+        what: &'static str,
+        /// The value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// Key problems.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Repository URL problems.
+    #[error(transparent)]
+    Repository(#[from] crate::storage::Error),
+}
+
+/// Loads the keyring: `--key-file` (one or more keys, first writes) or
+/// `WALVAULT_KEY` (one key). Neither means an unencrypted repository.
+///
+/// # Errors
+/// When both are given, or a key is malformed.
+pub fn load_keyring(key_file: Option<&PathBuf>, key_env: Option<&str>) -> Result<Keyring, Error> {
+    match (key_file, key_env.filter(|k| !k.trim().is_empty())) {
+        (Some(_), Some(_)) => Err(Error::Invalid {
+            what: "key settings",
+            value: String::new(),
+            reason: "give either --key-file or WALVAULT_KEY, not both".into(),
+        }),
+        (Some(path), None) => Ok(Keyring::from_key_file(path)?),
+        (None, Some(hex)) => Ok(Keyring::single(MasterKey::from_hex(hex)?)),
+        (None, None) => Ok(Keyring::none()),
+    }
+}
+
+/// Opens the repository with the keyring and zstd level.
+///
+/// # Errors
+/// On a bad URL or level.
+pub fn open_repository(url: &str, keyring: Keyring, zstd_level: Option<i32>) -> Result<Repository, Error> {
+    let level = zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL);
+    if !(1..=19).contains(&level) {
+        return Err(Error::Invalid {
+            what: "compression level",
+            value: level.to_string(),
+            reason: "zstd levels run from 1 to 19".into(),
+        });
+    }
+    let seal = SealOptions {
+        compression: Compression::Zstd { level },
+        ..SealOptions::default()
+    };
+    Ok(Repository::open(url, keyring, seal)?)
+}
+
+/// Parses a byte size: `268435456`, `256MiB`, `1GiB`, `512MB`, `64k`.
+///
+/// # Errors
+/// On anything else.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits: String = t.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size like 256MiB"))?;
+    let mult: u64 = match t[digits.len()..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| "size too large".to_string())
+}
+
+/// Parses a duration like `1s`, `500ms`, `2m` (humantime).
+///
+/// # Errors
+/// On anything else.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e} (use e.g. 1s, 500ms, 2m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_byte_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_byte_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_byte_size("4096").unwrap(), 4096);
+        assert!(parse_byte_size("lots").is_err());
+        assert_eq!(parse_duration("500ms").unwrap(), std::time::Duration::from_millis(500));
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn key_sources_are_exclusive() {
+        let key = "ab".repeat(32);
+        assert!(load_keyring(None, Some(&key)).unwrap().write_key().is_some());
+        assert!(load_keyring(None, None).unwrap().is_empty());
+        assert!(load_keyring(Some(&PathBuf::from("/x")), Some(&key)).is_err());
+        assert!(load_keyring(None, Some("nothex")).is_err());
+    }
+}

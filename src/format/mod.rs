@@ -1,0 +1,9 @@
+//! What walvault writes to storage: the sealed-object envelope, keys and the
+//! JSON manifests. Pure and versioned; nothing here does I/O.
+
+pub mod chunk;
+pub mod key;
+pub mod manifest;
+
+pub use chunk::{Compression, SealOptions, open, seal};
+pub use key::{Keyring, MasterKey};

@@ -1,0 +1,24 @@
+//! The walvault binary: parse, set up logging, run, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = walvault::cli::Cli::parse();
+    walvault::telemetry::init(&cli.log_level, cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("walvault: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(walvault::cli::run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("walvault: error: {err:#}");
+            walvault::cli::exit_code_for(&err)
+        }
+    }
+}

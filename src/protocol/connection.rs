@@ -1,0 +1,549 @@
+//! A replication connection: socket or TLS, startup, authentication, simple
+//! queries and the CopyBoth stream.
+//!
+//! This is the only file in `protocol/` that does I/O. Reads go into one
+//! [`BytesMut`]; a message is consumed only once it is complete, so every read
+//! method is cancel safe.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::{backend, frontend};
+use secrecy::ExposeSecret;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::conninfo::{ConnInfo, Host, SslMode};
+use super::message::StandbyStatusUpdate;
+use super::{Error, ServerError, tls};
+
+/// Default limit for connecting and authenticating to one host.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest message accepted from the server; bounds what a broken peer can
+/// make us buffer (BASE_BACKUP and XLogData messages are far smaller).
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Initial read buffer: a few XLogData messages (each at most 128 KiB).
+const READ_BUFFER_BYTES: usize = 512 * 1024;
+
+/// The transport under a connection.
+enum Transport {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Transport::Unix(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One row of a simple-query result, all columns as text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    /// Column values (`None` for NULL).
+    pub values: Vec<Option<String>>,
+}
+
+/// A simple-query result: column names and rows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueryResult {
+    /// Column names.
+    pub columns: Vec<String>,
+    /// Rows.
+    pub rows: Vec<Row>,
+}
+
+impl QueryResult {
+    /// The text value at (row, column), or `None` for NULL or out of range.
+    pub fn get(&self, row: usize, column: usize) -> Option<&str> {
+        self.rows.get(row)?.values.get(column)?.as_deref()
+    }
+}
+
+/// What the server sent on the copy stream.
+#[derive(Debug)]
+pub enum CopyEvent {
+    /// A CopyData payload.
+    Data(Bytes),
+    /// The server ended the copy (CopyDone).
+    Done,
+}
+
+/// A connection to a walsender (`replication=true`).
+pub struct ReplicationConnection {
+    transport: Transport,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    parameters: HashMap<String, String>,
+    target: String,
+    is_tls: bool,
+}
+
+impl ReplicationConnection {
+    /// Connects to the first reachable host of `info` as a physical
+    /// replication client and authenticates.
+    ///
+    /// # Errors
+    /// When no host accepts the connection, TLS cannot be set up as `sslmode`
+    /// demands, or authentication fails (with the server's SQLSTATE).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe; drop the half-made connection.
+    pub async fn connect(info: &ConnInfo) -> Result<Self, Error> {
+        let timeout = info.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let mut last_err = None;
+        for (host, port) in info.targets() {
+            let attempt = tokio::time::timeout(timeout, Self::connect_one(info, &host, port)).await;
+            match attempt {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) if e.is_retryable() => last_err = Some(e),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    last_err = Some(Error::Timeout {
+                        what: "connecting to the server",
+                        after: timeout,
+                    })
+                }
+            }
+        }
+        Err(last_err.unwrap_or(Error::Protocol("no host to connect to".into())))
+    }
+
+    async fn connect_one(info: &ConnInfo, host: &Host, port: u16) -> Result<Self, Error> {
+        let target = match host {
+            Host::Tcp(h) => format!("{h}:{port}"),
+            Host::Unix(dir) => format!("{}/.s.PGSQL.{port}", dir.display()),
+        };
+        let (transport, is_tls) = match host {
+            Host::Unix(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                let s = UnixStream::connect(&path).await.map_err(|source| Error::Connect {
+                    target: target.clone(),
+                    source,
+                })?;
+                if matches!(info.ssl_mode, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull) {
+                    return Err(Error::Tls(format!(
+                        "sslmode {:?} cannot be met over the Unix socket {target}",
+                        info.ssl_mode
+                    )));
+                }
+                (Transport::Unix(s), false)
+            }
+            Host::Tcp(h) => {
+                let mut s = TcpStream::connect((h.as_str(), port)).await.map_err(|source| Error::Connect {
+                    target: target.clone(),
+                    source,
+                })?;
+                s.set_nodelay(true)?;
+                if matches!(info.ssl_mode, SslMode::Disable | SslMode::Allow) {
+                    (Transport::Tcp(s), false)
+                } else {
+                    let mut req = BytesMut::new();
+                    frontend::ssl_request(&mut req);
+                    s.write_all(&req).await?;
+                    // Read exactly one byte: anything buffered after it would be
+                    // plaintext injected before the handshake.
+                    let answer = s.read_u8().await?;
+                    match answer {
+                        b'S' => {
+                            let config = tls::client_config(info.ssl_mode, info.ssl_root_cert.as_deref())?;
+                            let connector = tokio_rustls::TlsConnector::from(config);
+                            let tls = connector
+                                .connect(tls::server_name(h)?, s)
+                                .await
+                                .map_err(|e| Error::Tls(format!("handshake with {target} failed: {e}")))?;
+                            (Transport::Tls(Box::new(tls)), true)
+                        }
+                        b'N' if info.ssl_mode == SslMode::Prefer => (Transport::Tcp(s), false),
+                        b'N' => {
+                            return Err(Error::Tls(format!(
+                                "server {target} does not support TLS, but sslmode is {:?}",
+                                info.ssl_mode
+                            )));
+                        }
+                        // Never show what follows: it could be an unauthenticated ErrorResponse.
+                        _ => return Err(Error::Protocol("unexpected answer to SSLRequest".into())),
+                    }
+                }
+            }
+        };
+        let mut conn = ReplicationConnection {
+            transport,
+            read_buf: BytesMut::with_capacity(READ_BUFFER_BYTES),
+            write_buf: BytesMut::new(),
+            parameters: HashMap::new(),
+            target,
+            is_tls,
+        };
+        conn.startup(info).await?;
+        Ok(conn)
+    }
+
+    async fn startup(&mut self, info: &ConnInfo) -> Result<(), Error> {
+        let mut params: Vec<(&str, &str)> = vec![("user", info.user.as_str()), ("replication", "true")];
+        let app = info.application_name.as_deref().unwrap_or("walvault");
+        params.push(("application_name", app));
+        if let Some(o) = &info.options {
+            params.push(("options", o));
+        }
+        frontend::startup_message(params.iter().copied(), &mut self.write_buf)?;
+        self.flush_write().await?;
+
+        let password = info.password.as_ref().map(|p| p.expose_secret().as_bytes().to_vec());
+        let need_password = || {
+            Error::Auth(format!(
+                "server asked for a password for role {:?}, but none was given (set password in --pg or PGPASSWORD)",
+                info.user
+            ))
+        };
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            match self.read_message().await? {
+                backend::Message::AuthenticationOk => {}
+                backend::Message::AuthenticationCleartextPassword => {
+                    let pw = password.as_deref().ok_or_else(need_password)?;
+                    frontend::password_message(pw, &mut self.write_buf)?;
+                    self.flush_write().await?;
+                }
+                backend::Message::AuthenticationMd5Password(body) => {
+                    let pw = password.as_deref().ok_or_else(need_password)?;
+                    let hash = postgres_protocol::authentication::md5_hash(info.user.as_bytes(), pw, body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut self.write_buf)?;
+                    self.flush_write().await?;
+                }
+                backend::Message::AuthenticationSasl(body) => {
+                    let mut mechanisms = body.mechanisms();
+                    let mut has_scram = false;
+                    while let Some(m) = mechanisms.next()? {
+                        has_scram |= m == "SCRAM-SHA-256";
+                    }
+                    if !has_scram {
+                        return Err(Error::Auth("server offers no SASL mechanism walvault supports".into()));
+                    }
+                    let pw = password.as_deref().ok_or_else(need_password)?;
+                    // Channel binding is not used: GS2 flag "n" is valid with or without TLS.
+                    let s = ScramSha256::new(pw, ChannelBinding::unsupported());
+                    frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut self.write_buf)?;
+                    self.flush_write().await?;
+                    scram = Some(s);
+                }
+                backend::Message::AuthenticationSaslContinue(body) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| Error::Protocol("SASLContinue before SASL".into()))?;
+                    s.update(body.data())
+                        .map_err(|e| Error::Auth(format!("SCRAM exchange failed: {e}")))?;
+                    frontend::sasl_response(s.message(), &mut self.write_buf)?;
+                    self.flush_write().await?;
+                }
+                backend::Message::AuthenticationSaslFinal(body) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| Error::Protocol("SASLFinal before SASL".into()))?;
+                    s.finish(body.data())
+                        .map_err(|e| Error::Auth(format!("server's SCRAM signature is invalid: {e}")))?;
+                }
+                backend::Message::AuthenticationKerberosV5
+                | backend::Message::AuthenticationScmCredential
+                | backend::Message::AuthenticationGss
+                | backend::Message::AuthenticationSspi
+                | backend::Message::AuthenticationGssContinue(_) => {
+                    return Err(Error::Auth(
+                        "server asks for an authentication method walvault does not support (use scram-sha-256, md5, password or trust)".into(),
+                    ));
+                }
+                backend::Message::ParameterStatus(p) => {
+                    self.parameters.insert(p.name()?.to_string(), p.value()?.to_string());
+                }
+                backend::Message::BackendKeyData(_) | backend::Message::NoticeResponse(_) => {}
+                backend::Message::ReadyForQuery(_) => return Ok(()),
+                backend::Message::ErrorResponse(body) => return Err(Error::Server(server_error(&body)?)),
+                _ => return Err(Error::Protocol("unexpected message during startup".into())),
+            }
+        }
+    }
+
+    /// A parameter the server reported at startup (e.g. `server_version`).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters.get(name).map(String::as_str)
+    }
+
+    /// The server's major version, from `server_version`.
+    pub fn server_major(&self) -> Option<u32> {
+        let v = self.parameter("server_version")?;
+        let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    }
+
+    /// Where this connection goes (host:port or socket path), for logs.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.is_tls
+    }
+
+    /// Runs one command with the simple query protocol and collects its rows.
+    ///
+    /// # Errors
+    /// [`Error::Server`] when the server rejects it (the connection stays usable).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a half-read result leaves the connection unusable.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<QueryResult, Error> {
+        frontend::query(sql, &mut self.write_buf)?;
+        self.flush_write().await?;
+        self.read_query_result().await
+    }
+
+    /// Reads a result until ReadyForQuery.
+    pub(crate) async fn read_query_result(&mut self) -> Result<QueryResult, Error> {
+        let mut result = QueryResult::default();
+        let mut error = None;
+        loop {
+            match self.read_message().await? {
+                backend::Message::RowDescription(body) => {
+                    result.columns = body.fields().map(|f| Ok(f.name().to_string())).collect()?;
+                }
+                backend::Message::DataRow(body) => result.rows.push(decode_row(&body)?),
+                backend::Message::ErrorResponse(body) => error = Some(server_error(&body)?),
+                backend::Message::ReadyForQuery(_) => break,
+                backend::Message::CommandComplete(_)
+                | backend::Message::EmptyQueryResponse
+                | backend::Message::NoticeResponse(_) => {}
+                backend::Message::ParameterStatus(p) => {
+                    self.parameters.insert(p.name()?.to_string(), p.value()?.to_string());
+                }
+                _ => return Err(Error::Protocol("unexpected message in a query result".into())),
+            }
+        }
+        match error {
+            Some(e) => Err(Error::Server(e)),
+            None => Ok(result),
+        }
+    }
+
+    /// Sends a command that answers with CopyBoth (START_REPLICATION) or with
+    /// a result set; returns `None` once in copy mode, or the result.
+    ///
+    /// # Errors
+    /// [`Error::Server`] when the server rejects the command.
+    pub(crate) async fn query_copy_both(&mut self, sql: &str) -> Result<Option<QueryResult>, Error> {
+        frontend::query(sql, &mut self.write_buf)?;
+        self.flush_write().await?;
+        let mut result = QueryResult::default();
+        let mut error = None;
+        loop {
+            // Peek the tag: postgres-protocol does not parse CopyBothResponse.
+            let header = self.fill_message().await?;
+            if header.tag() == b'W' {
+                let len = header.len() as usize + 1;
+                let _ = self.read_buf.split_to(len);
+                return Ok(None);
+            }
+            match self.read_message().await? {
+                backend::Message::RowDescription(body) => {
+                    result.columns = body.fields().map(|f| Ok(f.name().to_string())).collect()?;
+                }
+                backend::Message::DataRow(body) => result.rows.push(decode_row(&body)?),
+                backend::Message::ErrorResponse(body) => error = Some(server_error(&body)?),
+                backend::Message::ReadyForQuery(_) => break,
+                backend::Message::CommandComplete(_) | backend::Message::NoticeResponse(_) => {}
+                backend::Message::ParameterStatus(p) => {
+                    self.parameters.insert(p.name()?.to_string(), p.value()?.to_string());
+                }
+                _ => return Err(Error::Protocol("unexpected message after START_REPLICATION".into())),
+            }
+        }
+        match error {
+            Some(e) => Err(Error::Server(e)),
+            None => Ok(Some(result)),
+        }
+    }
+
+    /// Reads the next CopyData or CopyDone of the copy stream.
+    ///
+    /// # Errors
+    /// [`Error::Server`] when the server ends the stream with an error,
+    /// [`Error::Closed`] when it closes the socket (e.g. at shutdown after
+    /// `COPY 0`).
+    ///
+    /// # Cancel safety
+    /// Safe: a message is either fully decoded or left in the read buffer.
+    pub async fn next_copy_event(&mut self) -> Result<CopyEvent, Error> {
+        loop {
+            match self.read_message().await? {
+                backend::Message::CopyData(body) => return Ok(CopyEvent::Data(body.into_bytes())),
+                backend::Message::CopyDone => return Ok(CopyEvent::Done),
+                backend::Message::ErrorResponse(body) => return Err(Error::Server(server_error(&body)?)),
+                backend::Message::NoticeResponse(_) => {}
+                backend::Message::ParameterStatus(p) => {
+                    self.parameters.insert(p.name()?.to_string(), p.value()?.to_string());
+                }
+                // At shutdown the walsender sends CommandComplete "COPY 0" and closes.
+                backend::Message::CommandComplete(_) => return Err(Error::Closed),
+                _ => return Err(Error::Protocol("unexpected message in the copy stream".into())),
+            }
+        }
+    }
+
+    /// Whether a whole message is already buffered (reading it would not wait).
+    pub fn has_buffered_message(&self) -> bool {
+        matches!(
+            backend::Header::parse(&self.read_buf),
+            Ok(Some(h)) if self.read_buf.len() > h.len() as usize
+        )
+    }
+
+    /// Sends a standby status update.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a partly written message breaks the stream.
+    pub async fn send_status(&mut self, update: &StandbyStatusUpdate) -> Result<(), Error> {
+        let mut payload = BytesMut::with_capacity(34);
+        update.encode(&mut payload);
+        frontend::CopyData::new(&payload[..])?.write(&mut self.write_buf);
+        self.flush_write().await
+    }
+
+    /// Sends CopyDone and reads to ReadyForQuery; returns the result set the
+    /// server sends at the end of a historic timeline (next timeline and its
+    /// start), if any. CopyData still in flight is discarded.
+    ///
+    /// # Errors
+    /// On I/O or protocol errors.
+    pub async fn end_copy(&mut self, server_done: bool) -> Result<QueryResult, Error> {
+        frontend::copy_done(&mut self.write_buf);
+        self.flush_write().await?;
+        if !server_done {
+            loop {
+                match self.read_message().await? {
+                    backend::Message::CopyDone => break,
+                    backend::Message::CopyData(_) | backend::Message::NoticeResponse(_) => {}
+                    backend::Message::ErrorResponse(body) => return Err(Error::Server(server_error(&body)?)),
+                    _ => return Err(Error::Protocol("unexpected message while ending the copy".into())),
+                }
+            }
+        }
+        self.read_query_result().await
+    }
+
+    /// Sends Terminate and closes the socket.
+    pub async fn terminate(mut self) {
+        frontend::terminate(&mut self.write_buf);
+        let _ = self.flush_write().await;
+        let _ = self.transport.shutdown().await;
+    }
+
+    async fn flush_write(&mut self) -> Result<(), Error> {
+        self.transport.write_all(&self.write_buf).await?;
+        self.transport.flush().await?;
+        self.write_buf.clear();
+        Ok(())
+    }
+
+    /// Makes sure a whole message is in the read buffer and returns its header.
+    ///
+    /// # Cancel safety
+    /// Safe: only appends to the read buffer.
+    async fn fill_message(&mut self) -> Result<backend::Header, Error> {
+        loop {
+            if let Some(header) = backend::Header::parse(&self.read_buf)? {
+                let len = header.len() as usize + 1;
+                if len > MAX_MESSAGE_BYTES {
+                    return Err(Error::Protocol(format!("message of {len} bytes is too large")));
+                }
+                if self.read_buf.len() >= len {
+                    return Ok(header);
+                }
+                self.read_buf.reserve(len - self.read_buf.len());
+            } else if self.read_buf.capacity() - self.read_buf.len() < 4096 {
+                self.read_buf.reserve(READ_BUFFER_BYTES);
+            }
+            let n = self.transport.read_buf(&mut self.read_buf).await?;
+            if n == 0 {
+                return Err(Error::Closed);
+            }
+        }
+    }
+
+    /// Reads one whole backend message.
+    ///
+    /// # Cancel safety
+    /// Safe: the message is removed from the buffer only once complete.
+    async fn read_message(&mut self) -> Result<backend::Message, Error> {
+        let header = self.fill_message().await?;
+        if header.tag() == b'W' {
+            return Err(Error::Protocol("unexpected CopyBothResponse".into()));
+        }
+        match backend::Message::parse(&mut self.read_buf)? {
+            Some(m) => Ok(m),
+            None => Err(Error::Protocol("incomplete message".into())),
+        }
+    }
+}
+
+fn decode_row(body: &backend::DataRowBody) -> Result<Row, Error> {
+    let buf = body.buffer();
+    let values = body
+        .ranges()
+        .map(|r| {
+            Ok(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned()))
+        })
+        .collect()?;
+    Ok(Row { values })
+}
+
+fn server_error(body: &backend::ErrorResponseBody) -> Result<ServerError, Error> {
+    let mut e = ServerError::default();
+    let mut fields = body.fields();
+    while let Some(f) = fields.next()? {
+        let v = String::from_utf8_lossy(f.value_bytes()).into_owned();
+        match f.type_() {
+            b'V' => e.severity = v,
+            b'S' if e.severity.is_empty() => e.severity = v,
+            b'C' => e.code = v,
+            b'M' => e.message = v,
+            b'D' => e.detail = Some(v),
+            b'H' => e.hint = Some(v),
+            _ => {}
+        }
+    }
+    Ok(e)
+}

@@ -1,0 +1,115 @@
+//! Object keys: the only place that builds or parses them.
+//!
+//! ```text
+//! walvault.json                                    repository identity
+//! wal/{tli:08X}/{segment}                          a complete WAL segment
+//! wal/{tli:08X}/{segment}.d/{start:08X}-{end:08X}  bytes [start,end) of an open segment
+//! wal/{tli:08X}.history                            timeline history file
+//! ```
+
+use crate::lsn::{SegmentName, TimelineId};
+
+/// The repository identity document.
+pub const REPOSITORY_MANIFEST: &str = "walvault.json";
+/// The prefix of all WAL objects.
+pub const WAL_PREFIX: &str = "wal/";
+
+/// A WAL object in the repository, as its key describes it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WalObject {
+    /// A complete segment.
+    Segment {
+        /// Timeline and number.
+        segment: SegmentName,
+    },
+    /// Bytes `[start, end)` of a segment that was not complete when stored.
+    Delta {
+        /// Timeline and number.
+        segment: SegmentName,
+        /// First byte offset inside the segment.
+        start: u64,
+        /// One past the last byte offset.
+        end: u64,
+    },
+    /// A timeline history file.
+    History {
+        /// The timeline the file describes.
+        timeline: TimelineId,
+    },
+}
+
+/// The key of a complete segment.
+pub fn segment_key(segment: SegmentName, segment_size_bytes: u64) -> String {
+    format!(
+        "wal/{:08X}/{}",
+        segment.timeline,
+        segment.to_file_name(segment_size_bytes)
+    )
+}
+
+/// The key prefix under which a segment's deltas live.
+pub fn delta_prefix(segment: SegmentName, segment_size_bytes: u64) -> String {
+    format!("{}.d/", segment_key(segment, segment_size_bytes))
+}
+
+/// The key of a delta object.
+pub fn delta_key(segment: SegmentName, start: u64, end: u64, segment_size_bytes: u64) -> String {
+    format!("{}{start:08X}-{end:08X}", delta_prefix(segment, segment_size_bytes))
+}
+
+/// The key of a timeline history file.
+pub fn history_key(timeline: TimelineId) -> String {
+    format!("wal/{timeline:08X}.history")
+}
+
+/// Parses a WAL object key (relative to the repository prefix).
+pub fn parse_wal_key(key: &str, segment_size_bytes: u64) -> Option<WalObject> {
+    let rest = key.strip_prefix(WAL_PREFIX)?;
+    if let Some(tli) = rest.strip_suffix(".history") {
+        if tli.len() == 8 {
+            let timeline = u32::from_str_radix(tli, 16).ok()?;
+            return Some(WalObject::History { timeline });
+        }
+        return None;
+    }
+    let (tli_dir, name) = rest.split_once('/')?;
+    let timeline = u32::from_str_radix(tli_dir, 16).ok()?;
+    if let Some((seg, range)) = name.split_once(".d/") {
+        let segment = SegmentName::parse(seg, segment_size_bytes).ok()?;
+        let (start, end) = range.split_once('-')?;
+        let start = u64::from_str_radix(start, 16).ok()?;
+        let end = u64::from_str_radix(end, 16).ok()?;
+        if segment.timeline != timeline || start >= end || end > segment_size_bytes {
+            return None;
+        }
+        return Some(WalObject::Delta { segment, start, end });
+    }
+    let segment = SegmentName::parse(name, segment_size_bytes).ok()?;
+    (segment.timeline == timeline).then_some(WalObject::Segment { segment })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SZ: u64 = 16 << 20;
+
+    #[test]
+    fn keys_round_trip() {
+        let seg = SegmentName { timeline: 2, number: 0x1_03 };
+        assert_eq!(segment_key(seg, SZ), "wal/00000002/000000020000000100000003");
+        assert_eq!(
+            delta_key(seg, 0, 0x2000, SZ),
+            "wal/00000002/000000020000000100000003.d/00000000-00002000"
+        );
+        assert_eq!(history_key(3), "wal/00000003.history");
+        assert_eq!(parse_wal_key(&segment_key(seg, SZ), SZ), Some(WalObject::Segment { segment: seg }));
+        assert_eq!(
+            parse_wal_key(&delta_key(seg, 16, 0x2000, SZ), SZ),
+            Some(WalObject::Delta { segment: seg, start: 16, end: 0x2000 })
+        );
+        assert_eq!(parse_wal_key("wal/00000003.history", SZ), Some(WalObject::History { timeline: 3 }));
+        assert_eq!(parse_wal_key("wal/00000001/junk", SZ), None);
+        assert_eq!(parse_wal_key("wal/00000001/000000020000000100000003", SZ), None);
+    }
+}

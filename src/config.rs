@@ -57,7 +57,11 @@ pub fn load_keyring(key_file: Option<&PathBuf>, key_env: Option<&str>) -> Result
 ///
 /// # Errors
 /// On a bad URL or level.
-pub fn open_repository(url: &str, keyring: Keyring, zstd_level: Option<i32>) -> Result<Repository, Error> {
+pub fn open_repository(
+    url: &str,
+    keyring: Keyring,
+    zstd_level: Option<i32>,
+) -> Result<Repository, Error> {
     let level = zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL);
     if !(1..=19).contains(&level) {
         return Err(Error::Invalid {
@@ -80,7 +84,9 @@ pub fn open_repository(url: &str, keyring: Keyring, zstd_level: Option<i32>) -> 
 pub fn parse_byte_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let digits: String = t.chars().take_while(|c| c.is_ascii_digit()).collect();
-    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size like 256MiB"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 256MiB"))?;
     let mult: u64 = match t[digits.len()..].trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -88,7 +94,8 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
     };
-    n.checked_mul(mult).ok_or_else(|| "size too large".to_string())
+    n.checked_mul(mult)
+        .ok_or_else(|| "size too large".to_string())
 }
 
 /// Parses a duration like `1s`, `500ms`, `2m` (humantime).
@@ -109,14 +116,22 @@ mod tests {
         assert_eq!(parse_byte_size("1GiB").unwrap(), 1 << 30);
         assert_eq!(parse_byte_size("4096").unwrap(), 4096);
         assert!(parse_byte_size("lots").is_err());
-        assert_eq!(parse_duration("500ms").unwrap(), std::time::Duration::from_millis(500));
+        assert_eq!(
+            parse_duration("500ms").unwrap(),
+            std::time::Duration::from_millis(500)
+        );
         assert!(parse_duration("fast").is_err());
     }
 
     #[test]
     fn key_sources_are_exclusive() {
         let key = "ab".repeat(32);
-        assert!(load_keyring(None, Some(&key)).unwrap().write_key().is_some());
+        assert!(
+            load_keyring(None, Some(&key))
+                .unwrap()
+                .write_key()
+                .is_some()
+        );
         assert!(load_keyring(None, None).unwrap().is_empty());
         assert!(load_keyring(Some(&PathBuf::from("/x")), Some(&key)).is_err());
         assert!(load_keyring(None, Some("nothex")).is_err());

@@ -40,7 +40,7 @@ impl Lsn {
 
     /// Whether this LSN is the first byte of a segment.
     pub fn is_segment_start(self, segment_size_bytes: u64) -> bool {
-        self.0 % segment_size_bytes == 0
+        self.0.is_multiple_of(segment_size_bytes)
     }
 }
 
@@ -156,7 +156,8 @@ impl WalFileName {
     pub fn parse(name: &str, segment_size_bytes: u64) -> Result<Self, ParseWalFileError> {
         if let Some(tli) = name.strip_suffix(".history") {
             if tli.len() == 8 && tli.bytes().all(|b| b.is_ascii_hexdigit()) {
-                let tli = u32::from_str_radix(tli, 16).map_err(|_| ParseWalFileError(name.into()))?;
+                let tli =
+                    u32::from_str_radix(tli, 16).map_err(|_| ParseWalFileError(name.into()))?;
                 if tli > 0 {
                     return Ok(WalFileName::History(tli));
                 }
@@ -206,11 +207,14 @@ mod tests {
         assert_eq!(name.to_file_name(MIB16), "000000020000000100000003");
         // 1 MiB segments: 4096 per xlogid.
         let mib = 1024 * 1024;
-        let name = SegmentName::from_lsn(1, Lsn(0x0_6FF0_00), mib);
+        let name = SegmentName::from_lsn(1, Lsn(0x006F_F000), mib);
         assert_eq!(name.to_file_name(mib), "000000010000000000000006");
         assert_eq!(
             SegmentName::parse("000000020000000100000003", MIB16).unwrap(),
-            SegmentName { timeline: 2, number: 259 }
+            SegmentName {
+                timeline: 2,
+                number: 259
+            }
         );
         assert!(SegmentName::parse("000000020000000100000100", MIB16).is_err());
         assert_eq!(

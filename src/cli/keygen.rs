@@ -6,9 +6,11 @@ use crate::format::key::MasterKey;
 
 /// Arguments of `keygen`.
 #[derive(Debug, clap::Args)]
-#[command(long_about = "Print a new random 256-bit key as 64 hexadecimal characters, for --key-file or \
+#[command(
+    long_about = "Print a new random 256-bit key as 64 hexadecimal characters, for --key-file or \
 WALVAULT_KEY. Keep it safe: without it nothing in an encrypted repository can be restored. To rotate keys, \
-put the new key first in the key file and keep the old one below it.")]
+put the new key first in the key file and keep the old one below it."
+)]
 pub struct Args {}
 
 /// Prints the key on stdout and its id on stderr.

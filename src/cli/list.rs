@@ -11,8 +11,10 @@ use super::RepoArgs;
 
 /// Arguments of `list`.
 #[derive(Debug, clap::Args)]
-#[command(long_about = "Show the repository's identity, its timelines and the WAL range held on each, \
-including the end of the newest delta (the newest WAL stored). --json gives a stable schema (version 1).")]
+#[command(
+    long_about = "Show the repository's identity, its timelines and the WAL range held on each, \
+including the end of the newest delta (the newest WAL stored). --json gives a stable schema (version 1)."
+)]
 pub struct Args {
     #[command(flatten)]
     pub repo: RepoArgs,
@@ -42,7 +44,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .open_manifest()
         .await?
         .with_context(|| format!("repository {} is empty (no walvault.json)", repo.display()))?;
-    let inv = WalInventory::scan(&repo, manifest.wal_segment_size).await.context("list WAL")?;
+    let inv = WalInventory::scan(&repo, manifest.wal_segment_size)
+        .await
+        .context("list WAL")?;
     let out = ListOutput {
         version: 1,
         repository: repo.display().to_string(),
@@ -52,14 +56,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         wal: summarize(&inv, manifest.wal_segment_size),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&out).expect("serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).expect("serializes")
+        );
         return Ok(ExitCode::SUCCESS);
     }
     println!("repository  {}", out.repository);
-    println!("system id   {}   PostgreSQL {}   encryption {}", out.system_identifier, out.pg_major, out.encryption);
+    println!(
+        "system id   {}   PostgreSQL {}   encryption {}",
+        out.system_identifier, out.pg_major, out.encryption
+    );
     println!("segment     {} bytes", out.wal.wal_segment_size);
     println!();
-    println!("{:<9} {:<14} {:<14} {:>9} {:>8} {:>12}  gaps", "timeline", "start", "end", "segments", "partial", "stored");
+    println!(
+        "{:<9} {:<14} {:<14} {:>9} {:>8} {:>12}  gaps",
+        "timeline", "start", "end", "segments", "partial", "stored"
+    );
     for t in &out.wal.timelines {
         println!(
             "{:<9} {:<14} {:<14} {:>9} {:>8} {:>12}  {}",
@@ -69,7 +82,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             t.complete_segments,
             t.partial_segments,
             t.stored_bytes,
-            if t.missing_segments.is_empty() { "none".to_string() } else { t.missing_segments.join(",") }
+            if t.missing_segments.is_empty() {
+                "none".to_string()
+            } else {
+                t.missing_segments.join(",")
+            }
         );
     }
     if out.wal.timelines.is_empty() {

@@ -20,10 +20,21 @@ use crate::telemetry::LogFormat;
 #[command(name = "walvault", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// Log filter: error, warn, info, debug, trace (RUST_LOG wins when set).
-    #[arg(long, global = true, env = "WALVAULT_LOG_LEVEL", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "WALVAULT_LOG_LEVEL",
+        default_value = "info"
+    )]
     pub log_level: String,
     /// Log format on stderr.
-    #[arg(long, global = true, env = "WALVAULT_LOG_FORMAT", value_enum, default_value = "plain")]
+    #[arg(
+        long,
+        global = true,
+        env = "WALVAULT_LOG_FORMAT",
+        value_enum,
+        default_value = "plain"
+    )]
     pub log_format: LogFormat,
     /// The command.
     #[command(subcommand)]
@@ -91,6 +102,14 @@ pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
             || e.is::<crate::protocol::conninfo::ConnInfoError>()
             || e.is::<crate::format::key::KeyError>()
             || e.is::<crate::format::manifest::MismatchError>()
+            || e.downcast_ref::<crate::storage::Error>()
+                .is_some_and(crate::storage::Error::is_configuration)
+            || e.downcast_ref::<crate::wal::receiver::Error>()
+                .is_some_and(crate::wal::receiver::Error::is_configuration)
     });
-    if is_usage { ExitCode::from(2) } else { ExitCode::from(1) }
+    if is_usage {
+        ExitCode::from(2)
+    } else {
+        ExitCode::from(1)
+    }
 }

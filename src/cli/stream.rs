@@ -20,12 +20,14 @@ const DEFAULT_SHUTDOWN_TIMEOUT: &str = "60s";
 
 /// Arguments of `stream`.
 #[derive(Debug, clap::Args)]
-#[command(long_about = "Stream WAL from PostgreSQL over a physical replication slot into the repository. \
+#[command(
+    long_about = "Stream WAL from PostgreSQL over a physical replication slot into the repository. \
 Complete segments are stored whole; every --flush-interval the not-yet-stored tail of the open segment is stored \
 as a small delta object, so committed WAL reaches the store within about that interval. The server is told a \
 position is flushed only once it is in the store, so the slot keeps everything else. SIGINT/SIGTERM store the tail \
 and exit 0. With --synchronous and synchronous_standby_names = 'walvault' on the server, commits wait until \
-their WAL is stored.")]
+their WAL is stored."
+)]
 pub struct Args {
     /// PostgreSQL connection string (URI or key=value). Missing parts come from PGHOST, PGPORT,
     /// PGUSER, PGPASSWORD, PGSSLMODE, PGSSLROOTCERT and the other PG* variables, as libpq reads them.
@@ -88,7 +90,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
           synchronous = opts.synchronous, "walvault stream starting");
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
-    let summary = receiver::run(&opts, &repo, &shutdown).await.context("stream WAL")?;
+    let summary = receiver::run(&opts, &repo, &shutdown)
+        .await
+        .context("stream WAL")?;
     info!(durable = %summary.durable, objects = summary.objects, bytes = summary.plain_bytes, "walvault stream stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -97,7 +101,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn spawn_signal_handler(token: CancellationToken) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("cannot install signal handlers");
             return;
         };
@@ -112,7 +119,9 @@ fn spawn_signal_handler(token: CancellationToken) {
                 info!("signal received: storing the tail, then exiting (send again to abort)");
                 token.cancel();
             } else {
-                tracing::error!("second signal: aborting; unstored WAL stays in the slot on the server");
+                tracing::error!(
+                    "second signal: aborting; unstored WAL stays in the slot on the server"
+                );
                 std::process::exit(1);
             }
         }

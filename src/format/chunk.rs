@@ -90,7 +90,9 @@ pub enum Error {
     #[error("checksum mismatch in {0}")]
     Checksum(&'static str),
     /// The object is encrypted and no key was given.
-    #[error("object is encrypted with key {key_id:08x} but no key was given (set --key-file or WALVAULT_KEY)")]
+    #[error(
+        "object is encrypted with key {key_id:08x} but no key was given (set --key-file or WALVAULT_KEY)"
+    )]
     KeyRequired {
         /// The key the object names.
         key_id: u32,
@@ -152,9 +154,8 @@ pub(crate) fn seal_with_salt(
     let frame_size = options.frame_size_bytes.clamp(1, MAX_FRAME_SIZE_BYTES) as usize;
     let total: usize = plaintext.iter().map(Bytes::len).sum();
     let header = encode_header(options, key, &salt, frame_size as u32);
-    let cipher = key.map(|k| {
-        Aes256Gcm::new_from_slice(&k.derive_object_key(&salt)).expect("32-byte key")
-    });
+    let cipher =
+        key.map(|k| Aes256Gcm::new_from_slice(&k.derive_object_key(&salt)).expect("32-byte key"));
     let mut compressor = match options.compression {
         Compression::Zstd { level } => {
             Some(zstd::bulk::Compressor::new(level).expect("valid zstd level"))
@@ -172,7 +173,9 @@ pub(crate) fn seal_with_salt(
         let frame = reader.take(frame_size, &mut scratch);
         let (mut payload, stored) = match compressor.as_mut() {
             Some(c) => {
-                let compressed = c.compress(frame).expect("zstd compression of a bounded frame");
+                let compressed = c
+                    .compress(frame)
+                    .expect("zstd compression of a bounded frame");
                 if compressed.len() < frame.len() {
                     (compressed, false)
                 } else {
@@ -288,7 +291,10 @@ pub fn open(input: &[u8], keyring: &Keyring) -> Result<Vec<u8>, Error> {
                         .join(", "),
                 })?
             };
-            Some(Aes256Gcm::new_from_slice(&key.derive_object_key(&header.salt)).expect("32-byte key"))
+            Some(
+                Aes256Gcm::new_from_slice(&key.derive_object_key(&header.salt))
+                    .expect("32-byte key"),
+            )
         }
     };
     let frame_size = header.frame_size_bytes as usize;
@@ -491,12 +497,20 @@ mod tests {
     /// Text that compresses like WAL: repetitive with some noise.
     fn sample(len: usize) -> Vec<u8> {
         (0..len)
-            .map(|i| if i % 7 == 0 { (i / 7 % 251) as u8 } else { b'a' + (i % 5) as u8 })
+            .map(|i| {
+                if i % 7 == 0 {
+                    (i / 7 % 251) as u8
+                } else {
+                    b'a' + (i % 5) as u8
+                }
+            })
             .collect()
     }
 
     fn golden_path(name: &str) -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden").join(name)
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/golden")
+            .join(name)
     }
 
     /// The bytes of format version 1 are fixed: these files were written by
@@ -511,14 +525,18 @@ mod tests {
             ("v1-stored-aes.bin", Some(key()), opts(None, 8192)),
         ];
         for (name, k, o) in cases {
-            let sealed = seal_with_salt(&[plaintext.clone()], &o, k.as_ref(), [7u8; 16]);
+            let sealed =
+                seal_with_salt(std::slice::from_ref(&plaintext), &o, k.as_ref(), [7u8; 16]);
             let path = golden_path(name);
             if std::env::var_os("WALVAULT_BLESS").is_some() {
                 std::fs::create_dir_all(path.parent().unwrap()).unwrap();
                 std::fs::write(&path, &sealed).unwrap();
             }
             let golden = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert_eq!(sealed, golden, "{name}: sealed bytes differ from the golden file");
+            assert_eq!(
+                sealed, golden,
+                "{name}: sealed bytes differ from the golden file"
+            );
             let ring = k.map_or_else(Keyring::none, Keyring::single);
             assert_eq!(open(&golden, &ring).unwrap(), plaintext.as_ref(), "{name}");
         }
@@ -528,36 +546,56 @@ mod tests {
     fn round_trip_across_pieces_and_frames() {
         let data = sample(50_000);
         let pieces: Vec<Bytes> = data.chunks(3001).map(Bytes::copy_from_slice).collect();
-        for (level, k) in [(Some(1), Some(key())), (Some(3), None), (None, Some(key())), (None, None)] {
+        for (level, k) in [
+            (Some(1), Some(key())),
+            (Some(3), None),
+            (None, Some(key())),
+            (None, None),
+        ] {
             let sealed = seal(&pieces, &opts(level, 4096), k.as_ref());
             let ring = k.map_or_else(Keyring::none, Keyring::single);
             assert_eq!(open(&sealed, &ring).unwrap(), data);
         }
         let empty = seal(&[], &SealOptions::default(), Some(&key()));
-        assert_eq!(open(&empty, &Keyring::single(key())).unwrap(), Vec::<u8>::new());
+        assert_eq!(
+            open(&empty, &Keyring::single(key())).unwrap(),
+            Vec::<u8>::new()
+        );
     }
 
     #[test]
     fn wrong_or_missing_key_is_named() {
-        let sealed = seal(&[Bytes::from(sample(100))], &SealOptions::default(), Some(&key()));
+        let sealed = seal(
+            &[Bytes::from(sample(100))],
+            &SealOptions::default(),
+            Some(&key()),
+        );
         let other = MasterKey::from_hex(&"43".repeat(32)).unwrap();
         assert!(matches!(
             open(&sealed, &Keyring::single(other)),
             Err(Error::UnknownKey { key_id, .. }) if key_id == key().id()
         ));
-        assert!(matches!(open(&sealed, &Keyring::none()), Err(Error::KeyRequired { .. })));
+        assert!(matches!(
+            open(&sealed, &Keyring::none()),
+            Err(Error::KeyRequired { .. })
+        ));
     }
 
     #[test]
     fn dropping_the_last_frame_is_detected() {
         let data = Bytes::from(sample(10_000));
         for k in [Some(key()), None] {
-            let sealed = seal(&[data.clone()], &opts(Some(3), 4096), k.as_ref());
+            let sealed = seal(
+                std::slice::from_ref(&data),
+                &opts(Some(3), 4096),
+                k.as_ref(),
+            );
             let ring = k.map_or_else(Keyring::none, Keyring::single);
             // Cut the object right after its second frame.
             let mut pos = HEADER_LEN;
             for _ in 0..2 {
-                let len = u32::from_be_bytes(sealed[pos + 9..pos + 13].try_into().unwrap()) as usize;
+                let len =
+                    u32::from_be_bytes(sealed[pos + 9..pos + 13].try_into().unwrap()) as usize;
                 pos += FRAME_HEADER_LEN + len;
             }
             assert!(open(&sealed[..pos], &ring).is_err());

@@ -25,7 +25,9 @@ pub struct MasterKey {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// Not 64 hexadecimal characters.
-    #[error("a key must be 64 hexadecimal characters (32 bytes); run `walvault keygen` to make one")]
+    #[error(
+        "a key must be 64 hexadecimal characters (32 bytes); run `walvault keygen` to make one"
+    )]
     Malformed,
     /// The key file holds no key.
     #[error("key file {path} holds no key")]
@@ -190,7 +192,10 @@ mod tests {
     fn key_parses_and_has_stable_id() {
         let k = MasterKey::from_hex(&"00".repeat(32)).unwrap();
         // The id of the all-zero key is fixed by the format; see docs/format.md.
-        assert_eq!(format!("{:08x}", k.id()), format!("{:08x}", key_id(&[0; 32])));
+        assert_eq!(
+            format!("{:08x}", k.id()),
+            format!("{:08x}", key_id(&[0; 32]))
+        );
         assert!(MasterKey::from_hex("abc").is_err());
         assert!(MasterKey::from_hex(&"zz".repeat(32)).is_err());
         let generated = MasterKey::generate();
@@ -203,7 +208,10 @@ mod tests {
         let a = "11".repeat(32);
         let b = "22".repeat(32);
         let ring = Keyring::from_key_file_text(&format!("# new\n{a}\n\n{b}\n"), "f").unwrap();
-        assert_eq!(ring.write_key().unwrap().id(), MasterKey::from_hex(&a).unwrap().id());
+        assert_eq!(
+            ring.write_key().unwrap().id(),
+            MasterKey::from_hex(&a).unwrap().id()
+        );
         assert!(ring.get(MasterKey::from_hex(&b).unwrap().id()).is_some());
         assert!(Keyring::from_key_file_text("# nothing\n", "f").is_err());
     }

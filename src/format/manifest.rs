@@ -54,7 +54,9 @@ pub enum MismatchError {
         server: u64,
     },
     /// Encrypted repository, no key given.
-    #[error("repository is encrypted (key ids {key_ids}); give its key with --key-file or WALVAULT_KEY")]
+    #[error(
+        "repository is encrypted (key ids {key_ids}); give its key with --key-file or WALVAULT_KEY"
+    )]
     KeyRequired {
         /// The ids the repository uses.
         key_ids: String,
@@ -65,7 +67,9 @@ pub enum MismatchError {
     )]
     NotEncrypted,
     /// None of the given keys belongs to the repository.
-    #[error("none of the given keys ({given}) belongs to this repository (key ids {key_ids}): wrong key")]
+    #[error(
+        "none of the given keys ({given}) belongs to this repository (key ids {key_ids}): wrong key"
+    )]
     WrongKey {
         /// The ids given.
         given: String,
@@ -104,7 +108,11 @@ impl RepositoryManifest {
     ///
     /// # Errors
     /// [`MismatchError`] on another system identifier or segment size.
-    pub fn check_server(&self, system_identifier: &str, wal_segment_size: u64) -> Result<(), MismatchError> {
+    pub fn check_server(
+        &self,
+        system_identifier: &str,
+        wal_segment_size: u64,
+    ) -> Result<(), MismatchError> {
         if self.system_identifier != system_identifier {
             return Err(MismatchError::SystemIdentifier {
                 repository: self.system_identifier.clone(),
@@ -150,8 +158,14 @@ mod tests {
     fn key_settings_are_checked() {
         let enc = manifest("aes-256-gcm", &["0a0b0c0d"]);
         assert!(enc.check_keys(&[0x0a0b_0c0d]).is_ok());
-        assert!(matches!(enc.check_keys(&[]), Err(MismatchError::KeyRequired { .. })));
-        assert!(matches!(enc.check_keys(&[1]), Err(MismatchError::WrongKey { .. })));
+        assert!(matches!(
+            enc.check_keys(&[]),
+            Err(MismatchError::KeyRequired { .. })
+        ));
+        assert!(matches!(
+            enc.check_keys(&[1]),
+            Err(MismatchError::WrongKey { .. })
+        ));
         let plain = manifest("none", &[]);
         assert!(plain.check_keys(&[]).is_ok());
         assert_eq!(plain.check_keys(&[1]), Err(MismatchError::NotEncrypted));

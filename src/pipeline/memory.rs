@@ -35,7 +35,9 @@ impl MemoryBudget {
     pub fn release(&self, n: u64) {
         let _ = self
             .used_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u.saturating_sub(n)));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n))
+            });
         self.released.notify_waiters();
     }
 

@@ -145,16 +145,23 @@ async fn store_job(
 ) -> Result<bool, storage::Error> {
     use std::sync::atomic::Ordering::Relaxed;
     let (key, pieces) = match job {
-        UploadJob::Segment { segment, pieces } => (layout::segment_key(*segment, segment_size_bytes), pieces.clone()),
+        UploadJob::Segment { segment, pieces } => (
+            layout::segment_key(*segment, segment_size_bytes),
+            pieces.clone(),
+        ),
         UploadJob::Delta {
             segment,
             start,
             end,
             pieces,
-        } => (layout::delta_key(*segment, *start, *end, segment_size_bytes), pieces.clone()),
-        UploadJob::History { timeline, content } => {
-            (layout::history_key(*timeline), vec![Bytes::copy_from_slice(content)])
-        }
+        } => (
+            layout::delta_key(*segment, *start, *end, segment_size_bytes),
+            pieces.clone(),
+        ),
+        UploadJob::History { timeline, content } => (
+            layout::history_key(*timeline),
+            vec![Bytes::copy_from_slice(content)],
+        ),
     };
     let plain: u64 = pieces.iter().map(|p| p.len() as u64).sum();
     let mut outage_logged = false;
@@ -177,7 +184,9 @@ async fn store_job(
                         delete_deltas(repo, *segment, segment_size_bytes).await;
                     }
                     UploadJob::Delta { .. } => debug!(key, bytes = size, "delta archived"),
-                    UploadJob::History { timeline, .. } => info!(timeline, "timeline history archived"),
+                    UploadJob::History { timeline, .. } => {
+                        info!(timeline, "timeline history archived")
+                    }
                 }
                 return Ok(true);
             }
@@ -211,6 +220,8 @@ async fn delete_deltas(repo: &Repository, segment: SegmentName, segment_size_byt
                 }
             }
         }
-        Err(e) => warn!(prefix, error = %crate::error::chain(&e), "could not list superseded deltas"),
+        Err(e) => {
+            warn!(prefix, error = %crate::error::chain(&e), "could not list superseded deltas")
+        }
     }
 }

@@ -5,8 +5,8 @@
 
 use crate::lsn::{Lsn, TimelineId};
 
-use super::connection::{QueryResult, ReplicationConnection};
 use super::Error;
+use super::connection::{QueryResult, ReplicationConnection};
 
 /// What IDENTIFY_SYSTEM reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,11 +52,13 @@ fn column<'a>(r: &'a QueryResult, name: &str, what: &str) -> Result<Option<&'a s
 }
 
 fn parse_lsn(text: &str, what: &str) -> Result<Lsn, Error> {
-    text.parse().map_err(|_| Error::Protocol(format!("{what}: bad LSN {text:?}")))
+    text.parse()
+        .map_err(|_| Error::Protocol(format!("{what}: bad LSN {text:?}")))
 }
 
 fn parse_tli(text: &str, what: &str) -> Result<TimelineId, Error> {
-    text.parse().map_err(|_| Error::Protocol(format!("{what}: bad timeline {text:?}")))
+    text.parse()
+        .map_err(|_| Error::Protocol(format!("{what}: bad timeline {text:?}")))
 }
 
 /// Parses the IDENTIFY_SYSTEM result.
@@ -65,9 +67,12 @@ fn parse_tli(text: &str, what: &str) -> Result<TimelineId, Error> {
 /// When a column is missing or malformed.
 pub fn parse_identify_system(r: &QueryResult) -> Result<SystemIdentity, Error> {
     const W: &str = "IDENTIFY_SYSTEM";
-    let sysid = column(r, "systemid", W)?.ok_or_else(|| Error::Protocol("IDENTIFY_SYSTEM: NULL systemid".into()))?;
-    let tli = column(r, "timeline", W)?.ok_or_else(|| Error::Protocol("IDENTIFY_SYSTEM: NULL timeline".into()))?;
-    let pos = column(r, "xlogpos", W)?.ok_or_else(|| Error::Protocol("IDENTIFY_SYSTEM: NULL xlogpos".into()))?;
+    let sysid = column(r, "systemid", W)?
+        .ok_or_else(|| Error::Protocol("IDENTIFY_SYSTEM: NULL systemid".into()))?;
+    let tli = column(r, "timeline", W)?
+        .ok_or_else(|| Error::Protocol("IDENTIFY_SYSTEM: NULL timeline".into()))?;
+    let pos = column(r, "xlogpos", W)?
+        .ok_or_else(|| Error::Protocol("IDENTIFY_SYSTEM: NULL xlogpos".into()))?;
     Ok(SystemIdentity {
         system_identifier: sysid.to_string(),
         timeline: parse_tli(tli, W)?,
@@ -122,8 +127,12 @@ pub fn parse_timeline_end(r: &QueryResult) -> Result<Option<(TimelineId, Lsn)>, 
         return Ok(None);
     }
     const W: &str = "end of timeline";
-    let tli = r.get(0, 0).ok_or_else(|| Error::Protocol("end of timeline: NULL next_tli".into()))?;
-    let pos = r.get(0, 1).ok_or_else(|| Error::Protocol("end of timeline: NULL start".into()))?;
+    let tli = r
+        .get(0, 0)
+        .ok_or_else(|| Error::Protocol("end of timeline: NULL next_tli".into()))?;
+    let pos = r
+        .get(0, 1)
+        .ok_or_else(|| Error::Protocol("end of timeline: NULL start".into()))?;
     Ok(Some((parse_tli(tli, W)?, parse_lsn(pos, W)?)))
 }
 
@@ -156,7 +165,9 @@ impl ReplicationConnection {
         let text = self.show("wal_segment_size").await?;
         let size = parse_size_setting(&text)?;
         if !size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&size) {
-            return Err(Error::Protocol(format!("implausible wal_segment_size {text:?}")));
+            return Err(Error::Protocol(format!(
+                "implausible wal_segment_size {text:?}"
+            )));
         }
         Ok(size)
     }
@@ -165,10 +176,19 @@ impl ReplicationConnection {
     ///
     /// # Errors
     /// On server or protocol errors (timeline 1 has no history: 58P01).
-    pub async fn timeline_history(&mut self, timeline: TimelineId) -> Result<(String, Vec<u8>), Error> {
-        let r = self.simple_query(&format!("TIMELINE_HISTORY {timeline}")).await?;
-        let name = r.get(0, 0).ok_or_else(|| Error::Protocol("TIMELINE_HISTORY: no file name".into()))?;
-        let content = r.get(0, 1).ok_or_else(|| Error::Protocol("TIMELINE_HISTORY: no content".into()))?;
+    pub async fn timeline_history(
+        &mut self,
+        timeline: TimelineId,
+    ) -> Result<(String, Vec<u8>), Error> {
+        let r = self
+            .simple_query(&format!("TIMELINE_HISTORY {timeline}"))
+            .await?;
+        let name = r
+            .get(0, 0)
+            .ok_or_else(|| Error::Protocol("TIMELINE_HISTORY: no file name".into()))?;
+        let content = r
+            .get(0, 1)
+            .ok_or_else(|| Error::Protocol("TIMELINE_HISTORY: no content".into()))?;
         Ok((name.to_string(), content.as_bytes().to_vec()))
     }
 
@@ -184,8 +204,12 @@ impl ReplicationConnection {
         if column(&r, "slot_type", W)?.is_none() {
             return Ok(None);
         }
-        let restart_lsn = column(&r, "restart_lsn", W)?.map(|t| parse_lsn(t, W)).transpose()?;
-        let restart_timeline = column(&r, "restart_tli", W)?.map(|t| parse_tli(t, W)).transpose()?;
+        let restart_lsn = column(&r, "restart_lsn", W)?
+            .map(|t| parse_lsn(t, W))
+            .transpose()?;
+        let restart_timeline = column(&r, "restart_tli", W)?
+            .map(|t| parse_tli(t, W))
+            .transpose()?;
         Ok(Some(SlotState {
             restart_lsn,
             restart_timeline,
@@ -197,7 +221,10 @@ impl ReplicationConnection {
     /// # Errors
     /// On server errors other than "already exists" (42710).
     pub async fn create_physical_slot(&mut self, slot: &str) -> Result<bool, Error> {
-        let sql = format!("CREATE_REPLICATION_SLOT {} PHYSICAL RESERVE_WAL", quote_identifier(slot));
+        let sql = format!(
+            "CREATE_REPLICATION_SLOT {} PHYSICAL RESERVE_WAL",
+            quote_identifier(slot)
+        );
         match self.simple_query(&sql).await {
             Ok(_) => Ok(true),
             Err(e) if e.sqlstate() == Some("42710") => Ok(false),
@@ -215,14 +242,19 @@ impl ReplicationConnection {
         start: Lsn,
         timeline: TimelineId,
     ) -> Result<StartReplication, Error> {
-        match self.query_copy_both(&start_replication_command(slot, start, timeline)).await? {
+        match self
+            .query_copy_both(&start_replication_command(slot, start, timeline))
+            .await?
+        {
             None => Ok(StartReplication::Streaming),
             Some(r) => match parse_timeline_end(&r)? {
                 Some((next_timeline, next_start)) => Ok(StartReplication::TimelineEnded {
                     next_timeline,
                     next_start,
                 }),
-                None => Err(Error::Protocol("START_REPLICATION returned no copy stream".into())),
+                None => Err(Error::Protocol(
+                    "START_REPLICATION returned no copy stream".into(),
+                )),
             },
         }
     }
@@ -246,7 +278,12 @@ mod tests {
     fn parses_identify_system() {
         let r = result(
             &["systemid", "timeline", "xlogpos", "dbname"],
-            &[Some("7436189372826591234"), Some("2"), Some("0/3000148"), None],
+            &[
+                Some("7436189372826591234"),
+                Some("2"),
+                Some("0/3000148"),
+                None,
+            ],
         );
         let id = parse_identify_system(&r).unwrap();
         assert_eq!(id.timeline, 2);
@@ -270,7 +307,10 @@ mod tests {
 
     #[test]
     fn parses_timeline_end() {
-        let r = result(&["next_tli", "next_tli_startpos"], &[Some("2"), Some("0/5000A0")]);
+        let r = result(
+            &["next_tli", "next_tli_startpos"],
+            &[Some("2"), Some("0/5000A0")],
+        );
         assert_eq!(parse_timeline_end(&r).unwrap(), Some((2, Lsn(0x50_00A0))));
     }
 }

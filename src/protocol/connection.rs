@@ -38,7 +38,11 @@ enum Transport {
 }
 
 impl AsyncRead for Transport {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Unix(s) => Pin::new(s).poll_read(cx, buf),
@@ -48,7 +52,11 @@ impl AsyncRead for Transport {
 }
 
 impl AsyncWrite for Transport {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Unix(s) => Pin::new(s).poll_write(cx, buf),
@@ -151,11 +159,16 @@ impl ReplicationConnection {
         let (transport, is_tls) = match host {
             Host::Unix(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
-                let s = UnixStream::connect(&path).await.map_err(|source| Error::Connect {
-                    target: target.clone(),
-                    source,
-                })?;
-                if matches!(info.ssl_mode, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull) {
+                let s = UnixStream::connect(&path)
+                    .await
+                    .map_err(|source| Error::Connect {
+                        target: target.clone(),
+                        source,
+                    })?;
+                if matches!(
+                    info.ssl_mode,
+                    SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+                ) {
                     return Err(Error::Tls(format!(
                         "sslmode {:?} cannot be met over the Unix socket {target}",
                         info.ssl_mode
@@ -164,10 +177,12 @@ impl ReplicationConnection {
                 (Transport::Unix(s), false)
             }
             Host::Tcp(h) => {
-                let mut s = TcpStream::connect((h.as_str(), port)).await.map_err(|source| Error::Connect {
-                    target: target.clone(),
-                    source,
-                })?;
+                let mut s = TcpStream::connect((h.as_str(), port))
+                    .await
+                    .map_err(|source| Error::Connect {
+                        target: target.clone(),
+                        source,
+                    })?;
                 s.set_nodelay(true)?;
                 if matches!(info.ssl_mode, SslMode::Disable | SslMode::Allow) {
                     (Transport::Tcp(s), false)
@@ -180,12 +195,16 @@ impl ReplicationConnection {
                     let answer = s.read_u8().await?;
                     match answer {
                         b'S' => {
-                            let config = tls::client_config(info.ssl_mode, info.ssl_root_cert.as_deref())?;
+                            let config =
+                                tls::client_config(info.ssl_mode, info.ssl_root_cert.as_deref())?;
                             let connector = tokio_rustls::TlsConnector::from(config);
-                            let tls = connector
-                                .connect(tls::server_name(h)?, s)
-                                .await
-                                .map_err(|e| Error::Tls(format!("handshake with {target} failed: {e}")))?;
+                            let tls =
+                                connector
+                                    .connect(tls::server_name(h)?, s)
+                                    .await
+                                    .map_err(|e| {
+                                        Error::Tls(format!("handshake with {target} failed: {e}"))
+                                    })?;
                             (Transport::Tls(Box::new(tls)), true)
                         }
                         b'N' if info.ssl_mode == SslMode::Prefer => (Transport::Tcp(s), false),
@@ -214,7 +233,8 @@ impl ReplicationConnection {
     }
 
     async fn startup(&mut self, info: &ConnInfo) -> Result<(), Error> {
-        let mut params: Vec<(&str, &str)> = vec![("user", info.user.as_str()), ("replication", "true")];
+        let mut params: Vec<(&str, &str)> =
+            vec![("user", info.user.as_str()), ("replication", "true")];
         let app = info.application_name.as_deref().unwrap_or("walvault");
         params.push(("application_name", app));
         if let Some(o) = &info.options {
@@ -223,7 +243,10 @@ impl ReplicationConnection {
         frontend::startup_message(params.iter().copied(), &mut self.write_buf)?;
         self.flush_write().await?;
 
-        let password = info.password.as_ref().map(|p| p.expose_secret().as_bytes().to_vec());
+        let password = info
+            .password
+            .as_ref()
+            .map(|p| p.expose_secret().as_bytes().to_vec());
         let need_password = || {
             Error::Auth(format!(
                 "server asked for a password for role {:?}, but none was given (set password in --pg or PGPASSWORD)",
@@ -241,7 +264,11 @@ impl ReplicationConnection {
                 }
                 backend::Message::AuthenticationMd5Password(body) => {
                     let pw = password.as_deref().ok_or_else(need_password)?;
-                    let hash = postgres_protocol::authentication::md5_hash(info.user.as_bytes(), pw, body.salt());
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        info.user.as_bytes(),
+                        pw,
+                        body.salt(),
+                    );
                     frontend::password_message(hash.as_bytes(), &mut self.write_buf)?;
                     self.flush_write().await?;
                 }
@@ -252,12 +279,18 @@ impl ReplicationConnection {
                         has_scram |= m == "SCRAM-SHA-256";
                     }
                     if !has_scram {
-                        return Err(Error::Auth("server offers no SASL mechanism walvault supports".into()));
+                        return Err(Error::Auth(
+                            "server offers no SASL mechanism walvault supports".into(),
+                        ));
                     }
                     let pw = password.as_deref().ok_or_else(need_password)?;
                     // Channel binding is not used: GS2 flag "n" is valid with or without TLS.
                     let s = ScramSha256::new(pw, ChannelBinding::unsupported());
-                    frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut self.write_buf)?;
+                    frontend::sasl_initial_response(
+                        "SCRAM-SHA-256",
+                        s.message(),
+                        &mut self.write_buf,
+                    )?;
                     self.flush_write().await?;
                     scram = Some(s);
                 }
@@ -274,8 +307,9 @@ impl ReplicationConnection {
                     let s = scram
                         .as_mut()
                         .ok_or_else(|| Error::Protocol("SASLFinal before SASL".into()))?;
-                    s.finish(body.data())
-                        .map_err(|e| Error::Auth(format!("server's SCRAM signature is invalid: {e}")))?;
+                    s.finish(body.data()).map_err(|e| {
+                        Error::Auth(format!("server's SCRAM signature is invalid: {e}"))
+                    })?;
                 }
                 backend::Message::AuthenticationKerberosV5
                 | backend::Message::AuthenticationScmCredential
@@ -287,11 +321,14 @@ impl ReplicationConnection {
                     ));
                 }
                 backend::Message::ParameterStatus(p) => {
-                    self.parameters.insert(p.name()?.to_string(), p.value()?.to_string());
+                    self.parameters
+                        .insert(p.name()?.to_string(), p.value()?.to_string());
                 }
                 backend::Message::BackendKeyData(_) | backend::Message::NoticeResponse(_) => {}
                 backend::Message::ReadyForQuery(_) => return Ok(()),
-                backend::Message::ErrorResponse(body) => return Err(Error::Server(server_error(&body)?)),
+                backend::Message::ErrorResponse(body) => {
+                    return Err(Error::Server(server_error(&body)?));
+                }
                 _ => return Err(Error::Protocol("unexpected message during startup".into())),
             }
         }
@@ -348,9 +385,14 @@ impl ReplicationConnection {
                 | backend::Message::EmptyQueryResponse
                 | backend::Message::NoticeResponse(_) => {}
                 backend::Message::ParameterStatus(p) => {
-                    self.parameters.insert(p.name()?.to_string(), p.value()?.to_string());
+                    self.parameters
+                        .insert(p.name()?.to_string(), p.value()?.to_string());
                 }
-                _ => return Err(Error::Protocol("unexpected message in a query result".into())),
+                _ => {
+                    return Err(Error::Protocol(
+                        "unexpected message in a query result".into(),
+                    ));
+                }
             }
         }
         match error {
@@ -364,7 +406,10 @@ impl ReplicationConnection {
     ///
     /// # Errors
     /// [`Error::Server`] when the server rejects the command.
-    pub(crate) async fn query_copy_both(&mut self, sql: &str) -> Result<Option<QueryResult>, Error> {
+    pub(crate) async fn query_copy_both(
+        &mut self,
+        sql: &str,
+    ) -> Result<Option<QueryResult>, Error> {
         frontend::query(sql, &mut self.write_buf)?;
         self.flush_write().await?;
         let mut result = QueryResult::default();
@@ -386,9 +431,14 @@ impl ReplicationConnection {
                 backend::Message::ReadyForQuery(_) => break,
                 backend::Message::CommandComplete(_) | backend::Message::NoticeResponse(_) => {}
                 backend::Message::ParameterStatus(p) => {
-                    self.parameters.insert(p.name()?.to_string(), p.value()?.to_string());
+                    self.parameters
+                        .insert(p.name()?.to_string(), p.value()?.to_string());
                 }
-                _ => return Err(Error::Protocol("unexpected message after START_REPLICATION".into())),
+                _ => {
+                    return Err(Error::Protocol(
+                        "unexpected message after START_REPLICATION".into(),
+                    ));
+                }
             }
         }
         match error {
@@ -411,14 +461,21 @@ impl ReplicationConnection {
             match self.read_message().await? {
                 backend::Message::CopyData(body) => return Ok(CopyEvent::Data(body.into_bytes())),
                 backend::Message::CopyDone => return Ok(CopyEvent::Done),
-                backend::Message::ErrorResponse(body) => return Err(Error::Server(server_error(&body)?)),
+                backend::Message::ErrorResponse(body) => {
+                    return Err(Error::Server(server_error(&body)?));
+                }
                 backend::Message::NoticeResponse(_) => {}
                 backend::Message::ParameterStatus(p) => {
-                    self.parameters.insert(p.name()?.to_string(), p.value()?.to_string());
+                    self.parameters
+                        .insert(p.name()?.to_string(), p.value()?.to_string());
                 }
                 // At shutdown the walsender sends CommandComplete "COPY 0" and closes.
                 backend::Message::CommandComplete(_) => return Err(Error::Closed),
-                _ => return Err(Error::Protocol("unexpected message in the copy stream".into())),
+                _ => {
+                    return Err(Error::Protocol(
+                        "unexpected message in the copy stream".into(),
+                    ));
+                }
             }
         }
     }
@@ -456,8 +513,14 @@ impl ReplicationConnection {
                 match self.read_message().await? {
                     backend::Message::CopyDone => break,
                     backend::Message::CopyData(_) | backend::Message::NoticeResponse(_) => {}
-                    backend::Message::ErrorResponse(body) => return Err(Error::Server(server_error(&body)?)),
-                    _ => return Err(Error::Protocol("unexpected message while ending the copy".into())),
+                    backend::Message::ErrorResponse(body) => {
+                        return Err(Error::Server(server_error(&body)?));
+                    }
+                    _ => {
+                        return Err(Error::Protocol(
+                            "unexpected message while ending the copy".into(),
+                        ));
+                    }
                 }
             }
         }
@@ -487,7 +550,9 @@ impl ReplicationConnection {
             if let Some(header) = backend::Header::parse(&self.read_buf)? {
                 let len = header.len() as usize + 1;
                 if len > MAX_MESSAGE_BYTES {
-                    return Err(Error::Protocol(format!("message of {len} bytes is too large")));
+                    return Err(Error::Protocol(format!(
+                        "message of {len} bytes is too large"
+                    )));
                 }
                 if self.read_buf.len() >= len {
                     return Ok(header);
@@ -523,9 +588,7 @@ fn decode_row(body: &backend::DataRowBody) -> Result<Row, Error> {
     let buf = body.buffer();
     let values = body
         .ranges()
-        .map(|r| {
-            Ok(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned()))
-        })
+        .map(|r| Ok(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned())))
         .collect()?;
     Ok(Row { values })
 }

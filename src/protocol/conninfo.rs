@@ -167,7 +167,10 @@ impl ConnInfo {
             get.insert(k, v);
         }
         let value = |key: &str, var: &str| -> Option<String> {
-            get.get(key).cloned().filter(|v| !v.is_empty()).or_else(|| env(var).filter(|v| !v.is_empty()))
+            get.get(key)
+                .cloned()
+                .filter(|v| !v.is_empty())
+                .or_else(|| env(var).filter(|v| !v.is_empty()))
         };
 
         let host_text = value("host", "PGHOST");
@@ -235,7 +238,16 @@ impl ConnInfo {
         self.hosts
             .iter()
             .enumerate()
-            .map(|(i, h)| (h.clone(), if self.ports.len() == 1 { self.ports[0] } else { self.ports[i] }))
+            .map(|(i, h)| {
+                (
+                    h.clone(),
+                    if self.ports.len() == 1 {
+                        self.ports[0]
+                    } else {
+                        self.ports[i]
+                    },
+                )
+            })
             .collect()
     }
 
@@ -294,7 +306,9 @@ fn parse_key_values(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
             chars.next();
         }
         if chars.next() != Some('=') {
-            return Err(ConnInfoError::Syntax(format!("missing \"=\" after {key:?}")));
+            return Err(ConnInfoError::Syntax(format!(
+                "missing \"=\" after {key:?}"
+            )));
         }
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
@@ -308,7 +322,9 @@ fn parse_key_values(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
                     Some('\'') => break,
                     Some('\\') => match chars.next() {
                         Some(c) => value.push(c),
-                        None => return Err(ConnInfoError::Syntax("unterminated quoted string".into())),
+                        None => {
+                            return Err(ConnInfoError::Syntax("unterminated quoted string".into()));
+                        }
                     },
                     Some(c) => value.push(c),
                 }
@@ -351,7 +367,8 @@ fn percent_decode(s: &str) -> Result<String, ConnInfoError> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| ConnInfoError::Syntax("percent-encoding is not UTF-8".into()))
+    String::from_utf8(out)
+        .map_err(|_| ConnInfoError::Syntax("percent-encoding is not UTF-8".into()))
 }
 
 fn parse_uri(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
@@ -412,9 +429,9 @@ fn parse_uri(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
     }
     if let Some(q) = query {
         for pair in q.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair
-                .split_once('=')
-                .ok_or_else(|| ConnInfoError::Syntax(format!("missing \"=\" in URI parameter {pair:?}")))?;
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                ConnInfoError::Syntax(format!("missing \"=\" in URI parameter {pair:?}"))
+            })?;
             out.push((percent_decode(k)?, percent_decode(v)?));
         }
     }
@@ -452,7 +469,10 @@ mod tests {
             &no_env,
         )
         .unwrap();
-        assert_eq!(c.hosts, vec![Host::Tcp("::1".into()), Host::Tcp("other".into())]);
+        assert_eq!(
+            c.hosts,
+            vec![Host::Tcp("::1".into()), Host::Tcp("other".into())]
+        );
         assert_eq!(c.ports, vec![6000, 5432]);
         assert_eq!(c.password.unwrap().expose_secret(), "p@ss");
         assert_eq!(c.ssl_mode, SslMode::Require);
@@ -481,7 +501,10 @@ mod tests {
 
     #[test]
     fn bad_input_is_named() {
-        assert!(matches!(ConnInfo::parse("host", &no_env), Err(ConnInfoError::Syntax(_))));
+        assert!(matches!(
+            ConnInfo::parse("host", &no_env),
+            Err(ConnInfoError::Syntax(_))
+        ));
         assert_eq!(
             ConnInfo::parse("nosuch=1", &no_env).unwrap_err(),
             ConnInfoError::UnknownKey("nosuch".into())

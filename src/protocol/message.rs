@@ -70,7 +70,9 @@ pub fn decode_replication_message(mut payload: Bytes) -> Result<ReplicationMessa
         }
         b'k' => {
             if payload.len() != 17 {
-                return Err(Error::Protocol("keepalive message has the wrong length".into()));
+                return Err(Error::Protocol(
+                    "keepalive message has the wrong length".into(),
+                ));
             }
             let wal_end = Lsn(payload.get_u64());
             let send_time = payload.get_i64();
@@ -129,7 +131,8 @@ mod tests {
         m.put_i64(42);
         m.put_slice(b"walbytes");
         let payload = m.freeze();
-        let ReplicationMessage::XLogData(x) = decode_replication_message(payload.clone()).unwrap() else {
+        let ReplicationMessage::XLogData(x) = decode_replication_message(payload.clone()).unwrap()
+        else {
             panic!("not XLogData");
         };
         assert_eq!(x.start, Lsn(0x100_0000));

@@ -33,7 +33,11 @@ pub struct ServerError {
 
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "server {}: {} (SQLSTATE {})", self.severity, self.message, self.code)?;
+        write!(
+            f,
+            "server {}: {} (SQLSTATE {})",
+            self.severity, self.message, self.code
+        )?;
         if let Some(d) = &self.detail {
             write!(f, "; detail: {d}")?;
         }
@@ -96,7 +100,12 @@ impl Error {
             Error::Server(e) => {
                 // Connection exceptions, operator intervention (shutdown), and
                 // insufficient resources (too many connections).
-                e.code.starts_with("08") || e.code.starts_with("57P") || e.code.starts_with("53")
+                // 55006: the slot is still held by the walsender of a connection
+                // that just died; it frees up within moments.
+                e.code.starts_with("08")
+                    || e.code.starts_with("57P")
+                    || e.code.starts_with("53")
+                    || e.code == "55006"
             }
             Error::ConnInfo(_) | Error::Tls(_) | Error::Auth(_) | Error::Protocol(_) => false,
         }

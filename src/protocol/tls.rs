@@ -10,13 +10,18 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 
 use super::Error;
 use super::conninfo::SslMode;
 
 /// Builds the rustls client configuration for `mode`.
-pub(super) fn client_config(mode: SslMode, root_cert: Option<&Path>) -> Result<Arc<ClientConfig>, Error> {
+pub(super) fn client_config(
+    mode: SslMode,
+    root_cert: Option<&Path>,
+) -> Result<Arc<ClientConfig>, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -38,9 +43,10 @@ pub(super) fn client_config(mode: SslMode, root_cert: Option<&Path>) -> Result<A
             ))
         })?;
         let roots = load_roots(&path)?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(|e| Error::Tls(e.to_string()))?;
+        let inner =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| Error::Tls(e.to_string()))?;
         let check_name = mode == SslMode::VerifyFull;
         builder
             .dangerous()
@@ -57,7 +63,8 @@ pub(super) fn client_config(mode: SslMode, root_cert: Option<&Path>) -> Result<A
 
 /// The server name for SNI and verify-full.
 pub(super) fn server_name(host: &str) -> Result<ServerName<'static>, Error> {
-    ServerName::try_from(host.to_string()).map_err(|e| Error::Tls(format!("invalid server name {host:?}: {e}")))
+    ServerName::try_from(host.to_string())
+        .map_err(|e| Error::Tls(format!("invalid server name {host:?}: {e}")))
 }
 
 fn default_root_cert() -> Option<PathBuf> {
@@ -65,10 +72,16 @@ fn default_root_cert() -> Option<PathBuf> {
 }
 
 fn load_roots(path: &Path) -> Result<RootCertStore, Error> {
-    let pem = std::fs::read(path).map_err(|e| Error::Tls(format!("cannot read root certificate {}: {e}", path.display())))?;
+    let pem = std::fs::read(path).map_err(|e| {
+        Error::Tls(format!(
+            "cannot read root certificate {}: {e}",
+            path.display()
+        ))
+    })?;
     let mut roots = RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|e| Error::Tls(format!("bad certificate in {}: {e}", path.display())))?;
+        let cert =
+            cert.map_err(|e| Error::Tls(format!("bad certificate in {}: {e}", path.display())))?;
         roots
             .add(cert)
             .map_err(|e| Error::Tls(format!("unusable certificate in {}: {e}", path.display())))?;
@@ -95,7 +108,10 @@ impl ServerCertVerifier for ChainVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        match self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if !self.check_name => Ok(ServerCertVerified::assertion()),
@@ -148,7 +164,12 @@ impl ServerCertVerifier for NoNameNoChain {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -157,7 +178,12 @@ impl ServerCertVerifier for NoNameNoChain {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -54,7 +54,10 @@ pub fn delta_prefix(segment: SegmentName, segment_size_bytes: u64) -> String {
 
 /// The key of a delta object.
 pub fn delta_key(segment: SegmentName, start: u64, end: u64, segment_size_bytes: u64) -> String {
-    format!("{}{start:08X}-{end:08X}", delta_prefix(segment, segment_size_bytes))
+    format!(
+        "{}{start:08X}-{end:08X}",
+        delta_prefix(segment, segment_size_bytes)
+    )
 }
 
 /// The key of a timeline history file.
@@ -82,7 +85,11 @@ pub fn parse_wal_key(key: &str, segment_size_bytes: u64) -> Option<WalObject> {
         if segment.timeline != timeline || start >= end || end > segment_size_bytes {
             return None;
         }
-        return Some(WalObject::Delta { segment, start, end });
+        return Some(WalObject::Delta {
+            segment,
+            start,
+            end,
+        });
     }
     let segment = SegmentName::parse(name, segment_size_bytes).ok()?;
     (segment.timeline == timeline).then_some(WalObject::Segment { segment })
@@ -96,20 +103,39 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
-        let seg = SegmentName { timeline: 2, number: 0x1_03 };
-        assert_eq!(segment_key(seg, SZ), "wal/00000002/000000020000000100000003");
+        let seg = SegmentName {
+            timeline: 2,
+            number: 0x1_03,
+        };
+        assert_eq!(
+            segment_key(seg, SZ),
+            "wal/00000002/000000020000000100000003"
+        );
         assert_eq!(
             delta_key(seg, 0, 0x2000, SZ),
             "wal/00000002/000000020000000100000003.d/00000000-00002000"
         );
         assert_eq!(history_key(3), "wal/00000003.history");
-        assert_eq!(parse_wal_key(&segment_key(seg, SZ), SZ), Some(WalObject::Segment { segment: seg }));
+        assert_eq!(
+            parse_wal_key(&segment_key(seg, SZ), SZ),
+            Some(WalObject::Segment { segment: seg })
+        );
         assert_eq!(
             parse_wal_key(&delta_key(seg, 16, 0x2000, SZ), SZ),
-            Some(WalObject::Delta { segment: seg, start: 16, end: 0x2000 })
+            Some(WalObject::Delta {
+                segment: seg,
+                start: 16,
+                end: 0x2000
+            })
         );
-        assert_eq!(parse_wal_key("wal/00000003.history", SZ), Some(WalObject::History { timeline: 3 }));
+        assert_eq!(
+            parse_wal_key("wal/00000003.history", SZ),
+            Some(WalObject::History { timeline: 3 })
+        );
         assert_eq!(parse_wal_key("wal/00000001/junk", SZ), None);
-        assert_eq!(parse_wal_key("wal/00000001/000000020000000100000003", SZ), None);
+        assert_eq!(
+            parse_wal_key("wal/00000001/000000020000000100000003", SZ),
+            None
+        );
     }
 }

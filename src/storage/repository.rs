@@ -81,6 +81,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the user must change settings (URL, keys, repository) to fix it.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, Error::Url { .. } | Error::Mismatch(_))
+    }
+
     /// Whether the same request may succeed later (network, timeouts, 5xx).
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -141,17 +146,20 @@ impl Repository {
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match parsed.scheme() {
             "file" => {
-                let dir = parsed
-                    .to_file_path()
-                    .map_err(|()| bad("a file URL needs an absolute path, e.g. file:///var/lib/walvault".into()))?;
-                std::fs::create_dir_all(&dir).map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+                let dir = parsed.to_file_path().map_err(|()| {
+                    bad("a file URL needs an absolute path, e.g. file:///var/lib/walvault".into())
+                })?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                     .map_err(|e| bad(e.to_string()))?
                     .with_automatic_cleanup(true);
                 (Arc::new(fs), String::new())
             }
             "s3" | "s3a" => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url);
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .with_retry(store_retry_config());
                 let endpoint = std::env::var("AWS_ENDPOINT_URL")
                     .or_else(|_| std::env::var("AWS_ENDPOINT"))
                     .ok();
@@ -161,15 +169,28 @@ impl Repository {
                     }
                     b = b.with_endpoint(ep);
                 }
-                (Arc::new(b.build().map_err(|e| bad(e.to_string()))?), parsed.path().to_string())
+                (
+                    Arc::new(b.build().map_err(|e| bad(e.to_string()))?),
+                    parsed.path().to_string(),
+                )
             }
             "gs" => {
-                let b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);
-                (Arc::new(b.build().map_err(|e| bad(e.to_string()))?), parsed.path().to_string())
+                let b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(url)
+                    .with_retry(store_retry_config());
+                (
+                    Arc::new(b.build().map_err(|e| bad(e.to_string()))?),
+                    parsed.path().to_string(),
+                )
             }
             "az" | "azure" | "abfs" | "abfss" => {
-                let b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
-                (Arc::new(b.build().map_err(|e| bad(e.to_string()))?), parsed.path().to_string())
+                let b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .with_retry(store_retry_config());
+                (
+                    Arc::new(b.build().map_err(|e| bad(e.to_string()))?),
+                    parsed.path().to_string(),
+                )
             }
             other => {
                 return Err(bad(format!(
@@ -222,7 +243,9 @@ impl Repository {
         if pre.is_empty() {
             p.to_string()
         } else {
-            p.strip_prefix(pre).map_or(p, |r| r.trim_start_matches('/')).to_string()
+            p.strip_prefix(pre)
+                .map_or(p, |r| r.trim_start_matches('/'))
+                .to_string()
         }
     }
 
@@ -235,10 +258,11 @@ impl Repository {
         let Some(bytes) = self.get_raw(key).await? else {
             return Ok(None);
         };
-        let m: RepositoryManifest = serde_json::from_slice(&bytes).map_err(|e| Error::BadManifest {
-            key: key.into(),
-            reason: e.to_string(),
-        })?;
+        let m: RepositoryManifest =
+            serde_json::from_slice(&bytes).map_err(|e| Error::BadManifest {
+                key: key.into(),
+                reason: e.to_string(),
+            })?;
         if m.version > REPOSITORY_MANIFEST_VERSION {
             return Err(Error::BadManifest {
                 key: key.into(),
@@ -284,22 +308,37 @@ impl Repository {
                 chunk::Compression::None => "none".into(),
                 chunk::Compression::Zstd { .. } => "zstd".into(),
             },
-            encryption: if self.keyring.is_empty() { "none".into() } else { "aes-256-gcm".into() },
-            key_ids: self.keyring.ids().iter().map(|id| format!("{id:08x}")).collect(),
+            encryption: if self.keyring.is_empty() {
+                "none".into()
+            } else {
+                "aes-256-gcm".into()
+            },
+            key_ids: self
+                .keyring
+                .ids()
+                .iter()
+                .map(|id| format!("{id:08x}"))
+                .collect(),
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         };
         let body = serde_json::to_vec_pretty(&m).expect("manifest serializes");
-        match self.put_create(layout::REPOSITORY_MANIFEST, PutPayload::from(body)).await {
+        match self
+            .put_create(layout::REPOSITORY_MANIFEST, PutPayload::from(body))
+            .await
+        {
             Ok(()) => Ok(m),
             // Someone else created it first: check theirs.
             Err(Error::Backend {
                 source: object_store::Error::AlreadyExists { .. },
                 ..
             }) => {
-                let theirs = self.open_manifest().await?.ok_or_else(|| Error::BadManifest {
-                    key: layout::REPOSITORY_MANIFEST.into(),
-                    reason: "vanished after a conflicting create".into(),
-                })?;
+                let theirs = self
+                    .open_manifest()
+                    .await?
+                    .ok_or_else(|| Error::BadManifest {
+                        key: layout::REPOSITORY_MANIFEST.into(),
+                        reason: "vanished after a conflicting create".into(),
+                    })?;
                 theirs.check_server(system_identifier, wal_segment_size)?;
                 Ok(theirs)
             }
@@ -319,9 +358,10 @@ impl Repository {
         let keyring = self.keyring.clone();
         let seal = self.seal;
         let for_seal = plaintext.clone();
-        let sealed = tokio::task::spawn_blocking(move || chunk::seal(&for_seal, &seal, keyring.write_key()))
-            .await
-            .expect("sealing does not panic");
+        let sealed =
+            tokio::task::spawn_blocking(move || chunk::seal(&for_seal, &seal, keyring.write_key()))
+                .await
+                .expect("sealing does not panic");
         let size = sealed.len() as u64;
         match self.put_create(key, PutPayload::from(sealed)).await {
             Ok(()) => Ok(size),
@@ -343,7 +383,9 @@ impl Repository {
                 if same {
                     Ok(size)
                 } else {
-                    Err(Error::Conflict { key: key.to_string() })
+                    Err(Error::Conflict {
+                        key: key.to_string(),
+                    })
                 }
             }
             Err(e) => Err(e),
@@ -448,7 +490,8 @@ impl Repository {
     }
 
     async fn put_create(&self, key: &str, payload: PutPayload) -> Result<(), Error> {
-        let after = BASE_REQUEST_TIMEOUT + TIMEOUT_PER_MIB * (payload.content_length() / (1 << 20) + 1) as u32;
+        let after = BASE_REQUEST_TIMEOUT
+            + TIMEOUT_PER_MIB * (payload.content_length() / (1 << 20) + 1) as u32;
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -467,10 +510,14 @@ impl Repository {
                         },
                     });
                 }
-                self.store.put(&path, payload).await.map(|_| ()).map_err(|source| Error::Backend {
-                    key: key.to_string(),
-                    source,
-                })
+                self.store
+                    .put(&path, payload)
+                    .await
+                    .map(|_| ())
+                    .map_err(|source| Error::Backend {
+                        key: key.to_string(),
+                        source,
+                    })
             }
             Ok(Err(source)) => Err(Error::Backend {
                 key: key.to_string(),
@@ -481,6 +528,16 @@ impl Repository {
                 after,
             }),
         }
+    }
+}
+
+/// Retries inside object_store stay short, so an outage reaches walvault's
+/// own retry loop quickly, where it is logged once and waited out.
+pub fn store_retry_config() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(15),
+        ..Default::default()
     }
 }
 
@@ -531,11 +588,19 @@ where
         match op().await {
             Ok(v) => {
                 if attempt > 1 {
-                    tracing::info!(what, attempt, "object store request succeeded after retries");
+                    tracing::info!(
+                        what,
+                        attempt,
+                        "object store request succeeded after retries"
+                    );
                 }
                 return Ok(v);
             }
-            Err(e) if e.is_retryable() && attempts.is_none_or(|n| attempt < n) && !cancel.is_cancelled() => {
+            Err(e)
+                if e.is_retryable()
+                    && attempts.is_none_or(|n| attempt < n)
+                    && !cancel.is_cancelled() =>
+            {
                 tracing::warn!(what, attempt, error = %crate::error::chain(&e), "object store request failed, retrying");
                 let jitter = rand::random::<f64>() * 0.5 + 0.75;
                 let sleep = backoff.mul_f64(jitter);

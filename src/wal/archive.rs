@@ -30,6 +30,26 @@ impl TimelineWal {
         chain_end(ranges)
     }
 
+    /// The lowest segment number with any object.
+    pub fn min_segment(&self) -> Option<u64> {
+        let c = self.complete.iter().next().copied();
+        let d = self.deltas.keys().next().copied();
+        match (c, d) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The end of the WAL held without a hole from the first segment on:
+    /// the point up to which this timeline can be replayed.
+    pub fn contiguous_end(&self, segment_size_bytes: u64) -> Option<Lsn> {
+        let mut s = self.min_segment()?;
+        while self.complete.contains(&s) {
+            s += 1;
+        }
+        Some(Lsn(s * segment_size_bytes + self.delta_chain_end(s)))
+    }
+
     /// The highest segment number with any object.
     pub fn max_segment(&self) -> Option<u64> {
         let c = self.complete.iter().next_back().copied();
@@ -98,9 +118,16 @@ impl WalInventory {
                     t.complete.insert(segment.number);
                     t.stored_bytes += o.size;
                 }
-                Some(WalObject::Delta { segment, start, end }) => {
+                Some(WalObject::Delta {
+                    segment,
+                    start,
+                    end,
+                }) => {
                     let t = inv.timelines.entry(segment.timeline).or_default();
-                    t.deltas.entry(segment.number).or_default().push((start, end));
+                    t.deltas
+                        .entry(segment.number)
+                        .or_default()
+                        .push((start, end));
                     t.stored_bytes += o.size;
                 }
                 Some(WalObject::History { timeline }) => {
@@ -127,13 +154,17 @@ pub async fn read_delta_chain(
     segment: SegmentName,
     segment_size_bytes: u64,
 ) -> Result<Vec<u8>, storage::Error> {
-    let objects = repo.list(&layout::delta_prefix(segment, segment_size_bytes)).await?;
+    let objects = repo
+        .list(&layout::delta_prefix(segment, segment_size_bytes))
+        .await?;
     let mut ranges: Vec<(u64, u64, String)> = objects
         .into_iter()
-        .filter_map(|o| match layout::parse_wal_key(&o.key, segment_size_bytes) {
-            Some(WalObject::Delta { start, end, .. }) => Some((start, end, o.key)),
-            _ => None,
-        })
+        .filter_map(
+            |o| match layout::parse_wal_key(&o.key, segment_size_bytes) {
+                Some(WalObject::Delta { start, end, .. }) => Some((start, end, o.key)),
+                _ => None,
+            },
+        )
         .collect();
     ranges.sort();
     let mut out: Vec<u8> = Vec::new();
@@ -187,16 +218,20 @@ pub async fn fetch_wal_file(
     segment_size_bytes: u64,
 ) -> Result<Option<FetchedWal>, storage::Error> {
     match file {
-        crate::lsn::WalFileName::History(tli) => {
-            Ok(repo.get_opened(&layout::history_key(tli)).await?.map(FetchedWal::History))
-        }
+        crate::lsn::WalFileName::History(tli) => Ok(repo
+            .get_opened(&layout::history_key(tli))
+            .await?
+            .map(FetchedWal::History)),
         crate::lsn::WalFileName::Segment(seg) => {
             let key = layout::segment_key(seg, segment_size_bytes);
             if let Some(bytes) = repo.get_opened(&key).await? {
                 if bytes.len() as u64 != segment_size_bytes {
                     return Err(storage::Error::BadManifest {
                         key,
-                        reason: format!("segment holds {} bytes, expected {segment_size_bytes}", bytes.len()),
+                        reason: format!(
+                            "segment holds {} bytes, expected {segment_size_bytes}",
+                            bytes.len()
+                        ),
                     });
                 }
                 return Ok(Some(FetchedWal::Complete(bytes)));
@@ -220,10 +255,11 @@ pub struct TimelineSummary {
     pub timeline: TimelineId,
     /// First WAL LSN held.
     pub start_lsn: String,
-    /// End of the complete segments (LSN after the last complete segment).
-    pub complete_end_lsn: Option<String>,
-    /// End of WAL held, including the newest delta.
+    /// End of the WAL held without a hole from `start_lsn` (deltas included):
+    /// replay on this timeline can reach this point.
     pub end_lsn: String,
+    /// End of the newest WAL held anywhere on this timeline (past a hole, if any).
+    pub newest_lsn: String,
     /// First segment file name.
     pub first_segment: String,
     /// Last segment file name (complete or partial).
@@ -267,14 +303,26 @@ pub fn summarize(inv: &WalInventory, segment_size_bytes: u64) -> WalSummary {
             .chain(t.deltas.keys().next().copied())
             .min()
             .unwrap_or(max);
-        let name = |n: u64| SegmentName { timeline: tli, number: n }.to_file_name(segment_size_bytes);
-        let start = Lsn(first * segment_size_bytes + if t.complete.contains(&first) { 0 } else { t.deltas[&first].iter().map(|r| r.0).min().unwrap_or(0) });
-        let end = if t.complete.contains(&max) {
+        let name = |n: u64| {
+            SegmentName {
+                timeline: tli,
+                number: n,
+            }
+            .to_file_name(segment_size_bytes)
+        };
+        let start = Lsn(first * segment_size_bytes
+            + if t.complete.contains(&first) {
+                0
+            } else {
+                t.deltas[&first].iter().map(|r| r.0).min().unwrap_or(0)
+            });
+        let newest = if t.complete.contains(&max) {
             Lsn((max + 1) * segment_size_bytes)
         } else {
             Lsn(max * segment_size_bytes + t.delta_chain_end(max))
         };
-        let newest_delta_end = (!t.complete.contains(&max)).then(|| end.to_string());
+        let end = t.contiguous_end(segment_size_bytes).unwrap_or(start);
+        let newest_delta_end = (!t.complete.contains(&max)).then(|| newest.to_string());
         let missing = (first..=max)
             .filter(|n| !t.complete.contains(n) && !t.deltas.contains_key(n))
             .map(name)
@@ -283,8 +331,8 @@ pub fn summarize(inv: &WalInventory, segment_size_bytes: u64) -> WalSummary {
         timelines.push(TimelineSummary {
             timeline: tli,
             start_lsn: start.to_string(),
-            complete_end_lsn: t.complete.iter().next_back().map(|n| Lsn((n + 1) * segment_size_bytes).to_string()),
             end_lsn: end.to_string(),
+            newest_lsn: newest.to_string(),
             first_segment: name(first),
             last_segment: name(max),
             complete_segments: t.complete.len(),
@@ -298,13 +346,21 @@ pub fn summarize(inv: &WalInventory, segment_size_bytes: u64) -> WalSummary {
     WalSummary {
         wal_segment_size: segment_size_bytes,
         timelines,
-        history_files: inv.histories.iter().map(|t| crate::lsn::history_file_name(*t)).collect(),
+        history_files: inv
+            .histories
+            .iter()
+            .map(|t| crate::lsn::history_file_name(*t))
+            .collect(),
     }
 }
 
 /// Keeps `Bytes` out of the public API of callers that only need a Vec.
 pub fn into_pieces(bytes: Vec<u8>) -> Vec<Bytes> {
-    if bytes.is_empty() { Vec::new() } else { vec![Bytes::from(bytes)] }
+    if bytes.is_empty() {
+        Vec::new()
+    } else {
+        vec![Bytes::from(bytes)]
+    }
 }
 
 #[cfg(test)]

@@ -33,11 +33,16 @@ pub fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, ParseHistoryError>
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let err = || ParseHistoryError { line: line.to_string() };
+        let err = || ParseHistoryError {
+            line: line.to_string(),
+        };
         let mut fields = trimmed.split_whitespace();
         let timeline = fields.next().and_then(|t| t.parse().ok()).ok_or_else(err)?;
         let switch_lsn = fields.next().and_then(|l| l.parse().ok()).ok_or_else(err)?;
-        out.push(HistoryEntry { timeline, switch_lsn });
+        out.push(HistoryEntry {
+            timeline,
+            switch_lsn,
+        });
     }
     Ok(out)
 }
@@ -76,10 +81,17 @@ mod tests {
 
     #[test]
     fn parses_with_blank_lines() {
-        let text = "1\t0/1301028\tno recovery target specified\n\n2\t0/3000000\tbefore 2026-01-01\n";
+        let text =
+            "1\t0/1301028\tno recovery target specified\n\n2\t0/3000000\tbefore 2026-01-01\n";
         let h = parse_history(text).unwrap();
         assert_eq!(h.len(), 2);
-        assert_eq!(h[1], HistoryEntry { timeline: 2, switch_lsn: Lsn(0x300_0000) });
+        assert_eq!(
+            h[1],
+            HistoryEntry {
+                timeline: 2,
+                switch_lsn: Lsn(0x300_0000)
+            }
+        );
         assert!(parse_history("x y\n").is_err());
     }
 
@@ -87,11 +99,26 @@ mod tests {
     fn follows_switches() {
         let sz = 16 << 20;
         let h = parse_history("1\t0/1301028\tx\n2\t0/3000100\ty\n").unwrap();
-        assert_eq!(follow_history(&h, 3, 1, Lsn(0x100_0000), sz), (1, Lsn(0x100_0000), false));
-        assert_eq!(follow_history(&h, 3, 1, Lsn(0x130_1028), sz), (2, Lsn(0x100_0000), true));
+        assert_eq!(
+            follow_history(&h, 3, 1, Lsn(0x100_0000), sz),
+            (1, Lsn(0x100_0000), false)
+        );
+        assert_eq!(
+            follow_history(&h, 3, 1, Lsn(0x130_1028), sz),
+            (2, Lsn(0x100_0000), true)
+        );
         // WAL of timeline 1 past its fork is not on the path: go on at the fork.
-        assert_eq!(follow_history(&h, 3, 1, Lsn(0x400_0000), sz), (2, Lsn(0x100_0000), true));
-        assert_eq!(follow_history(&h, 3, 2, Lsn(0x300_0100), sz), (3, Lsn(0x300_0000), true));
-        assert_eq!(follow_history(&h, 3, 3, Lsn(0x500_0000), sz), (3, Lsn(0x500_0000), false));
+        assert_eq!(
+            follow_history(&h, 3, 1, Lsn(0x400_0000), sz),
+            (2, Lsn(0x100_0000), true)
+        );
+        assert_eq!(
+            follow_history(&h, 3, 2, Lsn(0x300_0100), sz),
+            (3, Lsn(0x300_0000), true)
+        );
+        assert_eq!(
+            follow_history(&h, 3, 3, Lsn(0x500_0000), sz),
+            (3, Lsn(0x500_0000), false)
+        );
     }
 }

@@ -21,7 +21,9 @@ use crate::pipeline::memory::MemoryBudget;
 use crate::pipeline::upload::{self, QueuedJob, UploadJob, UploadStats};
 use crate::protocol::command::StartReplication;
 use crate::protocol::connection::CopyEvent;
-use crate::protocol::message::{ReplicationMessage, StandbyStatusUpdate, decode_replication_message};
+use crate::protocol::message::{
+    ReplicationMessage, StandbyStatusUpdate, decode_replication_message,
+};
 use crate::protocol::{self, ConnInfo, ReplicationConnection};
 use crate::storage::{self, Repository, layout};
 
@@ -92,12 +94,25 @@ pub enum Error {
         "the server no longer has the WAL the archive needs next ({0}); the archive has a gap from here on: take a new base backup once streaming runs again"
     )]
     WalRemoved(String),
+    /// The uploader ended early (its own error is reported instead when it has one).
+    #[error("the uploader stopped unexpectedly")]
+    UploaderStopped,
     /// Shutdown took longer than allowed.
     #[error("shutdown timed out with WAL still unstored (the slot keeps it on the server)")]
     ShutdownTimeout,
 }
 
 impl Error {
+    /// Whether the user must change settings to fix it (wrong repository,
+    /// wrong key, unsupported server).
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            Error::Storage(e) => e.is_configuration(),
+            Error::Protocol(protocol::Error::ConnInfo(_)) | Error::Unsupported(_) => true,
+            _ => false,
+        }
+    }
+
     fn is_retryable(&self) -> bool {
         match self {
             Error::Protocol(e) => e.is_retryable(),
@@ -130,7 +145,11 @@ struct Stream<'a> {
 ///
 /// # Cancel safety
 /// Not cancel safe; use `shutdown`.
-pub async fn run(opts: &StreamOptions, repo: &Repository, shutdown: &CancellationToken) -> Result<StreamSummary, Error> {
+pub async fn run(
+    opts: &StreamOptions,
+    repo: &Repository,
+    shutdown: &CancellationToken,
+) -> Result<StreamSummary, Error> {
     let abort = CancellationToken::new();
     let memory = Arc::new(MemoryBudget::new(opts.memory_budget_bytes));
     let stats = Arc::new(UploadStats::default());
@@ -190,7 +209,9 @@ pub async fn run(opts: &StreamOptions, repo: &Repository, shutdown: &Cancellatio
                     break;
                 }
                 Ok(Some(_)) => {
-                    return Err(Error::Unsupported("the server's WAL segment size changed".into()));
+                    return Err(Error::Unsupported(
+                        "the server's WAL segment size changed".into(),
+                    ));
                 }
                 Ok(None) => break,
                 Err(e) if e.is_retryable() => {
@@ -205,14 +226,19 @@ pub async fn run(opts: &StreamOptions, repo: &Repository, shutdown: &Cancellatio
     };
 
     // Stop the uploader: close its input and wait for it (or abort on failure).
-    let Stream { jobs_tx, durable_rx, pending, .. } = stream;
+    let Stream {
+        jobs_tx,
+        durable_rx,
+        pending,
+        ..
+    } = stream;
     drop(jobs_tx);
     if result.is_err() || !pending.is_empty() {
         abort.cancel();
     }
     let uploaded = uploader.await.expect("uploader does not panic");
-    result?;
     uploaded?;
+    result?;
     use std::sync::atomic::Ordering::Relaxed;
     Ok(StreamSummary {
         durable: *durable_rx.borrow(),
@@ -242,7 +268,8 @@ async fn connect_checked(
         }
         let identity = conn.identify_system().await?;
         let segment_size = conn.wal_segment_size().await?;
-        repo.ensure_manifest(&identity.system_identifier, major, segment_size).await?;
+        repo.ensure_manifest(&identity.system_identifier, major, segment_size)
+            .await?;
         info!(server = conn.target(), major, system_id = %identity.system_identifier,
               timeline = identity.timeline, tls = conn.is_tls(), "connected for replication");
         Ok((conn, segment_size))
@@ -256,7 +283,11 @@ async fn connect_checked(
 
 impl Stream<'_> {
     /// One connection's worth of streaming. `Ok` means shutdown completed.
-    async fn session(&mut self, conn: &mut ReplicationConnection, shutdown: &CancellationToken) -> Result<(), Error> {
+    async fn session(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Error> {
         let identity = conn.identify_system().await?;
         if conn.create_physical_slot(&self.opts.slot).await? {
             info!(slot = self.opts.slot, "created replication slot");
@@ -274,7 +305,13 @@ impl Stream<'_> {
             self.last_reported = start;
         }
         let seg = self.segmenter.as_ref().expect("set above");
-        let (tli, pos, moved) = follow_history(&history, identity.timeline, seg.timeline(), seg.position(), self.segment_size);
+        let (tli, pos, moved) = follow_history(
+            &history,
+            identity.timeline,
+            seg.timeline(),
+            seg.position(),
+            self.segment_size,
+        );
         if moved {
             self.switch_timeline(tli, pos);
         }
@@ -294,12 +331,18 @@ impl Stream<'_> {
                     debug!(timeline, start = %start, "replication started");
                     match self.copy_loop(conn, shutdown, status_interval).await? {
                         CopyEnd::Shutdown => return Ok(()),
-                        CopyEnd::TimelineEnded { next_timeline, next_start } => {
+                        CopyEnd::TimelineEnded {
+                            next_timeline,
+                            next_start,
+                        } => {
                             self.timeline_ended(conn, next_timeline, next_start).await?;
                         }
                     }
                 }
-                StartReplication::TimelineEnded { next_timeline, next_start } => {
+                StartReplication::TimelineEnded {
+                    next_timeline,
+                    next_start,
+                } => {
                     self.timeline_ended(conn, next_timeline, next_start).await?;
                 }
             }
@@ -337,7 +380,12 @@ impl Stream<'_> {
             ),
             None => self.memory.release(held),
         }
-        self.segmenter = Some(Segmenter::new(timeline, start, self.segment_size, Vec::new()));
+        self.segmenter = Some(Segmenter::new(
+            timeline,
+            start,
+            self.segment_size,
+            Vec::new(),
+        ));
     }
 
     /// Reads the stream until shutdown, a timeline end or an error.
@@ -359,8 +407,11 @@ impl Stream<'_> {
             let has_room = self.memory.has_room_for(MAX_XLOGDATA_BYTES);
             match (has_room, memory_full_since) {
                 (false, None) => {
-                    warn!(used = self.memory.used_bytes(), limit = self.memory.limit_bytes(),
-                          "memory budget full: pausing reads until uploads catch up");
+                    warn!(
+                        used = self.memory.used_bytes(),
+                        limit = self.memory.limit_bytes(),
+                        "memory budget full: pausing reads until uploads catch up"
+                    );
                     memory_full_since = Some(Instant::now());
                 }
                 (true, Some(since)) => {
@@ -377,12 +428,12 @@ impl Stream<'_> {
                     return Ok(CopyEnd::Shutdown);
                 }
                 permit = jobs_tx.reserve(), if front_ready => {
-                    let permit = permit.map_err(|_| Error::Unsupported("the uploader stopped".into()))?;
+                    let permit = permit.map_err(|_| Error::UploaderStopped)?;
                     permit.send(self.pending.pop_front().expect("front_ready"));
                 }
                 changed = self.durable_rx.changed() => {
                     if changed.is_err() {
-                        return Err(Error::Unsupported("the uploader stopped unexpectedly".into()));
+                        return Err(Error::UploaderStopped);
                     }
                     self.send_status(conn, false).await?;
                 }
@@ -468,7 +519,11 @@ impl Stream<'_> {
     }
 
     /// Reports the durable LSN as write, flush and apply.
-    async fn send_status(&mut self, conn: &mut ReplicationConnection, reply: bool) -> Result<(), Error> {
+    async fn send_status(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        reply: bool,
+    ) -> Result<(), Error> {
         let durable = (*self.durable_rx.borrow_and_update()).max(self.last_reported);
         self.last_reported = durable;
         conn.send_status(&StandbyStatusUpdate {
@@ -486,7 +541,10 @@ impl Stream<'_> {
     async fn drain(&mut self, conn: &mut ReplicationConnection) -> Result<(), Error> {
         info!("shutting down: storing the open segment's tail");
         self.queue_delta();
-        let target = self.segmenter.as_ref().map_or(Lsn::INVALID, Segmenter::handed_out_position);
+        let target = self
+            .segmenter
+            .as_ref()
+            .map_or(Lsn::INVALID, Segmenter::handed_out_position);
         let deadline = tokio::time::sleep(self.opts.shutdown_timeout);
         tokio::pin!(deadline);
         let mut status_tick = tokio::time::interval(Duration::from_secs(1));
@@ -499,12 +557,12 @@ impl Stream<'_> {
                 biased;
                 () = &mut deadline => return Err(Error::ShutdownTimeout),
                 permit = jobs_tx.reserve(), if !self.pending.is_empty() => {
-                    let permit = permit.map_err(|_| Error::Unsupported("the uploader stopped".into()))?;
+                    let permit = permit.map_err(|_| Error::UploaderStopped)?;
                     permit.send(self.pending.pop_front().expect("not empty"));
                 }
                 changed = self.durable_rx.changed() => {
                     if changed.is_err() {
-                        return Err(Error::Unsupported("the uploader stopped unexpectedly".into()));
+                        return Err(Error::UploaderStopped);
                     }
                 }
                 _ = status_tick.tick() => {
@@ -521,7 +579,10 @@ impl Stream<'_> {
     }
 
     /// Shutdown while disconnected: store what is held, without a server.
-    async fn drain_without_server(&mut self, _uploader: &tokio::task::JoinHandle<Result<(), storage::Error>>) -> Result<(), Error> {
+    async fn drain_without_server(
+        &mut self,
+        _uploader: &tokio::task::JoinHandle<Result<(), storage::Error>>,
+    ) -> Result<(), Error> {
         self.queue_delta();
         let deadline = Instant::now() + self.opts.shutdown_timeout;
         while let Some(job) = self.pending.pop_front() {
@@ -563,13 +624,18 @@ impl Stream<'_> {
     }
 
     /// Fetches a timeline's history file and stores it (before any WAL of it).
-    async fn store_history(&mut self, conn: &mut ReplicationConnection, timeline: TimelineId) -> Result<Vec<u8>, Error> {
+    async fn store_history(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        timeline: TimelineId,
+    ) -> Result<Vec<u8>, Error> {
         let (_name, content) = conn.timeline_history(timeline).await?;
         if !self.stored_histories.contains(&timeline) {
             let cancel = CancellationToken::new();
             let key = layout::history_key(timeline);
             storage::retry(&key, Some(10), Duration::from_secs(10), &cancel, || {
-                self.repo.put_sealed(&key, vec![Bytes::copy_from_slice(&content)])
+                self.repo
+                    .put_sealed(&key, vec![Bytes::copy_from_slice(&content)])
             })
             .await?;
             info!(timeline, "timeline history archived");
@@ -592,7 +658,8 @@ impl Stream<'_> {
             let resume = inv.timelines[&tli]
                 .resume_point(self.segment_size, window)
                 .expect("a timeline in the inventory holds WAL");
-            let (t, lsn, moved) = follow_history(history, identity.timeline, tli, resume, self.segment_size);
+            let (t, lsn, moved) =
+                follow_history(history, identity.timeline, tli, resume, self.segment_size);
             if moved || lsn.is_segment_start(self.segment_size) {
                 return Ok((t, lsn, Vec::new()));
             }
@@ -608,17 +675,32 @@ impl Stream<'_> {
             None
         };
         if let Some(lsn) = slot.and_then(|s| s.restart_lsn) {
-            let tli = slot.and_then(|s| s.restart_timeline).unwrap_or(identity.timeline);
-            let (t, l, _) = follow_history(history, identity.timeline, tli, lsn.segment_start(self.segment_size), self.segment_size);
+            let tli = slot
+                .and_then(|s| s.restart_timeline)
+                .unwrap_or(identity.timeline);
+            let (t, l, _) = follow_history(
+                history,
+                identity.timeline,
+                tli,
+                lsn.segment_start(self.segment_size),
+                self.segment_size,
+            );
             return Ok((t, l.segment_start(self.segment_size), Vec::new()));
         }
-        Ok((identity.timeline, identity.xlogpos.segment_start(self.segment_size), Vec::new()))
+        Ok((
+            identity.timeline,
+            identity.xlogpos.segment_start(self.segment_size),
+            Vec::new(),
+        ))
     }
 }
 
 enum CopyEnd {
     Shutdown,
-    TimelineEnded { next_timeline: TimelineId, next_start: Lsn },
+    TimelineEnded {
+        next_timeline: TimelineId,
+        next_start: Lsn,
+    },
 }
 
 /// How often to send status updates: a third of `wal_sender_timeout`, at most

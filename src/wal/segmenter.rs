@@ -61,10 +61,18 @@ impl Segmenter {
     ///
     /// # Panics
     /// If `prefix` does not add up to the offset of `start` in its segment.
-    pub fn new(timeline: TimelineId, start: Lsn, segment_size_bytes: u64, prefix: Vec<Bytes>) -> Self {
+    pub fn new(
+        timeline: TimelineId,
+        start: Lsn,
+        segment_size_bytes: u64,
+        prefix: Vec<Bytes>,
+    ) -> Self {
         let offset = start.segment_offset(segment_size_bytes);
         let prefix_len: u64 = prefix.iter().map(|b| b.len() as u64).sum();
-        assert_eq!(prefix_len, offset, "prefix must cover the open segment up to the start");
+        assert_eq!(
+            prefix_len, offset,
+            "prefix must cover the open segment up to the start"
+        );
         Segmenter {
             segment_size: segment_size_bytes,
             timeline,
@@ -104,7 +112,10 @@ impl Segmenter {
     pub fn push(&mut self, start: Lsn, mut data: Bytes) -> Result<Vec<CompleteSegment>, GapError> {
         let expected = self.position();
         if start > expected {
-            return Err(GapError { expected, got: start });
+            return Err(GapError {
+                expected,
+                got: start,
+            });
         }
         let overlap = (expected.0 - start.0) as usize;
         if overlap >= data.len() {
@@ -185,7 +196,11 @@ mod tests {
     fn cuts_at_segment_boundaries_and_hands_out_deltas() {
         let size = 16u64;
         let mut s = Segmenter::new(1, Lsn(0), size, Vec::new());
-        assert!(s.push(Lsn(0), Bytes::from_static(b"0123456789")).unwrap().is_empty());
+        assert!(
+            s.push(Lsn(0), Bytes::from_static(b"0123456789"))
+                .unwrap()
+                .is_empty()
+        );
         let d = s.take_delta().unwrap();
         assert_eq!((d.start, d.end), (0, 10));
         assert!(s.take_delta().is_none());
@@ -196,9 +211,18 @@ mod tests {
         let d = s.take_delta().unwrap();
         assert_eq!((d.segment.number, d.start, d.end), (1, 0, 4));
         assert_eq!(concat(&d.pieces), b"ghij");
-        assert_eq!(s.push(Lsn(30), Bytes::from_static(b"x")).unwrap_err().expected, Lsn(20));
+        assert_eq!(
+            s.push(Lsn(30), Bytes::from_static(b"x"))
+                .unwrap_err()
+                .expected,
+            Lsn(20)
+        );
         // A resend of bytes already held is skipped.
-        assert!(s.push(Lsn(18), Bytes::from_static(b"ijk")).unwrap().is_empty());
+        assert!(
+            s.push(Lsn(18), Bytes::from_static(b"ijk"))
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(s.position(), Lsn(21));
     }
 
@@ -206,9 +230,17 @@ mod tests {
     fn resumes_with_a_prefix() {
         let mut s = Segmenter::new(2, Lsn(16 + 4), 16, vec![Bytes::from_static(b"abcd")]);
         assert!(s.take_delta().is_none());
-        let done = s.push(Lsn(20), Bytes::from_static(b"efghijklmnop")).unwrap();
+        let done = s
+            .push(Lsn(20), Bytes::from_static(b"efghijklmnop"))
+            .unwrap();
         assert_eq!(concat(&done[0].pieces), b"abcdefghijklmnop");
-        assert_eq!(done[0].segment, SegmentName { timeline: 2, number: 1 });
+        assert_eq!(
+            done[0].segment,
+            SegmentName {
+                timeline: 2,
+                number: 1
+            }
+        );
     }
 
     proptest! {

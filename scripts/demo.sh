@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The main job on embedded defaults, on a fresh machine:
+#   1. start a throwaway local PostgreSQL 15,
+#   2. run `walvault stream` into a local-directory repository (encrypted),
+#   3. write rows with timestamps while it streams,
+#   4. show what is archived (`walvault list`), then stop everything cleanly.
+# Everything lives in a temporary directory that is removed at the end
+# (set KEEP=1 to keep it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PGBIN=/usr/lib/postgresql/15/bin
+if [ ! -x "$PGBIN/postgres" ]; then
+  echo "demo: installing PostgreSQL 15" >&2
+  if [ "$(id -u)" -eq 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql-15 >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq postgresql-15 >/dev/null; fi
+fi
+
+echo "demo: building walvault" >&2
+cargo build --locked --quiet
+WALVAULT=$PWD/target/debug/walvault
+
+WORK=$(mktemp -d /tmp/walvault-demo.XXXXXX)
+chmod 755 "$WORK"
+as_pg() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+STREAM_PID=
+cleanup() {
+  [ -n "$STREAM_PID" ] && kill "$STREAM_PID" 2>/dev/null || true
+  as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -m fast stop >/dev/null 2>&1 || true
+  if [ -z "${KEEP:-}" ]; then rm -rf "$WORK"; else echo "demo: kept $WORK" >&2; fi
+}
+trap cleanup EXIT
+
+mkdir -p "$WORK/sock"
+[ "$(id -u)" -eq 0 ] && chown postgres "$WORK/sock"
+[ "$(id -u)" -eq 0 ] && install -d -o postgres "$WORK/data"
+echo "demo: initdb + start PostgreSQL 15 on port $PORT" >&2
+as_pg "$PGBIN/initdb" -D "$WORK/data" -U postgres --auth=trust --no-sync >/dev/null
+cat >>"$WORK/data/postgresql.conf" <<CONF
+port = $PORT
+listen_addresses = ''
+unix_socket_directories = '$WORK/sock'
+wal_level = replica
+max_wal_senders = 5
+CONF
+as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w start >/dev/null
+
+PSQL=("$PGBIN/psql" -h "$WORK/sock" -p "$PORT" -U postgres -d postgres -qAtX)
+
+"$WALVAULT" keygen >"$WORK/key" 2>/dev/null
+chmod 600 "$WORK/key"
+REPO="file://$WORK/repo"
+echo "demo: walvault stream --repo $REPO --key-file $WORK/key" >&2
+"$WALVAULT" stream --pg "host=$WORK/sock port=$PORT user=postgres" --repo "$REPO" \
+  --key-file "$WORK/key" --flush-interval 1s 2>"$WORK/stream.log" &
+STREAM_PID=$!
+
+"${PSQL[@]}" -c "CREATE TABLE ledger (id serial PRIMARY KEY, note text, committed_at timestamptz DEFAULT clock_timestamp())"
+for i in $(seq 1 10); do
+  "${PSQL[@]}" -c "INSERT INTO ledger (note) SELECT 'row $i.' || g FROM generate_series(1, 1000) g"
+  sleep 0.5
+done
+"${PSQL[@]}" -c "SELECT pg_switch_wal()" >/dev/null
+LAST=$("${PSQL[@]}" -c "SELECT pg_current_wal_flush_lsn()")
+echo "demo: wrote 10000 ledger rows; server WAL is at $LAST" >&2
+sleep 2
+
+echo
+echo "== walvault list (while streaming)"
+"$WALVAULT" list --repo "$REPO" --key-file "$WORK/key"
+
+echo
+echo "== stopping walvault with SIGTERM (stores the tail, exits 0)"
+kill -TERM "$STREAM_PID"
+wait "$STREAM_PID" && echo "walvault exited 0"
+STREAM_PID=
+grep -E "segment archived|tail stored|stopped" "$WORK/stream.log" | tail -n 5
+
+echo
+echo "== walvault list --json"
+"$WALVAULT" list --repo "$REPO" --key-file "$WORK/key" --json

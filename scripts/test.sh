@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what it needs
+# (scripts/setup-test-env.sh), checks formatting, lints, validates
+# docker-compose.yml, then runs every unit and integration test against real
+# PostgreSQL 14-18 servers and a real S3 server, in parallel with nextest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup-test-env.sh
+
+echo "== rustfmt"
+cargo fmt --all -- --check
+
+echo "== clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+echo "== docker-compose.yml"
+docker-compose -f docker-compose.yml config -q
+
+echo "== tests (unit + integration, PostgreSQL 14-18, S3 on loopback)"
+if ! command -v cargo-nextest >/dev/null; then
+  cargo install cargo-nextest --locked
+fi
+cargo nextest run --locked --all-targets --no-fail-fast "$@"

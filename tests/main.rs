@@ -1,0 +1,7 @@
+//! Integration tests: one binary, modules per area, real PostgreSQL 14-18
+//! servers and a real S3 server on loopback.
+
+mod support;
+
+mod cli;
+mod stream;

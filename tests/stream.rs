@@ -1,0 +1,341 @@
+//! `walvault stream` against real servers: byte-exact segments, the
+//! data-loss window, crash restarts, store outages, timeline switches and
+//! synchronous replication.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use walvault::format::{Keyring, MasterKey};
+use walvault::lsn::Lsn;
+use walvault::storage::Repository;
+
+use crate::pg_test;
+use crate::support::pg::{PgCluster, PgOptions};
+use crate::support::process::{KEY, RepoEnv, StreamProcess};
+use crate::support::s3::S3Server;
+use crate::support::{archived_end, assert_segments_match, switch_wal, wait_archived, wait_for};
+
+const MIB: u64 = 1 << 20;
+
+fn keyring() -> Keyring {
+    Keyring::single(MasterKey::from_hex(KEY).unwrap())
+}
+
+fn s3_repo(s3: &S3Server, prefix: &str) -> (RepoEnv, Repository) {
+    let mut env = s3.env();
+    env.push(("WALVAULT_KEY".into(), KEY.into()));
+    (
+        RepoEnv {
+            url: s3.url(prefix),
+            env,
+        },
+        s3.repository(prefix, keyring()),
+    )
+}
+
+/// Every stored segment equals the server's pg_wal file, for 1 MiB and
+/// 16 MiB segments; SIGTERM stores the tail and exits 0.
+async fn segments_match_server(major: u32) {
+    for segsize in [1u32, 16] {
+        let pg = PgCluster::start(
+            major,
+            &PgOptions {
+                wal_segsize_mib: segsize,
+                ..Default::default()
+            },
+        );
+        let size = u64::from(segsize) * MIB;
+        let s3 = S3Server::start();
+        let (env, repo) = s3_repo(&s3, "segments");
+        let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "300ms"]);
+        pg.pgbench(&["-i", "-s", "2", "-q"]);
+        let end = switch_wal(&pg).await;
+        wait_archived(&repo, size, 1, end, Duration::from_secs(60)).await;
+        let compared = assert_segments_match(&repo, &pg, size, 1).await;
+        assert!(compared >= 2, "only {compared} segments compared");
+        // Some WAL after the switch, then a graceful stop stores it.
+        pg.execute("CREATE TABLE after_switch AS SELECT 1 AS x")
+            .await;
+        let last: Lsn = pg
+            .query_one("SELECT pg_current_wal_flush_lsn()")
+            .await
+            .parse()
+            .unwrap();
+        let (code, log) = stream.terminate();
+        assert_eq!(code, Some(0), "stream did not exit 0:\n{log}");
+        assert!(
+            archived_end(&repo, size, 1).await >= last,
+            "tail not stored at shutdown:\n{log}"
+        );
+    }
+}
+pg_test!(segments_match_server);
+
+/// A committed row's WAL is in the store within flush-interval plus one
+/// upload, without waiting for the segment to fill; wal-fetch serves the
+/// open segment zero-padded.
+async fn commit_reaches_store_within_flush_interval(major: u32) {
+    let pg = PgCluster::start(
+        major,
+        &PgOptions {
+            wal_segsize_mib: 16,
+            ..Default::default()
+        },
+    );
+    let size = 16 * MIB;
+    let s3 = S3Server::start();
+    let (env, repo) = s3_repo(&s3, "window");
+    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "1s"]);
+    pg.execute("CREATE TABLE t (id int)").await;
+    let first: Lsn = pg
+        .query_one("SELECT pg_current_wal_flush_lsn()")
+        .await
+        .parse()
+        .unwrap();
+    wait_archived(&repo, size, 1, first, Duration::from_secs(30)).await;
+
+    pg.execute("INSERT INTO t VALUES (1)").await;
+    let committed: Lsn = pg
+        .query_one("SELECT pg_current_wal_flush_lsn()")
+        .await
+        .parse()
+        .unwrap();
+    let took = wait_archived(&repo, size, 1, committed, Duration::from_secs(30)).await;
+    // flush interval (1 s) plus one upload to a loopback store (generously 3 s).
+    assert!(
+        took <= Duration::from_secs(4),
+        "commit took {took:?} to reach the store"
+    );
+
+    // The open segment is only in deltas: wal-fetch assembles and pads it.
+    let seg = walvault::lsn::SegmentName::from_lsn(1, committed, size);
+    let name = seg.to_file_name(size);
+    let dest = tempfile::tempdir().unwrap();
+    let out = env.run(&[
+        "wal-fetch",
+        &name,
+        dest.path().join("seg").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "wal-fetch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fetched = std::fs::read(dest.path().join("seg")).unwrap();
+    assert_eq!(fetched.len() as u64, size);
+    let server = pg.wal_file(&name);
+    let known = (committed.0 - seg.start_lsn(size).0) as usize;
+    assert_eq!(
+        &fetched[..known],
+        &server[..known],
+        "assembled bytes differ from the server's"
+    );
+    let held_end = (archived_end(&repo, size, 1).await.0 - seg.start_lsn(size).0) as usize;
+    assert!(
+        fetched[held_end..].iter().all(|&b| b == 0),
+        "tail after the known bytes is not zero"
+    );
+
+    // list --json reports the newest delta's end.
+    let out = env.run(&["list", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tl = &v["wal"]["timelines"][0];
+    assert_eq!(tl["timeline"], 1);
+    let delta_end: Lsn = tl["newest_delta_end_lsn"]
+        .as_str()
+        .expect("a delta end")
+        .parse()
+        .unwrap();
+    assert!(delta_end >= committed);
+    drop(stream);
+}
+pg_test!(commit_reaches_store_within_flush_interval);
+
+/// SIGKILL under pgbench load, then a restart, leaves no gap.
+async fn sigkill_and_restart_leaves_no_gap(major: u32) {
+    let pg = PgCluster::start(major, &PgOptions::default());
+    let s3 = S3Server::start();
+    let (env, repo) = s3_repo(&s3, "kill");
+    pg.pgbench(&["-i", "-s", "1", "-q"]);
+    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    let port = pg.port;
+    let load = std::thread::spawn(move || {
+        std::process::Command::new("/usr/lib/postgresql/15/bin/pgbench")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-T",
+                "8",
+                "-c",
+                "2",
+                "-N",
+                "postgres",
+            ])
+            .output()
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let killed_log = stream.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    let out = load.join().unwrap();
+    assert!(
+        out.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let end = switch_wal(&pg).await;
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
+    let compared = assert_segments_match(&repo, &pg, MIB, 1).await;
+    assert!(
+        compared >= 3,
+        "only {compared} segments compared; first run:\n{killed_log}"
+    );
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+pg_test!(sigkill_and_restart_leaves_no_gap);
+
+/// The S3 server goes away mid-stream and comes back: nothing is lost and
+/// walvault resumes by itself.
+async fn store_outage_loses_nothing(major: u32) {
+    let pg = PgCluster::start(major, &PgOptions::default());
+    let mut s3 = S3Server::start();
+    let (env, repo) = s3_repo(&s3, "outage");
+    let mut stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    pg.pgbench(&["-i", "-s", "1", "-q"]);
+    let before = switch_wal(&pg).await;
+    wait_archived(&repo, MIB, 1, before, Duration::from_secs(60)).await;
+
+    s3.stop();
+    pg.pgbench(&["-T", "3", "-c", "2", "-N"]);
+    let during = switch_wal(&pg).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        stream.is_running(),
+        "walvault exited during the outage:\n{}",
+        stream.log_text()
+    );
+    s3.launch();
+
+    wait_archived(&repo, MIB, 1, during, Duration::from_secs(90)).await;
+    assert_segments_match(&repo, &pg, MIB, 1).await;
+    let log = stream.log_text();
+    assert!(
+        log.contains("object store unavailable"),
+        "the outage was not logged:\n{log}"
+    );
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+pg_test!(store_outage_loses_nothing);
+
+/// Streaming from a standby that is promoted carries the archive across the
+/// timeline switch: history file stored, new timeline's segments byte-exact.
+async fn standby_promotion_follows_timeline(major: u32) {
+    let mut primary = PgCluster::start(major, &PgOptions::default());
+    primary.execute("CREATE TABLE t (id int)").await;
+    let standby = PgCluster::standby_of(&mut primary);
+    let s3 = S3Server::start();
+    let (env, repo) = s3_repo(&s3, "promote");
+    let stream = StreamProcess::start(&env, standby.port, &["--flush-interval", "200ms"]);
+
+    primary.pgbench(&["-i", "-s", "1", "-q"]);
+    let on_primary = switch_wal(&primary).await;
+    wait_for("standby replay", Duration::from_secs(60), || async {
+        let replayed: Lsn = standby
+            .query_one("SELECT pg_last_wal_replay_lsn()")
+            .await
+            .parse()
+            .unwrap();
+        (replayed >= on_primary).then_some(())
+    })
+    .await;
+    wait_archived(&repo, MIB, 1, on_primary, Duration::from_secs(60)).await;
+
+    standby.promote();
+    standby
+        .execute("INSERT INTO t SELECT generate_series(1, 50000)")
+        .await;
+    let end = switch_wal(&standby).await;
+    wait_archived(&repo, MIB, 2, end, Duration::from_secs(60)).await;
+
+    let history = repo
+        .get_opened("wal/00000002.history")
+        .await
+        .unwrap()
+        .expect("history stored");
+    assert_eq!(history, standby.wal_file("00000002.history"));
+    let compared = assert_segments_match(&repo, &standby, MIB, 2).await;
+    assert!(compared >= 1, "no timeline-2 segment compared");
+    assert_segments_match(&repo, &standby, MIB, 1).await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    drop(primary);
+}
+pg_test!(standby_promotion_follows_timeline);
+
+/// With --synchronous and synchronous_standby_names = 'walvault', a commit
+/// waits until its WAL is in the store.
+async fn synchronous_holds_commits(major: u32) {
+    let pg = PgCluster::start(
+        major,
+        &PgOptions {
+            extra_conf: vec!["synchronous_standby_names = 'walvault'".into()],
+            ..Default::default()
+        },
+    );
+    let s3 = S3Server::start();
+    let (env, repo) = s3_repo(&s3, "sync");
+    let stream = StreamProcess::start(&env, pg.port, &["--synchronous"]);
+    wait_for("walvault to be the synchronous standby", Duration::from_secs(30), || async {
+        let state = pg
+            .query_one("SELECT coalesce(max(sync_state), '') FROM pg_stat_replication WHERE application_name = 'walvault'")
+            .await;
+        (state == "sync").then_some(())
+    })
+    .await;
+    pg.execute("CREATE TABLE t (id int)").await;
+    for i in 0..5 {
+        pg.execute(&format!("INSERT INTO t VALUES ({i})")).await;
+        // The commit returned, so the server saw flush >= its LSN; walvault
+        // reports flush only for stored WAL, so the store must hold it now.
+        let reported: Lsn = pg
+            .query_one(
+                "SELECT flush_lsn FROM pg_stat_replication WHERE application_name = 'walvault'",
+            )
+            .await
+            .parse()
+            .unwrap();
+        let stored = archived_end(&repo, MIB, 1).await;
+        assert!(
+            stored >= reported,
+            "reported flush {reported} is ahead of the store {stored}"
+        );
+    }
+
+    // Freeze walvault: a commit must not return until it runs again.
+    stream.signal(Signal::SIGSTOP);
+    let client = pg.client().await;
+    let insert =
+        tokio::spawn(async move { client.batch_execute("INSERT INTO t VALUES (100)").await });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !insert.is_finished(),
+        "commit returned while walvault was stopped"
+    );
+    stream.signal(Signal::SIGCONT);
+    tokio::time::timeout(Duration::from_secs(30), insert)
+        .await
+        .expect("commit returns once walvault stores it")
+        .unwrap()
+        .unwrap();
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+pg_test!(synchronous_holds_commits);

@@ -1,0 +1,407 @@
+//! `PgCluster`: a throwaway PostgreSQL server for tests.
+//!
+//! Binaries: PostgreSQL 15 from Debian (`/usr/lib/postgresql/15/bin`), the
+//! other majors from `$WALVAULT_TEST_HOME/pg/<major>` (installed by
+//! `scripts/setup-test-env.sh`). When the tests run as root, `initdb` and
+//! `postgres` run as the `postgres` user. A missing binary fails the test
+//! with a message saying how to install it.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, Uid, User};
+
+/// Where PostgreSQL `major`'s binaries and libraries are.
+pub fn pg_install(major: u32) -> (PathBuf, Option<PathBuf>) {
+    if major == 15 {
+        let bin = PathBuf::from("/usr/lib/postgresql/15/bin");
+        assert!(
+            bin.join("postgres").exists(),
+            "PostgreSQL 15 is missing: run scripts/setup-test-env.sh (apt-get install postgresql-15)"
+        );
+        return (bin, None);
+    }
+    let home = std::env::var_os("WALVAULT_TEST_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            if Uid::effective().is_root() {
+                PathBuf::from("/opt/walvault-test")
+            } else {
+                PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/walvault-test")
+            }
+        });
+    let root = home.join("pg").join(major.to_string());
+    assert!(
+        root.join("bin/postgres").exists(),
+        "PostgreSQL {major} is missing under {}: run scripts/setup-test-env.sh",
+        root.display()
+    );
+    (root.join("bin"), Some(root.join("lib")))
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// The unprivileged user servers run as when we are root.
+fn run_as() -> Option<User> {
+    if Uid::effective().is_root() {
+        Some(
+            User::from_name("postgres")
+                .unwrap()
+                .expect("user postgres exists (scripts/setup-test-env.sh)"),
+        )
+    } else {
+        None
+    }
+}
+
+/// A running PostgreSQL server in a temporary directory.
+pub struct PgCluster {
+    pub major: u32,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub socket_dir: PathBuf,
+    bin: PathBuf,
+    lib: Option<PathBuf>,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+/// Options for `initdb` and the server.
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    /// `--wal-segsize` in MiB.
+    pub wal_segsize_mib: u32,
+    /// Extra postgresql.conf lines.
+    pub extra_conf: Vec<String>,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            wal_segsize_mib: 1,
+            extra_conf: Vec::new(),
+        }
+    }
+}
+
+impl PgCluster {
+    fn command(&self, program: &str) -> Command {
+        command_for(&self.bin, self.lib.as_deref(), program)
+    }
+
+    /// initdb + start.
+    pub fn start(major: u32, opts: &PgOptions) -> PgCluster {
+        let (bin, lib) = pg_install(major);
+        let dir = tempfile::Builder::new()
+            .prefix("walvault-pg")
+            .tempdir()
+            .unwrap();
+        let data_dir = dir.path().join("data");
+        let socket_dir = dir.path().join("sock");
+        std::fs::create_dir_all(&socket_dir).unwrap();
+        chown_for_server(dir.path());
+        chown_for_server(&socket_dir);
+        let out = command_for(&bin, lib.as_deref(), "initdb")
+            .arg("-D")
+            .arg(&data_dir)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--locale=C",
+            ])
+            .arg(format!("--wal-segsize={}", opts.wal_segsize_mib))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let mut conf = vec![
+            "listen_addresses = '127.0.0.1'".to_string(),
+            format!("port = {port}"),
+            format!("unix_socket_directories = '{}'", socket_dir.display()),
+            "wal_level = replica".into(),
+            "max_wal_senders = 10".into(),
+            "max_replication_slots = 10".into(),
+            "wal_keep_size = '2GB'".into(),
+            "fsync = off".into(),
+            "shared_buffers = '32MB'".into(),
+            "max_connections = 40".into(),
+            "hot_standby = on".into(),
+            "logging_collector = off".into(),
+            "log_min_messages = warning".into(),
+        ];
+        conf.extend(opts.extra_conf.iter().cloned());
+        append(&data_dir.join("postgresql.conf"), &conf.join("\n"));
+        append(
+            &data_dir.join("pg_hba.conf"),
+            "local all all trust\nlocal replication all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n",
+        );
+        let log = dir.path().join("server.log");
+        let mut pg = PgCluster {
+            major,
+            port,
+            data_dir,
+            socket_dir,
+            bin,
+            lib,
+            child: None,
+            _dir: dir,
+            log,
+        };
+        pg.launch();
+        pg
+    }
+
+    /// A hot standby of `primary`, made by copying its stopped data
+    /// directory (works for every major without pg_basebackup).
+    pub fn standby_of(primary: &mut PgCluster) -> PgCluster {
+        primary.stop_fast();
+        let dir = tempfile::Builder::new()
+            .prefix("walvault-pg")
+            .tempdir()
+            .unwrap();
+        let data_dir = dir.path().join("data");
+        let socket_dir = dir.path().join("sock");
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&primary.data_dir)
+            .arg(&data_dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::create_dir_all(&socket_dir).unwrap();
+        chown_for_server(dir.path());
+        chown_for_server(&socket_dir);
+        let port = free_port();
+        append(
+            &data_dir.join("postgresql.conf"),
+            &format!(
+                "port = {port}\nunix_socket_directories = '{}'\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name=standby'\n",
+                socket_dir.display(),
+                primary.port
+            ),
+        );
+        std::fs::write(data_dir.join("standby.signal"), "").unwrap();
+        chown_for_server(&data_dir.join("standby.signal"));
+        primary.launch();
+        let log = dir.path().join("server.log");
+        let mut s = PgCluster {
+            major: primary.major,
+            port,
+            data_dir,
+            socket_dir,
+            bin: primary.bin.clone(),
+            lib: primary.lib.clone(),
+            child: None,
+            _dir: dir,
+            log,
+        };
+        s.launch();
+        s
+    }
+
+    /// Starts `postgres` and waits until it accepts connections.
+    pub fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = self
+            .command("postgres")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let ready_before = self.log_text().matches("ready to accept").count();
+        loop {
+            if self.log_text().matches("ready to accept").count() > ready_before
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("postgres exited with {status}; log:\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not start; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The server log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A key=value connection string over TCP.
+    pub fn connstr(&self, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            self.port
+        )
+    }
+
+    /// Fast shutdown (SIGINT) and wait.
+    pub fn stop_fast(&mut self) {
+        self.stop_with(Signal::SIGINT);
+    }
+
+    /// Immediate shutdown (SIGQUIT), like `pg_ctl -m immediate`.
+    pub fn stop_immediate(&mut self) {
+        self.stop_with(Signal::SIGQUIT);
+    }
+
+    fn stop_with(&mut self, sig: Signal) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), sig);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Promotes a standby (pg_ctl promote).
+    pub fn promote(&self) {
+        let out = self
+            .command("pg_ctl")
+            .arg("promote")
+            .arg("-w")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promote failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Connects a SQL client.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) =
+            tokio_postgres::connect(&self.connstr("postgres"), tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("connect to PostgreSQL {}: {e}", self.major));
+        tokio::spawn(conn);
+        client
+    }
+
+    /// Runs SQL and returns the first column of the first row as text.
+    pub async fn query_one(&self, sql: &str) -> String {
+        let c = self.client().await;
+        let rows = c
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        for m in rows {
+            if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                return r.get(0).unwrap_or("").to_string();
+            }
+        }
+        String::new()
+    }
+
+    /// Runs SQL statements.
+    pub async fn execute(&self, sql: &str) {
+        let c = self.client().await;
+        c.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Runs Debian's pgbench (15) against this server.
+    pub fn pgbench(&self, args: &[&str]) -> std::process::Output {
+        let out = Command::new("/usr/lib/postgresql/15/bin/pgbench")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(args)
+            .arg("postgres")
+            .output()
+            .expect("pgbench from postgresql-contrib (scripts/setup-test-env.sh)");
+        assert!(
+            out.status.success(),
+            "pgbench {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// The bytes of a file in pg_wal.
+    pub fn wal_file(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.data_dir.join("pg_wal").join(name))
+            .unwrap_or_else(|e| panic!("pg_wal/{name}: {e}"))
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        self.stop_with(Signal::SIGQUIT);
+    }
+}
+
+fn command_for(bin: &Path, lib: Option<&Path>, program: &str) -> Command {
+    let mut c = Command::new(bin.join(program));
+    if let Some(lib) = lib {
+        c.env("LD_LIBRARY_PATH", lib);
+    }
+    if let Some(user) = run_as() {
+        c.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        c.env("HOME", "/tmp");
+    }
+    c.current_dir("/tmp");
+    c
+}
+
+fn chown_for_server(path: &Path) {
+    if let Some(user) = run_as() {
+        let status = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", user.uid, user.gid))
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    writeln!(f, "{text}").unwrap();
+}

@@ -339,3 +339,79 @@ async fn synchronous_holds_commits(major: u32) {
     assert_eq!(code, Some(0), "{log}");
 }
 pg_test!(synchronous_holds_commits);
+
+fn rss_kib(pid: nix::unistd::Pid, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// When uploads stall, walvault stays within its memory budget by not
+/// reading the socket, yet keeps the replication connection alive with
+/// status updates; when the store answers again, everything arrives.
+async fn stalled_uploads_keep_memory_bounded_and_connection_alive(major: u32) {
+    let pg = PgCluster::start(
+        major,
+        &PgOptions {
+            extra_conf: vec!["wal_sender_timeout = '3s'".into()],
+            ..Default::default()
+        },
+    );
+    let s3 = S3Server::start();
+    let (env, repo) = s3_repo(&s3, "stall");
+    let stream = StreamProcess::start(
+        &env,
+        pg.port,
+        &["--flush-interval", "200ms", "--memory-budget", "4MiB"],
+    );
+    pg.execute("CREATE TABLE t (id int)").await;
+    let first = switch_wal(&pg).await;
+    wait_archived(&repo, MIB, 1, first, Duration::from_secs(30)).await;
+    let walsender = pg
+        .query_one("SELECT pid FROM pg_stat_replication WHERE application_name = 'walvault'")
+        .await;
+    let rss_before = rss_kib(stream.pid(), "VmRSS:");
+
+    s3.pause();
+    let start: Lsn = pg
+        .query_one("SELECT pg_current_wal_lsn()")
+        .await
+        .parse()
+        .unwrap();
+    pg.pgbench(&["-i", "-s", "4", "-q"]);
+    let end = switch_wal(&pg).await;
+    assert!(
+        end.0 - start.0 > 40 * MIB,
+        "not enough WAL to overflow the budget"
+    );
+    // Longer than twice wal_sender_timeout: an idle client would be dropped.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let log = stream.log_text();
+    assert!(
+        log.contains("memory budget full"),
+        "reads did not pause:\n{log}"
+    );
+    let still = pg
+        .query_one("SELECT pid FROM pg_stat_replication WHERE application_name = 'walvault'")
+        .await;
+    assert_eq!(
+        still, walsender,
+        "the server dropped the replication connection while uploads stalled"
+    );
+    let peak_growth_mib = (rss_kib(stream.pid(), "VmHWM:").saturating_sub(rss_before)) / 1024;
+    assert!(
+        peak_growth_mib < 4 + 24,
+        "memory grew by {peak_growth_mib} MiB with a 4 MiB budget"
+    );
+
+    s3.resume();
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(120)).await;
+    assert_segments_match(&repo, &pg, MIB, 1).await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+pg_test!(stalled_uploads_keep_memory_bounded_and_connection_alive);

@@ -161,6 +161,12 @@ pub async fn run(
     let Some((mut conn, segment_size)) = first.take() else {
         return Ok(StreamSummary::default());
     };
+    if opts.memory_budget_bytes < 2 * segment_size {
+        return Err(Error::Unsupported(format!(
+            "the memory budget ({} bytes) must hold at least two WAL segments ({} bytes each); raise --memory-budget",
+            opts.memory_budget_bytes, segment_size
+        )));
+    }
     let uploader = tokio::spawn(upload::run(
         repo.clone(),
         segment_size,

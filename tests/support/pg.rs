@@ -81,6 +81,10 @@ pub struct PgOptions {
     pub wal_segsize_mib: u32,
     /// Extra postgresql.conf lines.
     pub extra_conf: Vec<String>,
+    /// pg_hba.conf lines placed before the default trust rules.
+    pub hba_first: Vec<String>,
+    /// Files to write into the data directory before start (name, content, mode).
+    pub files: Vec<(String, Vec<u8>, u32)>,
 }
 
 impl Default for PgOptions {
@@ -88,6 +92,8 @@ impl Default for PgOptions {
         PgOptions {
             wal_segsize_mib: 1,
             extra_conf: Vec::new(),
+            hba_first: Vec::new(),
+            files: Vec::new(),
         }
     }
 }
@@ -147,10 +153,22 @@ impl PgCluster {
         ];
         conf.extend(opts.extra_conf.iter().cloned());
         append(&data_dir.join("postgresql.conf"), &conf.join("\n"));
-        append(
-            &data_dir.join("pg_hba.conf"),
+        let hba = data_dir.join("pg_hba.conf");
+        let defaults = std::fs::read_to_string(&hba).unwrap();
+        let mut lines = opts.hba_first.join("\n");
+        lines.push('\n');
+        lines.push_str(&defaults);
+        lines.push_str(
             "local all all trust\nlocal replication all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n",
         );
+        std::fs::write(&hba, lines).unwrap();
+        for (name, content, mode) in &opts.files {
+            use std::os::unix::fs::PermissionsExt;
+            let path = data_dir.join(name);
+            std::fs::write(&path, content).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).unwrap();
+        }
+        chown_for_server(&data_dir);
         let log = dir.path().join("server.log");
         let mut pg = PgCluster {
             major,

@@ -45,17 +45,22 @@ pub struct StreamProcess {
 
 impl StreamProcess {
     pub fn start(repo: &RepoEnv, pg_port: u16, extra: &[&str]) -> StreamProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("stream.log");
-        let f = std::fs::File::create(&log).unwrap();
-        let child = repo
-            .command()
-            .arg("stream")
+        let mut cmd = repo.command();
+        cmd.arg("stream")
             .args([
                 "--pg",
                 &format!("host=127.0.0.1 port={pg_port} user=postgres sslmode=disable"),
             ])
-            .args(extra)
+            .args(extra);
+        Self::spawn(cmd)
+    }
+
+    /// Spawns a prepared `walvault stream` command, logging to a file.
+    pub fn spawn(mut cmd: Command) -> StreamProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stream.log");
+        let f = std::fs::File::create(&log).unwrap();
+        let child = cmd
             .env("WALVAULT_LOG_LEVEL", "info,walvault=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::from(f))

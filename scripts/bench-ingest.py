@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""End-to-end WAL ingest benchmark.
+
+In one run, on one PostgreSQL 15 server (16 MiB segments, fsync on), measure
+`pgbench -N` TPS:
+  - with no archiver,
+  - with `walvault stream` (zstd level 3 + AES-256-GCM) into the s3s-fs S3
+    server on loopback,
+  - with `pg_receivewal` (to a local directory, with a slot),
+alternating the three ROUNDS times. Reports the median TPS of each, the TPS
+ratios against no archiver, walvault's CPU seconds per GiB of WAL and its peak
+RSS. Writes a markdown table to target/bench/ingest.md and stdout.
+
+Usage: scripts/bench-ingest.py [--seconds 30] [--rounds 3] [--scale 10] [--clients 4]
+"""
+import argparse, os, pwd, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+
+PGBIN = "/usr/lib/postgresql/15/bin"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEY = "5a" * 32
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def as_pg():
+    if os.geteuid() != 0:
+        return {}
+    pw = pwd.getpwnam("postgres")
+    def demote():
+        os.setgid(pw.pw_gid); os.setuid(pw.pw_uid)
+    return {"preexec_fn": demote}
+
+
+def psql(port, sql):
+    out = subprocess.run([f"{PGBIN}/psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-qAtX", "-c", sql, "postgres"],
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def lsn(text):
+    hi, lo = text.split("/"); return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def proc_cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pgbench_tps(port, seconds, clients):
+    out = subprocess.run([f"{PGBIN}/pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-N", "-T", str(seconds),
+                          "-c", str(clients), "-j", str(min(clients, 2)), "postgres"], check=True, capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("tps ="):
+            return float(line.split()[2])
+    raise RuntimeError(out.stdout)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument("--clients", type=int, default=4)
+    args = ap.parse_args()
+
+    subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
+    walvault = os.path.join(ROOT, "target/release/walvault")
+    s3s = shutil.which("s3s-fs") or os.path.expanduser("~/.cargo/bin/s3s-fs")
+
+    work = tempfile.mkdtemp(prefix="walvault-bench-")
+    os.chmod(work, 0o755)
+    data = os.path.join(work, "data")
+    os.makedirs(data); 
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres"); os.chmod(data, 0o700)
+    port = free_port()
+    subprocess.run([f"{PGBIN}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync"], check=True,
+                   capture_output=True, **as_pg())
+    with open(os.path.join(data, "postgresql.conf"), "a") as f:
+        f.write(f"port={port}\nlisten_addresses='127.0.0.1'\nunix_socket_directories='{work}'\n"
+                "wal_level=replica\nmax_wal_senders=10\nmax_replication_slots=10\nshared_buffers='256MB'\n"
+                "max_wal_size='4GB'\ncheckpoint_timeout='30min'\n")
+    server = subprocess.Popen([f"{PGBIN}/postgres", "-D", data], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **as_pg())
+    s3dir = os.path.join(work, "s3"); os.makedirs(os.path.join(s3dir, "bench"))
+    s3port = free_port()
+    s3 = subprocess.Popen([s3s, "--host", "127.0.0.1", "--port", str(s3port), "--access-key", "bench", "--secret-key", "benchsecret", s3dir],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                psql(port, "SELECT 1"); break
+            except subprocess.CalledProcessError:
+                time.sleep(0.2)
+        subprocess.run([f"{PGBIN}/pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-i", "-s", str(args.scale), "-q", "postgres"],
+                       check=True, capture_output=True)
+        psql(port, "CHECKPOINT")
+        env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{s3port}", AWS_ACCESS_KEY_ID="bench",
+                   AWS_SECRET_ACCESS_KEY="benchsecret", AWS_REGION="us-east-1", WALVAULT_KEY=KEY, WALVAULT_LOG_LEVEL="warn")
+        results = {"none": [], "walvault": [], "pg_receivewal": []}
+        wal_bytes = 0; cpu = 0.0; rss = 0.0
+        for r in range(args.rounds):
+            # No archiver.
+            results["none"].append(pgbench_tps(port, args.seconds, args.clients))
+            # walvault.
+            wv = subprocess.Popen([walvault, "stream", "--pg", f"host=127.0.0.1 port={port} user=postgres sslmode=disable",
+                                   "--repo", "s3://bench/r", "--slot", "walvault"], env=env, stderr=subprocess.DEVNULL)
+            time.sleep(2)
+            c0 = proc_cpu_seconds(wv.pid); l0 = lsn(psql(port, "SELECT pg_current_wal_lsn()"))
+            results["walvault"].append(pgbench_tps(port, args.seconds, args.clients))
+            l1 = lsn(psql(port, "SELECT pg_current_wal_lsn()"))
+            # Let it catch up before reading its CPU time.
+            for _ in range(300):
+                sent = psql(port, "SELECT coalesce(flush_lsn::text, '0/0') FROM pg_stat_replication WHERE application_name='walvault'")
+                if sent and lsn(sent) >= l1:
+                    break
+                time.sleep(0.1)
+            cpu += proc_cpu_seconds(wv.pid) - c0; wal_bytes += l1 - l0
+            rss = max(rss, peak_rss_mib(wv.pid))
+            wv.send_signal(signal.SIGTERM); wv.wait(timeout=120)
+            # pg_receivewal.
+            rdir = os.path.join(work, f"receivewal-{r}"); os.makedirs(rdir)
+            subprocess.run([f"{PGBIN}/pg_receivewal", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "--create-slot", "-S", "receivewal",
+                            "--if-not-exists"], check=True, capture_output=True)
+            rw = subprocess.Popen([f"{PGBIN}/pg_receivewal", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-S", "receivewal",
+                                   "-D", rdir, "-n"], stderr=subprocess.DEVNULL)
+            time.sleep(2)
+            results["pg_receivewal"].append(pgbench_tps(port, args.seconds, args.clients))
+            rw.send_signal(signal.SIGINT); rw.wait(timeout=60)
+            shutil.rmtree(rdir)
+        med = {k: statistics.median(v) for k, v in results.items()}
+        gib = wal_bytes / (1 << 30)
+        lines = [
+            f"pgbench -N, scale {args.scale}, {args.clients} clients, {args.seconds} s per run, {args.rounds} rounds (median TPS):",
+            "",
+            "| archiver | median TPS | runs | TPS ratio vs none |",
+            "|---|---:|---|---:|",
+        ]
+        for k in ("none", "walvault", "pg_receivewal"):
+            runs = ", ".join(f"{t:.0f}" for t in results[k])
+            lines.append(f"| {k} | {med[k]:.0f} | {runs} | {med[k] / med['none']:.3f} |")
+        lines += ["", f"walvault: {cpu:.1f} CPU s for {gib:.2f} GiB of WAL = {cpu / gib if gib else 0:.1f} CPU s/GiB; peak RSS {rss:.0f} MiB"]
+        text = "\n".join(lines)
+        os.makedirs(os.path.join(ROOT, "target/bench"), exist_ok=True)
+        with open(os.path.join(ROOT, "target/bench/ingest.md"), "w") as f:
+            f.write(text + "\n")
+        print(text)
+    finally:
+        s3.kill(); server.send_signal(signal.SIGINT); server.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -46,7 +46,7 @@ fn bench_seal_open(c: &mut Criterion) {
                         BatchSize::SmallInput,
                     )
                 });
-                let sealed = seal(&[wal.clone()], &opts, k);
+                let sealed = seal(std::slice::from_ref(&wal), &opts, k);
                 eprintln!(
                     "{label} {id}: ratio {:.1}x",
                     wal.len() as f64 / sealed.len() as f64

@@ -8,8 +8,7 @@ use crate::format::chunk::{Compression, SealOptions};
 use crate::format::key::{KeyError, Keyring, MasterKey};
 use crate::storage::Repository;
 
-/// Default zstd level: measured as the best ratio per CPU second on WAL (see docs/benchmarks.md).
-pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+pub use crate::format::chunk::DEFAULT_ZSTD_LEVEL;
 
 /// A configuration problem (exit code 2).
 #[derive(Debug, thiserror::Error)]

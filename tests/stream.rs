@@ -48,7 +48,9 @@ async fn segments_match_server(major: u32) {
         let s3 = S3Server::start();
         let (env, repo) = s3_repo(&s3, "segments");
         let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "300ms"]);
-        pg.pgbench(&["-i", "-s", "2", "-q"]);
+        // About 15 MiB of WAL per scale unit: several segments of either size.
+        let scale = if segsize == 16 { "5" } else { "2" };
+        pg.pgbench(&["-i", "-s", scale, "-q"]);
         let end = switch_wal(&pg).await;
         wait_archived(&repo, size, 1, end, Duration::from_secs(60)).await;
         let compared = assert_segments_match(&repo, &pg, size, 1).await;

@@ -85,14 +85,18 @@ def main():
     os.makedirs(data); 
     if os.geteuid() == 0:
         shutil.chown(data, "postgres"); os.chmod(data, 0o700)
+    sock = os.path.join(work, "sock"); os.makedirs(sock)
+    if os.geteuid() == 0:
+        shutil.chown(sock, "postgres")
     port = free_port()
     subprocess.run([f"{PGBIN}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync"], check=True,
                    capture_output=True, **as_pg())
     with open(os.path.join(data, "postgresql.conf"), "a") as f:
-        f.write(f"port={port}\nlisten_addresses='127.0.0.1'\nunix_socket_directories='{work}'\n"
+        f.write(f"port={port}\nlisten_addresses='127.0.0.1'\nunix_socket_directories='{sock}'\n"
                 "wal_level=replica\nmax_wal_senders=10\nmax_replication_slots=10\nshared_buffers='256MB'\n"
                 "max_wal_size='4GB'\ncheckpoint_timeout='30min'\n")
-    server = subprocess.Popen([f"{PGBIN}/postgres", "-D", data], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **as_pg())
+    server_log = open(os.path.join(work, "server.log"), "w")
+    server = subprocess.Popen([f"{PGBIN}/postgres", "-D", data], stdout=server_log, stderr=server_log, **as_pg())
     s3dir = os.path.join(work, "s3"); os.makedirs(os.path.join(s3dir, "bench"))
     s3port = free_port()
     s3 = subprocess.Popen([s3s, "--host", "127.0.0.1", "--port", str(s3port), "--access-key", "bench", "--secret-key", "benchsecret", s3dir],
@@ -103,8 +107,10 @@ def main():
                 psql(port, "SELECT 1"); break
             except subprocess.CalledProcessError:
                 time.sleep(0.2)
-        subprocess.run([f"{PGBIN}/pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-i", "-s", str(args.scale), "-q", "postgres"],
-                       check=True, capture_output=True)
+        init = subprocess.run([f"{PGBIN}/pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-i", "-s", str(args.scale), "-q", "postgres"],
+                              capture_output=True, text=True)
+        if init.returncode != 0:
+            raise RuntimeError(f"pgbench -i failed: {init.stderr}")
         psql(port, "CHECKPOINT")
         env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{s3port}", AWS_ACCESS_KEY_ID="bench",
                    AWS_SECRET_ACCESS_KEY="benchsecret", AWS_REGION="us-east-1", WALVAULT_KEY=KEY, WALVAULT_LOG_LEVEL="warn")

@@ -7,13 +7,16 @@
 //! The promise: a WAL position is reported flushed to PostgreSQL only when
 //! every byte below it is in the store.
 
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod format;
 pub mod lsn;
 pub mod pipeline;
+pub mod progress;
 pub mod protocol;
 pub mod storage;
 pub mod telemetry;
+pub mod verify;
 pub mod wal;

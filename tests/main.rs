@@ -3,6 +3,7 @@
 
 mod support;
 
+mod backup;
 mod cli;
 mod protocol;
 mod stream;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::progress::human_bytes;
 use crate::wal::archive::{WalInventory, WalSummary, summarize};
 
 use super::RepoArgs;
@@ -31,7 +32,28 @@ struct ListOutput {
     system_identifier: String,
     pg_major: u32,
     encryption: String,
+    backups: Vec<BackupSummary>,
     wal: WalSummary,
+}
+
+/// One backup in `list --json`.
+#[derive(Debug, Serialize)]
+struct BackupSummary {
+    id: String,
+    label: String,
+    start_time: String,
+    stop_time: String,
+    duration_seconds: f64,
+    size_bytes: u64,
+    stored_bytes: u64,
+    timeline: u32,
+    start_lsn: String,
+    stop_lsn: String,
+    wal_first_segment: String,
+    wal_last_segment: String,
+    source_server: String,
+    source_role: String,
+    server_version: String,
 }
 
 /// Prints the listing.
@@ -47,12 +69,36 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let inv = WalInventory::scan(&repo, manifest.wal_segment_size)
         .await
         .context("list WAL")?;
+    let backups = crate::backup::list_backups(&repo)
+        .await
+        .context("list backups")?;
+    let backups: Vec<BackupSummary> = backups
+        .into_iter()
+        .map(|b| BackupSummary {
+            id: b.id,
+            label: b.label,
+            start_time: b.start_time,
+            stop_time: b.stop_time,
+            duration_seconds: b.duration_seconds,
+            size_bytes: b.plain_bytes,
+            stored_bytes: b.stored_bytes,
+            timeline: b.timeline,
+            start_lsn: b.start_lsn,
+            stop_lsn: b.stop_lsn,
+            wal_first_segment: b.wal_range.first_segment,
+            wal_last_segment: b.wal_range.last_segment,
+            source_server: b.source.server,
+            source_role: b.source.role,
+            server_version: b.server_version,
+        })
+        .collect();
     let out = ListOutput {
         version: 1,
         repository: repo.display().to_string(),
         system_identifier: manifest.system_identifier.clone(),
         pg_major: manifest.pg_major,
         encryption: manifest.encryption.clone(),
+        backups,
         wal: summarize(&inv, manifest.wal_segment_size),
     };
     if args.json {
@@ -68,6 +114,27 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         out.system_identifier, out.pg_major, out.encryption
     );
     println!("segment     {} bytes", out.wal.wal_segment_size);
+    println!();
+    println!(
+        "{:<18} {:<20} {:>10} {:>10} {:>9}  {:<27} from",
+        "backup", "started", "size", "stored", "duration", "WAL"
+    );
+    for b in &out.backups {
+        println!(
+            "{:<18} {:<20} {:>10} {:>10} {:>8.1}s  {:<27} {} ({})",
+            b.id,
+            b.start_time,
+            human_bytes(b.size_bytes),
+            human_bytes(b.stored_bytes),
+            b.duration_seconds,
+            format!("{}..{}", b.start_lsn, b.stop_lsn),
+            b.source_server,
+            b.source_role
+        );
+    }
+    if out.backups.is_empty() {
+        println!("(no backups yet)");
+    }
     println!();
     println!(
         "{:<9} {:<14} {:<14} {:>9} {:>8} {:>12}  gaps",

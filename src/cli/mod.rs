@@ -2,9 +2,11 @@
 //! business logic lives here: each `run` resolves settings and calls into the
 //! library.
 
+pub mod backup;
 pub mod keygen;
 pub mod list;
 pub mod stream;
+pub mod verify;
 pub mod wal_fetch;
 
 use std::path::PathBuf;
@@ -46,9 +48,13 @@ pub struct Cli {
 pub enum Command {
     /// Stream WAL from PostgreSQL into the repository (the sidecar).
     Stream(stream::Args),
+    /// Take a base backup (with its WAL) into the repository.
+    Backup(backup::Args),
+    /// Check backups: every part, every file against the server's manifest, the WAL range.
+    Verify(verify::Args),
     /// Fetch one WAL segment or history file from the repository (for restore_command).
     WalFetch(wal_fetch::Args),
-    /// Show what the repository holds: timelines and WAL ranges.
+    /// Show what the repository holds: backups, timelines and WAL ranges.
     List(list::Args),
     /// Print a new random encryption key (64 hexadecimal characters).
     Keygen(keygen::Args),
@@ -89,6 +95,8 @@ impl RepoArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Stream(args) => stream::run(args).await,
+        Command::Backup(args) => backup::run(args).await,
+        Command::Verify(args) => verify::run(args).await,
         Command::WalFetch(args) => wal_fetch::run(args).await,
         Command::List(args) => list::run(args).await,
         Command::Keygen(args) => keygen::run(&args),

@@ -98,7 +98,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Cancels `token` on the first SIGINT/SIGTERM; a second one exits at once.
-fn spawn_signal_handler(token: CancellationToken) {
+pub(crate) fn spawn_signal_handler(token: CancellationToken) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut term), Ok(mut int)) = (

@@ -232,6 +232,19 @@ impl ReplicationConnection {
         }
     }
 
+    /// CREATE_REPLICATION_SLOT `slot` TEMPORARY PHYSICAL RESERVE_WAL: a slot
+    /// that keeps WAL from the last checkpoint's redo until this connection ends.
+    ///
+    /// # Errors
+    /// On server errors.
+    pub async fn create_temporary_physical_slot(&mut self, slot: &str) -> Result<(), Error> {
+        let sql = format!(
+            "CREATE_REPLICATION_SLOT {} TEMPORARY PHYSICAL RESERVE_WAL",
+            quote_identifier(slot)
+        );
+        self.simple_query(&sql).await.map(|_| ())
+    }
+
     /// START_REPLICATION; on success the connection is in copy mode.
     ///
     /// # Errors

@@ -111,6 +111,28 @@ pub enum CopyEvent {
     Done,
 }
 
+/// One message of a command's response, for drivers of multi-part
+/// responses such as BASE_BACKUP.
+#[derive(Debug)]
+pub enum ResponseEvent {
+    /// Column names of the next rows.
+    RowDescription(Vec<String>),
+    /// One row.
+    DataRow(Row),
+    /// A command (or result set) finished, with its tag.
+    CommandComplete(String),
+    /// A COPY OUT stream begins.
+    CopyOutStart,
+    /// A CopyData payload.
+    CopyData(Bytes),
+    /// The COPY stream ended.
+    CopyDone,
+    /// The server reported an error (the connection stays usable).
+    Error(ServerError),
+    /// ReadyForQuery: the response is over.
+    Ready,
+}
+
 /// A connection to a walsender (`replication=true`).
 pub struct ReplicationConnection {
     transport: Transport,
@@ -398,6 +420,53 @@ impl ReplicationConnection {
         match error {
             Some(e) => Err(Error::Server(e)),
             None => Ok(result),
+        }
+    }
+
+    /// Sends a command without waiting for its answer; read it with
+    /// [`ReplicationConnection::next_response_event`].
+    ///
+    /// # Errors
+    /// On I/O errors.
+    pub async fn send_query(&mut self, sql: &str) -> Result<(), Error> {
+        frontend::query(sql, &mut self.write_buf)?;
+        self.flush_write().await
+    }
+
+    /// Reads the next message of a command's response (notices skipped).
+    ///
+    /// # Errors
+    /// On I/O or protocol errors; server errors are an event, not an error.
+    ///
+    /// # Cancel safety
+    /// Safe: a message is either fully decoded or left in the read buffer.
+    pub async fn next_response_event(&mut self) -> Result<ResponseEvent, Error> {
+        loop {
+            return Ok(match self.read_message().await? {
+                backend::Message::RowDescription(body) => ResponseEvent::RowDescription(
+                    body.fields().map(|f| Ok(f.name().to_string())).collect()?,
+                ),
+                backend::Message::DataRow(body) => ResponseEvent::DataRow(decode_row(&body)?),
+                backend::Message::CommandComplete(body) => {
+                    ResponseEvent::CommandComplete(body.tag()?.to_string())
+                }
+                backend::Message::CopyOutResponse(_) => ResponseEvent::CopyOutStart,
+                backend::Message::CopyData(body) => ResponseEvent::CopyData(body.into_bytes()),
+                backend::Message::CopyDone => ResponseEvent::CopyDone,
+                backend::Message::ErrorResponse(body) => ResponseEvent::Error(server_error(&body)?),
+                backend::Message::ReadyForQuery(_) => ResponseEvent::Ready,
+                backend::Message::NoticeResponse(_) => continue,
+                backend::Message::ParameterStatus(p) => {
+                    self.parameters
+                        .insert(p.name()?.to_string(), p.value()?.to_string());
+                    continue;
+                }
+                _ => {
+                    return Err(Error::Protocol(
+                        "unexpected message in a command response".into(),
+                    ));
+                }
+            });
         }
     }
 

@@ -5,6 +5,9 @@
 //! wal/{tli:08X}/{segment}                          a complete WAL segment
 //! wal/{tli:08X}/{segment}.d/{start:08X}-{end:08X}  bytes [start,end) of an open segment
 //! wal/{tli:08X}.history                            timeline history file
+//! backups/{id}/data/{tablespace}/{n:06}            base-backup tar stream, in parts
+//! backups/{id}/backup_manifest                     the server's backup manifest
+//! backups/{id}/backup.json                         backup metadata, written last
 //! ```
 
 use crate::lsn::{SegmentName, TimelineId};
@@ -13,6 +16,37 @@ use crate::lsn::{SegmentName, TimelineId};
 pub const REPOSITORY_MANIFEST: &str = "walvault.json";
 /// The prefix of all WAL objects.
 pub const WAL_PREFIX: &str = "wal/";
+
+/// The prefix of all backups.
+pub const BACKUPS_PREFIX: &str = "backups/";
+
+/// The prefix of one backup's objects.
+pub fn backup_prefix(id: &str) -> String {
+    format!("backups/{id}/")
+}
+
+/// The key of one part of a tablespace's tar stream (`base` or the tablespace OID).
+pub fn backup_part_key(id: &str, tablespace: &str, index: u32) -> String {
+    format!("backups/{id}/data/{tablespace}/{index:06}")
+}
+
+/// The key of the server's backup manifest.
+pub fn backup_manifest_key(id: &str) -> String {
+    format!("backups/{id}/backup_manifest")
+}
+
+/// The key of the backup metadata; a backup exists if and only if it does.
+pub fn backup_json_key(id: &str) -> String {
+    format!("backups/{id}/backup.json")
+}
+
+/// The backup id a key belongs to, if it is under `backups/`.
+pub fn backup_id_of(key: &str) -> Option<&str> {
+    key.strip_prefix(BACKUPS_PREFIX)?
+        .split('/')
+        .next()
+        .filter(|id| !id.is_empty())
+}
 
 /// A WAL object in the repository, as its key describes it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

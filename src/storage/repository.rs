@@ -112,6 +112,8 @@ pub struct ObjectInfo {
     pub key: String,
     /// Stored (sealed) size in bytes.
     pub size: u64,
+    /// When the object was last written.
+    pub last_modified: chrono::DateTime<chrono::Utc>,
 }
 
 /// A repository of sealed objects.
@@ -464,6 +466,7 @@ impl Repository {
             .map(|m| ObjectInfo {
                 key: self.relative(&m.location),
                 size: m.size,
+                last_modified: m.last_modified,
             })
             .filter(|o| o.key.starts_with(prefix))
             .collect();

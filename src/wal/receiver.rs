@@ -134,6 +134,24 @@ struct Stream<'a> {
     memory: Arc<MemoryBudget>,
     stored_histories: BTreeSet<TimelineId>,
     last_reported: Lsn,
+    plan_start: Option<(TimelineId, Lsn)>,
+    stop_at: Option<watch::Receiver<Option<Lsn>>>,
+    slot_ready: bool,
+}
+
+/// Variations on the sidecar stream, for backups that need a WAL range.
+#[derive(Default)]
+pub struct StreamPlan {
+    /// Start here instead of where the repository ends.
+    pub start: Option<(TimelineId, Lsn)>,
+    /// Store the tail and return once the durable LSN reaches the LSN sent here.
+    pub stop_at: Option<watch::Receiver<Option<Lsn>>>,
+    /// A connection made (and checked) by the caller, e.g. holding a temporary slot.
+    pub connection: Option<ReplicationConnection>,
+    /// The slot exists already (the caller created it); do not create it.
+    pub slot_ready: bool,
+    /// Publish the durable LSN here (the uploader's sender), for others to watch.
+    pub durable: Option<watch::Sender<Lsn>>,
 }
 
 /// Runs the sidecar stream until `shutdown` fires (then drains and returns),
@@ -150,15 +168,41 @@ pub async fn run(
     repo: &Repository,
     shutdown: &CancellationToken,
 ) -> Result<StreamSummary, Error> {
+    run_plan(opts, repo, shutdown, StreamPlan::default()).await
+}
+
+/// [`run`] with a [`StreamPlan`].
+///
+/// # Errors
+/// As [`run`].
+///
+/// # Cancel safety
+/// Not cancel safe; use `shutdown`.
+pub async fn run_plan(
+    opts: &StreamOptions,
+    repo: &Repository,
+    shutdown: &CancellationToken,
+    mut plan: StreamPlan,
+) -> Result<StreamSummary, Error> {
     let abort = CancellationToken::new();
     let memory = Arc::new(MemoryBudget::new(opts.memory_budget_bytes));
     let stats = Arc::new(UploadStats::default());
-    let (durable_tx, durable_rx) = watch::channel(Lsn::INVALID);
+    let durable_tx = plan
+        .durable
+        .take()
+        .unwrap_or_else(|| watch::channel(Lsn::INVALID).0);
+    let durable_rx = durable_tx.subscribe();
     let (jobs_tx, jobs_rx) = mpsc::channel(UPLOAD_QUEUE_DEPTH);
 
     // The first connection tells the segment size the uploader needs.
-    let mut first = connect_checked(opts, repo, shutdown).await?;
-    let Some((mut conn, segment_size)) = first.take() else {
+    let first = match plan.connection.take() {
+        Some(mut c) => {
+            let size = c.wal_segment_size().await?;
+            Some((c, size))
+        }
+        None => connect_checked(opts, repo, shutdown).await?,
+    };
+    let Some((mut conn, segment_size)) = first else {
         return Ok(StreamSummary::default());
     };
     if opts.memory_budget_bytes < 2 * segment_size {
@@ -188,6 +232,9 @@ pub async fn run(
         memory,
         stored_histories: BTreeSet::new(),
         last_reported: Lsn::INVALID,
+        plan_start: plan.start,
+        stop_at: plan.stop_at,
+        slot_ready: plan.slot_ready,
     };
 
     let mut backoff = Duration::from_millis(500);
@@ -295,14 +342,17 @@ impl Stream<'_> {
         shutdown: &CancellationToken,
     ) -> Result<(), Error> {
         let identity = conn.identify_system().await?;
-        if conn.create_physical_slot(&self.opts.slot).await? {
+        if !self.slot_ready && conn.create_physical_slot(&self.opts.slot).await? {
             info!(slot = self.opts.slot, "created replication slot");
         }
         let history = self.store_histories(conn, identity.timeline).await?;
         let status_interval = status_interval(conn).await;
 
         if self.segmenter.is_none() {
-            let (timeline, start, prefix) = self.choose_start(conn, &identity, &history).await?;
+            let (timeline, start, prefix) = match self.plan_start {
+                Some((tli, lsn)) => (tli, lsn.segment_start(self.segment_size), Vec::new()),
+                None => self.choose_start(conn, &identity, &history).await?,
+            };
             info!(timeline, start = %start, "streaming WAL from");
             let held: u64 = prefix.iter().map(|p| p.len() as u64).sum();
             self.memory.add(held);
@@ -427,11 +477,28 @@ impl Stream<'_> {
                 _ => {}
             }
             let front_ready = !self.pending.is_empty();
+            if self.stop_reached() {
+                info!(durable = %*self.durable_rx.borrow(), "WAL range stored");
+                self.drain(conn).await?;
+                return Ok(CopyEnd::Shutdown);
+            }
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
                     self.drain(conn).await?;
                     return Ok(CopyEnd::Shutdown);
+                }
+                changed = async {
+                    match self.stop_at.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if changed.is_err() {
+                        // Whoever planned the stop is gone: store what we have and end.
+                        self.drain(conn).await?;
+                        return Ok(CopyEnd::Shutdown);
+                    }
                 }
                 permit = jobs_tx.reserve(), if front_ready => {
                     let permit = permit.map_err(|_| Error::UploaderStopped)?;
@@ -475,6 +542,15 @@ impl Stream<'_> {
                 }
             }
         }
+    }
+
+    /// Whether a planned stop point is stored.
+    fn stop_reached(&self) -> bool {
+        let Some(rx) = &self.stop_at else {
+            return false;
+        };
+        let stop = *rx.borrow();
+        stop.is_some_and(|end| *self.durable_rx.borrow() >= end)
     }
 
     /// Adds received WAL to the open segment and queues completed segments.

@@ -94,6 +94,11 @@ impl S3Server {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     }
 
+    /// Where s3s-fs keeps an object's bytes on disk (for tampering tests).
+    pub fn object_path(&self, prefix: &str, key: &str) -> PathBuf {
+        self.root.path().join("walvault").join(prefix).join(key)
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

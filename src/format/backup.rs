@@ -1,0 +1,211 @@
+//! Backup metadata (`backup.json`) and the server's `backup_manifest`.
+//!
+//! `backup.json` is written last: a backup exists if and only if it does.
+//! The server's manifest is parsed only as far as verification needs: each
+//! file's path, size and CRC32C.
+
+use serde::{Deserialize, Serialize};
+
+/// The `backup.json` version this code writes.
+pub const BACKUP_METADATA_VERSION: u32 = 1;
+
+/// One stored part of a tablespace's tar stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartRecord {
+    /// Position in the stream, from 0.
+    pub index: u32,
+    /// Plaintext bytes.
+    pub plain_bytes: u64,
+    /// Stored (sealed) bytes.
+    pub stored_bytes: u64,
+    /// CRC32C of the plaintext, 8 hex digits.
+    pub crc32c: String,
+}
+
+/// One tablespace's tar stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TablespaceRecord {
+    /// `base` for the main data directory, else the tablespace OID.
+    pub name: String,
+    /// The tablespace OID (`None` for the main directory).
+    pub oid: Option<u32>,
+    /// The tablespace's location on the source server.
+    pub location: Option<String>,
+    /// The parts, in order.
+    pub parts: Vec<PartRecord>,
+    /// Plaintext bytes of the tar stream.
+    pub plain_bytes: u64,
+    /// Stored bytes.
+    pub stored_bytes: u64,
+}
+
+/// The WAL a backup needs to be consistent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalRange {
+    /// Timeline of the WAL.
+    pub timeline: u32,
+    /// First LSN needed (the backup's start, the checkpoint's redo).
+    pub start_lsn: String,
+    /// The LSN replay must reach for consistency (the backup's end).
+    pub stop_lsn: String,
+    /// First segment file.
+    pub first_segment: String,
+    /// Last segment file.
+    pub last_segment: String,
+}
+
+/// Where a backup was taken.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSource {
+    /// The server (host:port or socket), without credentials.
+    pub server: String,
+    /// `primary` or `standby`.
+    pub role: String,
+}
+
+/// `backup.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupMetadata {
+    /// Format version of this document.
+    pub version: u32,
+    /// Backup id (UTC start time, `YYYYMMDDTHHMMSSZ`).
+    pub id: String,
+    /// Label given to BASE_BACKUP.
+    pub label: String,
+    /// The cluster's system identifier.
+    pub system_identifier: String,
+    /// `server_version` of the source.
+    pub server_version: String,
+    /// Major version of the source.
+    pub pg_major: u32,
+    /// Where it was taken.
+    pub source: BackupSource,
+    /// Timeline at the start.
+    pub timeline: u32,
+    /// Start LSN.
+    pub start_lsn: String,
+    /// Stop LSN.
+    pub stop_lsn: String,
+    /// Start time (RFC 3339, UTC).
+    pub start_time: String,
+    /// Stop time (RFC 3339, UTC).
+    pub stop_time: String,
+    /// Seconds from start to `backup.json`.
+    pub duration_seconds: f64,
+    /// WAL segment size in bytes.
+    pub wal_segment_size: u64,
+    /// The WAL the backup needs.
+    pub wal_range: WalRange,
+    /// Tablespaces, main directory last (as the server sends them).
+    pub tablespaces: Vec<TablespaceRecord>,
+    /// Plaintext bytes of the server's manifest.
+    pub manifest_bytes: u64,
+    /// Plaintext bytes of all tar streams.
+    pub plain_bytes: u64,
+    /// Stored bytes of all parts and the manifest.
+    pub stored_bytes: u64,
+    /// Plaintext bytes per part (the last part of each stream may be shorter).
+    pub part_size_bytes: u64,
+}
+
+/// One file of the server's manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestFile {
+    /// Path relative to the data directory (tablespaces under `pg_tblspc/<oid>/`).
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// CRC32C as the manifest writes it (8 hex digits, server byte order), if any.
+    pub crc32c: Option<String>,
+}
+
+/// A manifest walvault cannot read.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid backup manifest: {0}")]
+pub struct ManifestError(pub String);
+
+/// Parses the files of a PostgreSQL `backup_manifest` (versions 1 and 2).
+///
+/// # Errors
+/// On malformed JSON or entries.
+pub fn parse_server_manifest(bytes: &[u8]) -> Result<Vec<ManifestFile>, ManifestError> {
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| ManifestError(e.to_string()))?;
+    let files = v
+        .get("Files")
+        .and_then(|f| f.as_array())
+        .ok_or_else(|| ManifestError("no Files array".into()))?;
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        let path = match (
+            f.get("Path").and_then(|p| p.as_str()),
+            f.get("Encoded-Path").and_then(|p| p.as_str()),
+        ) {
+            (Some(p), _) => p.to_string(),
+            (None, Some(hexed)) => {
+                let raw =
+                    hex::decode(hexed).map_err(|e| ManifestError(format!("Encoded-Path: {e}")))?;
+                String::from_utf8_lossy(&raw).into_owned()
+            }
+            (None, None) => return Err(ManifestError("a file without Path".into())),
+        };
+        let size = f
+            .get("Size")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| ManifestError(format!("{path}: no Size")))?;
+        let crc32c = match f.get("Checksum-Algorithm").and_then(|a| a.as_str()) {
+            Some(alg) if alg.eq_ignore_ascii_case("CRC32C") => f
+                .get("Checksum")
+                .and_then(|c| c.as_str())
+                .map(str::to_ascii_lowercase),
+            _ => None,
+        };
+        out.push(ManifestFile { path, size, crc32c });
+    }
+    Ok(out)
+}
+
+/// Formats a CRC32C the way the server's manifest does (its 4 bytes in
+/// little-endian memory order, as hex).
+pub fn manifest_crc32c_hex(crc: u32) -> String {
+    hex::encode(crc.to_le_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_server_manifest() {
+        let m = br#"{ "PostgreSQL-Backup-Manifest-Version": 1,
+"Files": [
+{ "Path": "backup_label", "Size": 227, "Last-Modified": "2026-11-21 05:00:00 GMT", "Checksum-Algorithm": "CRC32C", "Checksum": "2E5A0B8C" },
+{ "Encoded-Path": "6162", "Size": 0, "Last-Modified": "2026-11-21 05:00:00 GMT" }
+],
+"WAL-Ranges": [ { "Timeline": 1, "Start-LSN": "0/2000028", "End-LSN": "0/2000100" } ],
+"Manifest-Checksum": "00"}
+"#;
+        let files = parse_server_manifest(m).unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].crc32c.as_deref(), Some("2e5a0b8c"));
+        assert_eq!(files[1].path, "ab");
+        assert!(parse_server_manifest(b"{}").is_err());
+        assert_eq!(manifest_crc32c_hex(0x0102_0304), "04030201");
+    }
+
+    #[test]
+    fn golden_backup_metadata_v1() {
+        let text = include_str!("../../tests/data/golden/backup-v1.json");
+        let m: BackupMetadata = serde_json::from_str(text).unwrap();
+        assert_eq!(m.version, 1);
+        assert_eq!(m.tablespaces[0].parts[0].crc32c, "0a1b2c3d");
+        let again: BackupMetadata =
+            serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(again, m);
+    }
+}

@@ -1,0 +1,325 @@
+//! `walvault backup` and `walvault verify` against real servers and the S3
+//! server: tablespaces, backups under load beside the sidecar, interrupted
+//! backups, and damage that verify must name.
+
+use std::time::Duration;
+
+use walvault::format::backup::parse_server_manifest;
+use walvault::format::{Keyring, MasterKey};
+use walvault::storage::{Repository, layout};
+
+use crate::pg_test;
+use crate::support::pg::{PgCluster, PgOptions};
+use crate::support::process::{KEY, RepoEnv, StreamProcess};
+use crate::support::s3::S3Server;
+use crate::support::wait_for;
+
+fn s3_repo(s3: &S3Server, prefix: &str) -> (RepoEnv, Repository) {
+    let mut env = s3.env();
+    env.push(("WALVAULT_KEY".into(), KEY.into()));
+    (
+        RepoEnv {
+            url: s3.url(prefix),
+            env,
+        },
+        s3.repository(prefix, Keyring::single(MasterKey::from_hex(KEY).unwrap())),
+    )
+}
+
+fn pg_arg(pg: &PgCluster) -> String {
+    format!(
+        "host=127.0.0.1 port={} user=postgres sslmode=disable",
+        pg.port
+    )
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A tablespace directory the server can use.
+fn tablespace_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("walvault-ts")
+        .tempdir()
+        .unwrap();
+    let status = std::process::Command::new("chown")
+        .arg("postgres")
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success() || !nix::unistd::Uid::effective().is_root());
+    dir
+}
+
+fn run_backup(env: &RepoEnv, pg: &PgCluster, extra: &[&str]) -> serde_json::Value {
+    let pg_conn = pg_arg(pg);
+    let mut args = vec![
+        "backup",
+        "--pg",
+        pg_conn.as_str(),
+        "--checkpoint",
+        "fast",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = env.run(&args);
+    assert!(out.status.success(), "backup failed: {}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A backup of pgbench (scale 10) with a second tablespace verifies clean,
+/// and its files are exactly the server's manifest.
+async fn backup_with_tablespace_verifies_clean(major: u32) {
+    let pg = PgCluster::start(major, &PgOptions::default());
+    let ts = tablespace_dir();
+    pg.execute(&format!(
+        "CREATE TABLESPACE ts1 LOCATION '{}'",
+        ts.path().display()
+    ))
+    .await;
+    pg.execute("CREATE TABLE in_ts1 TABLESPACE ts1 AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g")
+        .await;
+    pg.pgbench(&["-i", "-s", "10", "-q"]);
+    let s3 = S3Server::start();
+    let (env, repo) = s3_repo(&s3, "bk");
+
+    let meta = run_backup(&env, &pg, &[]);
+    let id = meta["id"].as_str().unwrap().to_string();
+    let tablespaces = meta["tablespaces"].as_array().unwrap();
+    assert_eq!(tablespaces.len(), 2, "{meta}");
+    assert_eq!(tablespaces[1]["name"], "base");
+    assert!(meta["plain_bytes"].as_u64().unwrap() > 150 << 20, "{meta}");
+
+    let out = env.run(&["verify", "--backup", &id, "--json"]);
+    assert!(out.status.success(), "verify: {}", text(&out));
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        reports[0]["failures"].as_array().unwrap().len(),
+        0,
+        "{reports}"
+    );
+    // Every file of the server's manifest was found and matched, and no other.
+    let manifest = repo
+        .get_opened(&layout::backup_manifest_key(&id))
+        .await
+        .unwrap()
+        .unwrap();
+    let files = parse_server_manifest(&manifest).unwrap();
+    assert_eq!(
+        reports[0]["files_checked"].as_u64().unwrap() as usize,
+        files.len()
+    );
+    assert!(
+        files.iter().any(|f| f.path.starts_with("pg_tblspc/")),
+        "no tablespace file in the manifest"
+    );
+
+    let out = env.run(&["list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["backups"][0]["id"], id.as_str());
+    assert_eq!(list["backups"][0]["source_role"], "primary");
+}
+pg_test!(backup_with_tablespace_verifies_clean);
+
+/// A backup taken while pgbench runs and the sidecar streams completes, and
+/// its WAL range is in the repository.
+async fn backup_under_load_beside_the_sidecar(major: u32) {
+    let pg = PgCluster::start(major, &PgOptions::default());
+    pg.pgbench(&["-i", "-s", "2", "-q"]);
+    let s3 = S3Server::start();
+    let (env, _repo) = s3_repo(&s3, "load");
+    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "300ms"]);
+    let port = pg.port;
+    let load = std::thread::spawn(move || {
+        std::process::Command::new("/usr/lib/postgresql/15/bin/pgbench")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-T",
+                "8",
+                "-c",
+                "2",
+                "-N",
+                "postgres",
+            ])
+            .output()
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let meta = run_backup(&env, &pg, &[]);
+    let out = load.join().unwrap();
+    assert!(out.status.success());
+    let id = meta["id"].as_str().unwrap();
+    let out = env.run(&["verify", "--backup", id]);
+    assert!(out.status.success(), "verify: {}", text(&out));
+    assert!(text(&out).contains("WAL range present"), "{}", text(&out));
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+pg_test!(backup_under_load_beside_the_sidecar);
+
+/// A backup killed midway leaves nothing listed; the next backup succeeds
+/// and removes the interrupted one's parts.
+async fn killed_backup_leaves_no_backup(major: u32) {
+    let pg = PgCluster::start(major, &PgOptions::default());
+    pg.pgbench(&["-i", "-s", "10", "-q"]);
+    let s3 = S3Server::start();
+    let (env, repo) = s3_repo(&s3, "killed");
+    let pg_conn = pg_arg(&pg);
+    let mut child = env
+        .command()
+        .args([
+            "backup",
+            "--pg",
+            &pg_conn,
+            "--checkpoint",
+            "fast",
+            "--part-size",
+            "1MiB",
+            "--upload-concurrency",
+            "1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let orphan = wait_for("some parts stored", Duration::from_secs(60), || async {
+        let objs = repo.list(layout::BACKUPS_PREFIX).await.unwrap();
+        (objs.len() >= 3).then(|| layout::backup_id_of(&objs[0].key).unwrap().to_string())
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let out = env.run(&["list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        list["backups"].as_array().unwrap().len(),
+        0,
+        "an interrupted backup is listed"
+    );
+    let out = env.run(&["verify"]);
+    assert!(
+        out.status.success() && text(&out).contains("no backups"),
+        "{}",
+        text(&out)
+    );
+
+    // Backup ids are start times to the second: make the next one differ.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let meta = run_backup(&env, &pg, &["--orphan-grace", "0s"]);
+    assert_ne!(meta["id"].as_str().unwrap(), orphan);
+    let left = repo.list(&layout::backup_prefix(&orphan)).await.unwrap();
+    assert!(
+        left.is_empty(),
+        "parts of the interrupted backup remain: {left:?}"
+    );
+    let out = env.run(&["list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["backups"].as_array().unwrap().len(), 1);
+}
+pg_test!(killed_backup_leaves_no_backup);
+
+/// A flipped byte in a stored part and a missing part are each reported by
+/// verify, naming the part; exit code 1.
+async fn verify_names_damaged_and_missing_parts(major: u32) {
+    let pg = PgCluster::start(major, &PgOptions::default());
+    pg.pgbench(&["-i", "-s", "2", "-q"]);
+    let s3 = S3Server::start();
+    let (env, _repo) = s3_repo(&s3, "damage");
+    let meta = run_backup(&env, &pg, &["--part-size", "1MiB"]);
+    let id = meta["id"].as_str().unwrap();
+    let base = meta["tablespaces"].as_array().unwrap().last().unwrap();
+    assert!(base["parts"].as_array().unwrap().len() >= 4);
+
+    let flipped = layout::backup_part_key(id, "base", 1);
+    let path = s3.object_path("damage", &flipped);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let out = env.run(&["verify", "--backup", id]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&flipped),
+        "the damaged part is not named: {}",
+        text(&out)
+    );
+
+    let missing = layout::backup_part_key(id, "base", 3);
+    std::fs::remove_file(s3.object_path("damage", &missing)).unwrap();
+    let out = env.run(&["verify", "--backup", id]);
+    assert_eq!(out.status.code(), Some(1));
+    let report = text(&out);
+    assert!(
+        report.contains(&flipped) && report.contains(&missing),
+        "{report}"
+    );
+    assert!(report.contains("part is missing"), "{report}");
+}
+pg_test!(verify_names_damaged_and_missing_parts);
+
+/// A backup from a standby works and records where it came from.
+async fn backup_from_a_standby(major: u32) {
+    let mut primary = PgCluster::start(major, &PgOptions::default());
+    primary.pgbench(&["-i", "-s", "1", "-q"]);
+    let standby = PgCluster::standby_of(&mut primary);
+    // A restartpoint needs a checkpoint replayed from the primary.
+    primary.execute("CHECKPOINT").await;
+    wait_for(
+        "standby to replay the checkpoint",
+        Duration::from_secs(30),
+        || async {
+            let p: walvault::lsn::Lsn = primary
+                .query_one("SELECT pg_current_wal_lsn()")
+                .await
+                .parse()
+                .unwrap();
+            let r: walvault::lsn::Lsn = standby
+                .query_one("SELECT pg_last_wal_replay_lsn()")
+                .await
+                .parse()
+                .unwrap();
+            (r >= p).then_some(())
+        },
+    )
+    .await;
+    let s3 = S3Server::start();
+    let (env, _repo) = s3_repo(&s3, "standby");
+    // Keep WAL flowing so the standby's end position is reached.
+    let port = primary.port;
+    let load = std::thread::spawn(move || {
+        std::process::Command::new("/usr/lib/postgresql/15/bin/pgbench")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-T",
+                "5",
+                "-c",
+                "1",
+                "-N",
+                "postgres",
+            ])
+            .output()
+            .unwrap()
+    });
+    let meta = run_backup(&env, &standby, &[]);
+    load.join().unwrap();
+    assert_eq!(meta["source"]["role"], "standby", "{meta}");
+    let out = env.run(&["verify", "--backup", meta["id"].as_str().unwrap()]);
+    assert!(out.status.success(), "verify: {}", text(&out));
+}
+pg_test!(backup_from_a_standby);

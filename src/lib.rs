@@ -16,6 +16,7 @@ pub mod lsn;
 pub mod pipeline;
 pub mod progress;
 pub mod protocol;
+pub mod schedule;
 pub mod storage;
 pub mod telemetry;
 pub mod verify;

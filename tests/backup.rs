@@ -323,3 +323,37 @@ async fn backup_from_a_standby(major: u32) {
     assert!(out.status.success(), "verify: {}", text(&out));
 }
 pg_test!(backup_from_a_standby);
+
+/// The sidecar with --backup-schedule takes a backup at start when the
+/// repository has none, on its own connection while WAL streams; it
+/// verifies clean and the sidecar still exits 0.
+async fn sidecar_takes_a_backup_when_none_exists(major: u32) {
+    let pg = PgCluster::start(major, &PgOptions::default());
+    pg.pgbench(&["-i", "-s", "1", "-q"]);
+    let s3 = S3Server::start();
+    let (env, _repo) = s3_repo(&s3, "sched");
+    let stream = StreamProcess::start(
+        &env,
+        pg.port,
+        &[
+            "--flush-interval",
+            "300ms",
+            "--backup-schedule",
+            "@yearly",
+            "--backup-checkpoint",
+            "fast",
+        ],
+    );
+    let id = wait_for("the initial backup", Duration::from_secs(90), || async {
+        let out = env.run(&["list", "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        list["backups"][0]["id"].as_str().map(str::to_string)
+    })
+    .await;
+    let out = env.run(&["verify", "--backup", &id]);
+    assert!(out.status.success(), "verify: {}", text(&out));
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("next scheduled backup"), "{log}");
+}
+pg_test!(sidecar_takes_a_backup_when_none_exists);

@@ -288,8 +288,17 @@ pub async fn run(
                 .map_err(Error::Stream)?;
         }
         WalSource::Sidecar(mut durable) => {
-            let wait = durable.wait_for(|d| *d >= end.end_lsn);
-            if tokio::time::timeout(SIDECAR_WAL_WAIT, wait).await.is_err() {
+            let wait = async {
+                tokio::time::timeout(SIDECAR_WAL_WAIT, durable.wait_for(|d| *d >= end.end_lsn))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            };
+            let stored = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(Error::Cancelled),
+                ok = wait => ok,
+            };
+            if !stored {
                 warn!(
                     "the sidecar stream did not store the backup's WAL in time; streaming it here"
                 );

@@ -8,8 +8,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::{parse_byte_size, parse_duration};
+use crate::lsn::Lsn;
 use crate::protocol::ConnInfo;
-use crate::wal::receiver::{self, StreamOptions};
+use crate::schedule::Schedule;
+use crate::wal::receiver::{self, StreamOptions, StreamPlan};
+use tokio::sync::watch;
 
 use super::RepoArgs;
 
@@ -53,6 +56,18 @@ pub struct Args {
     /// How long a graceful shutdown may spend storing the tail.
     #[arg(long, env = "WALVAULT_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT, value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Take base backups on this cron schedule (UTC, five fields, e.g. "0 3 * * *"), on their own
+    /// connection while WAL keeps streaming; also one at start if the repository has none.
+    #[arg(long, env = "WALVAULT_BACKUP_SCHEDULE")]
+    pub backup_schedule: Option<String>,
+    /// Checkpoint mode of scheduled backups.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "spread",
+        env = "WALVAULT_BACKUP_CHECKPOINT"
+    )]
+    pub backup_checkpoint: super::backup::Checkpoint,
 }
 
 /// Runs the stream until SIGINT/SIGTERM.
@@ -88,13 +103,95 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     info!(server = %opts.conninfo.describe(), repo = repo.display(), slot = opts.slot,
           synchronous = opts.synchronous, "walvault stream starting");
+    let schedule = match &args.backup_schedule {
+        Some(text) => Some(
+            Schedule::parse(text).map_err(|e| crate::config::Error::Invalid {
+                what: "--backup-schedule",
+                value: text.clone(),
+                reason: e.to_string(),
+            })?,
+        ),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
-    let summary = receiver::run(&opts, &repo, &shutdown)
+    let mut plan = StreamPlan::default();
+    let scheduler = schedule.map(|schedule| {
+        let (durable_tx, durable_rx) = watch::channel(Lsn::INVALID);
+        plan.durable = Some(durable_tx);
+        let backup_opts = super::backup::backup_options(
+            opts.conninfo.clone(),
+            None,
+            args.backup_checkpoint == super::backup::Checkpoint::Fast,
+            crate::backup::DEFAULT_PART_SIZE_BYTES,
+            opts.upload_concurrency,
+            opts.memory_budget_bytes,
+        );
+        tokio::spawn(run_schedule(
+            schedule,
+            backup_opts,
+            repo.clone(),
+            durable_rx,
+            shutdown.clone(),
+        ))
+    });
+    let summary = receiver::run_plan(&opts, &repo, &shutdown, plan)
         .await
-        .context("stream WAL")?;
+        .context("stream WAL");
+    shutdown.cancel();
+    if let Some(task) = scheduler {
+        let _ = task.await;
+    }
+    let summary = summary?;
     info!(durable = %summary.durable, objects = summary.objects, bytes = summary.plain_bytes, "walvault stream stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Takes a backup at start if the repository has none, then one at every
+/// time the schedule fires, until `shutdown`. A failed backup is logged and
+/// the schedule goes on.
+async fn run_schedule(
+    schedule: Schedule,
+    opts: crate::backup::BackupOptions,
+    repo: crate::storage::Repository,
+    durable: watch::Receiver<Lsn>,
+    shutdown: CancellationToken,
+) {
+    let mut due_now = match crate::backup::list_backups(&repo).await {
+        Ok(list) => list.is_empty(),
+        Err(e) => {
+            tracing::error!(error = %crate::error::chain(&e), "cannot list backups; the schedule starts anyway");
+            false
+        }
+    };
+    loop {
+        if !due_now {
+            let Some(next) = schedule.next_after(chrono::Utc::now()) else {
+                tracing::warn!("the backup schedule never fires again");
+                return;
+            };
+            info!(next = %next.to_rfc3339(), "next scheduled backup");
+            let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        due_now = false;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let wal = crate::backup::WalSource::Sidecar(durable.clone());
+        match crate::backup::run(&opts, &repo, wal, &shutdown.child_token()).await {
+            Ok(meta) => info!(
+                id = meta.id,
+                bytes = meta.plain_bytes,
+                "scheduled backup complete"
+            ),
+            Err(e) => tracing::error!(error = %crate::error::chain(&e), "scheduled backup failed"),
+        }
+    }
 }
 
 /// Cancels `token` on the first SIGINT/SIGTERM; a second one exits at once.

@@ -2,8 +2,10 @@
 # The main job on embedded defaults, on a fresh machine:
 #   1. start a throwaway local PostgreSQL 15,
 #   2. run `walvault stream` into a local-directory repository (encrypted),
-#   3. write rows with timestamps while it streams,
-#   4. show what is archived (`walvault list`), then stop everything cleanly.
+#   3. take a base backup (`walvault backup`) while it streams,
+#   4. write rows with timestamps while it streams,
+#   5. verify the backup and show what is archived (`walvault list`), then
+#      stop everything cleanly.
 # Everything lives in a temporary directory that is removed at the end
 # (set KEEP=1 to keep it).
 set -euo pipefail
@@ -59,6 +61,10 @@ echo "demo: walvault stream --repo $REPO --key-file $WORK/key" >&2
 STREAM_PID=$!
 
 "${PSQL[@]}" -c "CREATE TABLE ledger (id serial PRIMARY KEY, note text, committed_at timestamptz DEFAULT clock_timestamp())"
+echo "demo: walvault backup" >&2
+"$WALVAULT" backup --pg "host=$WORK/sock port=$PORT user=postgres" --repo "$REPO" --key-file "$WORK/key" \
+  --checkpoint fast 2>>"$WORK/backup.log"
+
 for i in $(seq 1 10); do
   "${PSQL[@]}" -c "INSERT INTO ledger (note) SELECT 'row $i.' || g FROM generate_series(1, 1000) g"
   sleep 0.5
@@ -67,6 +73,10 @@ done
 LAST=$("${PSQL[@]}" -c "SELECT pg_current_wal_flush_lsn()")
 echo "demo: wrote 10000 ledger rows; server WAL is at $LAST" >&2
 sleep 2
+
+echo
+echo "== walvault verify"
+"$WALVAULT" verify --repo "$REPO" --key-file "$WORK/key"
 
 echo
 echo "== walvault list (while streaming)"

@@ -95,8 +95,22 @@ pub async fn verify_backup(
             }
         };
 
+    let server_zstd = match meta.server_compression.as_deref() {
+        None => false,
+        Some("zstd") => true,
+        Some(other) => {
+            report.failures.push(fail(
+                Some(&layout::backup_json_key(&meta.id)),
+                None,
+                format!("unknown server compression {other:?}"),
+            ));
+            return Ok(report);
+        }
+    };
     for ts in &meta.tablespaces {
         let mut walker = Some(TarWalker::new());
+        let mut decoder = server_zstd
+            .then(|| zstd::stream::write::Decoder::new(Vec::new()).expect("zstd context"));
         let keys: Vec<(String, &crate::format::backup::PartRecord)> = ts
             .parts
             .iter()
@@ -142,7 +156,23 @@ pub async fn verify_backup(
                 continue;
             }
             let Some(w) = walker.as_mut() else { continue };
-            match w.feed(&bytes) {
+            let tar_bytes = match decoder.as_mut() {
+                None => bytes,
+                Some(d) => {
+                    use std::io::Write;
+                    if let Err(e) = d.write_all(&bytes).and_then(|()| d.flush()) {
+                        report.failures.push(fail(
+                            Some(&key),
+                            None,
+                            format!("server-compressed stream: {e}"),
+                        ));
+                        walker = None;
+                        continue;
+                    }
+                    std::mem::take(d.get_mut())
+                }
+            };
+            match w.feed(&tar_bytes) {
                 Ok(files) => {
                     for f in files {
                         report.files_checked += 1;

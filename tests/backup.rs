@@ -357,3 +357,46 @@ async fn sidecar_takes_a_backup_when_none_exists(major: u32) {
     assert!(log.contains("next scheduled backup"), "{log}");
 }
 pg_test!(sidecar_takes_a_backup_when_none_exists);
+
+/// With --server-zstd the server compresses the tar streams (15+) and the
+/// backup still verifies file by file; PostgreSQL 14, and server builds
+/// without zstd, are refused with a clear message.
+async fn server_side_compression(major: u32) {
+    let pg = PgCluster::start(major, &PgOptions::default());
+    pg.pgbench(&["-i", "-s", "2", "-q"]);
+    let s3 = S3Server::start();
+    let (env, _repo) = s3_repo(&s3, "szstd");
+    let pg_conn = pg_arg(&pg);
+    let out = env.run(&[
+        "backup",
+        "--pg",
+        &pg_conn,
+        "--checkpoint",
+        "fast",
+        "--server-zstd",
+        "3",
+        "--json",
+    ]);
+    if major < 15 {
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(text(&out).contains("needs PostgreSQL 15"), "{}", text(&out));
+        return;
+    }
+    // Server builds without zstd (the npm builds of 16-18) refuse; Debian's 15 has it.
+    if major != 15 && text(&out).contains("does not support compression with ZSTD") {
+        assert_eq!(out.status.code(), Some(1));
+        assert!(text(&out).contains("SQLSTATE 42601"), "{}", text(&out));
+        return;
+    }
+    assert!(out.status.success(), "{}", text(&out));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(meta["server_compression"], "zstd");
+    let out = env.run(&["verify", "--backup", meta["id"].as_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "verify: {}", text(&out));
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        reports[0]["files_checked"].as_u64().unwrap() > 500,
+        "{reports}"
+    );
+}
+pg_test!(server_side_compression);

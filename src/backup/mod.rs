@@ -56,6 +56,9 @@ pub struct BackupOptions {
     pub label: Option<String>,
     /// Fast (immediate) checkpoint at the start.
     pub fast_checkpoint: bool,
+    /// Ask the server to zstd-compress the tar streams at this level
+    /// (PostgreSQL 15+); the parts are then sealed without compression.
+    pub server_zstd_level: Option<i32>,
     /// Plaintext bytes per part.
     pub part_size_bytes: u64,
     /// Parts uploaded at once.
@@ -141,6 +144,12 @@ pub async fn run(
             receiver::SUPPORTED_MAJORS.end()
         )));
     }
+    if opts.server_zstd_level.is_some() && major < 15 {
+        return Err(Error::Unsupported(format!(
+            "server-side compression needs PostgreSQL 15 or newer; {} runs {major}",
+            conn.target()
+        )));
+    }
     let identity = conn.identify_system().await?;
     let segment_size = conn.wal_segment_size().await?;
     repo.ensure_manifest(&identity.system_identifier, major, segment_size)
@@ -175,6 +184,7 @@ pub async fn run(
     let bb_opts = BaseBackupOptions {
         label: label.clone(),
         fast_checkpoint: opts.fast_checkpoint,
+        server_zstd_level: opts.server_zstd_level,
     };
     let base_backup = tokio::spawn(async move {
         let r = protocol::run_base_backup(&mut conn, major, &bb_opts, events_tx).await;
@@ -182,7 +192,12 @@ pub async fn run(
     });
 
     let progress = Progress::new(&format!("backup {id}"), 0);
-    let mut uploader = PartUploader::new(repo, &id, opts.upload_concurrency);
+    let mut uploader = PartUploader::new(
+        repo,
+        &id,
+        opts.upload_concurrency,
+        opts.server_zstd_level.is_some(),
+    );
     let mut tablespaces: Vec<TablespaceInfo> = Vec::new();
     let mut plain_by_ts: Vec<u64> = Vec::new();
     let mut cutter: Option<(usize, PartCutter)> = None;
@@ -380,6 +395,7 @@ pub async fn run(
         plain_bytes: received,
         stored_bytes: stored_total,
         part_size_bytes: opts.part_size_bytes,
+        server_compression: opts.server_zstd_level.map(|_| "zstd".to_string()),
     };
     let body = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
     repo.put_sealed(&layout::backup_json_key(&id), vec![Bytes::from(body)])
@@ -560,11 +576,14 @@ struct PartUploader {
     semaphore: Arc<Semaphore>,
     uploads: JoinSet<Result<(usize, PartRecord), storage::Error>>,
     records: BTreeMap<usize, Vec<PartRecord>>,
+    /// Seal without compression (the server compressed already).
+    raw: bool,
 }
 
 impl PartUploader {
-    fn new(repo: &Repository, id: &str, concurrency: usize) -> Self {
+    fn new(repo: &Repository, id: &str, concurrency: usize, raw: bool) -> Self {
         PartUploader {
+            raw,
             repo: repo.clone(),
             id: id.to_string(),
             semaphore: Arc::new(Semaphore::new(concurrency.max(1))),
@@ -592,6 +611,7 @@ impl PartUploader {
             .expect("semaphore open");
         let repo = self.repo.clone();
         let key = layout::backup_part_key(&self.id, tablespace, part.index);
+        let raw = self.raw;
         self.uploads.spawn(async move {
             let _permit = permit;
             let plain = part.len() as u64;
@@ -605,8 +625,19 @@ impl PartUploader {
             .await
             .expect("crc does not panic");
             let cancel = CancellationToken::new();
+            let seal = crate::format::SealOptions {
+                compression: crate::format::Compression::None,
+                ..crate::format::SealOptions::default()
+            };
             let stored = storage::retry(&key, Some(8), Duration::from_secs(10), &cancel, || {
-                repo.put_sealed(&key, pieces.clone())
+                let pieces = pieces.clone();
+                async {
+                    if raw {
+                        repo.put_sealed_with(&key, pieces, seal).await
+                    } else {
+                        repo.put_sealed(&key, pieces).await
+                    }
+                }
             })
             .await?;
             Ok((

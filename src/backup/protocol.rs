@@ -21,6 +21,8 @@ pub struct BaseBackupOptions {
     pub label: String,
     /// CHECKPOINT 'fast' (else 'spread').
     pub fast_checkpoint: bool,
+    /// Server-side zstd at this level (PostgreSQL 15+).
+    pub server_zstd_level: Option<i32>,
 }
 
 /// A tablespace as the server lists it before the data.
@@ -88,8 +90,12 @@ pub fn base_backup_command(major: u32, opts: &BaseBackupOptions) -> String {
         } else {
             "spread"
         };
+        let compression = opts
+            .server_zstd_level
+            .map(|l| format!(", COMPRESSION 'zstd', COMPRESSION_DETAIL 'level={l}'"))
+            .unwrap_or_default();
         format!(
-            "BASE_BACKUP (LABEL {label}, PROGRESS, CHECKPOINT '{checkpoint}', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP)"
+            "BASE_BACKUP (LABEL {label}, PROGRESS, CHECKPOINT '{checkpoint}', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP{compression})"
         )
     } else {
         let fast = if opts.fast_checkpoint { " FAST" } else { "" };
@@ -367,9 +373,10 @@ mod tests {
 
     #[test]
     fn both_grammars() {
-        let o = BaseBackupOptions {
+        let mut o = BaseBackupOptions {
             label: "it's".into(),
             fast_checkpoint: true,
+            server_zstd_level: None,
         };
         assert_eq!(
             base_backup_command(15, &o),
@@ -378,6 +385,11 @@ mod tests {
         assert_eq!(
             base_backup_command(14, &o),
             "BASE_BACKUP LABEL 'it''s' PROGRESS FAST NOWAIT TABLESPACE_MAP MANIFEST 'yes' MANIFEST_CHECKSUMS 'CRC32C'"
+        );
+        o.server_zstd_level = Some(3);
+        assert!(
+            base_backup_command(16, &o)
+                .ends_with("COMPRESSION 'zstd', COMPRESSION_DETAIL 'level=3')")
         );
     }
 }

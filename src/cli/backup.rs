@@ -58,6 +58,11 @@ pub struct Args {
     /// Memory for the backup's WAL stream.
     #[arg(long, default_value = "256MiB", value_parser = parse_byte_size, env = "WALVAULT_MEMORY_BUDGET")]
     pub memory_budget: u64,
+    /// Ask the server to compress the tar streams with zstd at this level (PostgreSQL 15+).
+    /// Off by default: walvault's own zstd (level 1) runs beside the upload and leaves the
+    /// server's CPU to the database.
+    #[arg(long, value_name = "LEVEL", env = "WALVAULT_SERVER_ZSTD")]
+    pub server_zstd: Option<i32>,
     /// Print the backup's metadata as JSON.
     #[arg(long)]
     pub json: bool,
@@ -88,6 +93,7 @@ pub fn backup_options(
         conninfo,
         label,
         fast_checkpoint: fast,
+        server_zstd_level: None,
         part_size_bytes: part_size.max(1 << 20),
         upload_concurrency: upload_concurrency.max(1),
         orphan_grace: backup::DEFAULT_ORPHAN_GRACE,
@@ -110,6 +116,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.memory_budget,
     );
     opts.orphan_grace = args.orphan_grace;
+    opts.server_zstd_level = args.server_zstd;
     let cancel = CancellationToken::new();
     super::stream::spawn_signal_handler(cancel.clone());
     let meta = backup::run(&opts, &repo, WalSource::Standalone, &cancel)

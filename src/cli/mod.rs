@@ -114,6 +114,8 @@ pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
                 .is_some_and(crate::storage::Error::is_configuration)
             || e.downcast_ref::<crate::wal::receiver::Error>()
                 .is_some_and(crate::wal::receiver::Error::is_configuration)
+            || e.downcast_ref::<crate::backup::Error>()
+                .is_some_and(crate::backup::Error::is_configuration)
     });
     if is_usage {
         ExitCode::from(2)

@@ -111,6 +111,10 @@ pub struct BackupMetadata {
     pub stored_bytes: u64,
     /// Plaintext bytes per part (the last part of each stream may be shorter).
     pub part_size_bytes: u64,
+    /// Server-side compression of the tar streams (`zstd`), if requested:
+    /// the parts then hold the compressed stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_compression: Option<String>,
 }
 
 /// One file of the server's manifest.

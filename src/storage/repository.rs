@@ -357,8 +357,24 @@ impl Repository {
     /// # Cancel safety
     /// Safe: the object is either written whole or not at all.
     pub async fn put_sealed(&self, key: &str, plaintext: Vec<Bytes>) -> Result<u64, Error> {
+        self.put_sealed_with(key, plaintext, self.seal).await
+    }
+
+    /// [`Repository::put_sealed`] with other seal options (e.g. no compression
+    /// for data the server already compressed).
+    ///
+    /// # Errors
+    /// As [`Repository::put_sealed`].
+    ///
+    /// # Cancel safety
+    /// Safe: the object is either written whole or not at all.
+    pub async fn put_sealed_with(
+        &self,
+        key: &str,
+        plaintext: Vec<Bytes>,
+        seal: SealOptions,
+    ) -> Result<u64, Error> {
         let keyring = self.keyring.clone();
-        let seal = self.seal;
         let for_seal = plaintext.clone();
         let sealed =
             tokio::task::spawn_blocking(move || chunk::seal(&for_seal, &seal, keyring.write_key()))

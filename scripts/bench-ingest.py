@@ -7,9 +7,11 @@ In one run, on one PostgreSQL 15 server (16 MiB segments, fsync on), measure
   - with `walvault stream` (zstd level 3 + AES-256-GCM) into the s3s-fs S3
     server on loopback,
   - with `pg_receivewal` (to a local directory, with a slot),
-alternating the three ROUNDS times. Reports the median TPS of each, the TPS
-ratios against no archiver, walvault's CPU seconds per GiB of WAL and its peak
-RSS. Writes a markdown table to target/bench/ingest.md and stdout.
+in rotating order for --rounds rounds (each run starts after VACUUM and
+CHECKPOINT, each archiver with a fresh slot and repository). Reports the
+median TPS of each, the median of the per-round TPS ratios against no
+archiver (so a drift of the machine over the run cancels out), walvault's
+CPU seconds per GiB of WAL and its peak RSS. Writes a markdown table to target/bench/ingest.md and stdout.
 
 Usage: scripts/bench-ingest.py [--seconds 30] [--rounds 3] [--scale 10] [--clients 4]
 """
@@ -115,47 +117,73 @@ def main():
         env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{s3port}", AWS_ACCESS_KEY_ID="bench",
                    AWS_SECRET_ACCESS_KEY="benchsecret", AWS_REGION="us-east-1", WALVAULT_KEY=KEY, WALVAULT_LOG_LEVEL="warn")
         results = {"none": [], "walvault": [], "pg_receivewal": []}
+        ratios = {"walvault": [], "pg_receivewal": []}
         wal_bytes = 0; cpu = 0.0; rss = 0.0
-        for r in range(args.rounds):
-            # No archiver.
-            results["none"].append(pgbench_tps(port, args.seconds, args.clients))
-            # walvault.
+        pgbench_tps(port, 5, args.clients)  # warm-up
+
+        def settle():
+            psql(port, "VACUUM"); psql(port, "CHECKPOINT")
+
+        def run_none(r):
+            settle()
+            return pgbench_tps(port, args.seconds, args.clients)
+
+        def run_walvault(r):
+            nonlocal wal_bytes, cpu, rss
+            settle()
             wv = subprocess.Popen([walvault, "stream", "--pg", f"host=127.0.0.1 port={port} user=postgres sslmode=disable",
-                                   "--repo", "s3://bench/r", "--slot", "walvault"], env=env, stderr=subprocess.DEVNULL)
+                                   "--repo", f"s3://bench/round{r}", "--slot", f"walvault{r}"], env=env, stderr=subprocess.DEVNULL)
             time.sleep(2)
             c0 = proc_cpu_seconds(wv.pid); l0 = lsn(psql(port, "SELECT pg_current_wal_lsn()"))
-            results["walvault"].append(pgbench_tps(port, args.seconds, args.clients))
+            tps = pgbench_tps(port, args.seconds, args.clients)
             l1 = lsn(psql(port, "SELECT pg_current_wal_lsn()"))
             # Let it catch up before reading its CPU time.
             for _ in range(300):
-                sent = psql(port, "SELECT coalesce(flush_lsn::text, '0/0') FROM pg_stat_replication WHERE application_name='walvault'")
+                sent = psql(port, "SELECT coalesce(max(flush_lsn)::text, '0/0') FROM pg_stat_replication WHERE application_name='walvault'")
                 if sent and lsn(sent) >= l1:
                     break
                 time.sleep(0.1)
             cpu += proc_cpu_seconds(wv.pid) - c0; wal_bytes += l1 - l0
             rss = max(rss, peak_rss_mib(wv.pid))
             wv.send_signal(signal.SIGTERM); wv.wait(timeout=120)
-            # pg_receivewal.
+            psql(port, f"SELECT pg_drop_replication_slot('walvault{r}')")
+            return tps
+
+        def run_receivewal(r):
+            settle()
             rdir = os.path.join(work, f"receivewal-{r}"); os.makedirs(rdir)
-            subprocess.run([f"{PGBIN}/pg_receivewal", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "--create-slot", "-S", "receivewal",
-                            "--if-not-exists"], check=True, capture_output=True)
-            rw = subprocess.Popen([f"{PGBIN}/pg_receivewal", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-S", "receivewal",
+            subprocess.run([f"{PGBIN}/pg_receivewal", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "--create-slot", "-S", f"receivewal{r}"],
+                           check=True, capture_output=True)
+            rw = subprocess.Popen([f"{PGBIN}/pg_receivewal", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-S", f"receivewal{r}",
                                    "-D", rdir, "-n"], stderr=subprocess.DEVNULL)
             time.sleep(2)
-            results["pg_receivewal"].append(pgbench_tps(port, args.seconds, args.clients))
+            tps = pgbench_tps(port, args.seconds, args.clients)
             rw.send_signal(signal.SIGINT); rw.wait(timeout=60)
             shutil.rmtree(rdir)
+            psql(port, f"SELECT pg_drop_replication_slot('receivewal{r}')")
+            return tps
+
+        runners = [("none", run_none), ("walvault", run_walvault), ("pg_receivewal", run_receivewal)]
+        for r in range(args.rounds):
+            order = runners[r % 3:] + runners[:r % 3]
+            this = {}
+            for name, fn in order:
+                this[name] = fn(r)
+                results[name].append(this[name])
+            for k in ratios:
+                ratios[k].append(this[k] / this["none"])
         med = {k: statistics.median(v) for k, v in results.items()}
         gib = wal_bytes / (1 << 30)
         lines = [
             f"pgbench -N, scale {args.scale}, {args.clients} clients, {args.seconds} s per run, {args.rounds} rounds (median TPS):",
             "",
-            "| archiver | median TPS | runs | TPS ratio vs none |",
+            "| archiver | median TPS | runs (TPS) | median per-round TPS ratio vs none |",
             "|---|---:|---|---:|",
         ]
         for k in ("none", "walvault", "pg_receivewal"):
             runs = ", ".join(f"{t:.0f}" for t in results[k])
-            lines.append(f"| {k} | {med[k]:.0f} | {runs} | {med[k] / med['none']:.3f} |")
+            ratio = statistics.median(ratios[k]) if k in ratios else 1.0
+            lines.append(f"| {k} | {med[k]:.0f} | {runs} | {ratio:.3f} |")
         lines += ["", f"walvault: {cpu:.1f} CPU s for {gib:.2f} GiB of WAL = {cpu / gib if gib else 0:.1f} CPU s/GiB; peak RSS {rss:.0f} MiB"]
         text = "\n".join(lines)
         os.makedirs(os.path.join(ROOT, "target/bench"), exist_ok=True)

@@ -36,9 +36,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mkdir -p "$WORK/sock"
-[ "$(id -u)" -eq 0 ] && chown postgres "$WORK/sock"
-[ "$(id -u)" -eq 0 ] && install -d -o postgres "$WORK/data"
+mkdir -p "$WORK/sock" "$WORK/pglog"
+if [ "$(id -u)" -eq 0 ]; then
+  chown postgres "$WORK/sock" "$WORK/pglog"
+  install -d -o postgres "$WORK/data"
+fi
 echo "demo: initdb + start PostgreSQL 15 on port $PORT" >&2
 as_pg "$PGBIN/initdb" -D "$WORK/data" -U postgres --auth=trust --no-sync >/dev/null
 cat >>"$WORK/data/postgresql.conf" <<CONF
@@ -48,7 +50,7 @@ unix_socket_directories = '$WORK/sock'
 wal_level = replica
 max_wal_senders = 5
 CONF
-as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w start >/dev/null
+as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/pglog/server.log" -w start >/dev/null
 
 PSQL=("$PGBIN/psql" -h "$WORK/sock" -p "$PORT" -U postgres -d postgres -qAtX)
 

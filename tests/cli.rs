@@ -185,3 +185,52 @@ async fn server_errors_show_message_and_sqlstate() {
     assert!(err.contains("SQLSTATE 42501"), "{err}");
     assert!(err.contains("replication"), "{err}");
 }
+
+/// A repository of another cluster, or with other encryption settings, is
+/// refused with a clear error (exit 2) and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_repository_is_refused() {
+    let a = PgCluster::start(15, &PgOptions::default());
+    let b = PgCluster::start(15, &PgOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let plain = RepoEnv {
+        url: url.clone(),
+        env: vec![],
+    };
+    let stream = StreamProcess::start(&plain, a.port, &["--flush-interval", "200ms"]);
+    let repo = Repository::open(&url, Keyring::none(), SealOptions::default()).unwrap();
+    let end = switch_wal(&a).await;
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(30)).await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    let before = std::fs::read(dir.path().join("walvault.json")).unwrap();
+
+    let other = plain.run(&[
+        "stream",
+        "--pg",
+        &format!("host=127.0.0.1 port={} user=postgres", b.port),
+    ]);
+    assert_eq!(other.status.code(), Some(2), "{}", stderr(&other));
+    assert!(
+        stderr(&other).contains("belongs to system identifier"),
+        "{}",
+        stderr(&other)
+    );
+
+    let keyed = RepoEnv {
+        url: url.clone(),
+        env: vec![("WALVAULT_KEY".into(), KEY.into())],
+    };
+    let out = keyed.run(&[
+        "stream",
+        "--pg",
+        &format!("host=127.0.0.1 port={} user=postgres", a.port),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not encrypted"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(dir.path().join("walvault.json")).unwrap(),
+        before
+    );
+}

@@ -499,6 +499,8 @@ impl Stream<'_> {
                         self.drain(conn).await?;
                         return Ok(CopyEnd::Shutdown);
                     }
+                    // Store what is held now rather than at the next tick.
+                    self.flush_if_past_stop();
                 }
                 permit = jobs_tx.reserve(), if front_ready => {
                     let permit = permit.map_err(|_| Error::UploaderStopped)?;
@@ -554,12 +556,25 @@ impl Stream<'_> {
     }
 
     /// Adds received WAL to the open segment and queues completed segments.
+    /// When a planned stop point has been received, queue the open segment's
+    /// tail at once: whoever waits for the stop should not wait for a tick.
+    fn flush_if_past_stop(&mut self) {
+        let stop = self.stop_at.as_ref().and_then(|rx| *rx.borrow());
+        let position = self.segmenter.as_ref().map(Segmenter::position);
+        if let (Some(stop), Some(position)) = (stop, position)
+            && position >= stop
+        {
+            self.queue_delta();
+        }
+    }
+
     fn receive(&mut self, start: Lsn, data: Bytes) -> Result<(), Error> {
         let seg = self.segmenter.as_mut().expect("streaming has a segmenter");
         let before = seg.position();
         let done = seg.push(start, data)?;
         let added = seg.position().0 - before.0;
         self.memory.add(added);
+        self.flush_if_past_stop();
         for c in done {
             let end = c.segment.start_lsn(self.segment_size) + self.segment_size;
             self.queue(

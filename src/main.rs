@@ -4,12 +4,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// mimalloc returns freed memory to the system promptly, so walvault's
-/// resident size follows its bounded buffers instead of the high-water mark
-/// of every worker thread's heap.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = walvault::cli::Cli::parse();
     walvault::telemetry::init(&cli.log_level, cli.log_format);

@@ -134,26 +134,7 @@ async fn backup_under_load_beside_the_sidecar(major: u32) {
     let s3 = S3Server::start();
     let (env, _repo) = s3_repo(&s3, "load");
     let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "300ms"]);
-    let port = pg.port;
-    let load = std::thread::spawn(move || {
-        std::process::Command::new("/usr/lib/postgresql/15/bin/pgbench")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "-T",
-                "8",
-                "-c",
-                "2",
-                "-N",
-                "postgres",
-            ])
-            .output()
-            .unwrap()
-    });
+    let load = pg.pgbench_background(8, 2);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let meta = run_backup(&env, &pg, &[]);
     let out = load.join().unwrap();
@@ -296,26 +277,7 @@ async fn backup_from_a_standby(major: u32) {
     let s3 = S3Server::start();
     let (env, _repo) = s3_repo(&s3, "standby");
     // Keep WAL flowing so the standby's end position is reached.
-    let port = primary.port;
-    let load = std::thread::spawn(move || {
-        std::process::Command::new("/usr/lib/postgresql/15/bin/pgbench")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "-T",
-                "5",
-                "-c",
-                "1",
-                "-N",
-                "postgres",
-            ])
-            .output()
-            .unwrap()
-    });
+    let load = primary.pgbench_background(5, 1);
     let meta = run_backup(&env, &standby, &[]);
     load.join().unwrap();
     assert_eq!(meta["source"]["role"], "standby", "{meta}");

@@ -161,26 +161,7 @@ async fn sigkill_and_restart_leaves_no_gap(major: u32) {
     let (env, repo) = s3_repo(&s3, "kill");
     pg.pgbench(&["-i", "-s", "1", "-q"]);
     let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
-    let port = pg.port;
-    let load = std::thread::spawn(move || {
-        std::process::Command::new("/usr/lib/postgresql/15/bin/pgbench")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "-T",
-                "8",
-                "-c",
-                "2",
-                "-N",
-                "postgres",
-            ])
-            .output()
-            .unwrap()
-    });
+    let load = pg.pgbench_background(8, 2);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let killed_log = stream.kill9();
     tokio::time::sleep(Duration::from_millis(500)).await;

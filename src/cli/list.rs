@@ -61,11 +61,7 @@ struct BackupSummary {
 /// # Errors
 /// Store errors, or an empty repository.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let repo = args.repo.open()?;
-    let manifest = repo
-        .open_manifest()
-        .await?
-        .with_context(|| format!("repository {} is empty (no walvault.json)", repo.display()))?;
+    let (repo, manifest) = args.repo.open_existing().await?;
     let inv = WalInventory::scan(&repo, manifest.wal_segment_size)
         .await
         .context("list WAL")?;

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::format::manifest::RepositoryManifest;
 use crate::storage::Repository;
 use crate::telemetry::LogFormat;
 
@@ -85,6 +86,18 @@ impl RepoArgs {
         let env_key = std::env::var("WALVAULT_KEY").ok();
         let keyring = crate::config::load_keyring(self.key_file.as_ref(), env_key.as_deref())?;
         crate::config::open_repository(&self.repo, keyring, self.compression_level)
+    }
+
+    /// Opens a repository that must exist already, checking the keys against it.
+    ///
+    /// # Errors
+    /// Configuration errors, a wrong key, or an empty repository.
+    pub async fn open_existing(&self) -> anyhow::Result<(Repository, RepositoryManifest)> {
+        let repo = self.open()?;
+        let manifest = repo.open_manifest().await?.ok_or_else(|| {
+            anyhow::anyhow!("repository {} is empty (no walvault.json)", repo.display())
+        })?;
+        Ok((repo, manifest))
     }
 }
 

@@ -33,10 +33,7 @@ pub struct Args {
 /// # Errors
 /// Store errors, or an unknown backup id.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let repo = args.repo.open()?;
-    repo.open_manifest()
-        .await?
-        .with_context(|| format!("repository {} is empty (no walvault.json)", repo.display()))?;
+    let (repo, _) = args.repo.open_existing().await?;
     let mut backups = list_backups(&repo).await.context("list backups")?;
     if let Some(id) = &args.backup {
         backups.retain(|b| &b.id == id);

@@ -31,11 +31,7 @@ pub struct Args {
 /// # Errors
 /// Store or integrity errors; a missing file is exit code 1, not an error.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let repo = args.repo.open()?;
-    let manifest = repo
-        .open_manifest()
-        .await?
-        .with_context(|| format!("repository {} is empty (no walvault.json)", repo.display()))?;
+    let (repo, manifest) = args.repo.open_existing().await?;
     let file = WalFileName::parse(&args.file_name, manifest.wal_segment_size).map_err(|e| {
         crate::config::Error::Invalid {
             what: "file name",

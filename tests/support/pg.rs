@@ -380,6 +380,36 @@ impl PgCluster {
         out
     }
 
+    /// Runs `pgbench -N` for `seconds` with `clients` on a thread; join the
+    /// handle to check it succeeded.
+    pub fn pgbench_background(
+        &self,
+        seconds: u32,
+        clients: u32,
+    ) -> std::thread::JoinHandle<std::process::Output> {
+        let port = self.port.to_string();
+        let (seconds, clients) = (seconds.to_string(), clients.to_string());
+        std::thread::spawn(move || {
+            Command::new("/usr/lib/postgresql/15/bin/pgbench")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-U",
+                    "postgres",
+                    "-N",
+                    "-T",
+                    &seconds,
+                    "-c",
+                    &clients,
+                    "postgres",
+                ])
+                .output()
+                .expect("pgbench from postgresql-contrib (scripts/setup-test-env.sh)")
+        })
+    }
+
     /// The bytes of a file in pg_wal.
     pub fn wal_file(&self, name: &str) -> Vec<u8> {
         std::fs::read(self.data_dir.join("pg_wal").join(name))

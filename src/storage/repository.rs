@@ -124,6 +124,8 @@ pub struct Repository {
     display: String,
     keyring: Arc<Keyring>,
     seal: SealOptions,
+    /// For `file://` repositories: the directory, so writes can be fsynced.
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -156,7 +158,10 @@ impl Repository {
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                     .map_err(|e| bad(e.to_string()))?
                     .with_automatic_cleanup(true);
-                (Arc::new(fs), String::new())
+                let mut repo =
+                    Self::from_store(Arc::new(fs), "", redact_url(&parsed), keyring, seal);
+                repo.local_root = Some(dir);
+                return Ok(repo);
             }
             "s3" | "s3a" => {
                 let mut b = object_store::aws::AmazonS3Builder::from_env()
@@ -218,6 +223,7 @@ impl Repository {
             display,
             keyring: Arc::new(keyring),
             seal,
+            local_root: None,
         }
     }
 
@@ -508,6 +514,31 @@ impl Repository {
         }
     }
 
+    /// On a local repository, fsyncs a new object and its directory, so that
+    /// "stored" means on disk, as it means acknowledged by a cloud store.
+    async fn sync_local(&self, key: &str) -> Result<(), Error> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let file = root.join(key);
+        let result = tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&file)?.sync_all()?;
+            match file.parent() {
+                Some(dir) => std::fs::File::open(dir)?.sync_all(),
+                None => Ok(()),
+            }
+        })
+        .await
+        .expect("fsync does not panic");
+        result.map_err(|e| Error::Backend {
+            key: key.to_string(),
+            source: object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            },
+        })
+    }
+
     async fn put_create(&self, key: &str, payload: PutPayload) -> Result<(), Error> {
         let after = BASE_REQUEST_TIMEOUT
             + TIMEOUT_PER_MIB * (payload.content_length() / (1 << 20) + 1) as u32;
@@ -517,7 +548,7 @@ impl Repository {
         };
         let path = self.path(key);
         match tokio::time::timeout(after, self.store.put_opts(&path, payload.clone(), opts)).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => self.sync_local(key).await,
             // Stores without conditional writes: check for an existing object, then write.
             Ok(Err(object_store::Error::NotImplemented)) => {
                 if self.get_raw(key).await?.is_some() {

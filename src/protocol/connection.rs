@@ -481,39 +481,15 @@ impl ReplicationConnection {
     ) -> Result<Option<QueryResult>, Error> {
         frontend::query(sql, &mut self.write_buf)?;
         self.flush_write().await?;
-        let mut result = QueryResult::default();
-        let mut error = None;
-        loop {
-            // Peek the tag: postgres-protocol does not parse CopyBothResponse.
-            let header = self.fill_message().await?;
-            if header.tag() == b'W' {
-                let len = header.len() as usize + 1;
-                let _ = self.read_buf.split_to(len);
-                return Ok(None);
-            }
-            match self.read_message().await? {
-                backend::Message::RowDescription(body) => {
-                    result.columns = body.fields().map(|f| Ok(f.name().to_string())).collect()?;
-                }
-                backend::Message::DataRow(body) => result.rows.push(decode_row(&body)?),
-                backend::Message::ErrorResponse(body) => error = Some(server_error(&body)?),
-                backend::Message::ReadyForQuery(_) => break,
-                backend::Message::CommandComplete(_) | backend::Message::NoticeResponse(_) => {}
-                backend::Message::ParameterStatus(p) => {
-                    self.parameters
-                        .insert(p.name()?.to_string(), p.value()?.to_string());
-                }
-                _ => {
-                    return Err(Error::Protocol(
-                        "unexpected message after START_REPLICATION".into(),
-                    ));
-                }
-            }
+        // Peek the tag: postgres-protocol does not parse CopyBothResponse.
+        // Anything else is an ordinary result (or an error).
+        let header = self.fill_message().await?;
+        if header.tag() == b'W' {
+            let len = header.len() as usize + 1;
+            let _ = self.read_buf.split_to(len);
+            return Ok(None);
         }
-        match error {
-            Some(e) => Err(Error::Server(e)),
-            None => Ok(Some(result)),
-        }
+        self.read_query_result().await.map(Some)
     }
 
     /// Reads the next CopyData or CopyDone of the copy stream.

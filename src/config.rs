@@ -52,12 +52,72 @@ pub fn load_keyring(key_file: Option<&PathBuf>, key_env: Option<&str>) -> Result
     }
 }
 
+/// A repository settings file (`--repo-config`): everything needed to reach
+/// and open the repository without the environment, as `restore_command`
+/// runs. It may hold a key and credentials, so it must be mode 0600 (or
+/// stricter).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfigFile {
+    /// Format version (1).
+    pub version: u32,
+    /// The repository URL.
+    pub repo: String,
+    /// The master key (64 hex), if the repository is encrypted.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// object_store options (e.g. `aws_endpoint`, `aws_region`,
+    /// `aws_access_key_id`, `aws_secret_access_key`, `aws_allow_http`).
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+/// Reads a repository settings file, refusing one that others can read.
+///
+/// # Errors
+/// When it cannot be read, is readable by group or others, or does not parse.
+pub fn load_repository_config(path: &std::path::Path) -> Result<RepositoryConfigFile, Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let invalid = |reason: String| Error::Invalid {
+        what: "repository settings file",
+        value: path.display().to_string(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| invalid(e.to_string()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(invalid(format!(
+            "it may hold a key and credentials, so it must not be readable by others (mode {mode:04o}; run chmod 600)"
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+    let cfg: RepositoryConfigFile =
+        serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    if cfg.version != 1 {
+        return Err(invalid(format!("version {} is not supported", cfg.version)));
+    }
+    Ok(cfg)
+}
+
 /// Opens the repository with the keyring and zstd level.
 ///
 /// # Errors
 /// On a bad URL or level.
 pub fn open_repository(
     url: &str,
+    keyring: Keyring,
+    zstd_level: Option<i32>,
+) -> Result<Repository, Error> {
+    open_repository_with(url, &[], keyring, zstd_level)
+}
+
+/// [`open_repository`] with explicit store options.
+///
+/// # Errors
+/// On a bad URL, option or level.
+pub fn open_repository_with(
+    url: &str,
+    options: &[(String, String)],
     keyring: Keyring,
     zstd_level: Option<i32>,
 ) -> Result<Repository, Error> {
@@ -73,7 +133,7 @@ pub fn open_repository(
         compression: Compression::Zstd { level },
         ..SealOptions::default()
     };
-    Ok(Repository::open(url, keyring, seal)?)
+    Ok(Repository::open_with(url, options, keyring, seal)?)
 }
 
 /// Parses a byte size: `268435456`, `256MiB`, `1GiB`, `512MB`, `64k`.

@@ -234,3 +234,69 @@ async fn foreign_repository_is_refused() {
         before
     );
 }
+
+/// wal-fetch works with nothing but a 0600 settings file, as PostgreSQL runs
+/// restore_command (no user environment); a file others can read is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_fetch_runs_from_a_settings_file_alone() {
+    use crate::support::s3::{ACCESS_KEY, REGION, S3Server, SECRET_KEY};
+    use std::os::unix::fs::PermissionsExt;
+    let pg = PgCluster::start(15, &PgOptions::default());
+    let s3 = S3Server::start();
+    let mut env = s3.env();
+    env.push(("WALVAULT_KEY".into(), KEY.into()));
+    let repo_env = RepoEnv {
+        url: s3.url("cfg"),
+        env,
+    };
+    let stream = StreamProcess::start(&repo_env, pg.port, &["--flush-interval", "200ms"]);
+    pg.execute("CREATE TABLE t AS SELECT generate_series(1, 10000) AS x")
+        .await;
+    let end = switch_wal(&pg).await;
+    let repo = s3.repository("cfg", Keyring::single(MasterKey::from_hex(KEY).unwrap()));
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(30)).await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("walvault-restore.json");
+    let body = serde_json::json!({
+        "version": 1,
+        "repo": s3.url("cfg"),
+        "key": KEY,
+        "options": {
+            "aws_endpoint": s3.endpoint(),
+            "aws_access_key_id": ACCESS_KEY,
+            "aws_secret_access_key": SECRET_KEY,
+            "aws_region": REGION,
+            "aws_allow_http": "true"
+        }
+    });
+    std::fs::write(&cfg, body.to_string()).unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let seg = walvault::lsn::SegmentName::from_lsn(1, walvault::lsn::Lsn(end.0 - 1), MIB)
+        .to_file_name(MIB);
+    let dest = dir.path().join("RECOVERYXLOG");
+    let fetch = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_walvault"))
+            .env_clear()
+            .args([
+                "wal-fetch",
+                "--repo-config",
+                cfg.to_str().unwrap(),
+                &seg,
+                dest.to_str().unwrap(),
+            ])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = fetch();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&dest).unwrap(), pg.wal_file(&seg));
+
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = fetch();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+}

@@ -66,8 +66,13 @@ pub enum Command {
 pub struct RepoArgs {
     /// Repository URL: file:///path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix.
     /// S3 settings come from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
-    #[arg(long, env = "WALVAULT_REPO")]
-    pub repo: String,
+    #[arg(long, env = "WALVAULT_REPO", required_unless_present = "repo_config")]
+    pub repo: Option<String>,
+    /// A JSON settings file (mode 0600) with the repository URL, key and store options, for use
+    /// without the environment (as restore_command): {"version": 1, "repo": "s3://b/p",
+    /// "key": "<64 hex>", "options": {"aws_endpoint": "...", "aws_access_key_id": "..."}}.
+    #[arg(long, env = "WALVAULT_REPO_CONFIG", conflicts_with_all = ["repo", "key_file"])]
+    pub repo_config: Option<PathBuf>,
     /// File with the encryption key(s): 64 hex characters per line, the first seals new objects.
     /// Without it (and without WALVAULT_KEY) objects are only compressed and checksummed.
     #[arg(long, env = "WALVAULT_KEY_FILE")]
@@ -83,9 +88,24 @@ impl RepoArgs {
     /// # Errors
     /// Configuration errors (exit code 2).
     pub fn open(&self) -> Result<Repository, crate::config::Error> {
+        if let Some(path) = &self.repo_config {
+            let cfg = crate::config::load_repository_config(path)?;
+            let keyring = crate::config::load_keyring(None, cfg.key.as_deref())?;
+            let options: Vec<(String, String)> = cfg.options.into_iter().collect();
+            return crate::config::open_repository_with(
+                &cfg.repo,
+                &options,
+                keyring,
+                self.compression_level,
+            );
+        }
         let env_key = std::env::var("WALVAULT_KEY").ok();
         let keyring = crate::config::load_keyring(self.key_file.as_ref(), env_key.as_deref())?;
-        crate::config::open_repository(&self.repo, keyring, self.compression_level)
+        let url = self
+            .repo
+            .as_deref()
+            .ok_or(crate::config::Error::Missing("--repo (or WALVAULT_REPO)"))?;
+        crate::config::open_repository(url, keyring, self.compression_level)
     }
 
     /// Opens a repository that must exist already, checking the keys against it.

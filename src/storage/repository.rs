@@ -143,6 +143,24 @@ impl Repository {
     /// # Errors
     /// [`Error::Url`] for an unknown scheme or a store that cannot be built.
     pub fn open(url: &str, keyring: Keyring, seal: SealOptions) -> Result<Self, Error> {
+        Self::open_with(url, &[], keyring, seal)
+    }
+
+    /// [`Repository::open`] with store options given explicitly (object_store
+    /// configuration keys such as `aws_endpoint`, `aws_access_key_id`,
+    /// `google_service_account`, `azure_storage_account_key`); they win over
+    /// the environment. This is how `restore_command` reaches the store
+    /// without the user's environment.
+    ///
+    /// # Errors
+    /// [`Error::Url`] for an unknown scheme, an unknown option, or a store
+    /// that cannot be built.
+    pub fn open_with(
+        url: &str,
+        options: &[(String, String)],
+        keyring: Keyring,
+        seal: SealOptions,
+    ) -> Result<Self, Error> {
         let bad = |reason: String| Error::Url {
             url: url.to_string(),
             reason,
@@ -167,9 +185,19 @@ impl Repository {
                 let mut b = object_store::aws::AmazonS3Builder::from_env()
                     .with_url(url)
                     .with_retry(store_retry_config());
-                let endpoint = std::env::var("AWS_ENDPOINT_URL")
+                let mut endpoint = std::env::var("AWS_ENDPOINT_URL")
                     .or_else(|_| std::env::var("AWS_ENDPOINT"))
                     .ok();
+                for (k, v) in options {
+                    let key: object_store::aws::AmazonS3ConfigKey = k
+                        .parse()
+                        .map_err(|_| bad(format!("unknown S3 option {k:?}")))?;
+                    if matches!(key, object_store::aws::AmazonS3ConfigKey::Endpoint) {
+                        endpoint = Some(v.clone());
+                    } else {
+                        b = b.with_config(key, v);
+                    }
+                }
                 if let Some(ep) = endpoint {
                     if is_loopback_http(&ep) {
                         b = b.with_allow_http(true);
@@ -182,18 +210,30 @@ impl Repository {
                 )
             }
             "gs" => {
-                let b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_url(url)
                     .with_retry(store_retry_config());
+                for (k, v) in options {
+                    let key: object_store::gcp::GoogleConfigKey = k
+                        .parse()
+                        .map_err(|_| bad(format!("unknown GCS option {k:?}")))?;
+                    b = b.with_config(key, v);
+                }
                 (
                     Arc::new(b.build().map_err(|e| bad(e.to_string()))?),
                     parsed.path().to_string(),
                 )
             }
             "az" | "azure" | "abfs" | "abfss" => {
-                let b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_url(url)
                     .with_retry(store_retry_config());
+                for (k, v) in options {
+                    let key: object_store::azure::AzureConfigKey = k
+                        .parse()
+                        .map_err(|_| bad(format!("unknown Azure option {k:?}")))?;
+                    b = b.with_config(key, v);
+                }
                 (
                     Arc::new(b.build().map_err(|e| bad(e.to_string()))?),
                     parsed.path().to_string(),

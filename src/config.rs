@@ -63,7 +63,8 @@ pub struct RepositoryConfigFile {
     pub version: u32,
     /// The repository URL.
     pub repo: String,
-    /// The master key (64 hex), if the repository is encrypted.
+    /// The master key(s), if the repository is encrypted: 64 hex characters
+    /// each, one per line, as in a key file.
     #[serde(default)]
     pub key: Option<String>,
     /// object_store options (e.g. `aws_endpoint`, `aws_region`,

@@ -15,6 +15,7 @@ pub mod format;
 pub mod lsn;
 pub mod pipeline;
 pub mod progress;
+pub mod restore;
 pub mod protocol;
 pub mod schedule;
 pub mod storage;

@@ -5,6 +5,7 @@
 pub mod backup;
 pub mod keygen;
 pub mod list;
+pub mod restore;
 pub mod stream;
 pub mod verify;
 pub mod wal_fetch;
@@ -53,6 +54,8 @@ pub enum Command {
     Backup(backup::Args),
     /// Check backups: every part, every file against the server's manifest, the WAL range.
     Verify(verify::Args),
+    /// Restore a backup into an empty directory, with recovery to a target configured.
+    Restore(restore::Args),
     /// Fetch one WAL segment or history file from the repository (for restore_command).
     WalFetch(wal_fetch::Args),
     /// Show what the repository holds: backups, timelines and WAL ranges.
@@ -90,7 +93,10 @@ impl RepoArgs {
     pub fn open(&self) -> Result<Repository, crate::config::Error> {
         if let Some(path) = &self.repo_config {
             let cfg = crate::config::load_repository_config(path)?;
-            let keyring = crate::config::load_keyring(None, cfg.key.as_deref())?;
+            let keyring = match cfg.key.as_deref() {
+                Some(text) => crate::format::Keyring::from_key_file_text(text, &path.display().to_string())?,
+                None => crate::format::Keyring::none(),
+            };
             let options: Vec<(String, String)> = cfg.options.into_iter().collect();
             return crate::config::open_repository_with(
                 &cfg.repo,
@@ -130,6 +136,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stream(args) => stream::run(args).await,
         Command::Backup(args) => backup::run(args).await,
         Command::Verify(args) => verify::run(args).await,
+        Command::Restore(args) => restore::run(args).await,
         Command::WalFetch(args) => wal_fetch::run(args).await,
         Command::List(args) => list::run(args).await,
         Command::Keygen(args) => keygen::run(&args),
@@ -147,6 +154,13 @@ pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
                 .is_some_and(crate::storage::Error::is_configuration)
             || e.downcast_ref::<crate::wal::receiver::Error>()
                 .is_some_and(crate::wal::receiver::Error::is_configuration)
+            || e.downcast_ref::<crate::restore::plan::PlanError>().is_some_and(|p| {
+                matches!(
+                    p,
+                    crate::restore::plan::PlanError::UnknownBackup(_)
+                        | crate::restore::plan::PlanError::TargetBeforeOldestBackup { .. }
+                )
+            })
             || e.downcast_ref::<crate::backup::Error>()
                 .is_some_and(crate::backup::Error::is_configuration)
     });

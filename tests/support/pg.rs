@@ -233,6 +233,31 @@ impl PgCluster {
         s
     }
 
+    /// Starts a server on a restored data directory (owned by us until now):
+    /// hands it to the server's user and starts it on a new port.
+    pub fn start_restored(major: u32, data_dir: PathBuf) -> PgCluster {
+        let (bin, lib) = pg_install(major);
+        let dir = tempfile::Builder::new().prefix("walvault-pg").tempdir().unwrap();
+        let socket_dir = dir.path().join("sock");
+        std::fs::create_dir_all(&socket_dir).unwrap();
+        chown_for_server(dir.path());
+        chown_for_server(&data_dir);
+        let log = dir.path().join("server.log");
+        let mut pg = PgCluster {
+            major,
+            port: free_port(),
+            data_dir,
+            socket_dir,
+            bin,
+            lib,
+            child: None,
+            _dir: dir,
+            log,
+        };
+        pg.launch();
+        pg
+    }
+
     /// Starts `postgres` and waits until it accepts connections.
     pub fn launch(&mut self) {
         let log = std::fs::OpenOptions::new()
@@ -244,6 +269,9 @@ impl PgCluster {
             .command("postgres")
             .arg("-D")
             .arg(&self.data_dir)
+            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .arg("-k")
+            .arg(&self.socket_dir)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()

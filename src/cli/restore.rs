@@ -1,0 +1,284 @@
+//! `walvault restore`: rebuild a cluster from the repository to a target.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::backup::list_backups;
+use crate::progress::{Progress, human_bytes};
+use crate::restore::unpack::{sync_tree, unpack_backup};
+use crate::restore::{RecoveryTarget, TargetAction, plan_restore};
+
+use super::RepoArgs;
+
+/// Arguments of `restore`.
+#[derive(Debug, clap::Args)]
+#[command(long_about = "Restore a base backup into an empty directory and configure recovery to replay the \
+archive to the target (default: the end of the archive). Before anything is written, walvault picks the newest \
+backup that ends before the target (or --backup), checks that the directory is empty, that the key fits, and \
+that the WAL from the backup's start has no gap. It writes recovery.signal (standby.signal with --standby), \
+restore_command and the target settings in postgresql.auto.conf, and the repository settings in \
+walvault-restore.json (mode 0600) for restore_command. Start PostgreSQL on the directory to recover.")]
+pub struct Args {
+    /// The data directory to create (must be empty or absent).
+    #[arg(long)]
+    pub pgdata: PathBuf,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Restore this backup instead of the newest one before the target.
+    #[arg(long)]
+    pub backup: Option<String>,
+    /// Recover to this time (with an explicit UTC offset, e.g. "2026-11-21 10:15:00+00").
+    #[arg(long, conflicts_with_all = ["target_lsn", "target_xid", "target_name"])]
+    pub target_time: Option<String>,
+    /// Recover to this LSN.
+    #[arg(long, conflicts_with_all = ["target_xid", "target_name"])]
+    pub target_lsn: Option<String>,
+    /// Recover to this transaction id.
+    #[arg(long, conflicts_with = "target_name")]
+    pub target_xid: Option<String>,
+    /// Recover to this restore point (pg_create_restore_point).
+    #[arg(long)]
+    pub target_name: Option<String>,
+    /// recovery_target_timeline: latest, current, or a number.
+    #[arg(long, default_value = "latest")]
+    pub target_timeline: String,
+    /// What PostgreSQL does at the target.
+    #[arg(long, value_enum, default_value = "promote")]
+    pub target_action: TargetAction,
+    /// Stop just before the target instead of just after it.
+    #[arg(long)]
+    pub exclusive: bool,
+    /// Restore tablespace OID into DIR instead of its original location (repeatable).
+    #[arg(long, value_name = "OID=DIR")]
+    pub tablespace_map: Vec<String>,
+    /// Restore as a standby that keeps following the archive.
+    #[arg(long)]
+    pub standby: bool,
+    /// Print the plan and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn usage(what: &'static str, value: &str, reason: impl Into<String>) -> crate::config::Error {
+    crate::config::Error::Invalid {
+        what,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn parse_target(args: &Args) -> Result<RecoveryTarget, crate::config::Error> {
+    if let Some(t) = &args.target_time {
+        let parsed = chrono::DateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f%#z")
+            .or_else(|_| chrono::DateTime::parse_from_rfc3339(t))
+            .map_err(|e| usage("--target-time", t, format!("{e}; give a time with its UTC offset, e.g. 2026-11-21 10:15:00+00")))?;
+        return Ok(RecoveryTarget::Time(parsed.with_timezone(&chrono::Utc)));
+    }
+    if let Some(l) = &args.target_lsn {
+        return Ok(RecoveryTarget::Lsn(l.parse().map_err(|e: crate::lsn::ParseLsnError| usage("--target-lsn", l, e.to_string()))?));
+    }
+    if let Some(x) = &args.target_xid {
+        if x.parse::<u64>().is_err() {
+            return Err(usage("--target-xid", x, "a transaction id is a number"));
+        }
+        return Ok(RecoveryTarget::Xid(x.clone()));
+    }
+    if let Some(n) = &args.target_name {
+        return Ok(RecoveryTarget::Name(n.clone()));
+    }
+    Ok(RecoveryTarget::End)
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Restores, and prints where recovery will stop.
+///
+/// # Errors
+/// Refusals before writing (usage errors, exit 2, or plan errors, exit 1)
+/// and failures while fetching.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let target = parse_target(&args)?;
+    if !["latest", "current"].contains(&args.target_timeline.as_str()) && args.target_timeline.parse::<u32>().is_err() {
+        anyhow::bail!(usage("--target-timeline", &args.target_timeline, "use latest, current or a timeline number"));
+    }
+    let mut ts_map = Vec::new();
+    for m in &args.tablespace_map {
+        let (oid, dir) = m
+            .split_once('=')
+            .ok_or_else(|| usage("--tablespace-map", m, "use OID=DIR"))?;
+        if oid.parse::<u32>().is_err() || !Path::new(dir).is_absolute() {
+            anyhow::bail!(usage("--tablespace-map", m, "use OID=DIR with a numeric OID and an absolute DIR"));
+        }
+        ts_map.push((oid.to_string(), PathBuf::from(dir)));
+    }
+    if args.pgdata.exists() && std::fs::read_dir(&args.pgdata).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        anyhow::bail!(usage(
+            "--pgdata",
+            &args.pgdata.display().to_string(),
+            "the directory is not empty; restore into an empty or new directory",
+        ));
+    }
+    let (repo, manifest) = args.repo.open_existing().await?;
+    let backups = list_backups(&repo).await.context("list backups")?;
+    let plan = plan_restore(&repo, backups, args.backup.as_deref(), &target).await?;
+    let b = &plan.backup;
+    println!(
+        "plan: backup {} ({} taken {} .. {}, {}), WAL on timeline {} from {} to {} (archive end {}), target {}",
+        b.id,
+        human_bytes(b.plain_bytes),
+        b.start_time,
+        b.stop_time,
+        b.source.role,
+        plan.timeline,
+        plan.first_segment,
+        plan.last_segment,
+        plan.wal_end,
+        match &target {
+            RecoveryTarget::End => "end of the archive".to_string(),
+            RecoveryTarget::Time(t) => format!("time {}", t.to_rfc3339()),
+            RecoveryTarget::Lsn(l) => format!("LSN {l}"),
+            RecoveryTarget::Xid(x) => format!("xid {x}"),
+            RecoveryTarget::Name(n) => format!("restore point {n:?}"),
+        }
+    );
+    if args.dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _ = manifest;
+
+    std::fs::create_dir_all(&args.pgdata).with_context(|| format!("create {}", args.pgdata.display()))?;
+    set_mode(&args.pgdata, 0o700)?;
+    let progress = Progress::new(&format!("restore {}", b.id), b.plain_bytes);
+    unpack_backup(&repo, b, &args.pgdata, &ts_map, &progress).await.context("restore the backup")?;
+    progress.finish();
+
+    write_recovery_config(&args, &target)?;
+    let pgdata = args.pgdata.clone();
+    let mut dirs = vec![pgdata.clone()];
+    dirs.extend(ts_map.iter().map(|(_, d)| d.clone()));
+    tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|d| sync_tree(d)))
+        .await
+        .expect("sync does not panic")
+        .context("sync the restored files")?;
+    println!("restored backup {} into {}; start PostgreSQL on it to recover", b.id, args.pgdata.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {}", path.display()))
+}
+
+/// Writes the signal file, the repository settings for restore_command and
+/// the recovery settings; drops the source's standby settings.
+fn write_recovery_config(args: &Args, target: &RecoveryTarget) -> anyhow::Result<()> {
+    let dir = &args.pgdata;
+    // A backup of a standby brings its signal file and replication settings.
+    let _ = std::fs::remove_file(dir.join("standby.signal"));
+    let _ = std::fs::remove_file(dir.join("recovery.signal"));
+    let signal = if args.standby { "standby.signal" } else { "recovery.signal" };
+    std::fs::write(dir.join(signal), "").context("write the signal file")?;
+
+    let cfg_path = dir.join("walvault-restore.json");
+    let cfg = repository_settings(&args.repo)?;
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&cfg_path)
+            .with_context(|| format!("create {}", cfg_path.display()))?;
+        f.write_all(serde_json::to_string_pretty(&cfg).expect("serializes").as_bytes())?;
+        f.sync_all()?;
+    }
+    let exe = std::env::current_exe().context("find the walvault binary")?;
+    let auto = dir.join("postgresql.auto.conf");
+    let existing = std::fs::read_to_string(&auto).unwrap_or_default();
+    let mut text: String = existing
+        .lines()
+        .map(|l| {
+            let key = l.split('=').next().unwrap_or("").trim();
+            if ["primary_conninfo", "primary_slot_name", "restore_command"].contains(&key) || key.starts_with("recovery_target") {
+                format!("# {l}  (disabled by walvault restore)")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.push_str("\n# Added by walvault restore\n");
+    text.push_str(&format!(
+        "restore_command = {}\n",
+        quote(&format!("{} wal-fetch --repo-config {} %f %p", exe.display(), cfg_path.display()))
+    ));
+    match target {
+        RecoveryTarget::End => {}
+        RecoveryTarget::Time(t) => text.push_str(&format!("recovery_target_time = {}\n", quote(&t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()))),
+        RecoveryTarget::Lsn(l) => text.push_str(&format!("recovery_target_lsn = {}\n", quote(&l.to_string()))),
+        RecoveryTarget::Xid(x) => text.push_str(&format!("recovery_target_xid = {}\n", quote(x))),
+        RecoveryTarget::Name(n) => text.push_str(&format!("recovery_target_name = {}\n", quote(n))),
+    }
+    if !matches!(target, RecoveryTarget::End) {
+        text.push_str(&format!("recovery_target_inclusive = {}\n", if args.exclusive { "off" } else { "on" }));
+        let action = match args.target_action {
+            TargetAction::Promote => "promote",
+            TargetAction::Pause => "pause",
+            TargetAction::Shutdown => "shutdown",
+        };
+        text.push_str(&format!("recovery_target_action = '{action}'\n"));
+    }
+    text.push_str(&format!("recovery_target_timeline = {}\n", quote(&args.target_timeline)));
+    std::fs::write(&auto, text).context("write postgresql.auto.conf")?;
+    Ok(())
+}
+
+/// The settings restore_command needs, taken from this command's own
+/// repository settings and environment.
+fn repository_settings(repo: &RepoArgs) -> anyhow::Result<serde_json::Value> {
+    if let Some(path) = &repo.repo_config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        return Ok(serde_json::from_str(&text)?);
+    }
+    let key = match (&repo.key_file, std::env::var("WALVAULT_KEY").ok()) {
+        (Some(path), _) => {
+            // Every key of the file (old objects may need an older key).
+            crate::format::Keyring::from_key_file(path)?;
+            Some(std::fs::read_to_string(path)?)
+        }
+        (None, k) => k,
+    };
+    let mut options = serde_json::Map::new();
+    for (var, option) in [
+        ("AWS_ENDPOINT_URL", "aws_endpoint"),
+        ("AWS_ENDPOINT", "aws_endpoint"),
+        ("AWS_REGION", "aws_region"),
+        ("AWS_DEFAULT_REGION", "aws_region"),
+        ("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
+        ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
+        ("AWS_SESSION_TOKEN", "aws_session_token"),
+        ("AWS_ALLOW_HTTP", "aws_allow_http"),
+    ] {
+        if let Ok(v) = std::env::var(var)
+            && !options.contains_key(option)
+        {
+            options.insert(option.to_string(), serde_json::Value::String(v));
+        }
+    }
+    if let Some(ep) = options.get("aws_endpoint").and_then(|v| v.as_str())
+        && (ep.starts_with("http://127.") || ep.starts_with("http://localhost") || ep.starts_with("http://[::1]"))
+    {
+        options.insert("aws_allow_http".into(), serde_json::Value::String("true".into()));
+    }
+    Ok(serde_json::json!({
+        "version": 1,
+        "repo": repo.repo.clone().unwrap_or_default(),
+        "key": key,
+        "options": options,
+    }))
+}

@@ -1,0 +1,94 @@
+//! `walvault restore` end to end: a backup and the archived WAL bring a
+//! cluster back to a point in time, and PostgreSQL replays it with
+//! `restore_command = walvault wal-fetch`.
+
+use std::time::Duration;
+
+use walvault::format::{Keyring, MasterKey};
+use walvault::lsn::Lsn;
+
+use crate::pg_test;
+use crate::support::pg::{PgCluster, PgOptions};
+use crate::support::process::{KEY, RepoEnv, StreamProcess};
+use crate::support::s3::S3Server;
+use crate::support::{switch_wal, wait_archived, wait_for};
+
+const MIB: u64 = 1 << 20;
+
+fn text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Rows committed at or before T come back, and no others.
+async fn pitr_to_a_time_restores_exactly_the_committed_rows(major: u32) {
+    let pg = PgCluster::start(
+        major,
+        &PgOptions { extra_conf: vec!["track_commit_timestamp = on".into()], ..Default::default() },
+    );
+    let s3 = S3Server::start();
+    let mut env = s3.env();
+    env.push(("WALVAULT_KEY".into(), KEY.into()));
+    let env = RepoEnv { url: s3.url("pitr"), env };
+    let repo = s3.repository("pitr", Keyring::single(MasterKey::from_hex(KEY).unwrap()));
+    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    pg.execute("CREATE TABLE ledger (id int PRIMARY KEY, note text)").await;
+    pg.pgbench(&["-i", "-s", "1", "-q"]);
+    let pg_conn = format!("host=127.0.0.1 port={} user=postgres sslmode=disable", pg.port);
+    let out = env.run(&["backup", "--pg", &pg_conn, "--checkpoint", "fast"]);
+    assert!(out.status.success(), "backup: {}", text(&out));
+
+    for i in 0..40 {
+        pg.execute(&format!("INSERT INTO ledger VALUES ({i}, 'row {i}')")).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let commit_time = |id: i32| {
+        let pg = &pg;
+        async move {
+            pg.query_one(&format!(
+                "SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM ledger WHERE id = {id}"
+            ))
+            .await
+        }
+    };
+    // T between the commits of rows 19 and 20.
+    let t19 = commit_time(19).await;
+    let t20 = commit_time(20).await;
+    let target = pg
+        .query_one(&format!(
+            "SELECT to_char(('{t19}'::timestamp + ('{t20}'::timestamp - '{t19}'::timestamp) / 2), 'YYYY-MM-DD HH24:MI:SS.US')"
+        ))
+        .await;
+    let end: Lsn = switch_wal(&pg).await;
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+
+    let dir = tempfile::Builder::new().prefix("walvault-restore").tempdir().unwrap();
+    let pgdata = dir.path().join("data");
+    // A target before the backup is refused, and nothing is written.
+    let out = env.run(&["restore", "--pgdata", pgdata.to_str().unwrap(), "--target-time", "2000-01-01 00:00:00+00"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("before the oldest backup"), "{}", text(&out));
+    assert!(!pgdata.exists());
+
+    let out = env.run(&["restore", "--pgdata", pgdata.to_str().unwrap(), "--target-time", &format!("{target}+00")]);
+    assert!(out.status.success(), "restore: {}", text(&out));
+    // A second restore into the same directory is refused.
+    let again = env.run(&["restore", "--pgdata", pgdata.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(text(&again).contains("not empty"), "{}", text(&again));
+
+    drop(pg);
+    let restored = PgCluster::start_restored(major, pgdata);
+    wait_for("recovery to reach the target and promote", Duration::from_secs(90), || async {
+        let c = tokio_postgres::connect(&restored.connstr("postgres"), tokio_postgres::NoTls).await.ok()?;
+        tokio::spawn(c.1);
+        let row = c.0.query_one("SELECT pg_is_in_recovery()", &[]).await.ok()?;
+        (!row.get::<_, bool>(0)).then_some(())
+    })
+    .await;
+    let ids = restored.query_one("SELECT string_agg(id::text, ',' ORDER BY id) FROM ledger").await;
+    let want: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    assert_eq!(ids, want.join(","), "restored rows; server log:\n{}", restored.log_text());
+}
+pg_test!(pitr_to_a_time_restores_exactly_the_committed_rows);

@@ -16,29 +16,44 @@ use crate::support::{switch_wal, wait_archived, wait_for};
 const MIB: u64 = 1 << 20;
 
 fn text(o: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Rows committed at or before T come back, and no others.
 async fn pitr_to_a_time_restores_exactly_the_committed_rows(major: u32) {
     let pg = PgCluster::start(
         major,
-        &PgOptions { extra_conf: vec!["track_commit_timestamp = on".into()], ..Default::default() },
+        &PgOptions {
+            extra_conf: vec!["track_commit_timestamp = on".into()],
+            ..Default::default()
+        },
     );
     let s3 = S3Server::start();
     let mut env = s3.env();
     env.push(("WALVAULT_KEY".into(), KEY.into()));
-    let env = RepoEnv { url: s3.url("pitr"), env };
+    let env = RepoEnv {
+        url: s3.url("pitr"),
+        env,
+    };
     let repo = s3.repository("pitr", Keyring::single(MasterKey::from_hex(KEY).unwrap()));
     let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
-    pg.execute("CREATE TABLE ledger (id int PRIMARY KEY, note text)").await;
+    pg.execute("CREATE TABLE ledger (id int PRIMARY KEY, note text)")
+        .await;
     pg.pgbench(&["-i", "-s", "1", "-q"]);
-    let pg_conn = format!("host=127.0.0.1 port={} user=postgres sslmode=disable", pg.port);
+    let pg_conn = format!(
+        "host=127.0.0.1 port={} user=postgres sslmode=disable",
+        pg.port
+    );
     let out = env.run(&["backup", "--pg", &pg_conn, "--checkpoint", "fast"]);
     assert!(out.status.success(), "backup: {}", text(&out));
 
     for i in 0..40 {
-        pg.execute(&format!("INSERT INTO ledger VALUES ({i}, 'row {i}')")).await;
+        pg.execute(&format!("INSERT INTO ledger VALUES ({i}, 'row {i}')"))
+            .await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let commit_time = |id: i32| {
@@ -63,15 +78,34 @@ async fn pitr_to_a_time_restores_exactly_the_committed_rows(major: u32) {
     let (code, log) = stream.terminate();
     assert_eq!(code, Some(0), "{log}");
 
-    let dir = tempfile::Builder::new().prefix("walvault-restore").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("walvault-restore")
+        .tempdir()
+        .unwrap();
     let pgdata = dir.path().join("data");
     // A target before the backup is refused, and nothing is written.
-    let out = env.run(&["restore", "--pgdata", pgdata.to_str().unwrap(), "--target-time", "2000-01-01 00:00:00+00"]);
+    let out = env.run(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--target-time",
+        "2000-01-01 00:00:00+00",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("before the oldest backup"), "{}", text(&out));
+    assert!(
+        text(&out).contains("before the oldest backup"),
+        "{}",
+        text(&out)
+    );
     assert!(!pgdata.exists());
 
-    let out = env.run(&["restore", "--pgdata", pgdata.to_str().unwrap(), "--target-time", &format!("{target}+00")]);
+    let out = env.run(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--target-time",
+        &format!("{target}+00"),
+    ]);
     assert!(out.status.success(), "restore: {}", text(&out));
     // A second restore into the same directory is refused.
     let again = env.run(&["restore", "--pgdata", pgdata.to_str().unwrap()]);
@@ -80,15 +114,105 @@ async fn pitr_to_a_time_restores_exactly_the_committed_rows(major: u32) {
 
     drop(pg);
     let restored = PgCluster::start_restored(major, pgdata);
-    wait_for("recovery to reach the target and promote", Duration::from_secs(90), || async {
-        let c = tokio_postgres::connect(&restored.connstr("postgres"), tokio_postgres::NoTls).await.ok()?;
-        tokio::spawn(c.1);
-        let row = c.0.query_one("SELECT pg_is_in_recovery()", &[]).await.ok()?;
-        (!row.get::<_, bool>(0)).then_some(())
-    })
+    wait_for(
+        "recovery to reach the target and promote",
+        Duration::from_secs(90),
+        || async {
+            let c = tokio_postgres::connect(&restored.connstr("postgres"), tokio_postgres::NoTls)
+                .await
+                .ok()?;
+            tokio::spawn(c.1);
+            let row =
+                c.0.query_one("SELECT pg_is_in_recovery()", &[])
+                    .await
+                    .ok()?;
+            (!row.get::<_, bool>(0)).then_some(())
+        },
+    )
     .await;
-    let ids = restored.query_one("SELECT string_agg(id::text, ',' ORDER BY id) FROM ledger").await;
+    let ids = restored
+        .query_one("SELECT string_agg(id::text, ',' ORDER BY id) FROM ledger")
+        .await;
     let want: Vec<String> = (0..20).map(|i| i.to_string()).collect();
-    assert_eq!(ids, want.join(","), "restored rows; server log:\n{}", restored.log_text());
+    assert_eq!(
+        ids,
+        want.join(","),
+        "restored rows; server log:\n{}",
+        restored.log_text()
+    );
 }
 pg_test!(pitr_to_a_time_restores_exactly_the_committed_rows);
+
+/// Recovery to an LSN and to a named restore point stops exactly there.
+async fn pitr_to_an_lsn_and_to_a_restore_point(major: u32) {
+    let pg = PgCluster::start(major, &PgOptions::default());
+    let s3 = S3Server::start();
+    let mut env = s3.env();
+    env.push(("WALVAULT_KEY".into(), KEY.into()));
+    let env = RepoEnv {
+        url: s3.url("points"),
+        env,
+    };
+    let repo = s3.repository("points", Keyring::single(MasterKey::from_hex(KEY).unwrap()));
+    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    pg.execute("CREATE TABLE ledger (id int PRIMARY KEY)").await;
+    let pg_conn = format!(
+        "host=127.0.0.1 port={} user=postgres sslmode=disable",
+        pg.port
+    );
+    let out = env.run(&["backup", "--pg", &pg_conn, "--checkpoint", "fast"]);
+    assert!(out.status.success(), "backup: {}", text(&out));
+    let mut lsn_after_9 = String::new();
+    for i in 0..30 {
+        pg.execute(&format!("INSERT INTO ledger VALUES ({i})"))
+            .await;
+        if i == 9 {
+            lsn_after_9 = pg.query_one("SELECT pg_current_wal_insert_lsn()").await;
+        }
+        if i == 19 {
+            pg.execute("SELECT pg_create_restore_point('after-19')")
+                .await;
+        }
+    }
+    let end = switch_wal(&pg).await;
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    drop(pg);
+
+    for (flag, value, last) in [
+        ("--target-lsn", lsn_after_9.as_str(), 9),
+        ("--target-name", "after-19", 19),
+    ] {
+        let dir = tempfile::Builder::new()
+            .prefix("walvault-restore")
+            .tempdir()
+            .unwrap();
+        let pgdata = dir.path().join("data");
+        let out = env.run(&["restore", "--pgdata", pgdata.to_str().unwrap(), flag, value]);
+        assert!(out.status.success(), "restore {flag}: {}", text(&out));
+        let restored = PgCluster::start_restored(major, pgdata);
+        wait_for("recovery to promote", Duration::from_secs(90), || async {
+            let c = tokio_postgres::connect(&restored.connstr("postgres"), tokio_postgres::NoTls)
+                .await
+                .ok()?;
+            tokio::spawn(c.1);
+            let row =
+                c.0.query_one("SELECT pg_is_in_recovery()", &[])
+                    .await
+                    .ok()?;
+            (!row.get::<_, bool>(0)).then_some(())
+        })
+        .await;
+        let ids = restored
+            .query_one("SELECT count(*) || ':' || coalesce(max(id), -1) FROM ledger")
+            .await;
+        assert_eq!(
+            ids,
+            format!("{}:{last}", last + 1),
+            "{flag} {value}; log:\n{}",
+            restored.log_text()
+        );
+    }
+}
+pg_test!(pitr_to_an_lsn_and_to_a_restore_point);

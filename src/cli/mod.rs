@@ -94,7 +94,9 @@ impl RepoArgs {
         if let Some(path) = &self.repo_config {
             let cfg = crate::config::load_repository_config(path)?;
             let keyring = match cfg.key.as_deref() {
-                Some(text) => crate::format::Keyring::from_key_file_text(text, &path.display().to_string())?,
+                Some(text) => {
+                    crate::format::Keyring::from_key_file_text(text, &path.display().to_string())?
+                }
                 None => crate::format::Keyring::none(),
             };
             let options: Vec<(String, String)> = cfg.options.into_iter().collect();
@@ -154,13 +156,14 @@ pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
                 .is_some_and(crate::storage::Error::is_configuration)
             || e.downcast_ref::<crate::wal::receiver::Error>()
                 .is_some_and(crate::wal::receiver::Error::is_configuration)
-            || e.downcast_ref::<crate::restore::plan::PlanError>().is_some_and(|p| {
-                matches!(
-                    p,
-                    crate::restore::plan::PlanError::UnknownBackup(_)
-                        | crate::restore::plan::PlanError::TargetBeforeOldestBackup { .. }
-                )
-            })
+            || e.downcast_ref::<crate::restore::plan::PlanError>()
+                .is_some_and(|p| {
+                    matches!(
+                        p,
+                        crate::restore::plan::PlanError::UnknownBackup(_)
+                            | crate::restore::plan::PlanError::TargetBeforeOldestBackup { .. }
+                    )
+                })
             || e.downcast_ref::<crate::backup::Error>()
                 .is_some_and(crate::backup::Error::is_configuration)
     });

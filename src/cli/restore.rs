@@ -15,12 +15,14 @@ use super::RepoArgs;
 
 /// Arguments of `restore`.
 #[derive(Debug, clap::Args)]
-#[command(long_about = "Restore a base backup into an empty directory and configure recovery to replay the \
+#[command(
+    long_about = "Restore a base backup into an empty directory and configure recovery to replay the \
 archive to the target (default: the end of the archive). Before anything is written, walvault picks the newest \
 backup that ends before the target (or --backup), checks that the directory is empty, that the key fits, and \
 that the WAL from the backup's start has no gap. It writes recovery.signal (standby.signal with --standby), \
 restore_command and the target settings in postgresql.auto.conf, and the repository settings in \
-walvault-restore.json (mode 0600) for restore_command. Start PostgreSQL on the directory to recover.")]
+walvault-restore.json (mode 0600) for restore_command. Start PostgreSQL on the directory to recover."
+)]
 pub struct Args {
     /// The data directory to create (must be empty or absent).
     #[arg(long)]
@@ -74,11 +76,19 @@ fn parse_target(args: &Args) -> Result<RecoveryTarget, crate::config::Error> {
     if let Some(t) = &args.target_time {
         let parsed = chrono::DateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f%#z")
             .or_else(|_| chrono::DateTime::parse_from_rfc3339(t))
-            .map_err(|e| usage("--target-time", t, format!("{e}; give a time with its UTC offset, e.g. 2026-11-21 10:15:00+00")))?;
+            .map_err(|e| {
+                usage(
+                    "--target-time",
+                    t,
+                    format!("{e}; give a time with its UTC offset, e.g. 2026-11-21 10:15:00+00"),
+                )
+            })?;
         return Ok(RecoveryTarget::Time(parsed.with_timezone(&chrono::Utc)));
     }
     if let Some(l) = &args.target_lsn {
-        return Ok(RecoveryTarget::Lsn(l.parse().map_err(|e: crate::lsn::ParseLsnError| usage("--target-lsn", l, e.to_string()))?));
+        return Ok(RecoveryTarget::Lsn(l.parse().map_err(
+            |e: crate::lsn::ParseLsnError| usage("--target-lsn", l, e.to_string()),
+        )?));
     }
     if let Some(x) = &args.target_xid {
         if x.parse::<u64>().is_err() {
@@ -103,8 +113,14 @@ fn quote(s: &str) -> String {
 /// and failures while fetching.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let target = parse_target(&args)?;
-    if !["latest", "current"].contains(&args.target_timeline.as_str()) && args.target_timeline.parse::<u32>().is_err() {
-        anyhow::bail!(usage("--target-timeline", &args.target_timeline, "use latest, current or a timeline number"));
+    if !["latest", "current"].contains(&args.target_timeline.as_str())
+        && args.target_timeline.parse::<u32>().is_err()
+    {
+        anyhow::bail!(usage(
+            "--target-timeline",
+            &args.target_timeline,
+            "use latest, current or a timeline number"
+        ));
     }
     let mut ts_map = Vec::new();
     for m in &args.tablespace_map {
@@ -112,11 +128,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .split_once('=')
             .ok_or_else(|| usage("--tablespace-map", m, "use OID=DIR"))?;
         if oid.parse::<u32>().is_err() || !Path::new(dir).is_absolute() {
-            anyhow::bail!(usage("--tablespace-map", m, "use OID=DIR with a numeric OID and an absolute DIR"));
+            anyhow::bail!(usage(
+                "--tablespace-map",
+                m,
+                "use OID=DIR with a numeric OID and an absolute DIR"
+            ));
         }
         ts_map.push((oid.to_string(), PathBuf::from(dir)));
     }
-    if args.pgdata.exists() && std::fs::read_dir(&args.pgdata).map(|mut d| d.next().is_some()).unwrap_or(true) {
+    if args.pgdata.exists()
+        && std::fs::read_dir(&args.pgdata)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
         anyhow::bail!(usage(
             "--pgdata",
             &args.pgdata.display().to_string(),
@@ -151,10 +175,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let _ = manifest;
 
-    std::fs::create_dir_all(&args.pgdata).with_context(|| format!("create {}", args.pgdata.display()))?;
+    std::fs::create_dir_all(&args.pgdata)
+        .with_context(|| format!("create {}", args.pgdata.display()))?;
     set_mode(&args.pgdata, 0o700)?;
     let progress = Progress::new(&format!("restore {}", b.id), b.plain_bytes);
-    unpack_backup(&repo, b, &args.pgdata, &ts_map, &progress).await.context("restore the backup")?;
+    unpack_backup(&repo, b, &args.pgdata, &ts_map, &progress)
+        .await
+        .context("restore the backup")?;
     progress.finish();
 
     write_recovery_config(&args, &target)?;
@@ -165,13 +192,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .expect("sync does not panic")
         .context("sync the restored files")?;
-    println!("restored backup {} into {}; start PostgreSQL on it to recover", b.id, args.pgdata.display());
+    println!(
+        "restored backup {} into {}; start PostgreSQL on it to recover",
+        b.id,
+        args.pgdata.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {}", path.display()))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
 }
 
 /// Writes the signal file, the repository settings for restore_command and
@@ -181,7 +213,11 @@ fn write_recovery_config(args: &Args, target: &RecoveryTarget) -> anyhow::Result
     // A backup of a standby brings its signal file and replication settings.
     let _ = std::fs::remove_file(dir.join("standby.signal"));
     let _ = std::fs::remove_file(dir.join("recovery.signal"));
-    let signal = if args.standby { "standby.signal" } else { "recovery.signal" };
+    let signal = if args.standby {
+        "standby.signal"
+    } else {
+        "recovery.signal"
+    };
     std::fs::write(dir.join(signal), "").context("write the signal file")?;
 
     let cfg_path = dir.join("walvault-restore.json");
@@ -194,7 +230,11 @@ fn write_recovery_config(args: &Args, target: &RecoveryTarget) -> anyhow::Result
             .mode(0o600)
             .open(&cfg_path)
             .with_context(|| format!("create {}", cfg_path.display()))?;
-        f.write_all(serde_json::to_string_pretty(&cfg).expect("serializes").as_bytes())?;
+        f.write_all(
+            serde_json::to_string_pretty(&cfg)
+                .expect("serializes")
+                .as_bytes(),
+        )?;
         f.sync_all()?;
     }
     let exe = std::env::current_exe().context("find the walvault binary")?;
@@ -204,7 +244,9 @@ fn write_recovery_config(args: &Args, target: &RecoveryTarget) -> anyhow::Result
         .lines()
         .map(|l| {
             let key = l.split('=').next().unwrap_or("").trim();
-            if ["primary_conninfo", "primary_slot_name", "restore_command"].contains(&key) || key.starts_with("recovery_target") {
+            if ["primary_conninfo", "primary_slot_name", "restore_command"].contains(&key)
+                || key.starts_with("recovery_target")
+            {
                 format!("# {l}  (disabled by walvault restore)")
             } else {
                 l.to_string()
@@ -215,17 +257,30 @@ fn write_recovery_config(args: &Args, target: &RecoveryTarget) -> anyhow::Result
     text.push_str("\n# Added by walvault restore\n");
     text.push_str(&format!(
         "restore_command = {}\n",
-        quote(&format!("{} wal-fetch --repo-config {} %f %p", exe.display(), cfg_path.display()))
+        quote(&format!(
+            "{} wal-fetch --repo-config {} %f %p",
+            exe.display(),
+            cfg_path.display()
+        ))
     ));
     match target {
         RecoveryTarget::End => {}
-        RecoveryTarget::Time(t) => text.push_str(&format!("recovery_target_time = {}\n", quote(&t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()))),
-        RecoveryTarget::Lsn(l) => text.push_str(&format!("recovery_target_lsn = {}\n", quote(&l.to_string()))),
+        RecoveryTarget::Time(t) => text.push_str(&format!(
+            "recovery_target_time = {}\n",
+            quote(&t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
+        )),
+        RecoveryTarget::Lsn(l) => text.push_str(&format!(
+            "recovery_target_lsn = {}\n",
+            quote(&l.to_string())
+        )),
         RecoveryTarget::Xid(x) => text.push_str(&format!("recovery_target_xid = {}\n", quote(x))),
         RecoveryTarget::Name(n) => text.push_str(&format!("recovery_target_name = {}\n", quote(n))),
     }
     if !matches!(target, RecoveryTarget::End) {
-        text.push_str(&format!("recovery_target_inclusive = {}\n", if args.exclusive { "off" } else { "on" }));
+        text.push_str(&format!(
+            "recovery_target_inclusive = {}\n",
+            if args.exclusive { "off" } else { "on" }
+        ));
         let action = match args.target_action {
             TargetAction::Promote => "promote",
             TargetAction::Pause => "pause",
@@ -233,7 +288,10 @@ fn write_recovery_config(args: &Args, target: &RecoveryTarget) -> anyhow::Result
         };
         text.push_str(&format!("recovery_target_action = '{action}'\n"));
     }
-    text.push_str(&format!("recovery_target_timeline = {}\n", quote(&args.target_timeline)));
+    text.push_str(&format!(
+        "recovery_target_timeline = {}\n",
+        quote(&args.target_timeline)
+    ));
     std::fs::write(&auto, text).context("write postgresql.auto.conf")?;
     Ok(())
 }
@@ -242,7 +300,8 @@ fn write_recovery_config(args: &Args, target: &RecoveryTarget) -> anyhow::Result
 /// repository settings and environment.
 fn repository_settings(repo: &RepoArgs) -> anyhow::Result<serde_json::Value> {
     if let Some(path) = &repo.repo_config {
-        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
         return Ok(serde_json::from_str(&text)?);
     }
     let key = match (&repo.key_file, std::env::var("WALVAULT_KEY").ok()) {
@@ -271,9 +330,14 @@ fn repository_settings(repo: &RepoArgs) -> anyhow::Result<serde_json::Value> {
         }
     }
     if let Some(ep) = options.get("aws_endpoint").and_then(|v| v.as_str())
-        && (ep.starts_with("http://127.") || ep.starts_with("http://localhost") || ep.starts_with("http://[::1]"))
+        && (ep.starts_with("http://127.")
+            || ep.starts_with("http://localhost")
+            || ep.starts_with("http://[::1]"))
     {
-        options.insert("aws_allow_http".into(), serde_json::Value::String("true".into()));
+        options.insert(
+            "aws_allow_http".into(),
+            serde_json::Value::String("true".into()),
+        );
     }
     Ok(serde_json::json!({
         "version": 1,

@@ -58,7 +58,9 @@ pub enum PlanError {
     #[error("no backup {0} in the repository (see walvault list)")]
     UnknownBackup(String),
     /// The target is before every backup.
-    #[error("the target {target} is before the oldest backup, which ends at {oldest}; nothing can be restored to it")]
+    #[error(
+        "the target {target} is before the oldest backup, which ends at {oldest}; nothing can be restored to it"
+    )]
     TargetBeforeOldestBackup {
         /// The target.
         target: String,
@@ -66,7 +68,9 @@ pub enum PlanError {
         oldest: String,
     },
     /// A WAL segment is missing.
-    #[error("WAL segment {segment} is missing from the archive (timeline {timeline}): recovery from backup {backup} cannot pass it")]
+    #[error(
+        "WAL segment {segment} is missing from the archive (timeline {timeline}): recovery from backup {backup} cannot pass it"
+    )]
     WalGap {
         /// The missing segment.
         segment: String,
@@ -91,7 +95,9 @@ pub enum PlanError {
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Chooses the backup and checks the WAL from its start on its timeline.
@@ -153,17 +159,26 @@ pub async fn plan_restore(
     let stop: Lsn = backup.stop_lsn.parse().unwrap_or_default();
     if end < stop {
         return Err(PlanError::WalGap {
-            segment: SegmentName { timeline, number: end.segment_number(size) }.to_file_name(size),
+            segment: SegmentName {
+                timeline,
+                number: end.segment_number(size),
+            }
+            .to_file_name(size),
             timeline,
             backup: backup.id.clone(),
         });
     }
     // A hole after the contiguous run means WAL exists beyond a gap.
     if let Some(t) = held
-        && t.max_segment().is_some_and(|max| max > end.segment_number(size))
+        && t.max_segment()
+            .is_some_and(|max| max > end.segment_number(size))
     {
         return Err(PlanError::WalGap {
-            segment: SegmentName { timeline, number: end.segment_number(size) }.to_file_name(size),
+            segment: SegmentName {
+                timeline,
+                number: end.segment_number(size),
+            }
+            .to_file_name(size),
             timeline,
             backup: backup.id.clone(),
         });
@@ -171,7 +186,11 @@ pub async fn plan_restore(
     if let RecoveryTarget::Lsn(l) = target
         && *l > end
     {
-        return Err(PlanError::TargetAfterArchive { timeline, end, target: *l });
+        return Err(PlanError::TargetAfterArchive {
+            timeline,
+            end,
+            target: *l,
+        });
     }
     let name = |lsn: Lsn| SegmentName::from_lsn(timeline, lsn, size).to_file_name(size);
     Ok(RestorePlan {

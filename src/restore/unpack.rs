@@ -100,7 +100,11 @@ pub async fn unpack_backup(
         let server_zstd = meta.server_compression.as_deref() == Some("zstd");
         let target = dir.clone();
         let unpacker = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let reader = ChannelReader { rx, current: Vec::new(), pos: 0 };
+            let reader = ChannelReader {
+                rx,
+                current: Vec::new(),
+                pos: 0,
+            };
             let reader: Box<dyn Read> = if server_zstd {
                 Box::new(zstd::stream::read::Decoder::new(reader)?)
             } else {
@@ -115,9 +119,16 @@ pub async fn unpack_backup(
             let key = layout::backup_part_key(&meta.id, &ts.name, p.index);
             let want = p.plain_bytes;
             async move {
-                let bytes = repo.get_opened(&key).await?.ok_or_else(|| UnpackError::MissingPart(key.clone()))?;
+                let bytes = repo
+                    .get_opened(&key)
+                    .await?
+                    .ok_or_else(|| UnpackError::MissingPart(key.clone()))?;
                 if bytes.len() as u64 != want {
-                    return Err(UnpackError::PartSize { key, got: bytes.len(), want });
+                    return Err(UnpackError::PartSize {
+                        key,
+                        got: bytes.len(),
+                        want,
+                    });
                 }
                 Ok::<_, UnpackError>(bytes)
             }

@@ -237,7 +237,10 @@ impl PgCluster {
     /// hands it to the server's user and starts it on a new port.
     pub fn start_restored(major: u32, data_dir: PathBuf) -> PgCluster {
         let (bin, lib) = pg_install(major);
-        let dir = tempfile::Builder::new().prefix("walvault-pg").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("walvault-pg")
+            .tempdir()
+            .unwrap();
         let socket_dir = dir.path().join("sock");
         std::fs::create_dir_all(&socket_dir).unwrap();
         chown_for_server(dir.path());
@@ -269,7 +272,12 @@ impl PgCluster {
             .command("postgres")
             .arg("-D")
             .arg(&self.data_dir)
-            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
             .arg("-k")
             .arg(&self.socket_dir)
             .stdout(Stdio::from(log.try_clone().unwrap()))

@@ -216,3 +216,173 @@ async fn pitr_to_an_lsn_and_to_a_restore_point(major: u32) {
     }
 }
 pg_test!(pitr_to_an_lsn_and_to_a_restore_point);
+
+/// Stop the primary with an immediate shutdown 3 s after the last commit
+/// while walvault streams with --flush-interval 1s: a restore to the end of
+/// the archive holds every commit acknowledged more than the flush interval
+/// before the stop. With --synchronous, every acknowledged commit.
+async fn data_loss_window(major: u32) {
+    for synchronous in [false, true] {
+        let mut conf = vec!["track_commit_timestamp = on".to_string()];
+        if synchronous {
+            conf.push("synchronous_standby_names = 'walvault'".into());
+        }
+        let mut pg = PgCluster::start(
+            major,
+            &PgOptions {
+                extra_conf: conf,
+                ..Default::default()
+            },
+        );
+        let s3 = S3Server::start();
+        let mut env = s3.env();
+        env.push(("WALVAULT_KEY".into(), KEY.into()));
+        let env = RepoEnv {
+            url: s3.url("window"),
+            env,
+        };
+        let mut extra = vec!["--flush-interval", "1s"];
+        if synchronous {
+            extra.push("--synchronous");
+        }
+        let stream = StreamProcess::start(&env, pg.port, &extra);
+        pg.execute("CREATE TABLE ledger (id int PRIMARY KEY, at timestamptz)")
+            .await;
+        let pg_conn = format!(
+            "host=127.0.0.1 port={} user=postgres sslmode=disable",
+            pg.port
+        );
+        let out = env.run(&["backup", "--pg", &pg_conn, "--checkpoint", "fast"]);
+        assert!(out.status.success(), "backup: {}", text(&out));
+        // Commits spread over 3 s, each acknowledged at a known time.
+        let mut acked = Vec::new();
+        for i in 0..30 {
+            pg.execute(&format!(
+                "INSERT INTO ledger VALUES ({i}, clock_timestamp())"
+            ))
+            .await;
+            acked.push((i, std::time::Instant::now()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let stopped_at = std::time::Instant::now();
+        pg.stop_immediate();
+        // Let walvault store what it has, then stop it.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (code, log) = stream.terminate();
+        assert!(code.is_some(), "{log}");
+
+        let must_have: Vec<i32> = acked
+            .iter()
+            .filter(|(_, at)| {
+                synchronous || stopped_at.duration_since(*at) > Duration::from_secs(1)
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        let dir = tempfile::Builder::new()
+            .prefix("walvault-restore")
+            .tempdir()
+            .unwrap();
+        let pgdata = dir.path().join("data");
+        let out = env.run(&["restore", "--pgdata", pgdata.to_str().unwrap()]);
+        assert!(out.status.success(), "restore: {}", text(&out));
+        drop(pg);
+        let restored = PgCluster::start_restored(major, pgdata);
+        wait_for(
+            "recovery to the end of the archive",
+            Duration::from_secs(90),
+            || async {
+                let c =
+                    tokio_postgres::connect(&restored.connstr("postgres"), tokio_postgres::NoTls)
+                        .await
+                        .ok()?;
+                tokio::spawn(c.1);
+                let row =
+                    c.0.query_one("SELECT pg_is_in_recovery()", &[])
+                        .await
+                        .ok()?;
+                (!row.get::<_, bool>(0)).then_some(())
+            },
+        )
+        .await;
+        let count: usize = restored
+            .query_one("SELECT count(*) FROM ledger")
+            .await
+            .parse()
+            .unwrap();
+        let max: i32 = restored
+            .query_one("SELECT coalesce(max(id), -1) FROM ledger")
+            .await
+            .parse()
+            .unwrap();
+        assert_eq!(count as i32, max + 1, "rows are not a prefix");
+        let want = must_have.last().copied().unwrap_or(-1);
+        assert!(
+            max >= want,
+            "synchronous={synchronous}: restored up to row {max}, but row {want} was acknowledged in time"
+        );
+    }
+}
+pg_test!(data_loss_window);
+
+/// Refusals before anything is written: a wrong key, and a WAL gap named by
+/// its segment.
+async fn restore_refusals(major: u32) {
+    let pg = PgCluster::start(major, &PgOptions::default());
+    let s3 = S3Server::start();
+    let mut env = s3.env();
+    env.push(("WALVAULT_KEY".into(), KEY.into()));
+    let env = RepoEnv {
+        url: s3.url("refuse"),
+        env,
+    };
+    let repo = s3.repository("refuse", Keyring::single(MasterKey::from_hex(KEY).unwrap()));
+    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    let pg_conn = format!(
+        "host=127.0.0.1 port={} user=postgres sslmode=disable",
+        pg.port
+    );
+    let out = env.run(&["backup", "--pg", &pg_conn, "--checkpoint", "fast"]);
+    assert!(out.status.success(), "backup: {}", text(&out));
+    pg.pgbench(&["-i", "-s", "1", "-q"]);
+    let end = switch_wal(&pg).await;
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+
+    let dir = tempfile::Builder::new()
+        .prefix("walvault-restore")
+        .tempdir()
+        .unwrap();
+    let pgdata = dir.path().join("data");
+    let mut wrong = env.clone();
+    wrong.env.retain(|(k, _)| k != "WALVAULT_KEY");
+    wrong.env.push(("WALVAULT_KEY".into(), "22".repeat(32)));
+    let out = wrong.run(&["restore", "--pgdata", pgdata.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("wrong key"), "{}", text(&out));
+    assert!(!pgdata.exists());
+
+    // Remove a segment in the middle of the archive.
+    let inv = walvault::wal::archive::WalInventory::scan(&repo, MIB)
+        .await
+        .unwrap();
+    let t = &inv.timelines[&1];
+    let middle = *t.complete.iter().nth(t.complete.len() / 2).unwrap();
+    let seg = walvault::lsn::SegmentName {
+        timeline: 1,
+        number: middle,
+    };
+    repo.delete(&walvault::storage::layout::segment_key(seg, MIB))
+        .await
+        .unwrap();
+    let out = env.run(&["restore", "--pgdata", pgdata.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&seg.to_file_name(MIB)),
+        "the missing segment is not named: {}",
+        text(&out)
+    );
+    assert!(!pgdata.exists());
+}
+pg_test!(restore_refusals);

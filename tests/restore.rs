@@ -2,6 +2,7 @@
 //! cluster back to a point in time, and PostgreSQL replays it with
 //! `restore_command = walvault wal-fetch`.
 
+use std::path::Path;
 use std::time::Duration;
 
 use walvault::format::{Keyring, MasterKey};
@@ -386,3 +387,94 @@ async fn restore_refusals(major: u32) {
     assert!(!pgdata.exists());
 }
 pg_test!(restore_refusals);
+
+/// `restore --start`, run as the server's user, starts PostgreSQL, waits
+/// until the target action happened, reports where recovery stopped, and
+/// leaves the server running.
+async fn restore_and_start(major: u32) {
+    use crate::support::pg::{command_as_server_user, free_port, give_to_server_user, pg_install};
+    let pg = PgCluster::start(major, &PgOptions::default());
+    let s3 = S3Server::start();
+    let mut env = s3.env();
+    env.push(("WALVAULT_KEY".into(), KEY.into()));
+    let env = RepoEnv {
+        url: s3.url("start"),
+        env,
+    };
+    let repo = s3.repository("start", Keyring::single(MasterKey::from_hex(KEY).unwrap()));
+    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    pg.execute("CREATE TABLE ledger (id int PRIMARY KEY)").await;
+    let pg_conn = format!(
+        "host=127.0.0.1 port={} user=postgres sslmode=disable",
+        pg.port
+    );
+    let out = env.run(&["backup", "--pg", &pg_conn, "--checkpoint", "fast"]);
+    assert!(out.status.success(), "backup: {}", text(&out));
+    pg.execute("INSERT INTO ledger SELECT generate_series(1, 100)")
+        .await;
+    let end = switch_wal(&pg).await;
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    drop(pg);
+
+    let dir = tempfile::Builder::new()
+        .prefix("walvault-restore")
+        .tempdir()
+        .unwrap();
+    give_to_server_user(dir.path());
+    let pgdata = dir.path().join("data");
+    let (bin, _) = pg_install(major);
+    let port = free_port();
+    let mut cmd = command_as_server_user(Path::new(env!("CARGO_BIN_EXE_walvault")), major);
+    cmd.env("WALVAULT_REPO", &env.url).env("HOME", "/tmp");
+    for (k, v) in &env.env {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .args([
+            "restore",
+            "--pgdata",
+            pgdata.to_str().unwrap(),
+            "--start",
+            "--port",
+            &port.to_string(),
+        ])
+        .arg("--pg-bin")
+        .arg(&bin)
+        .arg("--socket-dir")
+        .arg(dir.path())
+        .current_dir("/tmp")
+        .output()
+        .unwrap();
+    let report = text(&out);
+    let stop = || {
+        let _ = command_as_server_user(&bin.join("pg_ctl"), major)
+            .args(["-D", pgdata.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
+    };
+    if !out.status.success() {
+        stop();
+        panic!("restore --start: {report}");
+    }
+    assert!(report.contains("recovery promoted: final LSN"), "{report}");
+    assert!(report.contains("timeline 2"), "{report}");
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host={} port={port} user=postgres dbname=postgres",
+            dir.path().display()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM ledger", &[])
+        .await
+        .unwrap()
+        .get(0);
+    stop();
+    assert_eq!(n, 100);
+}
+pg_test!(restore_and_start);

@@ -74,7 +74,8 @@ pub struct RepoArgs {
     /// A JSON settings file (mode 0600) with the repository URL, key and store options, for use
     /// without the environment (as restore_command): {"version": 1, "repo": "s3://b/p",
     /// "key": "<64 hex>", "options": {"aws_endpoint": "...", "aws_access_key_id": "..."}}.
-    #[arg(long, env = "WALVAULT_REPO_CONFIG", conflicts_with_all = ["repo", "key_file"])]
+    /// When given, it wins over --repo, --key-file and the WALVAULT_* and AWS_* variables.
+    #[arg(long, env = "WALVAULT_REPO_CONFIG")]
     pub repo_config: Option<PathBuf>,
     /// File with the encryption key(s): 64 hex characters per line, the first seals new objects.
     /// Without it (and without WALVAULT_KEY) objects are only compressed and checksummed.

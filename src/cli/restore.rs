@@ -62,6 +62,22 @@ pub struct Args {
     /// Print the plan and stop.
     #[arg(long)]
     pub dry_run: bool,
+    /// Start PostgreSQL on the restored directory, wait until recovery reaches the target and
+    /// the target action has happened, print where it stopped, and leave the server running.
+    #[arg(long)]
+    pub start: bool,
+    /// Directory holding pg_ctl and postgres (default: /usr/lib/postgresql/<major>/bin, then PATH).
+    #[arg(long, requires = "start")]
+    pub pg_bin: Option<PathBuf>,
+    /// Port for the started server.
+    #[arg(long, default_value_t = 5432, requires = "start")]
+    pub port: u16,
+    /// Unix socket directory for the started server (default: the data directory).
+    #[arg(long, requires = "start")]
+    pub socket_dir: Option<PathBuf>,
+    /// Role to connect as while waiting for recovery.
+    #[arg(long, default_value = "postgres", requires = "start")]
+    pub user: String,
 }
 
 fn usage(what: &'static str, value: &str, reason: impl Into<String>) -> crate::config::Error {
@@ -192,12 +208,160 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .expect("sync does not panic")
         .context("sync the restored files")?;
-    println!(
-        "restored backup {} into {}; start PostgreSQL on it to recover",
-        b.id,
-        args.pgdata.display()
-    );
+    println!("restored backup {} into {}", b.id, args.pgdata.display());
+    if args.start {
+        start_and_wait(&args, b.pg_major).await?;
+    } else {
+        println!("start PostgreSQL on it to recover");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long `--start` waits for recovery before giving up (the server keeps running).
+const RECOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Starts PostgreSQL, waits for the target action, reports where it stopped.
+async fn start_and_wait(args: &Args, major: u32) -> anyhow::Result<()> {
+    let bin = match &args.pg_bin {
+        Some(b) => b.clone(),
+        None => {
+            let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+            if debian.join("pg_ctl").exists() {
+                debian
+            } else {
+                PathBuf::new()
+            }
+        }
+    };
+    let pg_ctl = if bin.as_os_str().is_empty() {
+        PathBuf::from("pg_ctl")
+    } else {
+        bin.join("pg_ctl")
+    };
+    let socket_dir = args
+        .socket_dir
+        .clone()
+        .unwrap_or_else(|| args.pgdata.clone());
+    let log = args.pgdata.join("walvault-start.log");
+    let options = format!("-p {} -k '{}'", args.port, socket_dir.display());
+    let out = tokio::process::Command::new(&pg_ctl)
+        .arg("-D")
+        .arg(&args.pgdata)
+        .arg("-l")
+        .arg(&log)
+        .args(["-o", &options, "-W", "start"])
+        .output()
+        .await
+        .with_context(|| format!("run {}", pg_ctl.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "pg_ctl start failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    println!(
+        "PostgreSQL started on port {} (socket {}), log {}",
+        args.port,
+        socket_dir.display(),
+        log.display()
+    );
+    let connstr = format!(
+        "host={} port={} user={} dbname=postgres",
+        socket_dir.display(),
+        args.port,
+        args.user
+    );
+    let pg_status = || async {
+        tokio::process::Command::new(&pg_ctl)
+            .arg("-D")
+            .arg(&args.pgdata)
+            .arg("status")
+            .output()
+            .await
+            .map(|o| o.status.code())
+    };
+    let started = tokio::time::Instant::now();
+    let deadline = started + RECOVERY_WAIT;
+    // pg_ctl start -W returns before the postmaster writes its pid file:
+    // "not running" means stopped only once it was seen running (or late).
+    let mut seen_running = false;
+    let has_stopped = async |seen: &mut bool| -> anyhow::Result<bool> {
+        match pg_status().await? {
+            Some(0) => {
+                *seen = true;
+                Ok(false)
+            }
+            Some(3) => Ok(*seen || started.elapsed() > std::time::Duration::from_secs(30)),
+            _ => Ok(false),
+        }
+    };
+    loop {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "recovery did not reach its target within {RECOVERY_WAIT:?}; the server is still running"
+            );
+        }
+        if args.target_action == TargetAction::Shutdown {
+            if has_stopped(&mut seen_running).await? {
+                println!(
+                    "recovery reached the target and the server shut down as asked; see {}",
+                    log.display()
+                );
+                return Ok(());
+            }
+        } else if let Ok((client, conn)) =
+            tokio_postgres::connect(&connstr, tokio_postgres::NoTls).await
+        {
+            tokio::spawn(conn);
+            let in_recovery: bool = client
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await?
+                .get(0);
+            let done = if args.target_action == TargetAction::Promote {
+                !in_recovery
+            } else {
+                in_recovery
+                    && client
+                        .query_one("SELECT pg_get_wal_replay_pause_state()::text", &[])
+                        .await?
+                        .get::<_, String>(0)
+                        == "paused"
+            };
+            if done {
+                let row = client
+                    .query_one(
+                        "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text,
+                                CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())::text
+                                     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int::text END,
+                                coalesce(pg_last_xact_replay_timestamp()::text, 'none')",
+                        &[],
+                    )
+                    .await?;
+                let (lsn, tli, ts): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+                let state = if in_recovery {
+                    "paused at the target"
+                } else {
+                    "promoted"
+                };
+                println!(
+                    "recovery {state}: final LSN {lsn}, timeline {tli}, last replayed commit at {ts}"
+                );
+                return Ok(());
+            }
+        } else if has_stopped(&mut seen_running).await? {
+            anyhow::bail!(
+                "PostgreSQL stopped during recovery; the end of its log:\n{}",
+                tail(&std::fs::read_to_string(&log).unwrap_or_default(), 20)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {

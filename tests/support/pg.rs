@@ -459,6 +459,25 @@ impl Drop for PgCluster {
     }
 }
 
+/// A command run as the server's user (when we are root), with the
+/// libraries of PostgreSQL `major` on the library path.
+pub fn command_as_server_user(program: &Path, major: u32) -> Command {
+    let (_, lib) = pg_install(major);
+    let mut c = Command::new(program);
+    if let Some(lib) = lib {
+        c.env("LD_LIBRARY_PATH", lib);
+    }
+    if let Some(user) = run_as() {
+        c.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+    }
+    c
+}
+
+/// Hands a path to the server's user (when we are root).
+pub fn give_to_server_user(path: &Path) {
+    chown_for_server(path);
+}
+
 fn command_for(bin: &Path, lib: Option<&Path>, program: &str) -> Command {
     let mut c = Command::new(bin.join(program));
     if let Some(lib) = lib {

@@ -163,7 +163,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "the directory is not empty; restore into an empty or new directory",
         ));
     }
-    let (repo, manifest) = args.repo.open_existing().await?;
+    let (repo, _) = args.repo.open_existing().await?;
     let backups = list_backups(&repo).await.context("list backups")?;
     let plan = plan_restore(&repo, backups, args.backup.as_deref(), &target).await?;
     let b = &plan.backup;
@@ -189,7 +189,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         return Ok(ExitCode::SUCCESS);
     }
-    let _ = manifest;
 
     std::fs::create_dir_all(&args.pgdata)
         .with_context(|| format!("create {}", args.pgdata.display()))?;

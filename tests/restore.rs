@@ -16,6 +16,26 @@ use crate::support::{switch_wal, wait_archived, wait_for};
 
 const MIB: u64 = 1 << 20;
 
+/// Waits until recovery on a restored cluster has ended and it was promoted.
+async fn wait_promoted(restored: &PgCluster) {
+    wait_for(
+        "recovery to reach its target and promote",
+        Duration::from_secs(90),
+        || async {
+            let c = tokio_postgres::connect(&restored.connstr("postgres"), tokio_postgres::NoTls)
+                .await
+                .ok()?;
+            tokio::spawn(c.1);
+            let row =
+                c.0.query_one("SELECT pg_is_in_recovery()", &[])
+                    .await
+                    .ok()?;
+            (!row.get::<_, bool>(0)).then_some(())
+        },
+    )
+    .await;
+}
+
 fn text(o: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -115,22 +135,7 @@ async fn pitr_to_a_time_restores_exactly_the_committed_rows(major: u32) {
 
     drop(pg);
     let restored = PgCluster::start_restored(major, pgdata);
-    wait_for(
-        "recovery to reach the target and promote",
-        Duration::from_secs(90),
-        || async {
-            let c = tokio_postgres::connect(&restored.connstr("postgres"), tokio_postgres::NoTls)
-                .await
-                .ok()?;
-            tokio::spawn(c.1);
-            let row =
-                c.0.query_one("SELECT pg_is_in_recovery()", &[])
-                    .await
-                    .ok()?;
-            (!row.get::<_, bool>(0)).then_some(())
-        },
-    )
-    .await;
+    wait_promoted(&restored).await;
     let ids = restored
         .query_one("SELECT string_agg(id::text, ',' ORDER BY id) FROM ledger")
         .await;
@@ -193,18 +198,7 @@ async fn pitr_to_an_lsn_and_to_a_restore_point(major: u32) {
         let out = env.run(&["restore", "--pgdata", pgdata.to_str().unwrap(), flag, value]);
         assert!(out.status.success(), "restore {flag}: {}", text(&out));
         let restored = PgCluster::start_restored(major, pgdata);
-        wait_for("recovery to promote", Duration::from_secs(90), || async {
-            let c = tokio_postgres::connect(&restored.connstr("postgres"), tokio_postgres::NoTls)
-                .await
-                .ok()?;
-            tokio::spawn(c.1);
-            let row =
-                c.0.query_one("SELECT pg_is_in_recovery()", &[])
-                    .await
-                    .ok()?;
-            (!row.get::<_, bool>(0)).then_some(())
-        })
-        .await;
+        wait_promoted(&restored).await;
         let ids = restored
             .query_one("SELECT count(*) || ':' || coalesce(max(id), -1) FROM ledger")
             .await;
@@ -289,23 +283,7 @@ async fn data_loss_window(major: u32) {
         assert!(out.status.success(), "restore: {}", text(&out));
         drop(pg);
         let restored = PgCluster::start_restored(major, pgdata);
-        wait_for(
-            "recovery to the end of the archive",
-            Duration::from_secs(90),
-            || async {
-                let c =
-                    tokio_postgres::connect(&restored.connstr("postgres"), tokio_postgres::NoTls)
-                        .await
-                        .ok()?;
-                tokio::spawn(c.1);
-                let row =
-                    c.0.query_one("SELECT pg_is_in_recovery()", &[])
-                        .await
-                        .ok()?;
-                (!row.get::<_, bool>(0)).then_some(())
-            },
-        )
-        .await;
+        wait_promoted(&restored).await;
         let count: usize = restored
             .query_one("SELECT count(*) FROM ledger")
             .await

@@ -157,22 +157,13 @@ pub async fn plan_restore(
         break Lsn(n * size + partial);
     };
     let stop: Lsn = backup.stop_lsn.parse().unwrap_or_default();
-    if end < stop {
-        return Err(PlanError::WalGap {
-            segment: SegmentName {
-                timeline,
-                number: end.segment_number(size),
-            }
-            .to_file_name(size),
-            timeline,
-            backup: backup.id.clone(),
-        });
-    }
-    // A hole after the contiguous run means WAL exists beyond a gap.
-    if let Some(t) = held
-        && t.max_segment()
+    // The run of WAL must reach the backup's stop, and nothing may lie
+    // beyond a hole (WAL after a gap cannot be replayed).
+    let beyond_hole = held.is_some_and(|t| {
+        t.max_segment()
             .is_some_and(|max| max > end.segment_number(size))
-    {
+    });
+    if end < stop || beyond_hole {
         return Err(PlanError::WalGap {
             segment: SegmentName {
                 timeline,

@@ -47,7 +47,9 @@ async fn segments_match_server(major: u32) {
         let size = u64::from(segsize) * MIB;
         let s3 = S3Server::start();
         let (env, repo) = s3_repo(&s3, "segments");
-        let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "300ms"]);
+        // A long flush interval: the tail after the last complete segment is
+        // stored only by the graceful shutdown.
+        let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "60s"]);
         // About 15 MiB of WAL per scale unit: several segments of either size.
         let scale = if segsize == 16 { "5" } else { "2" };
         pg.pgbench(&["-i", "-s", scale, "-q"]);
@@ -63,6 +65,18 @@ async fn segments_match_server(major: u32) {
             .await
             .parse()
             .unwrap();
+        // Stop only once the server has sent that WAL and walvault has had a
+        // moment to read it: what it holds must be stored at shutdown.
+        wait_for("the server to send the tail", Duration::from_secs(30), || async {
+            let sent: Lsn = pg
+                .query_one("SELECT coalesce(max(sent_lsn), '0/0')::text FROM pg_stat_replication WHERE application_name = 'walvault'")
+                .await
+                .parse()
+                .ok()?;
+            (sent >= last).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let (code, log) = stream.terminate();
         assert_eq!(code, Some(0), "stream did not exit 0:\n{log}");
         assert!(

@@ -55,8 +55,40 @@ impl StreamProcess {
         Self::spawn(cmd)
     }
 
-    /// Spawns a prepared `walvault stream` command, logging to a file.
-    pub fn spawn(mut cmd: Command) -> StreamProcess {
+    /// Spawns a prepared `walvault stream` command, logging to a file, and
+    /// returns once it streams: WAL written after this is in its range.
+    pub fn spawn(cmd: Command) -> StreamProcess {
+        let mut p = Self::spawn_unready(cmd);
+        p.wait_streaming(Duration::from_secs(60));
+        p
+    }
+
+    /// Waits for the process to log that START_REPLICATION succeeded.
+    fn wait_streaming(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.log_text().contains("streaming WAL from") {
+                return;
+            }
+            let child = self.child.as_mut().expect("running");
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "walvault stream exited ({status}) before streaming:\n{}",
+                    self.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "walvault stream did not start streaming within {limit:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Spawns a prepared `walvault stream` command without waiting for it.
+    fn spawn_unready(mut cmd: Command) -> StreamProcess {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("stream.log");
         let f = std::fs::File::create(&log).unwrap();

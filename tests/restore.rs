@@ -44,8 +44,75 @@ fn text(o: &std::process::Output) -> String {
     )
 }
 
-/// Rows committed at or before T come back, and no others.
-async fn pitr_to_a_time_restores_exactly_the_committed_rows(major: u32) {
+/// The repository settings for a test against the S3 server, encrypted.
+fn s3_env(s3: &S3Server, prefix: &str) -> (RepoEnv, walvault::storage::Repository) {
+    let mut env = s3.env();
+    env.push(("WALVAULT_KEY".into(), KEY.into()));
+    let repo = s3.repository(prefix, Keyring::single(MasterKey::from_hex(KEY).unwrap()));
+    (
+        RepoEnv {
+            url: s3.url(prefix),
+            env,
+        },
+        repo,
+    )
+}
+
+fn conn_of(pg: &PgCluster) -> String {
+    format!(
+        "host=127.0.0.1 port={} user=postgres sslmode=disable",
+        pg.port
+    )
+}
+
+/// A restored, running cluster; its directory goes when it has stopped.
+struct Restored {
+    pg: PgCluster,
+    _dir: tempfile::TempDir,
+}
+
+/// Restores with `args` into a new directory, starts the result, waits for
+/// promotion and returns the ledger's ids in order ("0,1,2,...").
+async fn restore_ledger(major: u32, env: &RepoEnv, args: &[&str]) -> (String, Restored) {
+    let dir = tempfile::Builder::new()
+        .prefix("walvault-restore")
+        .tempdir()
+        .unwrap();
+    let pgdata = dir.path().join("data");
+    let mut full = vec!["restore", "--pgdata", pgdata.to_str().unwrap()];
+    full.extend_from_slice(args);
+    let out = env.run(&full);
+    assert!(out.status.success(), "restore {args:?}: {}", text(&out));
+    let restored = PgCluster::start_restored(major, pgdata.clone());
+    wait_promoted(&restored).await;
+    // recovery_end_command removed the prefetch spool.
+    assert!(
+        !pgdata.join("walvault-spool").exists(),
+        "the spool outlived recovery"
+    );
+    let ids = restored
+        .query_one("SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM ledger")
+        .await;
+    (
+        ids,
+        Restored {
+            pg: restored,
+            _dir: dir,
+        },
+    )
+}
+
+fn ids(range: std::ops::Range<i32>) -> String {
+    range.map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// The PITR ledger test: a base backup, then about a minute of inserts into
+/// a ledger table while pgbench runs alongside and walvault streams. A
+/// restore to the commit time T of a row in the middle holds exactly the rows
+/// committed at or before T (before T with --exclusive); restores to an LSN
+/// and to a restore point stop exactly there.
+async fn pitr_ledger(major: u32) {
+    const SECONDS: u64 = 60;
     let pg = PgCluster::start(
         major,
         &PgOptions {
@@ -54,163 +121,211 @@ async fn pitr_to_a_time_restores_exactly_the_committed_rows(major: u32) {
         },
     );
     let s3 = S3Server::start();
-    let mut env = s3.env();
-    env.push(("WALVAULT_KEY".into(), KEY.into()));
-    let env = RepoEnv {
-        url: s3.url("pitr"),
-        env,
-    };
-    let repo = s3.repository("pitr", Keyring::single(MasterKey::from_hex(KEY).unwrap()));
+    let (env, repo) = s3_env(&s3, "ledger");
     let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
     pg.execute("CREATE TABLE ledger (id int PRIMARY KEY, note text)")
         .await;
     pg.pgbench(&["-i", "-s", "1", "-q"]);
-    let pg_conn = format!(
-        "host=127.0.0.1 port={} user=postgres sslmode=disable",
-        pg.port
-    );
-    let out = env.run(&["backup", "--pg", &pg_conn, "--checkpoint", "fast"]);
+    let out = env.run(&["backup", "--pg", &conn_of(&pg), "--checkpoint", "fast"]);
     assert!(out.status.success(), "backup: {}", text(&out));
 
-    for i in 0..40 {
-        pg.execute(&format!("INSERT INTO ledger VALUES ({i}, 'row {i}')"))
-            .await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let commit_time = |id: i32| {
-        let pg = &pg;
-        async move {
-            pg.query_one(&format!(
-                "SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM ledger WHERE id = {id}"
-            ))
+    let load = pg.pgbench_background_at(SECONDS as u32, 2, Some(50));
+    let client = pg.client().await;
+    let started = std::time::Instant::now();
+    let (mut lsn_row, mut name_row, mut lsn) = (None, None, String::new());
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(SECONDS) {
+        client
+            .execute("INSERT INTO ledger VALUES ($1, 'entry')", &[&n])
             .await
+            .unwrap();
+        if lsn_row.is_none() && started.elapsed() > Duration::from_secs(SECONDS / 4) {
+            lsn = client
+                .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+                .await
+                .unwrap()
+                .get(0);
+            lsn_row = Some(n);
         }
-    };
-    // T between the commits of rows 19 and 20.
-    let t19 = commit_time(19).await;
-    let t20 = commit_time(20).await;
-    let target = pg
+        if name_row.is_none() && started.elapsed() > Duration::from_secs(SECONDS * 3 / 4) {
+            client
+                .execute("SELECT pg_create_restore_point('ledger-checkpoint')", &[])
+                .await
+                .unwrap();
+            name_row = Some(n);
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = load.join().unwrap();
+    assert!(out.status.success(), "pgbench: {}", text(&out));
+    let (lsn_row, name_row) = (lsn_row.unwrap(), name_row.unwrap());
+    // T is the exact commit time of the middle row.
+    let middle = n / 2;
+    let t = pg
         .query_one(&format!(
-            "SELECT to_char(('{t19}'::timestamp + ('{t20}'::timestamp - '{t19}'::timestamp) / 2), 'YYYY-MM-DD HH24:MI:SS.US')"
+            "SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM ledger WHERE id = {middle}"
         ))
         .await;
-    let end: Lsn = switch_wal(&pg).await;
-    wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
-    let (code, log) = stream.terminate();
-    assert_eq!(code, Some(0), "{log}");
-
-    let dir = tempfile::Builder::new()
-        .prefix("walvault-restore")
-        .tempdir()
-        .unwrap();
-    let pgdata = dir.path().join("data");
-    // A target before the backup is refused, and nothing is written.
-    let out = env.run(&[
-        "restore",
-        "--pgdata",
-        pgdata.to_str().unwrap(),
-        "--target-time",
-        "2000-01-01 00:00:00+00",
-    ]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("before the oldest backup"),
-        "{}",
-        text(&out)
-    );
-    assert!(!pgdata.exists());
-
-    let out = env.run(&[
-        "restore",
-        "--pgdata",
-        pgdata.to_str().unwrap(),
-        "--target-time",
-        &format!("{target}+00"),
-    ]);
-    assert!(out.status.success(), "restore: {}", text(&out));
-    // A second restore into the same directory is refused.
-    let again = env.run(&["restore", "--pgdata", pgdata.to_str().unwrap()]);
-    assert_eq!(again.status.code(), Some(2));
-    assert!(text(&again).contains("not empty"), "{}", text(&again));
-
-    drop(pg);
-    let restored = PgCluster::start_restored(major, pgdata);
-    wait_promoted(&restored).await;
-    let ids = restored
-        .query_one("SELECT string_agg(id::text, ',' ORDER BY id) FROM ledger")
-        .await;
-    let want: Vec<String> = (0..20).map(|i| i.to_string()).collect();
-    assert_eq!(
-        ids,
-        want.join(","),
-        "restored rows; server log:\n{}",
-        restored.log_text()
-    );
-}
-pg_test!(pitr_to_a_time_restores_exactly_the_committed_rows);
-
-/// Recovery to an LSN and to a named restore point stops exactly there.
-async fn pitr_to_an_lsn_and_to_a_restore_point(major: u32) {
-    let pg = PgCluster::start(major, &PgOptions::default());
-    let s3 = S3Server::start();
-    let mut env = s3.env();
-    env.push(("WALVAULT_KEY".into(), KEY.into()));
-    let env = RepoEnv {
-        url: s3.url("points"),
-        env,
+    let committed = |op: &str| {
+        let pg = &pg;
+        let sql = format!(
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM ledger WHERE pg_xact_commit_timestamp(xmin) {op} '{t}+00'"
+        );
+        async move { pg.query_one(&sql).await }
     };
-    let repo = s3.repository("points", Keyring::single(MasterKey::from_hex(KEY).unwrap()));
-    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
-    pg.execute("CREATE TABLE ledger (id int PRIMARY KEY)").await;
-    let pg_conn = format!(
-        "host=127.0.0.1 port={} user=postgres sslmode=disable",
-        pg.port
-    );
-    let out = env.run(&["backup", "--pg", &pg_conn, "--checkpoint", "fast"]);
-    assert!(out.status.success(), "backup: {}", text(&out));
-    let mut lsn_after_9 = String::new();
-    for i in 0..30 {
-        pg.execute(&format!("INSERT INTO ledger VALUES ({i})"))
-            .await;
-        if i == 9 {
-            lsn_after_9 = pg.query_one("SELECT pg_current_wal_insert_lsn()").await;
-        }
-        if i == 19 {
-            pg.execute("SELECT pg_create_restore_point('after-19')")
-                .await;
-        }
-    }
+    let (at_or_before, before) = (committed("<=").await, committed("<").await);
+    assert_eq!(at_or_before, ids(0..middle + 1));
+    assert_eq!(before, ids(0..middle));
     let end = switch_wal(&pg).await;
     wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
     let (code, log) = stream.terminate();
     assert_eq!(code, Some(0), "{log}");
     drop(pg);
 
-    for (flag, value, last) in [
-        ("--target-lsn", lsn_after_9.as_str(), 9),
-        ("--target-name", "after-19", 19),
+    let target = format!("{t}+00");
+    for (args, want) in [
+        (vec!["--target-time", target.as_str()], at_or_before),
+        (
+            vec!["--target-time", target.as_str(), "--exclusive"],
+            before,
+        ),
+        (vec!["--target-lsn", lsn.as_str()], ids(0..lsn_row + 1)),
+        (
+            vec!["--target-name", "ledger-checkpoint"],
+            ids(0..name_row + 1),
+        ),
     ] {
-        let dir = tempfile::Builder::new()
-            .prefix("walvault-restore")
-            .tempdir()
-            .unwrap();
-        let pgdata = dir.path().join("data");
-        let out = env.run(&["restore", "--pgdata", pgdata.to_str().unwrap(), flag, value]);
-        assert!(out.status.success(), "restore {flag}: {}", text(&out));
-        let restored = PgCluster::start_restored(major, pgdata);
-        wait_promoted(&restored).await;
-        let ids = restored
-            .query_one("SELECT count(*) || ':' || coalesce(max(id), -1) FROM ledger")
-            .await;
-        assert_eq!(
-            ids,
-            format!("{}:{last}", last + 1),
-            "{flag} {value}; log:\n{}",
-            restored.log_text()
+        let (got, restored) = restore_ledger(major, &env, &args).await;
+        assert!(
+            got == want,
+            "{args:?} ({n} rows written): restored {got}\nwant {want}\nserver log:\n{}",
+            restored.pg.log_text()
         );
     }
 }
-pg_test!(pitr_to_an_lsn_and_to_a_restore_point);
+pg_test!(pitr_ledger);
+
+/// The archive crosses a standby's promotion: a restore of a backup taken
+/// from the standby (before the promotion) to a time after it follows the
+/// new timeline, and comes back as a primary with no replication settings
+/// from its source. Timelines that do not lead to the target are refused.
+async fn restore_follows_a_promotion(major: u32) {
+    let mut primary = PgCluster::start(
+        major,
+        &PgOptions {
+            extra_conf: vec!["track_commit_timestamp = on".into()],
+            ..Default::default()
+        },
+    );
+    primary
+        .execute("CREATE TABLE ledger (id int PRIMARY KEY, note text)")
+        .await;
+    primary.pgbench(&["-i", "-s", "1", "-q"]);
+    let standby = PgCluster::standby_of(&mut primary);
+    let s3 = S3Server::start();
+    let (env, repo) = s3_env(&s3, "timelines");
+    let stream = StreamProcess::start(&env, standby.port, &["--flush-interval", "200ms"]);
+    // A backup of the standby, with WAL flowing so its end is reached.
+    let load = primary.pgbench_background(4, 1);
+    let out = env.run(&["backup", "--pg", &conn_of(&standby), "--checkpoint", "fast"]);
+    assert!(out.status.success(), "backup: {}", text(&out));
+    load.join().unwrap();
+    for i in 0..10 {
+        primary
+            .execute(&format!("INSERT INTO ledger VALUES ({i}, 'timeline 1')"))
+            .await;
+    }
+    let on_primary = switch_wal(&primary).await;
+    wait_for("standby replay", Duration::from_secs(60), || async {
+        let replayed: Lsn = standby
+            .query_one("SELECT pg_last_wal_replay_lsn()")
+            .await
+            .parse()
+            .unwrap();
+        (replayed >= on_primary).then_some(())
+    })
+    .await;
+    drop(primary);
+    standby.promote();
+    for i in 10..20 {
+        standby
+            .execute(&format!("INSERT INTO ledger VALUES ({i}, 'timeline 2')"))
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = standby
+        .query_one(
+            "SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM ledger WHERE id = 15",
+        )
+        .await;
+    let end = switch_wal(&standby).await;
+    wait_archived(&repo, MIB, 2, end, Duration::from_secs(60)).await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    // A second backup, on timeline 2, taken standalone.
+    let out = env.run(&["backup", "--pg", &conn_of(&standby), "--checkpoint", "fast"]);
+    assert!(out.status.success(), "backup: {}", text(&out));
+    let list: serde_json::Value =
+        serde_json::from_slice(&env.run(&["list", "--json"]).stdout).unwrap();
+    let backups = list["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 2, "{list}");
+    let (first, second) = (
+        backups[0]["id"].as_str().unwrap().to_string(),
+        backups[1]["id"].as_str().unwrap().to_string(),
+    );
+    drop(standby);
+
+    let dir = tempfile::tempdir().unwrap();
+    let pgdata = dir.path().join("data");
+    let pgdata_s = pgdata.to_str().unwrap();
+    // Refusals: nothing is written.
+    for (args, message) in [
+        (
+            vec!["--target-timeline", "7"],
+            "timeline 7 is not in the archive",
+        ),
+        (
+            vec!["--backup", second.as_str(), "--target-timeline", "1"],
+            "timeline 1 does not lead to the target",
+        ),
+    ] {
+        let mut full = vec!["restore", "--pgdata", pgdata_s];
+        full.extend_from_slice(&args);
+        let out = env.run(&full);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(message), "{args:?}: {}", text(&out));
+        assert!(!pgdata.exists(), "{args:?} wrote {pgdata_s}");
+    }
+    // Timeline 1 alone: the backup on timeline 2 is passed over.
+    let out = env.run(&[
+        "restore",
+        "--pgdata",
+        pgdata_s,
+        "--target-timeline",
+        "1",
+        "--dry-run",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("backup {first}")),
+        "{}",
+        text(&out)
+    );
+
+    let target = format!("{t}+00");
+    let args = ["--backup", first.as_str(), "--target-time", target.as_str()];
+    let (got, restored) = restore_ledger(major, &env, &args).await;
+    let restored = &restored.pg;
+    assert_eq!(got, ids(0..16), "server log:\n{}", restored.log_text());
+    // Promoted from timeline 2 onto timeline 3, and no longer a standby of anything.
+    let timeline = restored
+        .query_one("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")
+        .await;
+    assert_eq!(timeline, "00000003");
+    assert_eq!(restored.query_one("SHOW primary_conninfo").await, "");
+}
+pg_test!(restore_follows_a_promotion);
 
 /// Stop the primary with an immediate shutdown 3 s after the last commit
 /// while walvault streams with --flush-interval 1s: a restore to the end of
@@ -334,6 +449,29 @@ async fn restore_refusals(major: u32) {
         .tempdir()
         .unwrap();
     let pgdata = dir.path().join("data");
+    // A target before the backup.
+    let out = env.run(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--target-time",
+        "2000-01-01 00:00:00+00",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("before the oldest backup"),
+        "{}",
+        text(&out)
+    );
+    assert!(!pgdata.exists());
+    // A directory that is not empty is left alone.
+    std::fs::create_dir_all(&pgdata).unwrap();
+    std::fs::write(pgdata.join("keep"), b"mine").unwrap();
+    let out = env.run(&["restore", "--pgdata", pgdata.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("not empty"), "{}", text(&out));
+    assert_eq!(std::fs::read_dir(&pgdata).unwrap().count(), 1);
+    std::fs::remove_dir_all(&pgdata).unwrap();
     let mut wrong = env.clone();
     wrong.env.retain(|(k, _)| k != "WALVAULT_KEY");
     wrong.env.push(("WALVAULT_KEY".into(), "22".repeat(32)));
@@ -456,3 +594,128 @@ async fn restore_and_start(major: u32) {
     assert_eq!(n, 100);
 }
 pg_test!(restore_and_start);
+
+/// `wal-fetch --spool` fetches the next segments ahead into the spool, up
+/// to --prefetch of them and within --spool-max, never a segment held only
+/// as deltas; a spooled segment is served with the store unreachable; and
+/// --clean-spool removes the spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_fetch_prefetches_into_a_bounded_spool() {
+    let pg = PgCluster::start(15, &PgOptions::default());
+    let s3 = S3Server::start();
+    let (env, repo) = s3_env(&s3, "spool");
+    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    pg.pgbench(&["-i", "-s", "1", "-q"]);
+    switch_wal(&pg).await;
+    // A tail that is stored only as deltas.
+    pg.execute("CREATE TABLE tail AS SELECT 1 AS x").await;
+    let end: Lsn = pg
+        .query_one("SELECT pg_current_wal_lsn()")
+        .await
+        .parse()
+        .unwrap();
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    let inv = walvault::wal::archive::WalInventory::scan(&repo, MIB)
+        .await
+        .unwrap();
+    let t = &inv.timelines[&1];
+    let complete: Vec<u64> = t.complete.iter().copied().collect();
+    assert!(complete.len() >= 8, "{complete:?}");
+    let partial = *t.deltas.keys().next_back().expect("a delta-only tail");
+    assert!(!t.complete.contains(&partial));
+    let name = |n: u64| {
+        walvault::lsn::SegmentName {
+            timeline: 1,
+            number: n,
+        }
+        .to_file_name(MIB)
+    };
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("RECOVERYXLOG");
+    let dest_s = dest.to_str().unwrap();
+    let fetch = |spool: &Path, extra: &[&str], file: &str| {
+        let mut args = vec!["wal-fetch", "--spool", spool.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[file, dest_s]);
+        let out = env.run(&args);
+        assert!(out.status.success(), "wal-fetch {file}: {}", text(&out));
+    };
+    let spooled = |spool: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(spool)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.len() == 24)
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+
+    // Depth 3: the three segments after the one asked for, and no more.
+    let spool = work.path().join("spool");
+    let c = &complete;
+    fetch(&spool, &["--prefetch", "3"], &name(c[0]));
+    assert_eq!(std::fs::read(&dest).unwrap(), pg.wal_file(&name(c[0])));
+    let ahead: Vec<String> = c[1..4].iter().map(|&n| name(n)).collect();
+    wait_for(
+        "three segments spooled",
+        Duration::from_secs(30),
+        || async { (spooled(&spool) == ahead).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(spooled(&spool), ahead, "fetched past --prefetch");
+
+    // Served from the spool while the store does not answer.
+    s3.pause();
+    let mut cmd = env.command();
+    cmd.args([
+        "wal-fetch",
+        "--spool",
+        spool.to_str().unwrap(),
+        "--prefetch",
+        "3",
+    ])
+    .args([&name(c[1]), dest_s]);
+    let mut child = cmd.spawn().unwrap();
+    let served = wait_for("wal-fetch from the spool", Duration::from_secs(20), || {
+        let status = child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    s3.resume();
+    assert!(served.success());
+    assert_eq!(std::fs::read(&dest).unwrap(), pg.wal_file(&name(c[1])));
+    assert!(!spooled(&spool).contains(&name(c[1])));
+
+    fetch(&spool, &["--clean-spool"], "unused");
+    assert!(!spool.exists(), "--clean-spool left the spool");
+
+    // The size cap: 2 MiB holds two 1 MiB segments.
+    let capped = work.path().join("capped");
+    fetch(
+        &capped,
+        &["--prefetch", "8", "--spool-max", "2MiB"],
+        &name(c[0]),
+    );
+    wait_for("two segments spooled", Duration::from_secs(30), || async {
+        (spooled(&capped).len() == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(spooled(&capped).len(), 2, "{:?}", spooled(&capped));
+
+    // A segment held only as deltas is never spooled.
+    let tail = work.path().join("tail");
+    fetch(&tail, &["--prefetch", "4"], &name(partial - 1));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !spooled(&tail).contains(&name(partial)),
+        "{:?}",
+        spooled(&tail)
+    );
+}

@@ -158,13 +158,7 @@ pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
             || e.downcast_ref::<crate::wal::receiver::Error>()
                 .is_some_and(crate::wal::receiver::Error::is_configuration)
             || e.downcast_ref::<crate::restore::plan::PlanError>()
-                .is_some_and(|p| {
-                    matches!(
-                        p,
-                        crate::restore::plan::PlanError::UnknownBackup(_)
-                            | crate::restore::plan::PlanError::TargetBeforeOldestBackup { .. }
-                    )
-                })
+                .is_some_and(crate::restore::plan::PlanError::is_usage)
             || e.downcast_ref::<crate::backup::Error>()
                 .is_some_and(crate::backup::Error::is_configuration)
     });

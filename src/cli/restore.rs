@@ -9,7 +9,7 @@ use anyhow::Context;
 use crate::backup::list_backups;
 use crate::progress::{Progress, human_bytes};
 use crate::restore::unpack::{sync_tree, unpack_backup};
-use crate::restore::{RecoveryTarget, TargetAction, plan_restore};
+use crate::restore::{RecoveryTarget, TargetAction, TimelineTarget, plan_restore};
 
 use super::RepoArgs;
 
@@ -59,6 +59,12 @@ pub struct Args {
     /// Restore as a standby that keeps following the archive.
     #[arg(long)]
     pub standby: bool,
+    /// WAL segments restore_command fetches ahead of replay, in parallel (0: none).
+    #[arg(long, default_value_t = 8)]
+    pub prefetch: u64,
+    /// Most bytes the prefetch spool (walvault-spool in the data directory) may hold.
+    #[arg(long, default_value = "512MiB")]
+    pub spool_max: String,
     /// Print the plan and stop.
     #[arg(long)]
     pub dry_run: bool,
@@ -118,6 +124,19 @@ fn parse_target(args: &Args) -> Result<RecoveryTarget, crate::config::Error> {
     Ok(RecoveryTarget::End)
 }
 
+/// Quotes a word for restore_command: PostgreSQL expands `%` escapes, then
+/// runs the command with /bin/sh. Plain words stay as they are.
+fn sh_quote(s: &str) -> String {
+    let s = s.replace('%', "%%");
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:@%".contains(&b))
+    {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
@@ -129,14 +148,12 @@ fn quote(s: &str) -> String {
 /// and failures while fetching.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let target = parse_target(&args)?;
-    if !["latest", "current"].contains(&args.target_timeline.as_str())
-        && args.target_timeline.parse::<u32>().is_err()
-    {
-        anyhow::bail!(usage(
-            "--target-timeline",
-            &args.target_timeline,
-            "use latest, current or a timeline number"
-        ));
+    let timeline: TimelineTarget = args
+        .target_timeline
+        .parse()
+        .map_err(|e: String| usage("--target-timeline", &args.target_timeline, e))?;
+    if let Err(e) = crate::config::parse_byte_size(&args.spool_max) {
+        anyhow::bail!(usage("--spool-max", &args.spool_max, e.to_string()));
     }
     let mut ts_map = Vec::new();
     for m in &args.tablespace_map {
@@ -165,16 +182,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let (repo, _) = args.repo.open_existing().await?;
     let backups = list_backups(&repo).await.context("list backups")?;
-    let plan = plan_restore(&repo, backups, args.backup.as_deref(), &target).await?;
+    let plan = plan_restore(&repo, backups, args.backup.as_deref(), &target, timeline).await?;
     let b = &plan.backup;
     println!(
-        "plan: backup {} ({} taken {} .. {}, {}), WAL on timeline {} from {} to {} (archive end {}), target {}",
+        "plan: backup {} ({} taken {} .. {}, {}, timeline {}), WAL on timeline {} from {} to {} (archive end {}), target {}",
         b.id,
         human_bytes(b.plain_bytes),
         b.start_time,
         b.stop_time,
         b.source.role,
-        plan.timeline,
+        b.timeline,
+        plan.path
+            .iter()
+            .map(|s| s.timeline.to_string())
+            .collect::<Vec<_>>()
+            .join(" -> "),
         plan.first_segment,
         plan.last_segment,
         plan.wal_end,
@@ -215,6 +237,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// The prefetch spool, inside the data directory.
+const SPOOL_DIR: &str = "walvault-spool";
 
 /// How long `--start` waits for recovery before giving up (the server keeps running).
 const RECOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -407,7 +432,13 @@ fn write_recovery_config(args: &Args, target: &RecoveryTarget) -> anyhow::Result
         .lines()
         .map(|l| {
             let key = l.split('=').next().unwrap_or("").trim();
-            if ["primary_conninfo", "primary_slot_name", "restore_command"].contains(&key)
+            if [
+                "primary_conninfo",
+                "primary_slot_name",
+                "restore_command",
+                "recovery_end_command",
+            ]
+            .contains(&key)
                 || key.starts_with("recovery_target")
             {
                 format!("# {l}  (disabled by walvault restore)")
@@ -418,14 +449,38 @@ fn write_recovery_config(args: &Args, target: &RecoveryTarget) -> anyhow::Result
         .collect::<Vec<_>>()
         .join("\n");
     text.push_str("\n# Added by walvault restore\n");
-    text.push_str(&format!(
-        "restore_command = {}\n",
-        quote(&format!(
-            "{} wal-fetch --repo-config {} %f %p",
-            exe.display(),
-            cfg_path.display()
-        ))
-    ));
+    // The source's replication settings (postgresql.conf of a standby, say)
+    // must not make the restored cluster follow another server.
+    text.push_str("primary_conninfo = ''\nprimary_slot_name = ''\n");
+    let fetch = format!(
+        "{} wal-fetch --repo-config {}",
+        sh_quote(&exe.display().to_string()),
+        sh_quote(&cfg_path.display().to_string())
+    );
+    if args.prefetch == 0 {
+        text.push_str(&format!(
+            "restore_command = {}\n",
+            quote(&format!("{fetch} %f %p"))
+        ));
+    } else {
+        let spool = dir.join(SPOOL_DIR);
+        text.push_str(&format!(
+            "restore_command = {}\n",
+            quote(&format!(
+                "{fetch} --spool {} --prefetch {} --spool-max {} %f %p",
+                sh_quote(&spool.display().to_string()),
+                args.prefetch,
+                args.spool_max
+            ))
+        ));
+        text.push_str(&format!(
+            "recovery_end_command = {}\n",
+            quote(&format!(
+                "{fetch} --spool {} --clean-spool",
+                sh_quote(&spool.display().to_string())
+            ))
+        ));
+    }
     match target {
         RecoveryTarget::End => {}
         RecoveryTarget::Time(t) => text.push_str(&format!(

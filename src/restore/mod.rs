@@ -6,6 +6,7 @@
 //! files are synced before success is reported.
 
 pub mod plan;
+pub mod spool;
 pub mod unpack;
 
-pub use plan::{RecoveryTarget, RestorePlan, TargetAction, plan_restore};
+pub use plan::{RecoveryTarget, RestorePlan, TargetAction, TimelineTarget, plan_restore};

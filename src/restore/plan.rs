@@ -3,9 +3,12 @@
 use chrono::{DateTime, Utc};
 
 use crate::format::backup::BackupMetadata;
+use std::collections::BTreeMap;
+
 use crate::lsn::{Lsn, SegmentName, TimelineId};
-use crate::storage::{self, Repository};
+use crate::storage::{self, Repository, layout};
 use crate::wal::archive::WalInventory;
+use crate::wal::history::{HistoryEntry, ParseHistoryError, parse_history};
 
 /// Where recovery stops.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,13 +36,54 @@ pub enum TargetAction {
     Shutdown,
 }
 
+/// Which timeline recovery follows (`recovery_target_timeline`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimelineTarget {
+    /// The newest timeline reachable through stored history files.
+    Latest,
+    /// The backup's own timeline.
+    Current,
+    /// This timeline.
+    Number(TimelineId),
+}
+
+impl std::str::FromStr for TimelineTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "latest" => Ok(Self::Latest),
+            "current" => Ok(Self::Current),
+            n => n
+                .parse::<TimelineId>()
+                .ok()
+                .filter(|&t| t >= 1)
+                .map(Self::Number)
+                .ok_or_else(|| "use latest, current or a timeline number".to_string()),
+        }
+    }
+}
+
+/// One timeline on the way from the backup to the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathStep {
+    /// The timeline.
+    pub timeline: TimelineId,
+    /// Where replay enters it (the backup's start, or the switch point).
+    pub begin: Lsn,
+    /// Where it forks to the next step (`None` for the target timeline).
+    pub end: Option<Lsn>,
+}
+
 /// A checked restore plan.
 #[derive(Clone, Debug)]
 pub struct RestorePlan {
     /// The backup to unpack.
     pub backup: BackupMetadata,
-    /// The timeline recovery follows.
+    /// The timeline recovery ends on.
     pub timeline: TimelineId,
+    /// The timelines replay crosses, from the backup's to the target's.
+    pub path: Vec<PathStep>,
     /// First WAL segment recovery needs.
     pub first_segment: String,
     /// Last WAL segment held without a gap on the path.
@@ -89,9 +133,51 @@ pub enum PlanError {
         /// The target.
         target: Lsn,
     },
+    /// The requested timeline is not in the archive.
+    #[error(
+        "timeline {0} is not in the archive (no history file and no WAL); see walvault list for the timelines held"
+    )]
+    TimelineNotInArchive(TimelineId),
+    /// The target timeline does not descend from the backup's.
+    #[error(
+        "timeline {target} does not lead to the target from backup {backup} (timeline {backup_timeline}): {reason}; \
+choose another --target-timeline or --backup"
+    )]
+    TimelineDoesNotLead {
+        /// The target timeline.
+        target: TimelineId,
+        /// The backup.
+        backup: String,
+        /// The backup's timeline.
+        backup_timeline: TimelineId,
+        /// Why.
+        reason: String,
+    },
+    /// A stored history file does not parse.
+    #[error("the history file of timeline {timeline} in the archive is damaged: {source}")]
+    BadHistory {
+        /// Its timeline.
+        timeline: TimelineId,
+        /// The parse error.
+        source: ParseHistoryError,
+    },
     /// Store errors.
     #[error(transparent)]
     Storage(#[from] storage::Error),
+}
+
+impl PlanError {
+    /// Whether the request itself cannot be met (exit code 2) rather than
+    /// the archive being incomplete.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownBackup(_)
+                | Self::TargetBeforeOldestBackup { .. }
+                | Self::TimelineNotInArchive(_)
+                | Self::TimelineDoesNotLead { .. }
+        )
+    }
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
@@ -100,7 +186,8 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// Chooses the backup and checks the WAL from its start on its timeline.
+/// Chooses the backup and checks the WAL from its start along the timeline
+/// path to the target.
 ///
 /// # Errors
 /// [`PlanError`] naming why the restore cannot work.
@@ -109,15 +196,18 @@ pub async fn plan_restore(
     backups: Vec<BackupMetadata>,
     backup_id: Option<&str>,
     target: &RecoveryTarget,
+    timeline: TimelineTarget,
 ) -> Result<RestorePlan, PlanError> {
     if backups.is_empty() {
         return Err(PlanError::NoBackup);
     }
-    let backup = match backup_id {
-        Some(id) => backups
-            .into_iter()
-            .find(|b| b.id == id)
-            .ok_or_else(|| PlanError::UnknownBackup(id.to_string()))?,
+    let candidates: Vec<BackupMetadata> = match backup_id {
+        Some(id) => vec![
+            backups
+                .into_iter()
+                .find(|b| b.id == id)
+                .ok_or_else(|| PlanError::UnknownBackup(id.to_string()))?,
+        ],
         None => {
             let oldest = backups[0].clone();
             let fits = |b: &BackupMetadata| match target {
@@ -125,70 +215,220 @@ pub async fn plan_restore(
                 RecoveryTarget::Lsn(l) => b.stop_lsn.parse::<Lsn>().is_ok_and(|stop| stop <= *l),
                 _ => true,
             };
-            match backups.into_iter().rev().find(|b| fits(b)) {
-                Some(b) => b,
-                None => {
-                    return Err(PlanError::TargetBeforeOldestBackup {
-                        target: match target {
-                            RecoveryTarget::Time(t) => t.to_rfc3339(),
-                            RecoveryTarget::Lsn(l) => l.to_string(),
-                            other => format!("{other:?}"),
-                        },
-                        oldest: format!("{} ({})", oldest.stop_time, oldest.stop_lsn),
-                    });
-                }
+            let fitting: Vec<_> = backups.into_iter().rev().filter(|b| fits(b)).collect();
+            if fitting.is_empty() {
+                return Err(PlanError::TargetBeforeOldestBackup {
+                    target: match target {
+                        RecoveryTarget::Time(t) => t.to_rfc3339(),
+                        RecoveryTarget::Lsn(l) => l.to_string(),
+                        other => format!("{other:?}"),
+                    },
+                    oldest: format!("{} ({})", oldest.stop_time, oldest.stop_lsn),
+                });
             }
+            fitting
         }
     };
-    let size = backup.wal_segment_size;
-    let timeline = backup.timeline;
-    let start: Lsn = backup.start_lsn.parse().unwrap_or_default();
+    let size = candidates[0].wal_segment_size;
     let inv = WalInventory::scan(repo, size).await?;
-    let held = inv.timelines.get(&timeline);
-    let first = start.segment_number(size);
-    let mut n = first;
-    let end = loop {
-        let complete = held.is_some_and(|t| t.complete.contains(&n));
-        if complete {
+    let mut histories = BTreeMap::new();
+    // The newest backup that lies on the path to the target timeline; a
+    // backup of a timeline the target did not come from is passed over.
+    let mut first_refusal = None;
+    for backup in candidates {
+        match timeline_path(repo, &inv, &mut histories, &backup, timeline).await {
+            Ok(path) => return check_wal(&inv, backup, path, target, size),
+            Err(e @ PlanError::TimelineDoesNotLead { .. }) => {
+                first_refusal.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(first_refusal.expect("at least one candidate was refused"))
+}
+
+/// Reads (once) the history of `tli` from the archive.
+async fn history<'a>(
+    repo: &Repository,
+    cache: &'a mut BTreeMap<TimelineId, Option<Vec<HistoryEntry>>>,
+    tli: TimelineId,
+) -> Result<Option<&'a Vec<HistoryEntry>>, PlanError> {
+    if let std::collections::btree_map::Entry::Vacant(slot) = cache.entry(tli) {
+        let parsed = match repo.get_opened(&layout::history_key(tli)).await? {
+            Some(bytes) => Some(parse_history(&String::from_utf8_lossy(&bytes)).map_err(
+                |source| PlanError::BadHistory {
+                    timeline: tli,
+                    source,
+                },
+            )?),
+            None => None,
+        };
+        slot.insert(parsed);
+    }
+    Ok(cache[&tli].as_ref())
+}
+
+/// The timelines replay crosses from `backup` to the target timeline, the
+/// way PostgreSQL resolves `recovery_target_timeline`.
+async fn timeline_path(
+    repo: &Repository,
+    inv: &WalInventory,
+    cache: &mut BTreeMap<TimelineId, Option<Vec<HistoryEntry>>>,
+    backup: &BackupMetadata,
+    choice: TimelineTarget,
+) -> Result<Vec<PathStep>, PlanError> {
+    let own = backup.timeline;
+    let start: Lsn = backup.start_lsn.parse().unwrap_or_default();
+    let stop: Lsn = backup.stop_lsn.parse().unwrap_or_default();
+    let target = match choice {
+        TimelineTarget::Current => own,
+        TimelineTarget::Number(n) => n,
+        TimelineTarget::Latest => {
+            // PostgreSQL probes history files upwards from the backup's timeline.
+            let mut t = own;
+            while inv.histories.contains(&(t + 1)) {
+                t += 1;
+            }
+            t
+        }
+    };
+    if target == own {
+        return Ok(vec![PathStep {
+            timeline: own,
+            begin: start,
+            end: None,
+        }]);
+    }
+    let refuse = |reason: String| PlanError::TimelineDoesNotLead {
+        target,
+        backup: backup.id.clone(),
+        backup_timeline: own,
+        reason,
+    };
+    let Some(entries) = history(repo, cache, target).await? else {
+        if inv.timelines.contains_key(&target) {
+            return Err(refuse(format!(
+                "the history file of timeline {target} is not in the archive"
+            )));
+        }
+        return Err(PlanError::TimelineNotInArchive(target));
+    };
+    let Some(idx) = entries.iter().position(|e| e.timeline == own) else {
+        return Err(refuse(format!(
+            "timeline {own} is not among its ancestors ({})",
+            entries
+                .iter()
+                .map(|e| e.timeline.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    if entries[idx].switch_lsn < stop {
+        return Err(refuse(format!(
+            "it forked from timeline {own} at {}, before the backup ended at {stop}",
+            entries[idx].switch_lsn
+        )));
+    }
+    let mut path = Vec::new();
+    let mut begin = start;
+    for e in &entries[idx..] {
+        path.push(PathStep {
+            timeline: e.timeline,
+            begin,
+            end: Some(e.switch_lsn),
+        });
+        begin = e.switch_lsn;
+    }
+    path.push(PathStep {
+        timeline: target,
+        begin,
+        end: None,
+    });
+    Ok(path)
+}
+
+/// Walks the segments from the backup's start along `path` and checks that
+/// no segment is missing up to the end of the archive (or the target LSN).
+fn check_wal(
+    inv: &WalInventory,
+    backup: BackupMetadata,
+    path: Vec<PathStep>,
+    target: &RecoveryTarget,
+    size: u64,
+) -> Result<RestorePlan, PlanError> {
+    let start: Lsn = backup.start_lsn.parse().unwrap_or_default();
+    let stop: Lsn = backup.stop_lsn.parse().unwrap_or_default();
+    // Like PostgreSQL, read each segment from the newest timeline on the path
+    // that had begun by then: the segment holding a switch point comes from
+    // the new timeline, whose copy holds the old bytes up to the switch.
+    let timeline_of = |n: u64| {
+        path.iter()
+            .rev()
+            .find(|s| s.begin.segment_number(size) <= n)
+            .unwrap_or(&path[0])
+    };
+    let last = path.last().expect("a path has a step");
+    let mut n = start.segment_number(size);
+    let (end, end_step) = loop {
+        let step = timeline_of(n);
+        let held = inv.timelines.get(&step.timeline);
+        if held.is_some_and(|t| t.complete.contains(&n)) {
             n += 1;
             continue;
         }
         let partial = held.map_or(0, |t| t.delta_chain_end(n));
-        break Lsn(n * size + partial);
+        break (Lsn(n * size + partial), *step);
     };
-    let stop: Lsn = backup.stop_lsn.parse().unwrap_or_default();
-    // The run of WAL must reach the backup's stop, and nothing may lie
-    // beyond a hole (WAL after a gap cannot be replayed).
-    let beyond_hole = held.is_some_and(|t| {
-        t.max_segment()
-            .is_some_and(|max| max > end.segment_number(size))
-    });
-    if end < stop || beyond_hole {
-        return Err(PlanError::WalGap {
-            segment: SegmentName {
-                timeline,
-                number: end.segment_number(size),
-            }
-            .to_file_name(size),
+    let gap = |segment: u64, timeline: TimelineId| PlanError::WalGap {
+        segment: SegmentName {
             timeline,
-            backup: backup.id.clone(),
+            number: segment,
+        }
+        .to_file_name(size),
+        timeline,
+        backup: backup.id.clone(),
+    };
+    let target_lsn = match target {
+        RecoveryTarget::Lsn(l) => Some(*l),
+        _ => None,
+    };
+    let reaches_target = target_lsn.is_some_and(|l| end >= l && end >= stop);
+    if !reaches_target {
+        // The WAL must run past the backup's stop and through every earlier
+        // timeline to the target's, and nothing may lie beyond a hole on the
+        // target timeline (WAL after a gap cannot be replayed).
+        if end < stop || end_step.timeline != last.timeline {
+            return Err(gap(end.segment_number(size), end_step.timeline));
+        }
+        let beyond_hole = inv.timelines.get(&last.timeline).is_some_and(|t| {
+            t.max_segment()
+                .is_some_and(|max| max > end.segment_number(size))
         });
+        if beyond_hole {
+            return Err(gap(end.segment_number(size), last.timeline));
+        }
+        if let Some(l) = target_lsn {
+            return Err(PlanError::TargetAfterArchive {
+                timeline: last.timeline,
+                end,
+                target: l,
+            });
+        }
     }
-    if let RecoveryTarget::Lsn(l) = target
-        && *l > end
-    {
-        return Err(PlanError::TargetAfterArchive {
-            timeline,
-            end,
-            target: *l,
-        });
-    }
-    let name = |lsn: Lsn| SegmentName::from_lsn(timeline, lsn, size).to_file_name(size);
+    let name = |lsn: Lsn| {
+        let n = lsn.segment_number(size);
+        SegmentName {
+            timeline: timeline_of(n).timeline,
+            number: n,
+        }
+        .to_file_name(size)
+    };
     Ok(RestorePlan {
         first_segment: name(start),
         last_segment: name(Lsn(end.0.saturating_sub(1)).max(start)),
         wal_end: end,
-        timeline,
+        timeline: last.timeline,
+        path,
         backup,
     })
 }

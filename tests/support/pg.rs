@@ -423,10 +423,25 @@ impl PgCluster {
         seconds: u32,
         clients: u32,
     ) -> std::thread::JoinHandle<std::process::Output> {
+        self.pgbench_background_at(seconds, clients, None)
+    }
+
+    /// As [`Self::pgbench_background`], throttled to `rate` transactions per
+    /// second when given.
+    pub fn pgbench_background_at(
+        &self,
+        seconds: u32,
+        clients: u32,
+        rate: Option<u32>,
+    ) -> std::thread::JoinHandle<std::process::Output> {
         let port = self.port.to_string();
         let (seconds, clients) = (seconds.to_string(), clients.to_string());
+        let rate: Vec<String> = rate
+            .map(|r| vec!["-R".to_string(), r.to_string()])
+            .unwrap_or_default();
         std::thread::spawn(move || {
             Command::new("/usr/lib/postgresql/15/bin/pgbench")
+                .args(&rate)
                 .args([
                     "-h",
                     "127.0.0.1",

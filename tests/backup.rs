@@ -123,6 +123,38 @@ async fn backup_with_tablespace_verifies_clean(major: u32) {
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list["backups"][0]["id"], id.as_str());
     assert_eq!(list["backups"][0]["source_role"], "primary");
+
+    // Restore: the tablespace's own directory is in use, so it is refused
+    // until the tablespace is mapped elsewhere.
+    let oid = tablespaces[0]["oid"].as_u64().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pgdata = dir.path().join("data");
+    let out = env.run(&["restore", "--pgdata", pgdata.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("not empty"), "{}", text(&out));
+    assert!(!pgdata.exists());
+    let moved = dir.path().join("ts-moved");
+    let out = env.run(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--tablespace-map",
+        &format!("{oid}={}", moved.display()),
+    ]);
+    assert!(out.status.success(), "restore: {}", text(&out));
+    crate::support::pg::give_to_server_user(&moved);
+    let restored = PgCluster::start_restored(major, pgdata);
+    let location = restored
+        .query_one("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'")
+        .await;
+    assert_eq!(location, moved.display().to_string());
+    let rows = restored
+        .query_one("SELECT count(*) || ':' || max(v) FROM in_ts1")
+        .await;
+    let want = pg
+        .query_one("SELECT count(*) || ':' || max(v) FROM in_ts1")
+        .await;
+    assert_eq!(rows, want);
 }
 pg_test!(backup_with_tablespace_verifies_clean);
 

@@ -208,6 +208,45 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             RecoveryTarget::Name(n) => format!("restore point {n:?}"),
         }
     );
+    // Every tablespace goes to an empty directory: its mapping, or where it
+    // was on the source.
+    let mut ts_dirs = Vec::new();
+    for (oid, _) in &ts_map {
+        if !b
+            .tablespaces
+            .iter()
+            .any(|t| t.oid.map(|o| o.to_string()).as_ref() == Some(oid))
+        {
+            anyhow::bail!(usage(
+                "--tablespace-map",
+                oid,
+                format!("backup {} has no tablespace with this OID", b.id)
+            ));
+        }
+    }
+    for t in &b.tablespaces {
+        let Some(oid) = t.oid else { continue };
+        let dir = ts_map
+            .iter()
+            .find(|(o, _)| *o == oid.to_string())
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| PathBuf::from(t.location.clone().unwrap_or_default()));
+        if dir.exists()
+            && std::fs::read_dir(&dir)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
+            anyhow::bail!(usage(
+                "--tablespace-map",
+                &dir.display().to_string(),
+                format!(
+                    "tablespace {oid} would be restored into {}, which is not empty; map it to an empty directory with --tablespace-map {oid}=DIR",
+                    dir.display()
+                )
+            ));
+        }
+        ts_dirs.push((oid.to_string(), dir));
+    }
     if args.dry_run {
         return Ok(ExitCode::SUCCESS);
     }
@@ -215,21 +254,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.pgdata)
         .with_context(|| format!("create {}", args.pgdata.display()))?;
     set_mode(&args.pgdata, 0o700)?;
+    let started = std::time::Instant::now();
     let progress = Progress::new(&format!("restore {}", b.id), b.plain_bytes);
-    unpack_backup(&repo, b, &args.pgdata, &ts_map, &progress)
+    unpack_backup(&repo, b, &args.pgdata, &ts_dirs, &progress)
         .await
         .context("restore the backup")?;
     progress.finish();
+    point_tablespaces(&args.pgdata, &ts_dirs)
+        .context("point the tablespaces at their directories")?;
 
     write_recovery_config(&args, &target)?;
     let pgdata = args.pgdata.clone();
     let mut dirs = vec![pgdata.clone()];
-    dirs.extend(ts_map.iter().map(|(_, d)| d.clone()));
+    dirs.extend(ts_dirs.iter().map(|(_, d)| d.clone()));
+    let unpacked = started.elapsed();
     tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|d| sync_tree(d)))
         .await
         .expect("sync does not panic")
         .context("sync the restored files")?;
-    println!("restored backup {} into {}", b.id, args.pgdata.display());
+    println!(
+        "restored backup {} into {}: {} unpacked in {:.1}s, synced in {:.1}s",
+        b.id,
+        args.pgdata.display(),
+        human_bytes(b.plain_bytes),
+        unpacked.as_secs_f64(),
+        (started.elapsed() - unpacked).as_secs_f64()
+    );
     if args.start {
         start_and_wait(&args, b.pg_major).await?;
     } else {
@@ -381,6 +431,46 @@ async fn start_and_wait(args: &Args, major: u32) -> anyhow::Result<()> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// Makes the restored cluster find each tablespace in its directory: the
+/// `tablespace_map` file of the backup (PostgreSQL makes the links from it
+/// when recovery starts), or the `pg_tblspc` links themselves.
+fn point_tablespaces(pgdata: &Path, dirs: &[(String, PathBuf)]) -> anyhow::Result<()> {
+    let map_path = pgdata.join("tablespace_map");
+    if let Ok(text) = std::fs::read_to_string(&map_path) {
+        let mut out = String::new();
+        for line in text.lines() {
+            let oid = line.split(' ').next().unwrap_or("");
+            match dirs.iter().find(|(o, _)| o == oid) {
+                Some((_, dir)) => {
+                    // tablespace_map escapes with a backslash.
+                    let mut escaped = String::new();
+                    for c in dir.display().to_string().chars() {
+                        if matches!(c, '\\' | '\n' | '\r') {
+                            escaped.push('\\');
+                        }
+                        escaped.push(c);
+                    }
+                    out.push_str(&format!("{oid} {escaped}\n"));
+                }
+                None => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        std::fs::write(&map_path, out)?;
+        return Ok(());
+    }
+    for (oid, dir) in dirs {
+        let link = pgdata.join("pg_tblspc").join(oid);
+        if link.symlink_metadata().is_ok() {
+            std::fs::remove_file(&link)?;
+        }
+        std::os::unix::fs::symlink(dir, &link)?;
+    }
+    Ok(())
 }
 
 fn tail(text: &str, lines: usize) -> String {

@@ -162,10 +162,10 @@ fn start_prefetch(spool: &Spool, name: &str) {
     }
 }
 
-/// Writes to a temporary file beside `dest`, syncs it and renames it into place,
-/// so PostgreSQL never sees a half-written file.
+/// Writes to a temporary file beside `dest` and renames it into place, so
+/// PostgreSQL never sees a half-written file. No fsync: the file is a copy
+/// of what the archive holds, and PostgreSQL syncs what it keeps.
 fn write_atomically(dest: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
     let dir = dest
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -174,9 +174,6 @@ fn write_atomically(dest: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
         ".{}.walvault-tmp",
         dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal")
     ));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
+    std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, dest)
 }

@@ -32,7 +32,7 @@ use crate::storage::{self, Repository, layout};
 use crate::wal::archive::WalInventory;
 use crate::wal::receiver::{self, StreamOptions, StreamPlan};
 
-use self::parts::{Part, PartCutter};
+use self::parts::{BufferPool, Part, PartCutter};
 use self::protocol::{BackupEvent, BaseBackupOptions, TablespaceInfo};
 
 /// Default plaintext bytes per part: large enough for few objects, small
@@ -201,6 +201,12 @@ pub async fn run(
     let mut tablespaces: Vec<TablespaceInfo> = Vec::new();
     let mut plain_by_ts: Vec<u64> = Vec::new();
     let mut cutter: Option<(usize, PartCutter)> = None;
+    // Part buffers: those in flight, the one filling and one spare.
+    let pool = BufferPool::new(
+        opts.part_size_bytes as usize,
+        opts.upload_concurrency.max(1) + 2,
+    );
+    uploader.pool = Some(pool.clone());
     let mut manifest: Vec<u8> = Vec::new();
     let mut start: Option<(Lsn, TimelineId)> = None;
     let mut received: u64 = 0;
@@ -238,9 +244,7 @@ pub async fn run(
                     plain_by_ts = vec![0; list.len()];
                     tablespaces = list;
                 }
-                BackupEvent::ArchiveStart(i) => {
-                    cutter = Some((i, PartCutter::new(opts.part_size_bytes as usize)))
-                }
+                BackupEvent::ArchiveStart(i) => cutter = Some((i, PartCutter::new(pool.clone()))),
                 BackupEvent::ArchiveData(data) => {
                     let (i, c) = cutter
                         .as_mut()
@@ -248,7 +252,7 @@ pub async fn run(
                     let i = *i;
                     received += data.len() as u64;
                     plain_by_ts[i] += data.len() as u64;
-                    for part in c.push(data) {
+                    for part in c.push(&data) {
                         uploader.upload(&tablespaces[i].name(), i, part).await?;
                     }
                     progress.set_done(received);
@@ -578,6 +582,8 @@ struct PartUploader {
     records: BTreeMap<usize, Vec<PartRecord>>,
     /// Seal without compression (the server compressed already).
     raw: bool,
+    /// Where stored parts' buffers go back to.
+    pool: Option<BufferPool>,
 }
 
 impl PartUploader {
@@ -589,6 +595,7 @@ impl PartUploader {
             semaphore: Arc::new(Semaphore::new(concurrency.max(1))),
             uploads: JoinSet::new(),
             records: BTreeMap::new(),
+            pool: None,
         }
     }
 
@@ -612,18 +619,15 @@ impl PartUploader {
         let repo = self.repo.clone();
         let key = layout::backup_part_key(&self.id, tablespace, part.index);
         let raw = self.raw;
+        let pool = self.pool.clone();
         self.uploads.spawn(async move {
             let _permit = permit;
             let plain = part.len() as u64;
-            let pieces = part.pieces;
-            let for_crc = pieces.clone();
-            let crc = tokio::task::spawn_blocking(move || {
-                for_crc
-                    .iter()
-                    .fold(0u32, |c, p| crc32c::crc32c_append(c, p))
-            })
-            .await
-            .expect("crc does not panic");
+            let pieces = vec![part.data.clone()];
+            let for_crc = part.data.clone();
+            let crc = tokio::task::spawn_blocking(move || crc32c::crc32c(&for_crc))
+                .await
+                .expect("crc does not panic");
             let cancel = CancellationToken::new();
             let seal = crate::format::SealOptions {
                 compression: crate::format::Compression::None,
@@ -639,11 +643,17 @@ impl PartUploader {
                     }
                 }
             })
-            .await?;
+            .await;
+            drop(pieces);
+            let index = part.index;
+            if let Some(pool) = pool {
+                pool.give_back(part);
+            }
+            let stored = stored?;
             Ok((
                 ts_index,
                 PartRecord {
-                    index: part.index,
+                    index,
                     plain_bytes: plain,
                     stored_bytes: stored,
                     crc32c: format!("{crc:08x}"),

@@ -42,11 +42,11 @@ fn bench_seal_open(c: &mut Criterion) {
                 seal_group.bench_function(BenchmarkId::from_parameter(&id), |b| {
                     b.iter_batched(
                         || vec![wal.clone()],
-                        |pieces| seal(&pieces, &opts, k),
+                        |pieces| seal(&pieces, &opts, k, [7; 16]),
                         BatchSize::SmallInput,
                     )
                 });
-                let sealed = seal(std::slice::from_ref(&wal), &opts, k);
+                let sealed = seal(std::slice::from_ref(&wal), &opts, k, [7; 16]);
                 eprintln!(
                     "{label} {id}: ratio {:.1}x",
                     wal.len() as f64 / sealed.len() as f64

@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = walvault::cli::Cli::parse();
-    walvault::telemetry::init(&cli.log_level, cli.log_format);
+    walvault::telemetry::init(&cli.log_level, cli.log_format.into());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -14,9 +14,8 @@ use crate::backup::tar::TarWalker;
 use crate::format::backup::{
     BackupMetadata, ManifestFile, manifest_crc32c_hex, parse_server_manifest,
 };
-use crate::lsn::Lsn;
 use crate::storage::{self, Repository, layout};
-use crate::wal::archive::WalInventory;
+use crate::wal::inventory::WalInventory;
 
 /// Parts fetched ahead while verifying.
 const FETCH_AHEAD: usize = 4;
@@ -226,33 +225,23 @@ pub async fn verify_backup(
 
     // The WAL range.
     let range = &meta.wal_range;
-    match (
-        range.start_lsn.parse::<Lsn>(),
-        range.stop_lsn.parse::<Lsn>(),
+    let inv = WalInventory::scan(repo, meta.wal_segment_size).await?;
+    if let Some(missing) = inv.first_missing(
+        range.timeline,
+        range.start_lsn,
+        range.stop_lsn,
+        meta.wal_segment_size,
     ) {
-        (Ok(start), Ok(stop)) => {
-            let inv = WalInventory::scan(repo, meta.wal_segment_size).await?;
-            if let Some(missing) = crate::backup::first_missing_segment(
-                &inv,
-                meta.wal_segment_size,
-                range.timeline,
-                start,
-                stop,
-            ) {
-                report.failures.push(fail(
-                    Some(&format!("wal/{:08X}/{missing}", range.timeline)),
-                    None,
-                    format!(
-                        "WAL segment {missing} of the backup's range {start}..{stop} is missing"
-                    ),
-                ));
-            }
-        }
-        _ => report.failures.push(fail(
-            Some(&layout::backup_json_key(&meta.id)),
+        report.failures.push(fail(
+            Some(&layout::segment_key(missing, meta.wal_segment_size)),
             None,
-            "bad WAL range",
-        )),
+            format!(
+                "WAL segment {} of the backup's range {}..{} is missing",
+                missing.to_file_name(meta.wal_segment_size),
+                range.start_lsn,
+                range.stop_lsn
+            ),
+        ));
     }
     Ok(report)
 }

@@ -166,8 +166,13 @@ async fn backup_under_load_beside_the_sidecar(major: u32) {
     let s3 = S3Server::start();
     let (env, _repo) = s3_repo(&s3, "load");
     let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "300ms"]);
+    let before = pg.current_lsn().await;
     let load = pg.pgbench_background(8, 2);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The backup starts while the load writes WAL.
+    wait_for("the load to write WAL", Duration::from_secs(30), || async {
+        (pg.current_lsn().await.0 > before.0 + (1 << 20)).then_some(())
+    })
+    .await;
     let meta = run_backup(&env, &pg, &[]);
     let out = load.join().unwrap();
     assert!(out.status.success());
@@ -228,7 +233,11 @@ async fn killed_backup_leaves_no_backup(major: u32) {
     );
 
     // Backup ids are start times to the second: make the next one differ.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    wait_for("the next second", Duration::from_secs(3), || async {
+        let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+        (!orphan.starts_with(&now)).then_some(())
+    })
+    .await;
     let meta = run_backup(&env, &pg, &["--orphan-grace", "0s"]);
     assert_ne!(meta["id"].as_str().unwrap(), orphan);
     let left = repo.list(&layout::backup_prefix(&orphan)).await.unwrap();
@@ -288,24 +297,8 @@ async fn backup_from_a_standby(major: u32) {
     let standby = PgCluster::standby_of(&mut primary);
     // A restartpoint needs a checkpoint replayed from the primary.
     primary.execute("CHECKPOINT").await;
-    wait_for(
-        "standby to replay the checkpoint",
-        Duration::from_secs(30),
-        || async {
-            let p: walvault::lsn::Lsn = primary
-                .query_one("SELECT pg_current_wal_lsn()")
-                .await
-                .parse()
-                .unwrap();
-            let r: walvault::lsn::Lsn = standby
-                .query_one("SELECT pg_last_wal_replay_lsn()")
-                .await
-                .parse()
-                .unwrap();
-            (r >= p).then_some(())
-        },
-    )
-    .await;
+    let checkpoint = primary.current_lsn().await;
+    standby.wait_replayed(checkpoint).await;
     let s3 = S3Server::start();
     let (env, _repo) = s3_repo(&s3, "standby");
     // Keep WAL flowing so the standby's end position is reached.

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use crate::pg_test;
+use crate::support::archive::wait_archived;
 use crate::support::pg::{PgCluster, PgOptions};
 use crate::support::process::{KEY, RepoEnv, StreamProcess};
-use crate::support::{switch_wal, wait_archived};
 use walvault::format::{Keyring, MasterKey, SealOptions};
 use walvault::storage::Repository;
 
@@ -28,7 +28,7 @@ async fn wrong_key_and_tampering_are_reported(major: u32) {
     let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
     pg.execute("CREATE TABLE t AS SELECT generate_series(1, 20000) AS x")
         .await;
-    let end = switch_wal(&pg).await;
+    let end = pg.switch_wal().await;
     let repo = Repository::open(
         &url,
         Keyring::single(MasterKey::from_hex(KEY).unwrap()),
@@ -39,7 +39,11 @@ async fn wrong_key_and_tampering_are_reported(major: u32) {
     let (code, log) = stream.terminate();
     assert_eq!(code, Some(0), "{log}");
 
-    let seg = walvault::lsn::SegmentName::from_lsn(1, walvault::lsn::Lsn(end.0 - 1), MIB);
+    let seg = walvault::lsn::SegmentName::from_lsn(
+        walvault::lsn::TimelineId::FIRST,
+        walvault::lsn::Lsn(end.0 - 1),
+        MIB,
+    );
     let name = seg.to_file_name(MIB);
     let out_dir = tempfile::tempdir().unwrap();
     let dest = out_dir.path().join("f");
@@ -200,7 +204,7 @@ async fn foreign_repository_is_refused() {
     };
     let stream = StreamProcess::start(&plain, a.port, &["--flush-interval", "200ms"]);
     let repo = Repository::open(&url, Keyring::none(), SealOptions::default()).unwrap();
-    let end = switch_wal(&a).await;
+    let end = a.switch_wal().await;
     wait_archived(&repo, MIB, 1, end, Duration::from_secs(30)).await;
     let (code, log) = stream.terminate();
     assert_eq!(code, Some(0), "{log}");
@@ -252,7 +256,7 @@ async fn wal_fetch_runs_from_a_settings_file_alone() {
     let stream = StreamProcess::start(&repo_env, pg.port, &["--flush-interval", "200ms"]);
     pg.execute("CREATE TABLE t AS SELECT generate_series(1, 10000) AS x")
         .await;
-    let end = switch_wal(&pg).await;
+    let end = pg.switch_wal().await;
     let repo = s3.repository("cfg", Keyring::single(MasterKey::from_hex(KEY).unwrap()));
     wait_archived(&repo, MIB, 1, end, Duration::from_secs(30)).await;
     let (code, log) = stream.terminate();
@@ -274,8 +278,12 @@ async fn wal_fetch_runs_from_a_settings_file_alone() {
     });
     std::fs::write(&cfg, body.to_string()).unwrap();
     std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let seg = walvault::lsn::SegmentName::from_lsn(1, walvault::lsn::Lsn(end.0 - 1), MIB)
-        .to_file_name(MIB);
+    let seg = walvault::lsn::SegmentName::from_lsn(
+        walvault::lsn::TimelineId::FIRST,
+        walvault::lsn::Lsn(end.0 - 1),
+        MIB,
+    )
+    .to_file_name(MIB);
     let dest = dir.path().join("RECOVERYXLOG");
     let fetch = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_walvault"))

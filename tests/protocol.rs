@@ -283,14 +283,21 @@ async fn stream_reads_pg_environment() {
     cmd.args(["stream", "--flush-interval", "200ms"]);
     let stream = StreamProcess::spawn(cmd);
     pg.execute("CREATE TABLE t AS SELECT 1 AS x").await;
-    let end = crate::support::switch_wal(&pg).await;
+    let end = pg.switch_wal().await;
     let repo = walvault::storage::Repository::open(
         &url,
         walvault::format::Keyring::none(),
         Default::default(),
     )
     .unwrap();
-    crate::support::wait_archived(&repo, 1 << 20, 1, end, std::time::Duration::from_secs(30)).await;
+    crate::support::archive::wait_archived(
+        &repo,
+        1 << 20,
+        1,
+        end,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
     let (code, log) = stream.terminate();
     assert_eq!(code, Some(0), "{log}");
     assert!(

@@ -9,10 +9,11 @@ use walvault::format::{Keyring, MasterKey};
 use walvault::lsn::Lsn;
 
 use crate::pg_test;
+use crate::support::archive::wait_archived;
 use crate::support::pg::{PgCluster, PgOptions};
 use crate::support::process::{KEY, RepoEnv, StreamProcess};
 use crate::support::s3::S3Server;
-use crate::support::{switch_wal, wait_archived, wait_for};
+use crate::support::wait_for;
 
 const MIB: u64 = 1 << 20;
 
@@ -134,7 +135,10 @@ async fn pitr_ledger(major: u32) {
     let started = std::time::Instant::now();
     let (mut lsn_row, mut name_row, mut lsn) = (None, None, String::new());
     let mut n = 0;
+    // One ledger row every 100 ms, so commit times are spread out.
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
     while started.elapsed() < Duration::from_secs(SECONDS) {
+        pace.tick().await;
         client
             .execute("INSERT INTO ledger VALUES ($1, 'entry')", &[&n])
             .await
@@ -155,7 +159,6 @@ async fn pitr_ledger(major: u32) {
             name_row = Some(n);
         }
         n += 1;
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let out = load.join().unwrap();
     assert!(out.status.success(), "pgbench: {}", text(&out));
@@ -177,7 +180,7 @@ async fn pitr_ledger(major: u32) {
     let (at_or_before, before) = (committed("<=").await, committed("<").await);
     assert_eq!(at_or_before, ids(0..middle + 1));
     assert_eq!(before, ids(0..middle));
-    let end = switch_wal(&pg).await;
+    let end = pg.switch_wal().await;
     wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
     let (code, log) = stream.terminate();
     assert_eq!(code, Some(0), "{log}");
@@ -236,30 +239,24 @@ async fn restore_follows_a_promotion(major: u32) {
             .execute(&format!("INSERT INTO ledger VALUES ({i}, 'timeline 1')"))
             .await;
     }
-    let on_primary = switch_wal(&primary).await;
-    wait_for("standby replay", Duration::from_secs(60), || async {
-        let replayed: Lsn = standby
-            .query_one("SELECT pg_last_wal_replay_lsn()")
-            .await
-            .parse()
-            .unwrap();
-        (replayed >= on_primary).then_some(())
-    })
-    .await;
+    let on_primary = primary.switch_wal().await;
+    standby.wait_replayed(on_primary).await;
     drop(primary);
     standby.promote();
+    // Rows 20 ms apart, so each has its own commit time.
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
     for i in 10..20 {
+        pace.tick().await;
         standby
             .execute(&format!("INSERT INTO ledger VALUES ({i}, 'timeline 2')"))
             .await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let t = standby
         .query_one(
             "SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM ledger WHERE id = 15",
         )
         .await;
-    let end = switch_wal(&standby).await;
+    let end = standby.switch_wal().await;
     wait_archived(&repo, MIB, 2, end, Duration::from_secs(60)).await;
     let (code, log) = stream.terminate();
     assert_eq!(code, Some(0), "{log}");
@@ -345,12 +342,7 @@ async fn data_loss_window(major: u32) {
             },
         );
         let s3 = S3Server::start();
-        let mut env = s3.env();
-        env.push(("WALVAULT_KEY".into(), KEY.into()));
-        let env = RepoEnv {
-            url: s3.url("window"),
-            env,
-        };
+        let (env, repo) = s3_env(&s3, "window");
         let mut extra = vec!["--flush-interval", "1s"];
         if synchronous {
             extra.push("--synchronous");
@@ -366,19 +358,24 @@ async fn data_loss_window(major: u32) {
         assert!(out.status.success(), "backup: {}", text(&out));
         // Commits spread over 3 s, each acknowledged at a known time.
         let mut acked = Vec::new();
+        let mut pace = tokio::time::interval(Duration::from_millis(100));
         for i in 0..30 {
+            pace.tick().await;
             pg.execute(&format!(
                 "INSERT INTO ledger VALUES ({i}, clock_timestamp())"
             ))
             .await;
             acked.push((i, std::time::Instant::now()));
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The primary dies 3 s after the last commit.
+        let last_commit = std::time::Instant::now();
+        tokio::time::sleep_until((last_commit + Duration::from_secs(3)).into()).await;
+        let flushed = pg.flush_lsn().await;
         let stopped_at = std::time::Instant::now();
         pg.stop_immediate();
-        // Let walvault store what it has, then stop it.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Everything the server had flushed reaches the store (it was sent
+        // long before the stop), then walvault is stopped.
+        wait_archived(&repo, MIB, 1, flushed, Duration::from_secs(30)).await;
         let (code, log) = stream.terminate();
         assert!(code.is_some(), "{log}");
 
@@ -439,7 +436,7 @@ async fn restore_refusals(major: u32) {
     let out = env.run(&["backup", "--pg", &pg_conn, "--checkpoint", "fast"]);
     assert!(out.status.success(), "backup: {}", text(&out));
     pg.pgbench(&["-i", "-s", "1", "-q"]);
-    let end = switch_wal(&pg).await;
+    let end = pg.switch_wal().await;
     wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
     let (code, log) = stream.terminate();
     assert_eq!(code, Some(0), "{log}");
@@ -481,13 +478,13 @@ async fn restore_refusals(major: u32) {
     assert!(!pgdata.exists());
 
     // Remove a segment in the middle of the archive.
-    let inv = walvault::wal::archive::WalInventory::scan(&repo, MIB)
+    let inv = walvault::wal::inventory::WalInventory::scan(&repo, MIB)
         .await
         .unwrap();
-    let t = &inv.timelines[&1];
+    let t = &inv.timelines[&walvault::lsn::TimelineId::FIRST];
     let middle = *t.complete.iter().nth(t.complete.len() / 2).unwrap();
     let seg = walvault::lsn::SegmentName {
-        timeline: 1,
+        timeline: walvault::lsn::TimelineId::FIRST,
         number: middle,
     };
     repo.delete(&walvault::storage::layout::segment_key(seg, MIB))
@@ -528,7 +525,7 @@ async fn restore_and_start(major: u32) {
     assert!(out.status.success(), "backup: {}", text(&out));
     pg.execute("INSERT INTO ledger SELECT generate_series(1, 100)")
         .await;
-    let end = switch_wal(&pg).await;
+    let end = pg.switch_wal().await;
     wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
     let (code, log) = stream.terminate();
     assert_eq!(code, Some(0), "{log}");
@@ -595,6 +592,18 @@ async fn restore_and_start(major: u32) {
 }
 pg_test!(restore_and_start);
 
+/// Waits until the prefetch worker of `spool` has finished and exited: all
+/// it was going to fetch is there.
+async fn wait_worker_idle(spool: &Path) {
+    let spool = walvault::restore::spool::Spool::new(spool);
+    wait_for(
+        "the prefetch worker to exit",
+        Duration::from_secs(30),
+        || async { (!spool.worker_running()).then_some(()) },
+    )
+    .await;
+}
+
 /// `wal-fetch --spool` fetches the next segments ahead into the spool, up
 /// to --prefetch of them and within --spool-max, never a segment held only
 /// as deltas; a spooled segment is served with the store unreachable; and
@@ -606,28 +615,24 @@ async fn wal_fetch_prefetches_into_a_bounded_spool() {
     let (env, repo) = s3_env(&s3, "spool");
     let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
     pg.pgbench(&["-i", "-s", "1", "-q"]);
-    switch_wal(&pg).await;
+    pg.switch_wal().await;
     // A tail that is stored only as deltas.
     pg.execute("CREATE TABLE tail AS SELECT 1 AS x").await;
-    let end: Lsn = pg
-        .query_one("SELECT pg_current_wal_lsn()")
-        .await
-        .parse()
-        .unwrap();
+    let end: Lsn = pg.current_lsn().await;
     wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
     let (code, log) = stream.terminate();
     assert_eq!(code, Some(0), "{log}");
-    let inv = walvault::wal::archive::WalInventory::scan(&repo, MIB)
+    let inv = walvault::wal::inventory::WalInventory::scan(&repo, MIB)
         .await
         .unwrap();
-    let t = &inv.timelines[&1];
+    let t = &inv.timelines[&walvault::lsn::TimelineId::FIRST];
     let complete: Vec<u64> = t.complete.iter().copied().collect();
     assert!(complete.len() >= 8, "{complete:?}");
     let partial = *t.deltas.keys().next_back().expect("a delta-only tail");
     assert!(!t.complete.contains(&partial));
     let name = |n: u64| {
         walvault::lsn::SegmentName {
-            timeline: 1,
+            timeline: walvault::lsn::TimelineId::FIRST,
             number: n,
         }
         .to_file_name(MIB)
@@ -667,7 +672,7 @@ async fn wal_fetch_prefetches_into_a_bounded_spool() {
         || async { (spooled(&spool) == ahead).then_some(()) },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_worker_idle(&spool).await;
     assert_eq!(spooled(&spool), ahead, "fetched past --prefetch");
 
     // Served from the spool while the store does not answer.
@@ -706,13 +711,22 @@ async fn wal_fetch_prefetches_into_a_bounded_spool() {
         (spooled(&capped).len() == 2).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_worker_idle(&capped).await;
     assert_eq!(spooled(&capped).len(), 2, "{:?}", spooled(&capped));
 
     // A segment held only as deltas is never spooled.
     let tail = work.path().join("tail");
     fetch(&tail, &["--prefetch", "4"], &name(partial - 1));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for(
+        "the worker to reach the tail",
+        Duration::from_secs(30),
+        || async {
+            let log = std::fs::read_to_string(tail.join("prefetch.log")).unwrap_or_default();
+            log.contains("not complete in the archive").then_some(())
+        },
+    )
+    .await;
+    wait_worker_idle(&tail).await;
     assert!(
         !spooled(&tail).contains(&name(partial)),
         "{:?}",

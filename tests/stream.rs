@@ -10,10 +10,11 @@ use walvault::lsn::Lsn;
 use walvault::storage::Repository;
 
 use crate::pg_test;
+use crate::support::archive::{archived_end, assert_segments_match, wait_archived};
 use crate::support::pg::{PgCluster, PgOptions};
 use crate::support::process::{KEY, RepoEnv, StreamProcess};
 use crate::support::s3::S3Server;
-use crate::support::{archived_end, assert_segments_match, switch_wal, wait_archived, wait_for};
+use crate::support::wait_for;
 
 const MIB: u64 = 1 << 20;
 
@@ -31,6 +32,35 @@ fn s3_repo(s3: &S3Server, prefix: &str) -> (RepoEnv, Repository) {
         },
         s3.repository(prefix, keyring()),
     )
+}
+
+/// Waits until walvault's replication socket has no unread bytes: what the
+/// server sent is in walvault's memory. Reads the kernel's receive queue of
+/// the connection from /proc/net/tcp.
+async fn wait_socket_read(pg: &PgCluster) {
+    let port: u16 = pg
+        .query_one(
+            "SELECT client_port FROM pg_stat_replication WHERE application_name = 'walvault'",
+        )
+        .await
+        .parse()
+        .expect("walvault is connected over TCP");
+    wait_for(
+        "walvault to read its socket",
+        Duration::from_secs(30),
+        || async move {
+            let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+            let unread = table.lines().skip(1).find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let local_port =
+                    u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+                let rx_queue = u64::from_str_radix(fields.get(4)?.rsplit(':').next()?, 16).ok()?;
+                (local_port == port).then_some(rx_queue)
+            })?;
+            (unread == 0).then_some(())
+        },
+    )
+    .await;
 }
 
 /// Every stored segment equals the server's pg_wal file, for 1 MiB and
@@ -53,30 +83,18 @@ async fn segments_match_server(major: u32) {
         // About 15 MiB of WAL per scale unit: several segments of either size.
         let scale = if segsize == 16 { "5" } else { "2" };
         pg.pgbench(&["-i", "-s", scale, "-q"]);
-        let end = switch_wal(&pg).await;
+        let end = pg.switch_wal().await;
         wait_archived(&repo, size, 1, end, Duration::from_secs(60)).await;
         let compared = assert_segments_match(&repo, &pg, size, 1).await;
         assert!(compared >= 2, "only {compared} segments compared");
         // Some WAL after the switch, then a graceful stop stores it.
         pg.execute("CREATE TABLE after_switch AS SELECT 1 AS x")
             .await;
-        let last: Lsn = pg
-            .query_one("SELECT pg_current_wal_flush_lsn()")
-            .await
-            .parse()
-            .unwrap();
-        // Stop only once the server has sent that WAL and walvault has had a
-        // moment to read it: what it holds must be stored at shutdown.
-        wait_for("the server to send the tail", Duration::from_secs(30), || async {
-            let sent: Lsn = pg
-                .query_one("SELECT coalesce(max(sent_lsn), '0/0')::text FROM pg_stat_replication WHERE application_name = 'walvault'")
-                .await
-                .parse()
-                .ok()?;
-            (sent >= last).then_some(())
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let last: Lsn = pg.flush_lsn().await;
+        // Stop only once the server has sent that WAL and walvault has read
+        // it off its socket: what it holds must be stored at shutdown.
+        pg.wait_sent("walvault", last).await;
+        wait_socket_read(&pg).await;
         let (code, log) = stream.terminate();
         assert_eq!(code, Some(0), "stream did not exit 0:\n{log}");
         assert!(
@@ -103,19 +121,11 @@ async fn commit_reaches_store_within_flush_interval(major: u32) {
     let (env, repo) = s3_repo(&s3, "window");
     let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "1s"]);
     pg.execute("CREATE TABLE t (id int)").await;
-    let first: Lsn = pg
-        .query_one("SELECT pg_current_wal_flush_lsn()")
-        .await
-        .parse()
-        .unwrap();
+    let first: Lsn = pg.flush_lsn().await;
     wait_archived(&repo, size, 1, first, Duration::from_secs(30)).await;
 
     pg.execute("INSERT INTO t VALUES (1)").await;
-    let committed: Lsn = pg
-        .query_one("SELECT pg_current_wal_flush_lsn()")
-        .await
-        .parse()
-        .unwrap();
+    let committed: Lsn = pg.flush_lsn().await;
     let took = wait_archived(&repo, size, 1, committed, Duration::from_secs(30)).await;
     // flush interval (1 s) plus one upload to a loopback store (generously 3 s).
     assert!(
@@ -124,7 +134,8 @@ async fn commit_reaches_store_within_flush_interval(major: u32) {
     );
 
     // The open segment is only in deltas: wal-fetch assembles and pads it.
-    let seg = walvault::lsn::SegmentName::from_lsn(1, committed, size);
+    let seg =
+        walvault::lsn::SegmentName::from_lsn(walvault::lsn::TimelineId::FIRST, committed, size);
     let name = seg.to_file_name(size);
     let dest = tempfile::tempdir().unwrap();
     let out = env.run(&[
@@ -175,10 +186,24 @@ async fn sigkill_and_restart_leaves_no_gap(major: u32) {
     let (env, repo) = s3_repo(&s3, "kill");
     pg.pgbench(&["-i", "-s", "1", "-q"]);
     let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    let before = pg.current_lsn().await;
     let load = pg.pgbench_background(8, 2);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Kill it in the middle of the load, once it has stored some of it.
+    wait_archived(&repo, MIB, 1, before + 2 * MIB, Duration::from_secs(30)).await;
     let killed_log = stream.kill9();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for(
+        "the old walsender to go",
+        Duration::from_secs(30),
+        || async {
+            let n = pg
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walvault'",
+                )
+                .await;
+            (n == "0").then_some(())
+        },
+    )
+    .await;
     let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
     let out = load.join().unwrap();
     assert!(
@@ -186,7 +211,7 @@ async fn sigkill_and_restart_leaves_no_gap(major: u32) {
         "pgbench: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let end = switch_wal(&pg).await;
+    let end = pg.switch_wal().await;
     wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
     let compared = assert_segments_match(&repo, &pg, MIB, 1).await;
     assert!(
@@ -206,13 +231,23 @@ async fn store_outage_loses_nothing(major: u32) {
     let (env, repo) = s3_repo(&s3, "outage");
     let mut stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
     pg.pgbench(&["-i", "-s", "1", "-q"]);
-    let before = switch_wal(&pg).await;
+    let before = pg.switch_wal().await;
     wait_archived(&repo, MIB, 1, before, Duration::from_secs(60)).await;
 
     s3.stop();
     pg.pgbench(&["-T", "3", "-c", "2", "-N"]);
-    let during = switch_wal(&pg).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = pg.switch_wal().await;
+    wait_for(
+        "walvault to meet the outage",
+        Duration::from_secs(60),
+        || async {
+            stream
+                .log_text()
+                .contains("object store unavailable")
+                .then_some(())
+        },
+    )
+    .await;
     assert!(
         stream.is_running(),
         "walvault exited during the outage:\n{}",
@@ -243,23 +278,15 @@ async fn standby_promotion_follows_timeline(major: u32) {
     let stream = StreamProcess::start(&env, standby.port, &["--flush-interval", "200ms"]);
 
     primary.pgbench(&["-i", "-s", "1", "-q"]);
-    let on_primary = switch_wal(&primary).await;
-    wait_for("standby replay", Duration::from_secs(60), || async {
-        let replayed: Lsn = standby
-            .query_one("SELECT pg_last_wal_replay_lsn()")
-            .await
-            .parse()
-            .unwrap();
-        (replayed >= on_primary).then_some(())
-    })
-    .await;
+    let on_primary = primary.switch_wal().await;
+    standby.wait_replayed(on_primary).await;
     wait_archived(&repo, MIB, 1, on_primary, Duration::from_secs(60)).await;
 
     standby.promote();
     standby
         .execute("INSERT INTO t SELECT generate_series(1, 50000)")
         .await;
-    let end = switch_wal(&standby).await;
+    let end = standby.switch_wal().await;
     wait_archived(&repo, MIB, 2, end, Duration::from_secs(60)).await;
 
     let history = repo
@@ -321,7 +348,17 @@ async fn synchronous_holds_commits(major: u32) {
     let client = pg.client().await;
     let insert =
         tokio::spawn(async move { client.batch_execute("INSERT INTO t VALUES (100)").await });
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for(
+        "the commit to wait for walvault",
+        Duration::from_secs(30),
+        || async {
+            let waiting = pg
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+                .await;
+            (waiting == "1").then_some(())
+        },
+    )
+    .await;
     assert!(
         !insert.is_finished(),
         "commit returned while walvault was stopped"
@@ -366,7 +403,7 @@ async fn stalled_uploads_keep_memory_bounded_and_connection_alive(major: u32) {
         &["--flush-interval", "200ms", "--memory-budget", "4MiB"],
     );
     pg.execute("CREATE TABLE t (id int)").await;
-    let first = switch_wal(&pg).await;
+    let first = pg.switch_wal().await;
     wait_archived(&repo, MIB, 1, first, Duration::from_secs(30)).await;
     let walsender = pg
         .query_one("SELECT pid FROM pg_stat_replication WHERE application_name = 'walvault'")
@@ -374,26 +411,32 @@ async fn stalled_uploads_keep_memory_bounded_and_connection_alive(major: u32) {
     let rss_before = rss_kib(stream.pid(), "VmRSS:");
 
     s3.pause();
-    let start: Lsn = pg
-        .query_one("SELECT pg_current_wal_lsn()")
-        .await
-        .parse()
-        .unwrap();
+    let start: Lsn = pg.current_lsn().await;
     pg.pgbench(&["-i", "-s", "4", "-q"]);
-    let end = switch_wal(&pg).await;
+    let end = pg.switch_wal().await;
     assert!(
         end.0 - start.0 > 40 * MIB,
         "not enough WAL to overflow the budget"
     );
-    // Longer than twice wal_sender_timeout: an idle client would be dropped.
-    // Without backpressure the 40+ MiB of WAL would all be held; the bound
-    // allows the budget plus the runtime's own buffers and uploads in flight.
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let log = stream.log_text();
-    assert!(
-        log.contains("memory budget full"),
-        "reads did not pause:\n{log}"
-    );
+    wait_for("reads to pause", Duration::from_secs(60), || async {
+        stream
+            .log_text()
+            .contains("memory budget full")
+            .then_some(())
+    })
+    .await;
+    // Past twice wal_sender_timeout (3 s) with reads paused, walvault still
+    // reports to the server: an idle client would have been dropped.
+    let paused_at = pg.query_one("SELECT now()::text").await;
+    wait_for("status updates past twice the timeout", Duration::from_secs(30), || async {
+        let later = pg
+            .query_one(&format!(
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walvault' AND reply_time > '{paused_at}'::timestamptz + interval '6 s'"
+            ))
+            .await;
+        (later == "1").then_some(())
+    })
+    .await;
     let still = pg
         .query_one("SELECT pid FROM pg_stat_replication WHERE application_name = 'walvault'")
         .await;

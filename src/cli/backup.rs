@@ -4,24 +4,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio_util::sync::CancellationToken;
 
 use crate::backup::{self, BackupOptions, WalSource};
 use crate::config::{parse_byte_size, parse_duration};
 use crate::progress::human_bytes;
 use crate::protocol::ConnInfo;
-use crate::wal::receiver::StreamOptions;
+use crate::shutdown::Shutdown;
 
-use super::RepoArgs;
-
-/// Checkpoint mode at the start of a backup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Checkpoint {
-    /// Immediate checkpoint: the backup starts at once, with an I/O burst.
-    Fast,
-    /// Spread checkpoint: gentle on the server, may take up to checkpoint_timeout.
-    Spread,
-}
+use super::{Checkpoint, RepoArgs};
 
 /// Arguments of `backup`.
 #[derive(Debug, clap::Args)]
@@ -71,35 +61,6 @@ pub struct Args {
     pub orphan_grace: Duration,
 }
 
-/// Builds the backup settings shared by `backup` and the sidecar's schedule.
-pub fn backup_options(
-    conninfo: ConnInfo,
-    label: Option<String>,
-    fast: bool,
-    part_size: u64,
-    upload_concurrency: usize,
-    memory_budget: u64,
-) -> BackupOptions {
-    BackupOptions {
-        stream: StreamOptions {
-            conninfo: conninfo.clone(),
-            slot: String::new(),
-            flush_interval: Duration::from_millis(500),
-            synchronous: false,
-            memory_budget_bytes: memory_budget,
-            upload_concurrency: upload_concurrency.max(1),
-            shutdown_timeout: parse_duration("120s").expect("valid"),
-        },
-        conninfo,
-        label,
-        fast_checkpoint: fast,
-        server_zstd_level: None,
-        part_size_bytes: part_size.max(1 << 20),
-        upload_concurrency: upload_concurrency.max(1),
-        orphan_grace: backup::DEFAULT_ORPHAN_GRACE,
-    }
-}
-
 /// Takes the backup.
 ///
 /// # Errors
@@ -107,19 +68,19 @@ pub fn backup_options(
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let conninfo = ConnInfo::parse(&args.pg, &|k| std::env::var(k).ok()).context("parse --pg")?;
     let repo = args.repo.open()?;
-    let mut opts = backup_options(
+    let mut opts = BackupOptions::new(
         conninfo,
-        args.label,
         args.checkpoint == Checkpoint::Fast,
         args.part_size,
         args.upload_concurrency,
         args.memory_budget,
     );
+    opts.label = args.label;
     opts.orphan_grace = args.orphan_grace;
     opts.server_zstd_level = args.server_zstd;
-    let cancel = CancellationToken::new();
-    super::stream::spawn_signal_handler(cancel.clone());
-    let meta = backup::run(&opts, &repo, WalSource::Standalone, &cancel)
+    let shutdown = Shutdown::new();
+    shutdown.cancel_on_signals();
+    let meta = backup::run(&opts, &repo, WalSource::Standalone, &shutdown.graceful)
         .await
         .context("take a base backup")?;
     if args.json {

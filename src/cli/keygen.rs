@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use crate::format::key::MasterKey;
-
 /// Arguments of `keygen`.
 #[derive(Debug, clap::Args)]
 #[command(
@@ -18,7 +16,7 @@ pub struct Args {}
 /// # Errors
 /// Never in practice.
 pub fn run(_args: &Args) -> anyhow::Result<ExitCode> {
-    let key = MasterKey::generate();
+    let key = crate::config::keys::generate_key();
     println!("{}", key.to_hex());
     eprintln!("key id {:08x}", key.id());
     Ok(ExitCode::SUCCESS)

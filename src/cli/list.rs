@@ -6,7 +6,8 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::progress::human_bytes;
-use crate::wal::archive::{WalInventory, WalSummary, summarize};
+use crate::wal::inventory::WalInventory;
+use crate::wal::summary::{WalSummary, summarize};
 
 use super::RepoArgs;
 
@@ -73,14 +74,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|b| BackupSummary {
             id: b.id,
             label: b.label,
-            start_time: b.start_time,
-            stop_time: b.stop_time,
+            start_time: crate::format::time::to_text(&b.start_time),
+            stop_time: crate::format::time::to_text(&b.stop_time),
             duration_seconds: b.duration_seconds,
             size_bytes: b.plain_bytes,
             stored_bytes: b.stored_bytes,
-            timeline: b.timeline,
-            start_lsn: b.start_lsn,
-            stop_lsn: b.stop_lsn,
+            timeline: b.timeline.get(),
+            start_lsn: b.start_lsn.to_string(),
+            stop_lsn: b.stop_lsn.to_string(),
             wal_first_segment: b.wal_range.first_segment,
             wal_last_segment: b.wal_range.last_segment,
             source_server: b.source.server,

@@ -1,6 +1,7 @@
-//! Command-line interface: clap types and one module per subcommand. No
-//! business logic lives here: each `run` resolves settings and calls into the
-//! library.
+//! Command-line interface: clap types and one module per subcommand. It
+//! only parses and prints: each `run` resolves settings and calls into the
+//! library. The shared argument groups live here; no subcommand module
+//! imports another.
 
 pub mod backup;
 pub mod keygen;
@@ -18,6 +19,33 @@ use clap::{Args, Parser, Subcommand};
 use crate::format::manifest::RepositoryManifest;
 use crate::storage::Repository;
 use crate::telemetry::LogFormat;
+
+/// Log output format on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(a: LogFormatArg) -> Self {
+        match a {
+            LogFormatArg::Plain => LogFormat::Plain,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+/// Checkpoint mode at the start of a backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Checkpoint {
+    /// Immediate checkpoint: the backup starts at once, with an I/O burst.
+    Fast,
+    /// Spread checkpoint: gentle on the server, may take up to checkpoint_timeout.
+    Spread,
+}
 
 /// walvault: PostgreSQL WAL streaming archiver into encrypted object storage.
 #[derive(Debug, Parser)]
@@ -39,7 +67,7 @@ pub struct Cli {
         value_enum,
         default_value = "plain"
     )]
-    pub log_format: LogFormat,
+    pub log_format: LogFormatArg,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -93,7 +121,7 @@ impl RepoArgs {
     /// Configuration errors (exit code 2).
     pub fn open(&self) -> Result<Repository, crate::config::Error> {
         if let Some(path) = &self.repo_config {
-            let cfg = crate::config::load_repository_config(path)?;
+            let cfg = crate::config::settings_file::load_repository_config(path)?;
             let keyring = match cfg.key.as_deref() {
                 Some(text) => {
                     crate::format::Keyring::from_key_file_text(text, &path.display().to_string())?
@@ -115,6 +143,33 @@ impl RepoArgs {
             .as_deref()
             .ok_or(crate::config::Error::Missing("--repo (or WALVAULT_REPO)"))?;
         crate::config::open_repository(url, keyring, self.compression_level)
+    }
+
+    /// The settings a command run without the environment (restore_command)
+    /// needs to reach this repository: the settings file given, or the URL,
+    /// key and store options of this process's environment.
+    ///
+    /// # Errors
+    /// Configuration errors.
+    pub fn settings(&self) -> anyhow::Result<crate::config::settings_file::RepositoryConfigFile> {
+        use crate::config::settings_file;
+        if let Some(path) = &self.repo_config {
+            return Ok(settings_file::load_repository_config(path)?);
+        }
+        let key = match (&self.key_file, std::env::var("WALVAULT_KEY").ok()) {
+            (Some(path), _) => {
+                // Every key of the file (old objects may need an older key).
+                crate::config::keys::read_key_file(path)?;
+                Some(std::fs::read_to_string(path)?)
+            }
+            (None, k) => k,
+        };
+        let url = self
+            .repo
+            .as_deref()
+            .ok_or(crate::config::Error::Missing("--repo (or WALVAULT_REPO)"))?;
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Ok(settings_file::from_environment(url, key, &vars)?)
     }
 
     /// Opens a repository that must exist already, checking the keys against it.
@@ -157,6 +212,8 @@ pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
                 .is_some_and(crate::storage::Error::is_configuration)
             || e.downcast_ref::<crate::wal::receiver::Error>()
                 .is_some_and(crate::wal::receiver::Error::is_configuration)
+            || e.is::<crate::restore::tablespaces::TablespaceError>()
+            || e.is::<crate::lsn::ParseWalFileError>()
             || e.downcast_ref::<crate::restore::plan::PlanError>()
                 .is_some_and(crate::restore::plan::PlanError::is_usage)
             || e.downcast_ref::<crate::backup::Error>()

@@ -4,17 +4,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::backup::{BackupOptions, DEFAULT_PART_SIZE_BYTES};
 use crate::config::{parse_byte_size, parse_duration};
-use crate::lsn::Lsn;
 use crate::protocol::ConnInfo;
 use crate::schedule::Schedule;
-use crate::wal::receiver::{self, StreamOptions, StreamPlan};
-use tokio::sync::watch;
+use crate::shutdown::Shutdown;
+use crate::sidecar::{self, BackupSchedule};
+use crate::wal::receiver::StreamOptions;
 
-use super::RepoArgs;
+use super::{Checkpoint, RepoArgs};
 
 /// Default memory budget for WAL held in memory.
 const DEFAULT_MEMORY_BUDGET: &str = "256MiB";
@@ -67,7 +67,7 @@ pub struct Args {
         default_value = "spread",
         env = "WALVAULT_BACKUP_CHECKPOINT"
     )]
-    pub backup_checkpoint: super::backup::Checkpoint,
+    pub backup_checkpoint: Checkpoint,
 }
 
 /// Runs the stream until SIGINT/SIGTERM.
@@ -84,6 +84,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             reason: "must be positive (use --synchronous for per-batch uploads)".into(),
         });
     }
+    if args.memory_budget < 4 << 20 {
+        anyhow::bail!(crate::config::Error::Invalid {
+            what: "--memory-budget",
+            value: args.memory_budget.to_string(),
+            reason: "must hold at least 4 MiB".into(),
+        });
+    }
     let opts = StreamOptions {
         conninfo,
         slot: args.slot,
@@ -93,134 +100,31 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         upload_concurrency: args.upload_concurrency.max(1),
         shutdown_timeout: args.shutdown_timeout,
     };
-    let check = crate::config::Error::Invalid {
-        what: "--memory-budget",
-        value: args.memory_budget.to_string(),
-        reason: "must hold at least 4 MiB".into(),
-    };
-    if opts.memory_budget_bytes < 4 << 20 {
-        anyhow::bail!(check);
-    }
-    info!(server = %opts.conninfo.describe(), repo = repo.display(), slot = opts.slot,
-          synchronous = opts.synchronous, "walvault stream starting");
-    let schedule = match &args.backup_schedule {
-        Some(text) => Some(
-            Schedule::parse(text).map_err(|e| crate::config::Error::Invalid {
+    let backups = match &args.backup_schedule {
+        Some(text) => Some(BackupSchedule {
+            schedule: Schedule::parse(text).map_err(|e| crate::config::Error::Invalid {
                 what: "--backup-schedule",
                 value: text.clone(),
                 reason: e.to_string(),
             })?,
-        ),
+            options: BackupOptions::new(
+                opts.conninfo.clone(),
+                args.backup_checkpoint == Checkpoint::Fast,
+                DEFAULT_PART_SIZE_BYTES,
+                opts.upload_concurrency,
+                opts.memory_budget_bytes,
+            ),
+        }),
         None => None,
     };
-    let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone());
-    let mut plan = StreamPlan::default();
-    let scheduler = schedule.map(|schedule| {
-        let (durable_tx, durable_rx) = watch::channel(Lsn::INVALID);
-        plan.durable = Some(durable_tx);
-        let backup_opts = super::backup::backup_options(
-            opts.conninfo.clone(),
-            None,
-            args.backup_checkpoint == super::backup::Checkpoint::Fast,
-            crate::backup::DEFAULT_PART_SIZE_BYTES,
-            opts.upload_concurrency,
-            opts.memory_budget_bytes,
-        );
-        tokio::spawn(run_schedule(
-            schedule,
-            backup_opts,
-            repo.clone(),
-            durable_rx,
-            shutdown.clone(),
-        ))
-    });
-    let summary = receiver::run_plan(&opts, &repo, &shutdown, plan)
+    info!(server = %opts.conninfo.describe(), repo = repo.display(), slot = opts.slot,
+          synchronous = opts.synchronous, "walvault stream starting");
+    let shutdown = Shutdown::new();
+    shutdown.cancel_on_signals();
+    let (summary, scheduled) = sidecar::run(&opts, backups, &repo, &shutdown)
         .await
-        .context("stream WAL");
-    shutdown.cancel();
-    if let Some(task) = scheduler {
-        let _ = task.await;
-    }
-    let summary = summary?;
-    info!(durable = %summary.durable, objects = summary.objects, bytes = summary.plain_bytes, "walvault stream stopped");
+        .context("stream WAL")?;
+    info!(durable = %summary.durable, objects = summary.objects, bytes = summary.plain_bytes,
+          backups = scheduled.completed, failed_backups = scheduled.failed, "walvault stream stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-/// Takes a backup at start if the repository has none, then one at every
-/// time the schedule fires, until `shutdown`. A failed backup is logged and
-/// the schedule goes on.
-async fn run_schedule(
-    schedule: Schedule,
-    opts: crate::backup::BackupOptions,
-    repo: crate::storage::Repository,
-    durable: watch::Receiver<Lsn>,
-    shutdown: CancellationToken,
-) {
-    let mut due_now = match crate::backup::list_backups(&repo).await {
-        Ok(list) => list.is_empty(),
-        Err(e) => {
-            tracing::error!(error = %crate::error::chain(&e), "cannot list backups; the schedule starts anyway");
-            false
-        }
-    };
-    loop {
-        if !due_now {
-            let Some(next) = schedule.next_after(chrono::Utc::now()) else {
-                tracing::warn!("the backup schedule never fires again");
-                return;
-            };
-            info!(next = %next.to_rfc3339(), "next scheduled backup");
-            let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
-        due_now = false;
-        if shutdown.is_cancelled() {
-            return;
-        }
-        let wal = crate::backup::WalSource::Sidecar(durable.clone());
-        match crate::backup::run(&opts, &repo, wal, &shutdown.child_token()).await {
-            Ok(meta) => info!(
-                id = meta.id,
-                bytes = meta.plain_bytes,
-                "scheduled backup complete"
-            ),
-            Err(e) => tracing::error!(error = %crate::error::chain(&e), "scheduled backup failed"),
-        }
-    }
-}
-
-/// Cancels `token` on the first SIGINT/SIGTERM; a second one exits at once.
-pub(crate) fn spawn_signal_handler(token: CancellationToken) {
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        let mut count = 0;
-        loop {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            count += 1;
-            if count == 1 {
-                info!("signal received: storing the tail, then exiting (send again to abort)");
-                token.cancel();
-            } else {
-                tracing::error!(
-                    "second signal: aborting; unstored WAL stays in the slot on the server"
-                );
-                std::process::exit(1);
-            }
-        }
-    });
 }

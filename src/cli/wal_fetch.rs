@@ -2,13 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::lsn::WalFileName;
+use crate::restore::serve::{SPOOL_WAIT, Served, serve_from_repository, serve_from_spool};
 use crate::restore::spool::{PrefetchSettings, Spool};
-use crate::wal::archive::{FetchedWal, fetch_wal_file};
 
 use super::RepoArgs;
 
@@ -53,9 +51,6 @@ fn parse_size(s: &str) -> Result<u64, String> {
     crate::config::parse_byte_size(s).map_err(|e| e.to_string())
 }
 
-/// How long a wal-fetch waits for a segment the worker is fetching.
-const SPOOL_WAIT: Duration = Duration::from_secs(60);
-
 /// Fetches and writes the file.
 ///
 /// # Errors
@@ -92,88 +87,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let name = args.file_name.clone().expect("required by clap");
     let dest = args.dest.clone().expect("required by clap");
-    // Segments only: history files are small and asked for once.
-    let spool = spool.filter(|s| {
-        name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit()) && !s.is_stopping()
-    });
-    if let Some(spool) = &spool {
-        let (s, n, d) = (spool.clone(), name.clone(), dest.clone());
-        let hit = tokio::task::spawn_blocking(move || s.take(&n, &d, SPOOL_WAIT))
-            .await
-            .expect("take does not panic")
-            .unwrap_or(false);
-        if hit {
-            start_prefetch(spool, &name);
-            return Ok(ExitCode::SUCCESS);
-        }
+    if let Some(spool) = &spool
+        && serve_from_spool(&name, &dest, spool).await
+    {
+        return Ok(ExitCode::SUCCESS);
     }
     let (repo, manifest) = args.repo.open_existing().await?;
-    let file = WalFileName::parse(&name, manifest.wal_segment_size).map_err(|e| {
-        crate::config::Error::Invalid {
-            what: "file name",
-            value: name.clone(),
-            reason: e.to_string(),
+    match serve_from_repository(&repo, &manifest, &name, &dest, spool.as_ref()).await? {
+        Served::NotInArchive => {
+            eprintln!("walvault wal-fetch: {name} is not in the archive");
+            Ok(ExitCode::from(1))
         }
-    })?;
-    let Some(fetched) = fetch_wal_file(&repo, file, manifest.wal_segment_size)
-        .await
-        .with_context(|| format!("fetch {name}"))?
-    else {
-        eprintln!("walvault wal-fetch: {name} is not in the archive");
-        return Ok(ExitCode::from(1));
-    };
-    let bytes = match fetched {
-        FetchedWal::Complete(b) | FetchedWal::History(b) => b,
-        FetchedWal::Partial { bytes, .. } => bytes,
-    };
-    write_atomically(&dest, &bytes).with_context(|| format!("write {}", dest.display()))?;
-    if let Some(spool) = &spool {
-        start_prefetch(spool, &name);
+        Served::Fetched | Served::FromSpool => Ok(ExitCode::SUCCESS),
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Records the request and starts a worker unless one runs. Prefetching is
-/// an optimisation: failures are logged, never returned.
-fn start_prefetch(spool: &Spool, name: &str) {
-    let started = (|| -> std::io::Result<()> {
-        spool.create()?;
-        spool.request(name)?;
-        if spool.worker_running() {
-            return Ok(());
-        }
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(spool.dir().join("prefetch.log"))?;
-        use std::os::unix::process::CommandExt;
-        std::process::Command::new(std::env::current_exe()?)
-            .args(std::env::args_os().skip(1))
-            .arg("--prefetch-worker")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .process_group(0)
-            .spawn()?;
-        Ok(())
-    })();
-    if let Err(e) = started {
-        tracing::warn!(spool = %spool.dir().display(), error = %e, "could not start prefetching");
-    }
-}
-
-/// Writes to a temporary file beside `dest` and renames it into place, so
-/// PostgreSQL never sees a half-written file. No fsync: the file is a copy
-/// of what the archive holds, and PostgreSQL syncs what it keeps.
-fn write_atomically(dest: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.walvault-tmp",
-        dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal")
-    ));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, dest)
 }

@@ -4,7 +4,10 @@
 //! The server's manifest is parsed only as far as verification needs: each
 //! file's path, size and CRC32C.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::lsn::{Lsn, TimelineId};
 
 /// The `backup.json` version this code writes.
 pub const BACKUP_METADATA_VERSION: u32 = 1;
@@ -46,11 +49,11 @@ pub struct TablespaceRecord {
 #[serde(deny_unknown_fields)]
 pub struct WalRange {
     /// Timeline of the WAL.
-    pub timeline: u32,
+    pub timeline: TimelineId,
     /// First LSN needed (the backup's start, the checkpoint's redo).
-    pub start_lsn: String,
+    pub start_lsn: Lsn,
     /// The LSN replay must reach for consistency (the backup's end).
-    pub stop_lsn: String,
+    pub stop_lsn: Lsn,
     /// First segment file.
     pub first_segment: String,
     /// Last segment file.
@@ -86,15 +89,17 @@ pub struct BackupMetadata {
     /// Where it was taken.
     pub source: BackupSource,
     /// Timeline at the start.
-    pub timeline: u32,
+    pub timeline: TimelineId,
     /// Start LSN.
-    pub start_lsn: String,
+    pub start_lsn: Lsn,
     /// Stop LSN.
-    pub stop_lsn: String,
-    /// Start time (RFC 3339, UTC).
-    pub start_time: String,
-    /// Stop time (RFC 3339, UTC).
-    pub stop_time: String,
+    pub stop_lsn: Lsn,
+    /// Start time (RFC 3339, UTC, whole seconds).
+    #[serde(with = "super::time")]
+    pub start_time: DateTime<Utc>,
+    /// Stop time (RFC 3339, UTC, whole seconds).
+    #[serde(with = "super::time")]
+    pub stop_time: DateTime<Utc>,
     /// Seconds from start to `backup.json`.
     pub duration_seconds: f64,
     /// WAL segment size in bytes.
@@ -202,14 +207,34 @@ mod tests {
         assert_eq!(manifest_crc32c_hex(0x0102_0304), "04030201");
     }
 
+    /// The typed document writes exactly the JSON values of the golden file:
+    /// every field, string and number as version 1 stores it.
     #[test]
     fn golden_backup_metadata_v1() {
         let text = include_str!("../../tests/data/golden/backup-v1.json");
         let m: BackupMetadata = serde_json::from_str(text).unwrap();
         assert_eq!(m.version, 1);
         assert_eq!(m.tablespaces[0].parts[0].crc32c, "0a1b2c3d");
-        let again: BackupMetadata =
-            serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
-        assert_eq!(again, m);
+        assert_eq!(m.start_lsn, Lsn(0x200_0028));
+        assert_eq!(m.timeline, TimelineId::FIRST);
+        let golden: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::to_value(&m).unwrap(), golden);
+    }
+
+    #[test]
+    fn malformed_values_are_errors() {
+        let text = include_str!("../../tests/data/golden/backup-v1.json");
+        for (from, to) in [
+            ("\"0/2000028\"", "\"0-2000028\""),
+            ("\"timeline\": 1", "\"timeline\": 0"),
+            ("2026-11-21T05:15:09Z", "yesterday"),
+        ] {
+            let broken = text.replacen(from, to, 1);
+            assert_ne!(broken, text);
+            assert!(
+                serde_json::from_str::<BackupMetadata>(&broken).is_err(),
+                "{to} parsed"
+            );
+        }
     }
 }

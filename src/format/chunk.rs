@@ -30,7 +30,11 @@ pub const FRAME_HEADER_LEN: usize = 17;
 /// Bytes in an AES-GCM tag.
 const TAG_LEN: usize = 16;
 /// Bytes of per-object salt.
-const SALT_LEN: usize = 16;
+pub const SALT_LEN: usize = 16;
+
+/// The random per-object salt the data key is derived from. The caller
+/// draws it (this module reads no randomness); zero without a cipher.
+pub type Salt = [u8; SALT_LEN];
 /// Default plaintext bytes per frame: large enough for good compression,
 /// small enough that restore can open frames in parallel.
 pub const DEFAULT_FRAME_SIZE_BYTES: u32 = 4 * 1024 * 1024;
@@ -140,22 +144,15 @@ pub struct Header {
 
 /// Seals `plaintext` (given as pieces, read in order) into one object.
 ///
-/// With a key, frames are encrypted under a fresh per-object data key; without,
-/// they are only compressed and checksummed.
-pub fn seal(plaintext: &[Bytes], options: &SealOptions, key: Option<&MasterKey>) -> Vec<u8> {
-    let mut salt = [0u8; SALT_LEN];
-    if key.is_some() {
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
-    }
-    seal_with_salt(plaintext, options, key, salt)
-}
-
-/// [`seal`] with a given salt; golden-file tests need deterministic output.
-pub(crate) fn seal_with_salt(
+/// With a key, frames are encrypted under a data key derived from the key and
+/// `salt`, which must be fresh random bytes for every object (a repeated salt
+/// repeats nonces); without a key they are only compressed and checksummed,
+/// and the salt is stored as given (walvault gives zeros).
+pub fn seal(
     plaintext: &[Bytes],
     options: &SealOptions,
     key: Option<&MasterKey>,
-    salt: [u8; SALT_LEN],
+    salt: Salt,
 ) -> Vec<u8> {
     let frame_size = options.frame_size_bytes.clamp(1, MAX_FRAME_SIZE_BYTES) as usize;
     let total: usize = plaintext.iter().map(Bytes::len).sum();
@@ -489,6 +486,10 @@ mod tests {
     use crate::format::key::{Keyring, MasterKey};
     use proptest::prelude::*;
 
+    fn salt() -> Salt {
+        rand::random()
+    }
+
     fn key() -> MasterKey {
         MasterKey::from_hex(&"42".repeat(32)).unwrap()
     }
@@ -531,8 +532,7 @@ mod tests {
             ("v1-stored-aes.bin", Some(key()), opts(None, 8192)),
         ];
         for (name, k, o) in cases {
-            let sealed =
-                seal_with_salt(std::slice::from_ref(&plaintext), &o, k.as_ref(), [7u8; 16]);
+            let sealed = seal(std::slice::from_ref(&plaintext), &o, k.as_ref(), [7u8; 16]);
             let path = golden_path(name);
             if std::env::var_os("WALVAULT_BLESS").is_some() {
                 std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -558,11 +558,11 @@ mod tests {
             (None, Some(key())),
             (None, None),
         ] {
-            let sealed = seal(&pieces, &opts(level, 4096), k.as_ref());
+            let sealed = seal(&pieces, &opts(level, 4096), k.as_ref(), salt());
             let ring = k.map_or_else(Keyring::none, Keyring::single);
             assert_eq!(open(&sealed, &ring).unwrap(), data);
         }
-        let empty = seal(&[], &SealOptions::default(), Some(&key()));
+        let empty = seal(&[], &SealOptions::default(), Some(&key()), salt());
         assert_eq!(
             open(&empty, &Keyring::single(key())).unwrap(),
             Vec::<u8>::new()
@@ -575,6 +575,7 @@ mod tests {
             &[Bytes::from(sample(100))],
             &SealOptions::default(),
             Some(&key()),
+            salt(),
         );
         let other = MasterKey::from_hex(&"43".repeat(32)).unwrap();
         assert!(matches!(
@@ -595,6 +596,7 @@ mod tests {
                 std::slice::from_ref(&data),
                 &opts(Some(3), 4096),
                 k.as_ref(),
+                salt(),
             );
             let ring = k.map_or_else(Keyring::none, Keyring::single);
             // Cut the object right after its second frame.
@@ -615,7 +617,7 @@ mod tests {
         fn round_trip(data in proptest::collection::vec(any::<u8>(), 0..20_000),
                       frame in 1u32..6000, level in proptest::option::of(1i32..4), encrypt: bool) {
             let k = encrypt.then(key);
-            let sealed = seal(&[Bytes::from(data.clone())], &opts(level, frame), k.as_ref());
+            let sealed = seal(&[Bytes::from(data.clone())], &opts(level, frame), k.as_ref(), salt());
             let ring = k.map_or_else(Keyring::none, Keyring::single);
             prop_assert_eq!(open(&sealed, &ring).unwrap(), data);
         }
@@ -632,7 +634,7 @@ mod tests {
         fn truncation_is_detected(data in proptest::collection::vec(any::<u8>(), 1..5000),
                                   cut in any::<prop::sample::Index>(), encrypt: bool) {
             let k = encrypt.then(key);
-            let sealed = seal(&[Bytes::from(data)], &opts(Some(1), 1024), k.as_ref());
+            let sealed = seal(&[Bytes::from(data)], &opts(Some(1), 1024), k.as_ref(), salt());
             let ring = k.map_or_else(Keyring::none, Keyring::single);
             let cut = cut.index(sealed.len());
             prop_assert!(open(&sealed[..cut], &ring).is_err());
@@ -642,7 +644,7 @@ mod tests {
         fn bit_flips_are_detected(data in proptest::collection::vec(any::<u8>(), 1..5000),
                                   at in any::<prop::sample::Index>(), bit in 0u8..8, encrypt: bool) {
             let k = encrypt.then(key);
-            let mut sealed = seal(&[Bytes::from(data.clone())], &opts(Some(1), 1024), k.as_ref());
+            let mut sealed = seal(&[Bytes::from(data.clone())], &opts(Some(1), 1024), k.as_ref(), salt());
             let ring = k.map_or_else(Keyring::none, Keyring::single);
             let at = at.index(sealed.len());
             sealed[at] ^= 1 << bit;

@@ -4,7 +4,8 @@
 //! id is the first four bytes of SHA-256 over a fixed label and the key, so a
 //! sealed object names the key it needs without revealing it. Each object gets
 //! its own data key, derived with HKDF-SHA256 from the master key and the
-//! object's random salt; frame nonces are then a plain counter.
+//! object's random salt; frame nonces are then a plain counter. Reading key
+//! files and drawing random keys happen in [`crate::config`].
 
 use std::fmt;
 
@@ -68,13 +69,6 @@ impl MasterKey {
         let mut bytes = [0u8; KEY_LEN_BYTES];
         hex::decode_to_slice(text, &mut bytes).map_err(|_| KeyError::Malformed)?;
         Ok(Self::from_bytes(bytes))
-    }
-
-    /// A new random key.
-    pub fn generate() -> Self {
-        let mut bytes = [0u8; KEY_LEN_BYTES];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-        Self::from_bytes(bytes)
     }
 
     /// The key as 64 lowercase hexadecimal characters (for `keygen` only).
@@ -150,19 +144,6 @@ impl Keyring {
         Ok(Keyring { keys })
     }
 
-    /// Reads a key file (see [`Keyring::from_key_file_text`]).
-    ///
-    /// # Errors
-    /// When the file cannot be read or holds no valid key.
-    pub fn from_key_file(path: &std::path::Path) -> Result<Self, KeyError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        Self::from_key_file_text(&text, &shown)
-    }
-
     /// The key new objects are sealed with, if any.
     pub fn write_key(&self) -> Option<&MasterKey> {
         self.keys.first()
@@ -198,7 +179,7 @@ mod tests {
         );
         assert!(MasterKey::from_hex("abc").is_err());
         assert!(MasterKey::from_hex(&"zz".repeat(32)).is_err());
-        let generated = MasterKey::generate();
+        let generated = MasterKey::from_bytes([9; KEY_LEN_BYTES]);
         let again = MasterKey::from_hex(&generated.to_hex()).unwrap();
         assert_eq!(generated.id(), again.id());
     }

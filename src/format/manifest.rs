@@ -5,6 +5,7 @@
 //! encryption settings before it opens anything. Every document has a
 //! `version`; readers accept every released version.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// The `walvault.json` version this code writes.
@@ -28,8 +29,9 @@ pub struct RepositoryManifest {
     pub encryption: String,
     /// Hexadecimal ids of the master keys used to write (empty without encryption).
     pub key_ids: Vec<String>,
-    /// When the repository was created (RFC 3339, UTC).
-    pub created_at: String,
+    /// When the repository was created (RFC 3339, UTC, whole seconds).
+    #[serde(with = "super::time")]
+    pub created_at: DateTime<Utc>,
 }
 
 /// Why a repository refuses a writer or reader.
@@ -142,7 +144,7 @@ mod tests {
             compression: "zstd".into(),
             encryption: encryption.into(),
             key_ids: key_ids.iter().map(|s| s.to_string()).collect(),
-            created_at: "2026-11-21T00:00:00Z".into(),
+            created_at: "2026-11-21T00:00:00Z".parse().unwrap(),
         }
     }
 

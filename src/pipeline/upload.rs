@@ -1,131 +1,228 @@
-//! The WAL uploader: seals and stores jobs concurrently, retrying without end
-//! while the store is down, and publishes the durable LSN in job order.
+//! The one seal-and-upload stage. WAL segments, deltas, history files and
+//! base-backup parts all go through [`run`]: at most `concurrency` objects
+//! are sealed (zstd, then AES-GCM, on the blocking pool) and stored at once,
+//! each retried by the one policy of [`crate::storage::retry`] and then,
+//! while the store stays down, again every [`OUTAGE_RETRY_INTERVAL`] until
+//! it is stored or the stage is cancelled.
 //!
-//! Invariant: the durable LSN only moves forward, and only past a job's end
-//! once that job and every job before it are stored.
+//! Invariants:
+//! - a job is taken from the input only when an upload slot is free, so the
+//!   data held is the input queue plus `concurrency` jobs;
+//! - the durable LSN only moves forward, and only past a job's
+//!   `durable_after` once that job and every job queued before it are
+//!   stored (uploads finish in any order; the LSN advances in queue order).
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use futures::stream::FuturesOrdered;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::format::{Compression, SealOptions};
 use crate::lsn::{Lsn, SegmentName, TimelineId};
 use crate::storage::{self, Repository, layout};
 
 use super::memory::MemoryBudget;
 
-/// Longest pause between retries of one upload.
-const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(10);
+/// Pause between attempt series while the store stays unreachable.
+pub const OUTAGE_RETRY_INTERVAL: Duration = storage::retry::MAX_BACKOFF;
 
-/// One object to store.
-#[derive(Debug)]
-pub enum UploadJob {
-    /// A complete segment; its deltas are deleted once it is stored.
+/// What an object is, for logs and for what follows its upload.
+#[derive(Clone, Debug)]
+pub enum ObjectKind {
+    /// A complete WAL segment; its deltas (under `deltas`) are deleted once
+    /// it is stored.
     Segment {
         /// Which.
         segment: SegmentName,
-        /// Its bytes.
-        pieces: Vec<Bytes>,
+        /// The key prefix of its deltas.
+        deltas: String,
     },
-    /// Bytes `[start, end)` of an open segment.
-    Delta {
-        /// Which.
-        segment: SegmentName,
-        /// First offset.
-        start: u64,
-        /// One past the last offset.
-        end: u64,
-        /// The bytes.
-        pieces: Vec<Bytes>,
-    },
+    /// Bytes of a segment that was not complete.
+    Delta,
     /// A timeline history file.
-    History {
-        /// The timeline it describes.
-        timeline: TimelineId,
-        /// The file.
-        content: Vec<u8>,
+    History(TimelineId),
+    /// Part `index` of the tar stream of the tablespace at `tablespace` in
+    /// the backup's list.
+    BackupPart {
+        /// Index of the tablespace.
+        tablespace: usize,
+        /// Index of the part.
+        index: u32,
     },
 }
 
-/// A job and what its completion means.
+/// One object to seal and store.
 #[derive(Debug)]
-pub struct QueuedJob {
-    /// The job.
-    pub job: UploadJob,
+pub struct UploadJob {
+    /// Its key.
+    pub key: String,
+    /// Its plaintext, in pieces.
+    pub pieces: Vec<Bytes>,
+    /// Whether to compress (data the server compressed already is not).
+    pub compress: bool,
+    /// What it is.
+    pub kind: ObjectKind,
     /// The WAL position durable once this job (and all before) are stored.
     pub durable_after: Option<Lsn>,
-    /// Budget bytes to release once stored.
+    /// Memory-budget bytes to release once stored.
     pub release_bytes: u64,
 }
 
-/// Totals the uploader keeps for logs and tests.
+impl UploadJob {
+    /// A job for `key` with nothing to report but the upload itself.
+    pub fn new(key: String, pieces: Vec<Bytes>, kind: ObjectKind) -> Self {
+        UploadJob {
+            key,
+            pieces,
+            compress: true,
+            kind,
+            durable_after: None,
+            release_bytes: 0,
+        }
+    }
+
+    /// A complete WAL segment.
+    pub fn segment(segment: SegmentName, pieces: Vec<Bytes>, segment_size_bytes: u64) -> Self {
+        Self::new(
+            layout::segment_key(segment, segment_size_bytes),
+            pieces,
+            ObjectKind::Segment {
+                segment,
+                deltas: layout::delta_prefix(segment, segment_size_bytes),
+            },
+        )
+    }
+
+    /// Bytes `[start, end)` of a segment.
+    pub fn delta(
+        segment: SegmentName,
+        start: u64,
+        end: u64,
+        pieces: Vec<Bytes>,
+        segment_size_bytes: u64,
+    ) -> Self {
+        Self::new(
+            layout::delta_key(segment, start, end, segment_size_bytes),
+            pieces,
+            ObjectKind::Delta,
+        )
+    }
+
+    /// A timeline history file.
+    pub fn history(timeline: TimelineId, content: Vec<u8>) -> Self {
+        Self::new(
+            layout::history_key(timeline),
+            vec![Bytes::from(content)],
+            ObjectKind::History(timeline),
+        )
+    }
+}
+
+/// A stored job, handed to whoever asked to hear of it.
+#[derive(Debug)]
+pub struct Stored {
+    /// The job (its pieces can be reused now).
+    pub job: UploadJob,
+    /// Bytes the sealed object takes in the store.
+    pub stored_bytes: u64,
+    /// CRC-32C of the plaintext (computed for backup parts only, else 0).
+    pub crc32c: u32,
+}
+
+/// Totals the stage keeps for logs and tests.
 #[derive(Debug, Default)]
 pub struct UploadStats {
     /// Objects stored.
-    pub objects: std::sync::atomic::AtomicU64,
+    pub objects: AtomicU64,
     /// Plaintext bytes stored.
-    pub plain_bytes: std::sync::atomic::AtomicU64,
+    pub plain_bytes: AtomicU64,
     /// Sealed bytes stored.
-    pub stored_bytes: std::sync::atomic::AtomicU64,
+    pub stored_bytes: AtomicU64,
 }
 
-/// Runs the uploader until `jobs` closes and every job is stored, or until
-/// `abort` fires (then queued jobs are dropped; the slot keeps their WAL).
+/// Where the stage reports.
+pub struct Stage {
+    /// The repository.
+    pub repo: Repository,
+    /// Uploads at once.
+    pub concurrency: usize,
+    /// The budget jobs' memory is counted in, if any.
+    pub memory: Option<Arc<MemoryBudget>>,
+    /// Totals.
+    pub stats: Arc<UploadStats>,
+    /// The durable LSN, advanced in queue order.
+    pub durable: Option<watch::Sender<Lsn>>,
+    /// Every stored job, in completion order.
+    pub stored: Option<mpsc::Sender<Stored>>,
+    /// Stops the stage: queued and running jobs are dropped.
+    pub cancel: CancellationToken,
+}
+
+/// Runs the stage until `jobs` closes and every job is stored, or until
+/// `cancel` fires (then queued and running jobs are dropped; for WAL the slot
+/// keeps their bytes on the server).
+///
+/// # Errors
+/// A store error that retrying cannot fix (an object with other content, a
+/// wrong key, a permission error).
 ///
 /// # Cancel safety
-/// Not meant to be cancelled: use `abort`.
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    repo: Repository,
-    segment_size_bytes: u64,
-    concurrency: usize,
-    mut jobs: mpsc::Receiver<QueuedJob>,
-    durable: watch::Sender<Lsn>,
-    memory: Arc<MemoryBudget>,
-    stats: Arc<UploadStats>,
-    abort: CancellationToken,
-) -> Result<(), storage::Error> {
-    let mut in_flight = FuturesOrdered::new();
-    let mut waiting: VecDeque<QueuedJob> = VecDeque::new();
+/// Not meant to be cancelled: use `stage.cancel`.
+pub async fn run(stage: Stage, mut jobs: mpsc::Receiver<UploadJob>) -> Result<(), storage::Error> {
+    let mut in_flight = FuturesUnordered::new();
+    let mut next_seq: u64 = 0;
+    // Completed jobs' durable positions, by queue order, until every job
+    // before them is stored too.
+    let mut completed: BTreeMap<u64, Option<Lsn>> = BTreeMap::new();
+    let mut durable_seq: u64 = 0;
     let mut input_open = true;
     loop {
-        while in_flight.len() < concurrency {
-            let Some(q) = waiting.pop_front() else { break };
-            let repo = repo.clone();
-            let abort = abort.clone();
-            let stats = stats.clone();
-            in_flight.push_back(async move {
-                let ok = store_job(&repo, segment_size_bytes, &q.job, &stats, &abort).await;
-                (q, ok)
-            });
-        }
-        if !input_open && in_flight.is_empty() && waiting.is_empty() {
+        if !input_open && in_flight.is_empty() {
             return Ok(());
         }
         tokio::select! {
             biased;
-            () = abort.cancelled() => return Ok(()),
-            Some((q, ok)) = in_flight.next(), if !in_flight.is_empty() => {
-                if !ok? {
-                    // Aborted while retrying.
+            () = stage.cancel.cancelled() => return Ok(()),
+            Some((seq, job, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                let Some((stored_bytes, crc32c)) = result? else {
+                    // Cancelled while retrying.
                     return Ok(());
+                };
+                let job: UploadJob = job;
+                after_stored(&stage, &job, stored_bytes).await;
+                completed.insert(seq, job.durable_after);
+                while let Some(durable_after) = completed.remove(&durable_seq) {
+                    durable_seq += 1;
+                    if let (Some(end), Some(tx)) = (durable_after, &stage.durable) {
+                        tx.send_if_modified(|d| {
+                            if end > *d { *d = end; true } else { false }
+                        });
+                    }
                 }
-                memory.release(q.release_bytes);
-                if let Some(end) = q.durable_after {
-                    durable.send_if_modified(|d| {
-                        if end > *d { *d = end; true } else { false }
-                    });
+                if let Some(tx) = &stage.stored {
+                    // A receiver that went away does not want to hear.
+                    let _ = tx.send(Stored { job, stored_bytes, crc32c }).await;
                 }
             }
-            job = jobs.recv(), if input_open && waiting.len() < concurrency => {
+            job = jobs.recv(), if input_open && in_flight.len() < stage.concurrency.max(1) => {
                 match job {
-                    Some(q) => waiting.push_back(q),
+                    Some(job) => {
+                        let seq = next_seq;
+                        next_seq += 1;
+                        let repo = stage.repo.clone();
+                        let cancel = stage.cancel.clone();
+                        in_flight.push(async move {
+                            let r = store(&repo, &job, &cancel).await;
+                            (seq, job, r)
+                        });
+                    }
                     None => input_open = false,
                 }
             }
@@ -133,75 +230,89 @@ pub async fn run(
     }
 }
 
-/// Stores one job, retrying retryable failures until stored or aborted.
-/// Returns `Ok(false)` only when aborted; an error that retrying cannot fix
-/// (an object with other content, a wrong key) ends the stream.
-async fn store_job(
+/// Counts, logs and follows up a stored job.
+async fn after_stored(stage: &Stage, job: &UploadJob, stored_bytes: u64) {
+    let plain: u64 = job.pieces.iter().map(|p| p.len() as u64).sum();
+    stage.stats.objects.fetch_add(1, Relaxed);
+    stage.stats.plain_bytes.fetch_add(plain, Relaxed);
+    stage.stats.stored_bytes.fetch_add(stored_bytes, Relaxed);
+    if let Some(memory) = &stage.memory {
+        memory.release(job.release_bytes);
+    }
+    match &job.kind {
+        ObjectKind::Segment { deltas, .. } => {
+            info!(key = job.key, bytes = stored_bytes, "segment archived");
+            delete_deltas(&stage.repo, deltas).await;
+        }
+        ObjectKind::Delta => debug!(key = job.key, bytes = stored_bytes, "delta archived"),
+        ObjectKind::History(timeline) => info!(%timeline, "timeline history archived"),
+        ObjectKind::BackupPart { .. } => debug!(key = job.key, bytes = stored_bytes, "part stored"),
+    }
+}
+
+/// Seals and stores one job: the retry policy's attempts, then, while the
+/// store stays unreachable, again every [`OUTAGE_RETRY_INTERVAL`] (logged
+/// once). `Ok(None)` only when cancelled.
+async fn store(
     repo: &Repository,
-    segment_size_bytes: u64,
     job: &UploadJob,
-    stats: &UploadStats,
-    abort: &CancellationToken,
-) -> Result<bool, storage::Error> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let (key, pieces) = match job {
-        UploadJob::Segment { segment, pieces } => (
-            layout::segment_key(*segment, segment_size_bytes),
-            pieces.clone(),
-        ),
-        UploadJob::Delta {
-            segment,
-            start,
-            end,
-            pieces,
-        } => (
-            layout::delta_key(*segment, *start, *end, segment_size_bytes),
-            pieces.clone(),
-        ),
-        UploadJob::History { timeline, content } => (
-            layout::history_key(*timeline),
-            vec![Bytes::copy_from_slice(content)],
-        ),
+    cancel: &CancellationToken,
+) -> Result<Option<(u64, u32)>, storage::Error> {
+    let crc32c = match job.kind {
+        ObjectKind::BackupPart { .. } => {
+            let pieces = job.pieces.clone();
+            tokio::task::spawn_blocking(move || {
+                pieces
+                    .iter()
+                    .fold(0, |crc, p| crc32c::crc32c_append(crc, p))
+            })
+            .await
+            .expect("crc does not panic")
+        }
+        _ => 0,
     };
-    let plain: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+    let seal = if job.compress {
+        None
+    } else {
+        Some(SealOptions {
+            compression: Compression::None,
+            ..SealOptions::default()
+        })
+    };
     let mut outage_logged = false;
     loop {
-        let result = storage::retry(&key, Some(3), MAX_RETRY_BACKOFF, abort, || {
-            repo.put_sealed(&key, pieces.clone())
+        let result = storage::retry(&job.key, cancel, || {
+            let pieces = job.pieces.clone();
+            async move {
+                match seal {
+                    Some(s) => repo.put_sealed_with(&job.key, pieces, s).await,
+                    None => repo.put_sealed(&job.key, pieces).await,
+                }
+            }
         })
         .await;
         match result {
             Ok(size) => {
                 if outage_logged {
-                    info!(key, "object store reachable again, upload resumed");
+                    info!(
+                        key = job.key,
+                        "object store reachable again, upload resumed"
+                    );
                 }
-                stats.objects.fetch_add(1, Relaxed);
-                stats.plain_bytes.fetch_add(plain, Relaxed);
-                stats.stored_bytes.fetch_add(size, Relaxed);
-                match job {
-                    UploadJob::Segment { segment, .. } => {
-                        info!(segment = %segment.to_file_name(segment_size_bytes), bytes = size, "segment archived");
-                        delete_deltas(repo, *segment, segment_size_bytes).await;
-                    }
-                    UploadJob::Delta { .. } => debug!(key, bytes = size, "delta archived"),
-                    UploadJob::History { timeline, .. } => {
-                        info!(timeline, "timeline history archived")
-                    }
-                }
-                return Ok(true);
+                return Ok(Some((size, crc32c)));
             }
-            Err(_) if abort.is_cancelled() => return Ok(false),
+            Err(_) if cancel.is_cancelled() => return Ok(None),
             Err(e) if !e.is_retryable() => return Err(e),
             Err(e) => {
                 if !outage_logged {
-                    tracing::error!(key, error = %crate::error::chain(&e),
-                        "object store unavailable; holding WAL in memory and retrying");
+                    error!(key = job.key, error = %crate::error::chain(&e),
+                        "object store unavailable; holding data in memory and retrying");
                     outage_logged = true;
                 }
                 tokio::select! {
                     biased;
-                    () = abort.cancelled() => return Ok(false),
-                    () = tokio::time::sleep(MAX_RETRY_BACKOFF) => {}
+                    () = cancel.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(OUTAGE_RETRY_INTERVAL) => {}
                 }
             }
         }
@@ -210,9 +321,8 @@ async fn store_job(
 
 /// Deletes the deltas of a segment that is now stored whole (best effort:
 /// a leftover delta is harmless, the complete segment wins on read).
-async fn delete_deltas(repo: &Repository, segment: SegmentName, segment_size_bytes: u64) {
-    let prefix = layout::delta_prefix(segment, segment_size_bytes);
-    match repo.list(&prefix).await {
+async fn delete_deltas(repo: &Repository, prefix: &str) {
+    match repo.list(prefix).await {
         Ok(objects) => {
             for o in objects {
                 if let Err(e) = repo.delete(&o.key).await {

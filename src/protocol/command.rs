@@ -276,6 +276,10 @@ impl ReplicationConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tli(n: u32) -> crate::lsn::TimelineId {
+        crate::lsn::TimelineId::new(n).unwrap()
+    }
     use crate::protocol::connection::Row;
 
     fn result(columns: &[&str], values: &[Option<&str>]) -> QueryResult {
@@ -299,7 +303,7 @@ mod tests {
             ],
         );
         let id = parse_identify_system(&r).unwrap();
-        assert_eq!(id.timeline, 2);
+        assert_eq!(id.timeline, tli(2));
         assert_eq!(id.xlogpos, Lsn(0x300_0148));
     }
 
@@ -313,7 +317,7 @@ mod tests {
     #[test]
     fn start_replication_text() {
         assert_eq!(
-            start_replication_command(Some("walvault"), Lsn(0x1_0000_0000), 3),
+            start_replication_command(Some("walvault"), Lsn(0x1_0000_0000), tli(3)),
             "START_REPLICATION SLOT \"walvault\" PHYSICAL 1/0 TIMELINE 3"
         );
     }
@@ -324,6 +328,9 @@ mod tests {
             &["next_tli", "next_tli_startpos"],
             &[Some("2"), Some("0/5000A0")],
         );
-        assert_eq!(parse_timeline_end(&r).unwrap(), Some((2, Lsn(0x50_00A0))));
+        assert_eq!(
+            parse_timeline_end(&r).unwrap(),
+            Some((tli(2), Lsn(0x50_00A0)))
+        );
     }
 }

@@ -1,12 +1,168 @@
-//! `walvault restore`: plan, fetch and unpack a base backup, and write the
-//! recovery configuration that replays the archive to the target.
+//! `walvault restore` and `restore_command`: plan, fetch and unpack a base
+//! backup, write the recovery configuration that replays the archive to the
+//! target, and serve WAL to PostgreSQL while it recovers.
+//!
+//! - [`plan`]: choosing the backup and checking the WAL path, before
+//!   anything is written;
+//! - [`tablespaces`]: where each tablespace goes;
+//! - [`unpack`]: parallel fetch, in-order untar, sync;
+//! - [`recovery`] (pure): `postgresql.auto.conf` and the signal file; this
+//!   is where the recovery configuration is written;
+//! - [`start`]: `--start`, PostgreSQL supervised to the target;
+//! - [`serve`]: `wal-fetch`, the `restore_command` side;
+//! - [`spool`]: the prefetch worker behind `wal-fetch --spool`.
 //!
 //! Invariants: nothing is written before the plan holds (empty directory,
 //! keys, a backup before the target, WAL without a gap on the timeline);
 //! files are synced before success is reported.
 
 pub mod plan;
+pub mod recovery;
+pub mod serve;
 pub mod spool;
+pub mod start;
+pub mod tablespaces;
 pub mod unpack;
 
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
 pub use plan::{RecoveryTarget, RestorePlan, TargetAction, TimelineTarget, plan_restore};
+
+use crate::config::settings_file::{RepositoryConfigFile, write_repository_config};
+use crate::progress::Progress;
+use crate::storage::Repository;
+
+/// The prefetch spool, inside the data directory.
+pub const SPOOL_DIR: &str = "walvault-spool";
+/// The repository settings file `restore_command` reads, inside the data directory.
+pub const SETTINGS_FILE: &str = "walvault-restore.json";
+
+/// Why a restore failed after its plan held.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// Fetching or unpacking failed.
+    #[error("restore the backup")]
+    Unpack(#[from] unpack::UnpackError),
+    /// A file could not be written.
+    #[error("{what} failed")]
+    Io {
+        /// The step.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
+    let what = what.into();
+    move |source| RestoreError::Io { what, source }
+}
+
+/// What a restore writes and how recovery will run.
+#[derive(Clone, Debug)]
+pub struct RestoreRequest {
+    /// The data directory to create.
+    pub pgdata: PathBuf,
+    /// Tablespaces and their directories (from [`tablespaces::choose_dirs`]).
+    pub tablespace_dirs: Vec<(String, PathBuf)>,
+    /// The repository settings restore_command uses.
+    pub settings: RepositoryConfigFile,
+    /// The walvault binary restore_command runs.
+    pub walvault: PathBuf,
+    /// Where recovery stops.
+    pub target: RecoveryTarget,
+    /// Stop just before the target.
+    pub exclusive: bool,
+    /// What PostgreSQL does at the target.
+    pub action: TargetAction,
+    /// `recovery_target_timeline`, as given.
+    pub timeline: String,
+    /// Standby mode.
+    pub standby: bool,
+    /// Segments fetched ahead.
+    pub prefetch: u64,
+    /// The spool's limit, as given.
+    pub spool_max: String,
+}
+
+/// How long the steps of a restore took.
+#[derive(Clone, Copy, Debug)]
+pub struct Restored {
+    /// Fetching, opening and unpacking.
+    pub unpacked: Duration,
+    /// Syncing every file.
+    pub synced: Duration,
+}
+
+/// Unpacks the planned backup, writes the recovery configuration and syncs
+/// everything.
+///
+/// # Errors
+/// Fetch, integrity or file system errors.
+pub async fn execute(
+    repo: &Repository,
+    plan: &RestorePlan,
+    req: &RestoreRequest,
+) -> Result<Restored, RestoreError> {
+    let b = &plan.backup;
+    std::fs::create_dir_all(&req.pgdata).map_err(io(format!("create {}", req.pgdata.display())))?;
+    set_mode(&req.pgdata, 0o700).map_err(io(format!("chmod {}", req.pgdata.display())))?;
+    let started = Instant::now();
+    let progress = Progress::new(&format!("restore {}", b.id), b.plain_bytes);
+    unpack::unpack_backup(repo, b, &req.pgdata, &req.tablespace_dirs, &progress).await?;
+    progress.finish();
+    tablespaces::point_tablespaces(&req.pgdata, &req.tablespace_dirs)
+        .map_err(io("point the tablespaces at their directories"))?;
+    write_recovery_config(req)?;
+    let mut dirs = vec![req.pgdata.clone()];
+    dirs.extend(req.tablespace_dirs.iter().map(|(_, d)| d.clone()));
+    let unpacked = started.elapsed();
+    tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|d| unpack::sync_tree(d)))
+        .await
+        .expect("sync does not panic")
+        .map_err(io("sync the restored files"))?;
+    Ok(Restored {
+        unpacked,
+        synced: started.elapsed() - unpacked,
+    })
+}
+
+/// Writes the signal file, the repository settings for restore_command and
+/// the recovery settings; drops the source's standby settings.
+fn write_recovery_config(req: &RestoreRequest) -> Result<(), RestoreError> {
+    let dir = &req.pgdata;
+    // A backup of a standby brings its signal file and replication settings.
+    let _ = std::fs::remove_file(dir.join(recovery::STANDBY_SIGNAL));
+    let _ = std::fs::remove_file(dir.join(recovery::RECOVERY_SIGNAL));
+    std::fs::write(dir.join(recovery::signal_file(req.standby)), "")
+        .map_err(io("write the signal file"))?;
+    let settings_file = dir.join(SETTINGS_FILE);
+    write_repository_config(&settings_file, &req.settings)
+        .map_err(io(format!("create {}", settings_file.display())))?;
+    let spool = dir.join(SPOOL_DIR);
+    let auto = dir.join("postgresql.auto.conf");
+    let existing = std::fs::read_to_string(&auto).unwrap_or_default();
+    let text = recovery::render_auto_conf(
+        &existing,
+        &recovery::RecoverySettings {
+            walvault: &req.walvault,
+            settings_file: &settings_file,
+            spool: Some(&spool),
+            prefetch: req.prefetch,
+            spool_max: &req.spool_max,
+            target: &req.target,
+            exclusive: req.exclusive,
+            action: req.action,
+            timeline: &req.timeline,
+            standby: req.standby,
+        },
+    );
+    std::fs::write(&auto, text).map_err(io("write postgresql.auto.conf"))
+}
+
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}

@@ -1,14 +1,15 @@
 //! Choosing the backup and checking the WAL path before anything is written.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 
 use crate::format::backup::BackupMetadata;
-use std::collections::BTreeMap;
-
 use crate::lsn::{Lsn, SegmentName, TimelineId};
 use crate::storage::{self, Repository, layout};
-use crate::wal::archive::WalInventory;
 use crate::wal::history::{HistoryEntry, ParseHistoryError, parse_history};
+pub use crate::wal::inventory::PathStep;
+use crate::wal::inventory::{WalInventory, step_at};
 
 /// Where recovery stops.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,7 +27,7 @@ pub enum RecoveryTarget {
 }
 
 /// What PostgreSQL does at the target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TargetAction {
     /// End recovery and open for writes.
     Promote,
@@ -57,22 +58,10 @@ impl std::str::FromStr for TimelineTarget {
             n => n
                 .parse::<TimelineId>()
                 .ok()
-                .filter(|&t| t >= 1)
                 .map(Self::Number)
                 .ok_or_else(|| "use latest, current or a timeline number".to_string()),
         }
     }
-}
-
-/// One timeline on the way from the backup to the target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PathStep {
-    /// The timeline.
-    pub timeline: TimelineId,
-    /// Where replay enters it (the backup's start, or the switch point).
-    pub begin: Lsn,
-    /// Where it forks to the next step (`None` for the target timeline).
-    pub end: Option<Lsn>,
 }
 
 /// A checked restore plan.
@@ -180,12 +169,6 @@ impl PlanError {
     }
 }
 
-fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
 /// Chooses the backup and checks the WAL from its start along the timeline
 /// path to the target.
 ///
@@ -211,8 +194,8 @@ pub async fn plan_restore(
         None => {
             let oldest = backups[0].clone();
             let fits = |b: &BackupMetadata| match target {
-                RecoveryTarget::Time(t) => parse_time(&b.stop_time).is_some_and(|stop| stop < *t),
-                RecoveryTarget::Lsn(l) => b.stop_lsn.parse::<Lsn>().is_ok_and(|stop| stop <= *l),
+                RecoveryTarget::Time(t) => b.stop_time < *t,
+                RecoveryTarget::Lsn(l) => b.stop_lsn <= *l,
                 _ => true,
             };
             let fitting: Vec<_> = backups.into_iter().rev().filter(|b| fits(b)).collect();
@@ -223,7 +206,11 @@ pub async fn plan_restore(
                         RecoveryTarget::Lsn(l) => l.to_string(),
                         other => format!("{other:?}"),
                     },
-                    oldest: format!("{} ({})", oldest.stop_time, oldest.stop_lsn),
+                    oldest: format!(
+                        "{} ({})",
+                        crate::format::time::to_text(&oldest.stop_time),
+                        oldest.stop_lsn
+                    ),
                 });
             }
             fitting
@@ -278,16 +265,15 @@ async fn timeline_path(
     choice: TimelineTarget,
 ) -> Result<Vec<PathStep>, PlanError> {
     let own = backup.timeline;
-    let start: Lsn = backup.start_lsn.parse().unwrap_or_default();
-    let stop: Lsn = backup.stop_lsn.parse().unwrap_or_default();
+    let (start, stop) = (backup.start_lsn, backup.stop_lsn);
     let target = match choice {
         TimelineTarget::Current => own,
         TimelineTarget::Number(n) => n,
         TimelineTarget::Latest => {
             // PostgreSQL probes history files upwards from the backup's timeline.
             let mut t = own;
-            while inv.histories.contains(&(t + 1)) {
-                t += 1;
+            while let Some(next) = t.next().filter(|n| inv.histories.contains(n)) {
+                t = next;
             }
             t
         }
@@ -356,29 +342,10 @@ fn check_wal(
     target: &RecoveryTarget,
     size: u64,
 ) -> Result<RestorePlan, PlanError> {
-    let start: Lsn = backup.start_lsn.parse().unwrap_or_default();
-    let stop: Lsn = backup.stop_lsn.parse().unwrap_or_default();
-    // Like PostgreSQL, read each segment from the newest timeline on the path
-    // that had begun by then: the segment holding a switch point comes from
-    // the new timeline, whose copy holds the old bytes up to the switch.
-    let timeline_of = |n: u64| {
-        path.iter()
-            .rev()
-            .find(|s| s.begin.segment_number(size) <= n)
-            .unwrap_or(&path[0])
-    };
-    let last = path.last().expect("a path has a step");
-    let mut n = start.segment_number(size);
-    let (end, end_step) = loop {
-        let step = timeline_of(n);
-        let held = inv.timelines.get(&step.timeline);
-        if held.is_some_and(|t| t.complete.contains(&n)) {
-            n += 1;
-            continue;
-        }
-        let partial = held.map_or(0, |t| t.delta_chain_end(n));
-        break (Lsn(n * size + partial), *step);
-    };
+    let (start, stop) = (backup.start_lsn, backup.stop_lsn);
+    let last = *path.last().expect("a path has a step");
+    let reached = inv.walk(&path, start, size);
+    let (end, end_step) = (reached.end, reached.step);
     let gap = |segment: u64, timeline: TimelineId| PlanError::WalGap {
         segment: SegmentName {
             timeline,
@@ -418,7 +385,7 @@ fn check_wal(
     let name = |lsn: Lsn| {
         let n = lsn.segment_number(size);
         SegmentName {
-            timeline: timeline_of(n).timeline,
+            timeline: step_at(&path, n, size).timeline,
             number: n,
         }
         .to_file_name(size)

@@ -18,11 +18,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use crate::local_file::{Durability, write_atomically};
 use crate::lsn::{SegmentName, WalFileName};
 use crate::storage::Repository;
-use crate::wal::archive::{FetchedWal, fetch_wal_file};
+use crate::wal::fetch::{FetchedWal, fetch_wal_file};
 
 /// How far ahead the worker fetches.
 #[derive(Clone, Copy, Debug)]
@@ -61,6 +62,38 @@ impl Spool {
         self.dir.join(format!("{name}.fetching"))
     }
 
+    /// Records that PostgreSQL asked for `name` and starts a worker unless
+    /// one runs: this program again, with the same arguments and
+    /// `--prefetch-worker`, in its own process group, logging to
+    /// `prefetch.log` in the spool. Prefetching is an optimisation: failures
+    /// are logged, never returned.
+    pub fn start_worker(&self, name: &str) {
+        let started = (|| -> std::io::Result<()> {
+            self.create()?;
+            self.request(name)?;
+            if self.worker_running() {
+                return Ok(());
+            }
+            let log = std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("prefetch.log"))?;
+            use std::os::unix::process::CommandExt;
+            std::process::Command::new(std::env::current_exe()?)
+                .args(std::env::args_os().skip(1))
+                .arg("--prefetch-worker")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .process_group(0)
+                .spawn()?;
+            Ok(())
+        })();
+        if let Err(e) = started {
+            warn!(spool = %self.dir.display(), error = %e, "could not start prefetching");
+        }
+    }
+
     /// Whether the spool is being shut down (recovery has ended).
     pub fn is_stopping(&self) -> bool {
         self.path(".stop").exists()
@@ -83,9 +116,11 @@ impl Spool {
     /// # Errors
     /// I/O errors.
     pub fn request(&self, name: &str) -> std::io::Result<()> {
-        let tmp = self.path(".requested.tmp");
-        std::fs::write(&tmp, name)?;
-        std::fs::rename(tmp, self.path(".requested"))
+        write_atomically(
+            &self.path(".requested"),
+            name.as_bytes(),
+            Durability::Replaceable,
+        )
     }
 
     fn requested(&self) -> Option<String> {
@@ -127,9 +162,7 @@ impl Spool {
                 Ok(()) => return Ok(true),
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) if e.kind() == ErrorKind::CrossesDevices => {
-                    let tmp = dest.with_extension("walvault-tmp");
-                    std::fs::copy(&src, &tmp)?;
-                    std::fs::rename(&tmp, dest)?;
+                    write_atomically(dest, &std::fs::read(&src)?, Durability::Replaceable)?;
                     std::fs::remove_file(&src)?;
                     return Ok(true);
                 }
@@ -304,11 +337,9 @@ impl Spool {
             let seg = SegmentName::parse(&name, segment_size_bytes).expect("spooled name");
             match result {
                 Ok(Some(FetchedWal::Complete(bytes))) => {
-                    let tmp = self.path(&format!(".{name}.tmp"));
                     let dest = self.path(&name);
                     tokio::task::spawn_blocking(move || {
-                        std::fs::write(&tmp, &bytes)?;
-                        std::fs::rename(&tmp, &dest)
+                        write_atomically(&dest, &bytes, Durability::Replaceable)
                     })
                     .await
                     .expect("spool writes do not panic")?;
@@ -316,6 +347,10 @@ impl Spool {
                     debug!(segment = name, "prefetched");
                 }
                 Ok(_) => {
+                    info!(
+                        segment = name,
+                        "prefetch stops here: the segment is not complete in the archive"
+                    );
                     if frontier.as_ref().is_none_or(|(_, f)| seg.number < f.number) {
                         frontier = requested.clone().map(|r| (r, seg));
                     }

@@ -103,14 +103,11 @@ pub fn history_key(timeline: TimelineId) -> String {
 pub fn parse_wal_key(key: &str, segment_size_bytes: u64) -> Option<WalObject> {
     let rest = key.strip_prefix(WAL_PREFIX)?;
     if let Some(tli) = rest.strip_suffix(".history") {
-        if tli.len() == 8 {
-            let timeline = u32::from_str_radix(tli, 16).ok()?;
-            return Some(WalObject::History { timeline });
-        }
-        return None;
+        let timeline = TimelineId::from_hex(tli).ok()?;
+        return Some(WalObject::History { timeline });
     }
     let (tli_dir, name) = rest.split_once('/')?;
-    let timeline = u32::from_str_radix(tli_dir, 16).ok()?;
+    let timeline = TimelineId::from_hex(tli_dir).ok()?;
     if let Some((seg, range)) = name.split_once(".d/") {
         let segment = SegmentName::parse(seg, segment_size_bytes).ok()?;
         let (start, end) = range.split_once('-')?;
@@ -138,7 +135,7 @@ mod tests {
     #[test]
     fn keys_round_trip() {
         let seg = SegmentName {
-            timeline: 2,
+            timeline: TimelineId::new(2).unwrap(),
             number: 0x1_03,
         };
         assert_eq!(
@@ -149,7 +146,10 @@ mod tests {
             delta_key(seg, 0, 0x2000, SZ),
             "wal/00000002/000000020000000100000003.d/00000000-00002000"
         );
-        assert_eq!(history_key(3), "wal/00000003.history");
+        assert_eq!(
+            history_key(TimelineId::new(3).unwrap()),
+            "wal/00000003.history"
+        );
         assert_eq!(
             parse_wal_key(&segment_key(seg, SZ), SZ),
             Some(WalObject::Segment { segment: seg })
@@ -164,7 +164,9 @@ mod tests {
         );
         assert_eq!(
             parse_wal_key("wal/00000003.history", SZ),
-            Some(WalObject::History { timeline: 3 })
+            Some(WalObject::History {
+                timeline: TimelineId::new(3).unwrap()
+            })
         );
         assert_eq!(parse_wal_key("wal/00000001/junk", SZ), None);
         assert_eq!(

@@ -1,7 +1,27 @@
-//! The object store behind one repository type. [`layout`] is the only place
-//! that builds object keys.
+//! The repository: sealed objects in an object store under a prefix.
+//!
+//! - [`layout`] is the only place that builds or parses object keys;
+//! - `open` turns a repository URL and settings into a store (file, S3,
+//!   GCS, Azure) and is the only place that knows the stores' environment
+//!   variables;
+//! - `repository` seals, writes create-only, reads and opens objects, and
+//!   decides what a write that meets an existing object means;
+//! - `identity` reads and creates `walvault.json`;
+//! - `local` makes writes to a `file://` repository durable;
+//! - [`retry`] is the one retry policy for store requests.
+//!
+//! Invariant: an object counts as stored only once the store acknowledged
+//! it (and, for a local directory, it and its directories are fsynced).
 
+mod error;
+mod identity;
 pub mod layout;
-pub mod repository;
+mod local;
+mod open;
+mod repository;
+pub mod retry;
 
-pub use repository::{Error, ObjectInfo, Repository, retry};
+pub use error::Error;
+pub use open::{environment_options, store_retry_config};
+pub use repository::{ObjectInfo, Repository};
+pub use retry::retry;

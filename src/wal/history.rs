@@ -79,6 +79,10 @@ pub fn follow_history(
 mod tests {
     use super::*;
 
+    fn tli(n: u32) -> crate::lsn::TimelineId {
+        crate::lsn::TimelineId::new(n).unwrap()
+    }
+
     #[test]
     fn parses_with_blank_lines() {
         let text =
@@ -88,7 +92,7 @@ mod tests {
         assert_eq!(
             h[1],
             HistoryEntry {
-                timeline: 2,
+                timeline: tli(2),
                 switch_lsn: Lsn(0x300_0000)
             }
         );
@@ -100,25 +104,25 @@ mod tests {
         let sz = 16 << 20;
         let h = parse_history("1\t0/1301028\tx\n2\t0/3000100\ty\n").unwrap();
         assert_eq!(
-            follow_history(&h, 3, 1, Lsn(0x100_0000), sz),
-            (1, Lsn(0x100_0000), false)
+            follow_history(&h, tli(3), tli(1), Lsn(0x100_0000), sz),
+            (tli(1), Lsn(0x100_0000), false)
         );
         assert_eq!(
-            follow_history(&h, 3, 1, Lsn(0x130_1028), sz),
-            (2, Lsn(0x100_0000), true)
+            follow_history(&h, tli(3), tli(1), Lsn(0x130_1028), sz),
+            (tli(2), Lsn(0x100_0000), true)
         );
         // WAL of timeline 1 past its fork is not on the path: go on at the fork.
         assert_eq!(
-            follow_history(&h, 3, 1, Lsn(0x400_0000), sz),
-            (2, Lsn(0x100_0000), true)
+            follow_history(&h, tli(3), tli(1), Lsn(0x400_0000), sz),
+            (tli(2), Lsn(0x100_0000), true)
         );
         assert_eq!(
-            follow_history(&h, 3, 2, Lsn(0x300_0100), sz),
-            (3, Lsn(0x300_0000), true)
+            follow_history(&h, tli(3), tli(2), Lsn(0x300_0100), sz),
+            (tli(3), Lsn(0x300_0000), true)
         );
         assert_eq!(
-            follow_history(&h, 3, 3, Lsn(0x500_0000), sz),
-            (3, Lsn(0x500_0000), false)
+            follow_history(&h, tli(3), tli(3), Lsn(0x500_0000), sz),
+            (tli(3), Lsn(0x500_0000), false)
         );
     }
 }

@@ -1,7 +1,18 @@
-//! WAL archiving: the receiver loop, the pure segmenter, timeline histories,
-//! and the read side of the archive (inventory, wal-fetch assembly).
+//! WAL archiving.
+//!
+//! - [`receiver`]: the stream loop (connect, resume, copy, drain), the only
+//!   place that decides the flush position reported to PostgreSQL;
+//! - [`segmenter`] (pure): the replication stream cut into segments and
+//!   delta ranges;
+//! - [`history`] (pure): timeline history files and switches;
+//! - [`inventory`]: what WAL a repository holds and the one walk that finds
+//!   where it stops;
+//! - [`fetch`]: reading segments and history files back;
+//! - [`summary`]: the WAL part of `walvault list`.
 
-pub mod archive;
+pub mod fetch;
 pub mod history;
+pub mod inventory;
 pub mod receiver;
 pub mod segmenter;
+pub mod summary;

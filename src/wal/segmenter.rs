@@ -186,6 +186,10 @@ fn slice_pieces(pieces: &[Bytes], start: u64, end: u64) -> Vec<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tli(n: u32) -> crate::lsn::TimelineId {
+        crate::lsn::TimelineId::new(n).unwrap()
+    }
     use proptest::prelude::*;
 
     fn concat(pieces: &[Bytes]) -> Vec<u8> {
@@ -195,7 +199,7 @@ mod tests {
     #[test]
     fn cuts_at_segment_boundaries_and_hands_out_deltas() {
         let size = 16u64;
-        let mut s = Segmenter::new(1, Lsn(0), size, Vec::new());
+        let mut s = Segmenter::new(tli(1), Lsn(0), size, Vec::new());
         assert!(
             s.push(Lsn(0), Bytes::from_static(b"0123456789"))
                 .unwrap()
@@ -228,7 +232,7 @@ mod tests {
 
     #[test]
     fn resumes_with_a_prefix() {
-        let mut s = Segmenter::new(2, Lsn(16 + 4), 16, vec![Bytes::from_static(b"abcd")]);
+        let mut s = Segmenter::new(tli(2), Lsn(16 + 4), 16, vec![Bytes::from_static(b"abcd")]);
         assert!(s.take_delta().is_none());
         let done = s
             .push(Lsn(20), Bytes::from_static(b"efghijklmnop"))
@@ -237,7 +241,7 @@ mod tests {
         assert_eq!(
             done[0].segment,
             SegmentName {
-                timeline: 2,
+                timeline: tli(2),
                 number: 1
             }
         );
@@ -248,7 +252,7 @@ mod tests {
         fn any_split_gives_the_same_segments(data in proptest::collection::vec(any::<u8>(), 0..300),
                                              cuts in proptest::collection::vec(1usize..40, 0..20)) {
             let size = 32u64;
-            let mut s = Segmenter::new(1, Lsn(0), size, Vec::new());
+            let mut s = Segmenter::new(tli(1), Lsn(0), size, Vec::new());
             let mut out = Vec::new();
             let mut pos = 0usize;
             let mut deltas = Vec::new();

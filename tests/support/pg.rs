@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, Uid, User};
+use walvault::lsn::Lsn;
 
 /// Where PostgreSQL `major`'s binaries and libraries are.
 pub fn pg_install(major: u32) -> (PathBuf, Option<PathBuf>) {
@@ -40,6 +41,23 @@ pub fn pg_install(major: u32) -> (PathBuf, Option<PathBuf>) {
         root.display()
     );
     (root.join("bin"), Some(root.join("lib")))
+}
+
+/// A PostgreSQL program of `major`: from that major's installation, or,
+/// for client programs the npm packages do not ship (pgbench), from
+/// Debian's PostgreSQL 15, whose clients work with every major.
+pub fn pg_program(major: u32, name: &str) -> PathBuf {
+    let (bin, _) = pg_install(major);
+    let own = bin.join(name);
+    if own.exists() {
+        return own;
+    }
+    let debian = PathBuf::from("/usr/lib/postgresql/15/bin").join(name);
+    assert!(
+        debian.exists(),
+        "{name} is missing for PostgreSQL {major}: run scripts/setup-test-env.sh (apt-get install postgresql-contrib)"
+    );
+    debian
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -393,9 +411,65 @@ impl PgCluster {
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
-    /// Runs Debian's pgbench (15) against this server.
+    /// The current WAL insert position.
+    pub async fn current_lsn(&self) -> Lsn {
+        self.query_one("SELECT pg_current_wal_lsn()")
+            .await
+            .parse()
+            .expect("an LSN")
+    }
+
+    /// The WAL position flushed on the server.
+    pub async fn flush_lsn(&self) -> Lsn {
+        self.query_one("SELECT pg_current_wal_flush_lsn()")
+            .await
+            .parse()
+            .expect("an LSN")
+    }
+
+    /// The current WAL insert position after forcing a segment switch.
+    pub async fn switch_wal(&self) -> Lsn {
+        self.execute("SELECT pg_switch_wal()").await;
+        self.current_lsn().await
+    }
+
+    /// Waits until this standby has replayed WAL up to `lsn`.
+    pub async fn wait_replayed(&self, lsn: Lsn) {
+        super::wait_for(
+            &format!("standby replay to reach {lsn}"),
+            Duration::from_secs(60),
+            || async {
+                let replayed: Lsn = self
+                    .query_one("SELECT pg_last_wal_replay_lsn()")
+                    .await
+                    .parse()
+                    .ok()?;
+                (replayed >= lsn).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Waits until the walsender of `application_name` has sent WAL up to
+    /// `lsn` (walvault has it in its buffers or beyond).
+    pub async fn wait_sent(&self, application_name: &str, lsn: Lsn) {
+        let sql = format!(
+            "SELECT coalesce(max(sent_lsn), '0/0')::text FROM pg_stat_replication WHERE application_name = '{application_name}'"
+        );
+        super::wait_for(
+            &format!("{application_name} to be sent WAL up to {lsn}"),
+            Duration::from_secs(30),
+            || async {
+                let sent: Lsn = self.query_one(&sql).await.parse().ok()?;
+                (sent >= lsn).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Runs pgbench against this server.
     pub fn pgbench(&self, args: &[&str]) -> std::process::Output {
-        let out = Command::new("/usr/lib/postgresql/15/bin/pgbench")
+        let out = Command::new(pg_program(self.major, "pgbench"))
             .args([
                 "-h",
                 "127.0.0.1",
@@ -435,12 +509,13 @@ impl PgCluster {
         rate: Option<u32>,
     ) -> std::thread::JoinHandle<std::process::Output> {
         let port = self.port.to_string();
+        let pgbench = pg_program(self.major, "pgbench");
         let (seconds, clients) = (seconds.to_string(), clients.to_string());
         let rate: Vec<String> = rate
             .map(|r| vec!["-R".to_string(), r.to_string()])
             .unwrap_or_default();
         std::thread::spawn(move || {
-            Command::new("/usr/lib/postgresql/15/bin/pgbench")
+            Command::new(pgbench)
                 .args(&rate)
                 .args([
                     "-h",

@@ -127,7 +127,7 @@ impl S3Server {
             .with_access_key_id(ACCESS_KEY)
             .with_secret_access_key(SECRET_KEY)
             .with_region(REGION)
-            .with_retry(walvault::storage::repository::store_retry_config())
+            .with_retry(walvault::storage::store_retry_config())
             .build()
             .unwrap();
         Repository::from_store(

@@ -1,12 +1,19 @@
 //! Settings shared by the commands: repository, keys, sizes and durations.
 //! Precedence is flags > `WALVAULT_*` environment > built-in defaults (clap
 //! resolves flag over environment); this module validates and resolves once.
+//!
+//! - [`keys`] reads key files and `WALVAULT_KEY`, and draws new keys;
+//! - [`settings_file`] writes and reads the repository settings file that
+//!   `restore_command` uses instead of the environment.
 
-use std::path::PathBuf;
+pub mod keys;
+pub mod settings_file;
 
 use crate::format::chunk::{Compression, SealOptions};
-use crate::format::key::{KeyError, Keyring, MasterKey};
+use crate::format::key::{KeyError, Keyring};
 use crate::storage::Repository;
+
+pub use keys::load_keyring;
 
 pub use crate::format::chunk::DEFAULT_ZSTD_LEVEL;
 
@@ -32,72 +39,6 @@ pub enum Error {
     /// Repository URL problems.
     #[error(transparent)]
     Repository(#[from] crate::storage::Error),
-}
-
-/// Loads the keyring: `--key-file` (one or more keys, first writes) or
-/// `WALVAULT_KEY` (one key). Neither means an unencrypted repository.
-///
-/// # Errors
-/// When both are given, or a key is malformed.
-pub fn load_keyring(key_file: Option<&PathBuf>, key_env: Option<&str>) -> Result<Keyring, Error> {
-    match (key_file, key_env.filter(|k| !k.trim().is_empty())) {
-        (Some(_), Some(_)) => Err(Error::Invalid {
-            what: "key settings",
-            value: String::new(),
-            reason: "give either --key-file or WALVAULT_KEY, not both".into(),
-        }),
-        (Some(path), None) => Ok(Keyring::from_key_file(path)?),
-        (None, Some(hex)) => Ok(Keyring::single(MasterKey::from_hex(hex)?)),
-        (None, None) => Ok(Keyring::none()),
-    }
-}
-
-/// A repository settings file (`--repo-config`): everything needed to reach
-/// and open the repository without the environment, as `restore_command`
-/// runs. It may hold a key and credentials, so it must be mode 0600 (or
-/// stricter).
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RepositoryConfigFile {
-    /// Format version (1).
-    pub version: u32,
-    /// The repository URL.
-    pub repo: String,
-    /// The master key(s), if the repository is encrypted: 64 hex characters
-    /// each, one per line, as in a key file.
-    #[serde(default)]
-    pub key: Option<String>,
-    /// object_store options (e.g. `aws_endpoint`, `aws_region`,
-    /// `aws_access_key_id`, `aws_secret_access_key`, `aws_allow_http`).
-    #[serde(default)]
-    pub options: std::collections::BTreeMap<String, String>,
-}
-
-/// Reads a repository settings file, refusing one that others can read.
-///
-/// # Errors
-/// When it cannot be read, is readable by group or others, or does not parse.
-pub fn load_repository_config(path: &std::path::Path) -> Result<RepositoryConfigFile, Error> {
-    use std::os::unix::fs::PermissionsExt;
-    let invalid = |reason: String| Error::Invalid {
-        what: "repository settings file",
-        value: path.display().to_string(),
-        reason,
-    };
-    let meta = std::fs::metadata(path).map_err(|e| invalid(e.to_string()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(invalid(format!(
-            "it may hold a key and credentials, so it must not be readable by others (mode {mode:04o}; run chmod 600)"
-        )));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
-    let cfg: RepositoryConfigFile =
-        serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-    if cfg.version != 1 {
-        return Err(invalid(format!("version {} is not supported", cfg.version)));
-    }
-    Ok(cfg)
 }
 
 /// Opens the repository with the keyring and zstd level.
@@ -185,6 +126,7 @@ mod tests {
 
     #[test]
     fn key_sources_are_exclusive() {
+        use std::path::PathBuf;
         let key = "ab".repeat(32);
         assert!(
             load_keyring(None, Some(&key))

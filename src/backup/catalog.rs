@@ -1,0 +1,97 @@
+//! The backups a repository holds: reading every `backup.json`, choosing a
+//! new backup id, and removing what interrupted backups left behind.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tracing::warn;
+
+use crate::format::backup::BackupMetadata;
+use crate::storage::{self, Repository, layout};
+
+/// A new backup id from the current UTC time.
+fn new_backup_id() -> String {
+    chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string()
+}
+
+/// Reads every `backup.json`, oldest first.
+///
+/// # Errors
+/// Store or integrity errors (naming the object).
+pub async fn list_backups(repo: &Repository) -> Result<Vec<BackupMetadata>, storage::Error> {
+    let objects = repo.list(layout::BACKUPS_PREFIX).await?;
+    let mut out = Vec::new();
+    for o in objects {
+        let Some(id) = layout::backup_id_of(&o.key) else {
+            continue;
+        };
+        if o.key != layout::backup_json_key(id) {
+            continue;
+        }
+        let Some(bytes) = repo.get_opened(&o.key).await? else {
+            continue;
+        };
+        let meta: BackupMetadata =
+            serde_json::from_slice(&bytes).map_err(|e| storage::Error::BadManifest {
+                key: o.key.clone(),
+                reason: e.to_string(),
+            })?;
+        out.push(meta);
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// Deletes the objects of backups that never wrote `backup.json` and whose
+/// newest object is older than `grace` (an interrupted run).
+///
+/// # Errors
+/// Store errors.
+pub async fn clean_orphans(repo: &Repository, grace: Duration) -> Result<usize, storage::Error> {
+    let objects = repo.list(layout::BACKUPS_PREFIX).await?;
+    let mut by_id: BTreeMap<String, Vec<storage::ObjectInfo>> = BTreeMap::new();
+    for o in objects {
+        if let Some(id) = layout::backup_id_of(&o.key) {
+            by_id.entry(id.to_string()).or_default().push(o);
+        }
+    }
+    let now = chrono::Utc::now();
+    let mut deleted = 0;
+    for (id, objs) in by_id {
+        let complete = objs.iter().any(|o| o.key == layout::backup_json_key(&id));
+        let newest = objs.iter().map(|o| o.last_modified).max().unwrap_or(now);
+        let age = (now - newest).to_std().unwrap_or_default();
+        if complete || age < grace {
+            continue;
+        }
+        warn!(
+            id,
+            objects = objs.len(),
+            "deleting the parts of an interrupted backup"
+        );
+        for o in objs {
+            repo.delete(&o.key).await?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+/// A backup id no object uses yet: the start time, with `-N` if taken.
+///
+/// # Errors
+/// Store errors.
+pub async fn unused_backup_id(repo: &Repository) -> Result<String, storage::Error> {
+    let base = new_backup_id();
+    for n in 0..100 {
+        let id = if n == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
+        if repo.list(&layout::backup_prefix(&id)).await?.is_empty() {
+            return Ok(id);
+        }
+    }
+    Ok(format!("{base}-{}", std::process::id()))
+}

@@ -1,0 +1,239 @@
+//! The data step of a backup: BASE_BACKUP's tar streams cut into parts
+//! (one part-sized buffer each, from a small pool) and handed to the one
+//! upload stage; the server's manifest collected; what was stored recorded.
+//!
+//! Memory does not grow with the database: the stage takes a part only
+//! when an upload slot is free, its input holds one more, and the pool
+//! keeps `concurrency + 2` buffers, so a slow store stops the socket reads.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::format::backup::PartRecord;
+use crate::lsn::{Lsn, TimelineId};
+use crate::pipeline::upload::{self, ObjectKind, Stage, Stored, UploadJob, UploadStats};
+use crate::progress::Progress;
+use crate::protocol::ReplicationConnection;
+use crate::storage::{Repository, layout};
+
+use super::parts::{BufferPool, Part, PartCutter};
+use super::protocol::{self, BackupEnd, BackupEvent, BaseBackupOptions, TablespaceInfo};
+use super::{BackupOptions, Error};
+
+/// Backup events buffered between the socket and the part cutter.
+const EVENT_QUEUE_DEPTH: usize = 64;
+/// Parts waiting for an upload slot: one, so the parts held are those in
+/// flight, this one and the one filling.
+const PART_QUEUE_DEPTH: usize = 1;
+
+/// What the data step produced.
+pub(super) struct DataStored {
+    /// Start LSN and timeline.
+    pub start: (Lsn, TimelineId),
+    /// How BASE_BACKUP ended.
+    pub end: BackupEnd,
+    /// The tablespaces, main directory last.
+    pub tablespaces: Vec<TablespaceInfo>,
+    /// Plaintext bytes of each tablespace's stream.
+    pub plain_by_tablespace: Vec<u64>,
+    /// Stored parts, by tablespace index.
+    pub parts: BTreeMap<usize, Vec<PartRecord>>,
+    /// The server's manifest.
+    pub manifest: Vec<u8>,
+    /// Plaintext bytes of all streams.
+    pub received: u64,
+}
+
+/// Runs BASE_BACKUP (with `label`) on `conn` and stores its parts under backup `id`.
+/// `on_start` is called once the server reports the start LSN (the WAL
+/// stream of a standalone backup begins there).
+///
+/// # Errors
+/// Server, store or protocol failures, or cancellation.
+///
+/// # Cancel safety
+/// Not cancel safe; use `cancel`.
+pub(super) async fn store_data(
+    opts: &BackupOptions,
+    repo: &Repository,
+    (id, label): (&str, &str),
+    mut conn: ReplicationConnection,
+    major: u32,
+    cancel: &CancellationToken,
+    mut on_start: impl FnMut(Lsn, TimelineId),
+) -> Result<DataStored, Error> {
+    let (events_tx, mut events_rx) = mpsc::channel(EVENT_QUEUE_DEPTH);
+    let bb_opts = BaseBackupOptions {
+        label: label.to_string(),
+        fast_checkpoint: opts.fast_checkpoint,
+        server_zstd_level: opts.server_zstd_level,
+    };
+    let base_backup = tokio::spawn(async move {
+        let r = protocol::run_base_backup(&mut conn, major, &bb_opts, events_tx).await;
+        (r, conn)
+    });
+
+    let concurrency = opts.upload_concurrency.max(1);
+    let pool = BufferPool::new(opts.part_size_bytes as usize, concurrency + 2);
+    let stage_cancel = cancel.child_token();
+    let (jobs_tx, jobs_rx) = mpsc::channel(PART_QUEUE_DEPTH);
+    let (stored_tx, stored_rx) = mpsc::channel(concurrency);
+    let stage = tokio::spawn(upload::run(
+        Stage {
+            repo: repo.clone(),
+            concurrency,
+            memory: None,
+            stats: Arc::new(UploadStats::default()),
+            durable: None,
+            stored: Some(stored_tx),
+            cancel: stage_cancel.clone(),
+        },
+        jobs_rx,
+    ));
+    let collector = tokio::spawn(collect_records(stored_rx, pool.clone()));
+
+    let progress = Progress::new(&format!("backup {id}"), 0);
+    let compress = opts.server_zstd_level.is_none();
+    let mut tablespaces: Vec<TablespaceInfo> = Vec::new();
+    let mut plain_by_tablespace: Vec<u64> = Vec::new();
+    let mut cutter: Option<(usize, PartCutter)> = None;
+    let mut manifest: Vec<u8> = Vec::new();
+    let mut start: Option<(Lsn, TimelineId)> = None;
+    let mut received: u64 = 0;
+    let send_part = |ts: usize, name: String, part: Part| {
+        let jobs_tx = jobs_tx.clone();
+        async move {
+            let mut job = UploadJob::new(
+                layout::backup_part_key(id, &name, part.index),
+                vec![part.data],
+                ObjectKind::BackupPart {
+                    tablespace: ts,
+                    index: part.index,
+                },
+            );
+            job.compress = compress;
+            jobs_tx
+                .send(job)
+                .await
+                .map_err(|_| Error::Unsupported("the upload stage stopped".into()))
+        }
+    };
+
+    let consume = async {
+        while let Some(ev) = events_rx.recv().await {
+            match ev {
+                BackupEvent::Started {
+                    start_lsn,
+                    timeline,
+                } => {
+                    info!(start = %start_lsn, timeline = %timeline, "backup checkpoint done");
+                    start = Some((start_lsn, timeline));
+                    on_start(start_lsn, timeline);
+                }
+                BackupEvent::Tablespaces(list) => {
+                    let total: u64 = list.iter().filter_map(|t| t.size_kib).sum::<u64>() * 1024;
+                    progress.set_total(total);
+                    plain_by_tablespace = vec![0; list.len()];
+                    tablespaces = list;
+                }
+                BackupEvent::ArchiveStart(i) => cutter = Some((i, PartCutter::new(pool.clone()))),
+                BackupEvent::ArchiveData(data) => {
+                    let (i, c) = cutter
+                        .as_mut()
+                        .ok_or_else(|| Error::Unsupported("data before an archive".into()))?;
+                    let i = *i;
+                    received += data.len() as u64;
+                    plain_by_tablespace[i] += data.len() as u64;
+                    for part in c.push(&data) {
+                        send_part(i, tablespaces[i].name(), part).await?;
+                    }
+                    progress.set_done(received);
+                }
+                BackupEvent::ArchiveEnd => {
+                    if let Some((i, c)) = cutter.take()
+                        && let Some(part) = c.finish()
+                    {
+                        send_part(i, tablespaces[i].name(), part).await?;
+                    }
+                }
+                BackupEvent::Progress(n) => progress.set_done(n.max(received)),
+                BackupEvent::ManifestData(d) => manifest.extend_from_slice(&d),
+            }
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+        }
+        Ok::<(), Error>(())
+    };
+    let consumed = consume.await;
+    drop(events_rx);
+    drop(jobs_tx);
+    let (bb_result, conn) = base_backup.await.expect("base backup task does not panic");
+    if consumed.is_err() || bb_result.is_err() {
+        stage_cancel.cancel();
+    }
+    let staged = stage.await.expect("the upload stage does not panic");
+    let parts = collector.await.expect("the collector does not panic");
+    consumed?;
+    let end = bb_result?;
+    staged?;
+    conn.terminate().await;
+    progress.finish();
+    let start = start.ok_or_else(|| Error::Unsupported("backup ended without a start".into()))?;
+    Ok(DataStored {
+        start,
+        end,
+        tablespaces,
+        plain_by_tablespace,
+        parts,
+        manifest,
+        received,
+    })
+}
+
+/// Records each stored part and gives its buffer back to the pool.
+async fn collect_records(
+    mut stored: mpsc::Receiver<Stored>,
+    pool: BufferPool,
+) -> BTreeMap<usize, Vec<PartRecord>> {
+    let mut records: BTreeMap<usize, Vec<PartRecord>> = BTreeMap::new();
+    while let Some(s) = stored.recv().await {
+        let ObjectKind::BackupPart { tablespace, index } = s.job.kind else {
+            continue;
+        };
+        let plain: u64 = s.job.pieces.iter().map(|p| p.len() as u64).sum();
+        records.entry(tablespace).or_default().push(PartRecord {
+            index,
+            plain_bytes: plain,
+            stored_bytes: s.stored_bytes,
+            crc32c: format!("{:08x}", s.crc32c),
+        });
+        for data in s.job.pieces {
+            pool.give_back(Part { index, data });
+        }
+    }
+    for parts in records.values_mut() {
+        parts.sort_by_key(|p| p.index);
+    }
+    records
+}
+
+/// The server's manifest, stored beside the parts.
+///
+/// # Errors
+/// Store errors that retrying cannot fix, or cancellation.
+pub(super) async fn store_manifest(
+    repo: &Repository,
+    id: &str,
+    manifest: Vec<u8>,
+    cancel: &CancellationToken,
+) -> Result<u64, Error> {
+    let key = layout::backup_manifest_key(id);
+    let body = Bytes::from(manifest);
+    Ok(crate::storage::retry(&key, cancel, || repo.put_sealed(&key, vec![body.clone()])).await?)
+}

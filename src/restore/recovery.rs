@@ -1,0 +1,228 @@
+//! The recovery configuration of a restored cluster, as a pure function:
+//! the source's `postgresql.auto.conf` in, the new one out (with
+//! `restore_command`, the target and what to do there), and the signal file
+//! to create. Nothing here touches the file system.
+
+use std::path::Path;
+
+use super::plan::{RecoveryTarget, TargetAction};
+
+/// The signal file that starts targeted recovery.
+pub const RECOVERY_SIGNAL: &str = "recovery.signal";
+/// The signal file that starts standby mode.
+pub const STANDBY_SIGNAL: &str = "standby.signal";
+
+/// Settings a source may carry that must not survive into the restored
+/// cluster: they would make it follow another server or run the source's
+/// recovery commands.
+const DISABLED_SETTINGS: &[&str] = &[
+    "primary_conninfo",
+    "primary_slot_name",
+    "restore_command",
+    "recovery_end_command",
+];
+
+/// How recovery fetches WAL and where it stops.
+#[derive(Clone, Debug)]
+pub struct RecoverySettings<'a> {
+    /// The walvault binary.
+    pub walvault: &'a Path,
+    /// The repository settings file `restore_command` reads.
+    pub settings_file: &'a Path,
+    /// The prefetch spool directory, when prefetching.
+    pub spool: Option<&'a Path>,
+    /// Segments fetched ahead (0: none).
+    pub prefetch: u64,
+    /// The spool's size limit, as given (e.g. `512MiB`).
+    pub spool_max: &'a str,
+    /// Where recovery stops.
+    pub target: &'a RecoveryTarget,
+    /// Stop just before the target.
+    pub exclusive: bool,
+    /// What to do at the target.
+    pub action: TargetAction,
+    /// `recovery_target_timeline` as given (`latest`, `current` or a number).
+    pub timeline: &'a str,
+    /// Standby mode instead of targeted recovery.
+    pub standby: bool,
+}
+
+/// The signal file to create (the other one, if the source had it, goes).
+pub fn signal_file(standby: bool) -> &'static str {
+    if standby {
+        STANDBY_SIGNAL
+    } else {
+        RECOVERY_SIGNAL
+    }
+}
+
+/// The new `postgresql.auto.conf`: the source's lines with its replication
+/// and recovery settings commented out, then walvault's.
+pub fn render_auto_conf(existing: &str, s: &RecoverySettings<'_>) -> String {
+    let mut text: String = existing
+        .lines()
+        .map(|l| {
+            let key = l.split('=').next().unwrap_or("").trim();
+            if DISABLED_SETTINGS.contains(&key) || key.starts_with("recovery_target") {
+                format!("# {l}  (disabled by walvault restore)")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.push_str("\n# Added by walvault restore\n");
+    // The source's replication settings (postgresql.conf of a standby, say)
+    // must not make the restored cluster follow another server.
+    text.push_str("primary_conninfo = ''\nprimary_slot_name = ''\n");
+    let fetch = format!(
+        "{} wal-fetch --repo-config {}",
+        sh_quote(&s.walvault.display().to_string()),
+        sh_quote(&s.settings_file.display().to_string())
+    );
+    match s.spool.filter(|_| s.prefetch > 0) {
+        None => text.push_str(&format!(
+            "restore_command = {}\n",
+            quote(&format!("{fetch} %f %p"))
+        )),
+        Some(spool) => {
+            let spool = sh_quote(&spool.display().to_string());
+            text.push_str(&format!(
+                "restore_command = {}\n",
+                quote(&format!(
+                    "{fetch} --spool {spool} --prefetch {} --spool-max {} %f %p",
+                    s.prefetch, s.spool_max
+                ))
+            ));
+            text.push_str(&format!(
+                "recovery_end_command = {}\n",
+                quote(&format!("{fetch} --spool {spool} --clean-spool"))
+            ));
+        }
+    }
+    match s.target {
+        RecoveryTarget::End => {}
+        RecoveryTarget::Time(t) => text.push_str(&format!(
+            "recovery_target_time = {}\n",
+            quote(&t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
+        )),
+        RecoveryTarget::Lsn(l) => text.push_str(&format!(
+            "recovery_target_lsn = {}\n",
+            quote(&l.to_string())
+        )),
+        RecoveryTarget::Xid(x) => text.push_str(&format!("recovery_target_xid = {}\n", quote(x))),
+        RecoveryTarget::Name(n) => text.push_str(&format!("recovery_target_name = {}\n", quote(n))),
+    }
+    if !matches!(s.target, RecoveryTarget::End) {
+        text.push_str(&format!(
+            "recovery_target_inclusive = {}\n",
+            if s.exclusive { "off" } else { "on" }
+        ));
+        let action = match s.action {
+            TargetAction::Promote => "promote",
+            TargetAction::Pause => "pause",
+            TargetAction::Shutdown => "shutdown",
+        };
+        text.push_str(&format!("recovery_target_action = '{action}'\n"));
+    }
+    text.push_str(&format!(
+        "recovery_target_timeline = {}\n",
+        quote(s.timeline)
+    ));
+    text
+}
+
+/// Quotes a word for restore_command: PostgreSQL expands `%` escapes, then
+/// runs the command with /bin/sh. Plain words stay as they are.
+fn sh_quote(s: &str) -> String {
+    let s = s.replace('%', "%%");
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:@%".contains(&b))
+    {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// Quotes a value for postgresql.conf.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lsn::Lsn;
+
+    fn settings<'a>(target: &'a RecoveryTarget, spool: Option<&'a Path>) -> RecoverySettings<'a> {
+        RecoverySettings {
+            walvault: Path::new("/usr/bin/walvault"),
+            settings_file: Path::new("/restore/it's here.json"),
+            spool,
+            prefetch: 8,
+            spool_max: "512MiB",
+            target,
+            exclusive: false,
+            action: TargetAction::Promote,
+            timeline: "latest",
+            standby: false,
+        }
+    }
+
+    #[test]
+    fn source_replication_settings_are_disabled() {
+        let existing =
+            "work_mem = '8MB'\nprimary_conninfo = 'host=old'\nrecovery_target_name = 'x'";
+        let out = render_auto_conf(existing, &settings(&RecoveryTarget::End, None));
+        assert!(out.starts_with("work_mem = '8MB'\n# primary_conninfo = 'host=old'  (disabled by walvault restore)\n# recovery_target_name = 'x'  (disabled"));
+        assert!(out.contains("\nprimary_conninfo = ''\nprimary_slot_name = ''\n"));
+        // The end of the archive: no target settings, only the timeline.
+        assert!(!out.contains("recovery_target_action"));
+        assert!(out.ends_with("recovery_target_timeline = 'latest'\n"));
+    }
+
+    #[test]
+    fn restore_command_quotes_for_the_shell_and_the_config() {
+        let out = render_auto_conf("", &settings(&RecoveryTarget::End, None));
+        assert!(
+            out.contains(
+                "restore_command = '/usr/bin/walvault wal-fetch --repo-config ''/restore/it''\\\\''''s here.json'' %f %p'\n"
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("recovery_end_command"));
+    }
+
+    #[test]
+    fn prefetch_adds_the_spool_and_its_cleanup() {
+        let spool = Path::new("/data/walvault-spool");
+        let out = render_auto_conf("", &settings(&RecoveryTarget::End, Some(spool)));
+        assert!(
+            out.contains("--spool /data/walvault-spool --prefetch 8 --spool-max 512MiB %f %p'\n")
+        );
+        assert!(out.contains(
+            "recovery_end_command = '/usr/bin/walvault wal-fetch --repo-config ''/restore/it''\\\\''''s here.json'' --spool /data/walvault-spool --clean-spool'\n"
+        ));
+    }
+
+    #[test]
+    fn targets_are_written_with_their_action() {
+        let t = RecoveryTarget::Time("2026-11-21T10:15:00.25Z".parse().unwrap());
+        let mut s = settings(&t, None);
+        s.exclusive = true;
+        s.action = TargetAction::Pause;
+        let out = render_auto_conf("", &s);
+        assert!(out.contains("recovery_target_time = '2026-11-21 10:15:00.250000+00'\n"));
+        assert!(out.contains("recovery_target_inclusive = off\n"));
+        assert!(out.contains("recovery_target_action = 'pause'\n"));
+        let l = RecoveryTarget::Lsn(Lsn(0x1_0000_0028));
+        let out = render_auto_conf("", &settings(&l, None));
+        assert!(out.contains("recovery_target_lsn = '1/28'\nrecovery_target_inclusive = on\nrecovery_target_action = 'promote'\n"));
+        let n = RecoveryTarget::Name("before 'migration'".into());
+        let out = render_auto_conf("", &settings(&n, None));
+        assert!(out.contains("recovery_target_name = 'before ''migration'''\n"));
+        assert_eq!(signal_file(true), "standby.signal");
+        assert_eq!(signal_file(false), "recovery.signal");
+    }
+}

@@ -1,0 +1,115 @@
+//! `wal-fetch`: one WAL segment or history file for PostgreSQL's
+//! `restore_command`, from the prefetch spool when it is there, else from
+//! the repository (a segment held only as deltas is zero-padded), written
+//! whole to `%p`. Exit code 1 ("not in the archive") is the caller's to
+//! give when this returns [`Served::NotInArchive`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::format::manifest::RepositoryManifest;
+use crate::local_file::{Durability, write_atomically};
+use crate::lsn::WalFileName;
+use crate::storage::{self, Repository};
+use crate::wal::fetch::{FetchedWal, fetch_wal_file};
+
+use super::spool::Spool;
+
+/// How long a wal-fetch waits for a segment the prefetch worker is fetching.
+pub const SPOOL_WAIT: Duration = Duration::from_secs(60);
+
+/// What `wal-fetch` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// Written from the prefetch spool.
+    FromSpool,
+    /// Written from the repository.
+    Fetched,
+    /// The archive has no such file.
+    NotInArchive,
+}
+
+/// Why a file could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Not a WAL segment or history file name.
+    #[error(transparent)]
+    FileName(#[from] crate::lsn::ParseWalFileError),
+    /// The store failed or an object does not open.
+    #[error("fetch {name}")]
+    Storage {
+        /// The file.
+        name: String,
+        /// The cause.
+        #[source]
+        source: storage::Error,
+    },
+    /// Writing the file failed.
+    #[error("write {dest}")]
+    Write {
+        /// The destination.
+        dest: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Serves a segment from the prefetch spool, if it is there (or lands
+/// there within [`SPOOL_WAIT`] while the worker fetches it). History files
+/// are never spooled.
+pub async fn serve_from_spool(name: &str, dest: &Path, spool: &Spool) -> bool {
+    // Segments only: history files are small and asked for once.
+    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) || spool.is_stopping() {
+        return false;
+    }
+    let (s, n, d) = (spool.clone(), name.to_string(), dest.to_path_buf());
+    let hit = tokio::task::spawn_blocking(move || s.take(&n, &d, SPOOL_WAIT))
+        .await
+        .expect("take does not panic")
+        .unwrap_or(false);
+    if hit {
+        spool.start_worker(name);
+    }
+    hit
+}
+
+/// Serves `name` into `dest` from the repository, and (with a spool) starts
+/// prefetching what follows.
+///
+/// # Errors
+/// [`ServeError`]; a file the archive lacks is [`Served::NotInArchive`].
+pub async fn serve_from_repository(
+    repo: &Repository,
+    manifest: &RepositoryManifest,
+    name: &str,
+    dest: &Path,
+    spool: Option<&Spool>,
+) -> Result<Served, ServeError> {
+    let file = WalFileName::parse(name, manifest.wal_segment_size)?;
+    let fetched = fetch_wal_file(repo, file, manifest.wal_segment_size)
+        .await
+        .map_err(|source| ServeError::Storage {
+            name: name.to_string(),
+            source,
+        })?;
+    let Some(fetched) = fetched else {
+        return Ok(Served::NotInArchive);
+    };
+    let bytes = match fetched {
+        FetchedWal::Complete(b) | FetchedWal::History(b) => b,
+        FetchedWal::Partial { bytes, .. } => bytes,
+    };
+    // Not synced: the file is a copy of the archive, and PostgreSQL syncs
+    // what it keeps.
+    write_atomically(dest, &bytes, Durability::Replaceable).map_err(|source| {
+        ServeError::Write {
+            dest: dest.display().to_string(),
+            source,
+        }
+    })?;
+    if let Some(spool) = spool.filter(|_| matches!(file, WalFileName::Segment(_))) {
+        spool.start_worker(name);
+    }
+    Ok(Served::Fetched)
+}

@@ -1,0 +1,227 @@
+//! `restore --start`: PostgreSQL supervised on the restored directory until
+//! recovery reaches its target and the target action has happened.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::plan::TargetAction;
+
+/// How often the server is asked whether recovery is done.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How long after `pg_ctl start` a missing pid file still means "starting".
+const PID_FILE_GRACE: Duration = Duration::from_secs(30);
+/// Lines of the server log shown when it stopped during recovery.
+const LOG_TAIL_LINES: usize = 20;
+
+/// How long `--start` waits for recovery before giving up (the server keeps running).
+const RECOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// How to start PostgreSQL on a restored directory.
+#[derive(Clone, Debug)]
+pub struct StartOptions {
+    /// The restored data directory.
+    pub pgdata: PathBuf,
+    /// Directory holding pg_ctl (default: /usr/lib/postgresql/<major>/bin, then PATH).
+    pub pg_bin: Option<PathBuf>,
+    /// Port for the server.
+    pub port: u16,
+    /// Unix socket directory (default: the data directory).
+    pub socket_dir: Option<PathBuf>,
+    /// Role to connect as while waiting.
+    pub user: String,
+    /// What recovery does at the target.
+    pub action: TargetAction,
+}
+
+/// How the started server ended recovery.
+#[derive(Clone, Debug)]
+pub enum StartOutcome {
+    /// Recovery reached the target and the server shut down, as asked.
+    ShutDown {
+        /// The server log.
+        log: PathBuf,
+    },
+    /// Recovery paused at the target or promoted.
+    Stopped {
+        /// Whether it promoted (else it paused).
+        promoted: bool,
+        /// The final LSN.
+        lsn: String,
+        /// The timeline.
+        timeline: String,
+        /// The time of the last replayed commit, or `none`.
+        last_commit: String,
+    },
+}
+
+/// What `start_and_wait` reports as it goes.
+#[derive(Clone, Debug)]
+pub struct Started {
+    /// The port.
+    pub port: u16,
+    /// The socket directory.
+    pub socket_dir: PathBuf,
+    /// The server log.
+    pub log: PathBuf,
+}
+
+/// Why the started server did not reach its target.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// pg_ctl could not be run or failed.
+    #[error("{0}")]
+    PgCtl(String),
+    /// The server stopped during recovery.
+    #[error("PostgreSQL stopped during recovery; the end of its log:\n{0}")]
+    Stopped(String),
+    /// Recovery took too long.
+    #[error("recovery did not reach its target within {0:?}; the server is still running")]
+    Timeout(std::time::Duration),
+    /// A query on the server failed.
+    #[error("querying the restored server failed")]
+    Query(#[from] tokio_postgres::Error),
+    /// Running pg_ctl failed.
+    #[error("running pg_ctl failed")]
+    Io(#[from] std::io::Error),
+}
+
+/// Starts PostgreSQL, waits for the target action, reports where it
+/// stopped; `on_started` hears once the server runs.
+///
+/// # Errors
+/// [`StartError`] naming why.
+pub async fn start_and_wait(
+    args: &StartOptions,
+    major: u32,
+    on_started: impl FnOnce(&Started),
+) -> Result<StartOutcome, StartError> {
+    let bin = match &args.pg_bin {
+        Some(b) => b.clone(),
+        None => {
+            let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+            if debian.join("pg_ctl").exists() {
+                debian
+            } else {
+                PathBuf::new()
+            }
+        }
+    };
+    let pg_ctl = if bin.as_os_str().is_empty() {
+        PathBuf::from("pg_ctl")
+    } else {
+        bin.join("pg_ctl")
+    };
+    let socket_dir = args
+        .socket_dir
+        .clone()
+        .unwrap_or_else(|| args.pgdata.clone());
+    let log = args.pgdata.join("walvault-start.log");
+    let options = format!("-p {} -k '{}'", args.port, socket_dir.display());
+    let out = tokio::process::Command::new(&pg_ctl)
+        .arg("-D")
+        .arg(&args.pgdata)
+        .arg("-l")
+        .arg(&log)
+        .args(["-o", &options, "-W", "start"])
+        .output()
+        .await
+        .map_err(|e| StartError::PgCtl(format!("cannot run {}: {e}", pg_ctl.display())))?;
+    if !out.status.success() {
+        return Err(StartError::PgCtl(format!(
+            "pg_ctl start failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )));
+    }
+    on_started(&Started {
+        port: args.port,
+        socket_dir: socket_dir.clone(),
+        log: log.clone(),
+    });
+    let connstr = format!(
+        "host={} port={} user={} dbname=postgres",
+        socket_dir.display(),
+        args.port,
+        args.user
+    );
+    let pg_status = || async {
+        tokio::process::Command::new(&pg_ctl)
+            .arg("-D")
+            .arg(&args.pgdata)
+            .arg("status")
+            .output()
+            .await
+            .map(|o| o.status.code())
+    };
+    let started = tokio::time::Instant::now();
+    let deadline = started + RECOVERY_WAIT;
+    // pg_ctl start -W returns before the postmaster writes its pid file:
+    // "not running" means stopped only once it was seen running (or late).
+    let mut seen_running = false;
+    let has_stopped = async |seen: &mut bool| -> Result<bool, StartError> {
+        match pg_status().await? {
+            Some(0) => {
+                *seen = true;
+                Ok(false)
+            }
+            Some(3) => Ok(*seen || started.elapsed() > PID_FILE_GRACE),
+            _ => Ok(false),
+        }
+    };
+    loop {
+        if tokio::time::Instant::now() > deadline {
+            return Err(StartError::Timeout(RECOVERY_WAIT));
+        }
+        if args.action == TargetAction::Shutdown {
+            if has_stopped(&mut seen_running).await? {
+                return Ok(StartOutcome::ShutDown { log });
+            }
+        } else if let Ok((client, conn)) =
+            tokio_postgres::connect(&connstr, tokio_postgres::NoTls).await
+        {
+            tokio::spawn(conn);
+            let in_recovery: bool = client
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await?
+                .get(0);
+            let done = if args.action == TargetAction::Promote {
+                !in_recovery
+            } else {
+                in_recovery
+                    && client
+                        .query_one("SELECT pg_get_wal_replay_pause_state()::text", &[])
+                        .await?
+                        .get::<_, String>(0)
+                        == "paused"
+            };
+            if done {
+                let row = client
+                    .query_one(
+                        "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text,
+                                CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())::text
+                                     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int::text END,
+                                coalesce(pg_last_xact_replay_timestamp()::text, 'none')",
+                        &[],
+                    )
+                    .await?;
+                return Ok(StartOutcome::Stopped {
+                    promoted: !in_recovery,
+                    lsn: row.get(0),
+                    timeline: row.get(1),
+                    last_commit: row.get(2),
+                });
+            }
+        } else if has_stopped(&mut seen_running).await? {
+            return Err(StartError::Stopped(tail(
+                &std::fs::read_to_string(&log).unwrap_or_default(),
+                LOG_TAIL_LINES,
+            )));
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,88 @@
+//! What can go wrong with a repository, classified for callers that retry
+//! or report.
+
+use std::time::Duration;
+
+use crate::format::chunk;
+use crate::format::manifest::MismatchError;
+
+/// What can go wrong with the repository.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The repository URL is not usable.
+    #[error("invalid repository URL {url:?}: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// An immutable object exists with different content.
+    #[error("object {key} already exists with different content")]
+    Conflict {
+        /// The key.
+        key: String,
+    },
+    /// A request took too long.
+    #[error("request for {key} timed out after {after:?}")]
+    Timeout {
+        /// The key.
+        key: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// The store failed the request.
+    #[error("object store request for {key} failed")]
+    Backend {
+        /// The key.
+        key: String,
+        /// The cause.
+        #[source]
+        source: object_store::Error,
+    },
+    /// An object does not open: damaged, truncated, foreign, or the wrong key.
+    #[error("object {key} cannot be opened")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// The cause.
+        #[source]
+        source: chunk::Error,
+    },
+    /// `walvault.json` is unreadable.
+    #[error("repository manifest {key} is invalid: {reason}")]
+    BadManifest {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The repository belongs to another cluster or uses other keys.
+    #[error(transparent)]
+    Mismatch(#[from] MismatchError),
+}
+
+impl Error {
+    /// Whether the user must change settings (URL, keys, repository) to fix it.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, Error::Url { .. } | Error::Mismatch(_))
+    }
+
+    /// Whether the same request may succeed later (network, timeouts, 5xx).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Timeout { .. } => true,
+            Error::Backend { source, .. } => !matches!(
+                source,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::InvalidPath { .. }
+                    | object_store::Error::NotSupported { .. }
+                    | object_store::Error::NotImplemented
+                    | object_store::Error::UnknownConfigurationKey { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+            ),
+            _ => false,
+        }
+    }
+}

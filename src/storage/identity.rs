@@ -1,0 +1,108 @@
+//! The repository's identity document, `walvault.json`: read it, check a
+//! reader's keys and a writer's server against it, create it once.
+
+use object_store::PutPayload;
+
+use crate::format::chunk;
+use crate::format::manifest::{REPOSITORY_MANIFEST_VERSION, RepositoryManifest};
+
+use super::{Error, Repository, layout};
+
+impl Repository {
+    /// Reads `walvault.json`, if the repository has one.
+    ///
+    /// # Errors
+    /// On store errors or an unreadable document.
+    pub async fn read_manifest(&self) -> Result<Option<RepositoryManifest>, Error> {
+        let key = layout::REPOSITORY_MANIFEST;
+        let Some(bytes) = self.get_raw(key).await? else {
+            return Ok(None);
+        };
+        let m: RepositoryManifest =
+            serde_json::from_slice(&bytes).map_err(|e| Error::BadManifest {
+                key: key.into(),
+                reason: e.to_string(),
+            })?;
+        if m.version > REPOSITORY_MANIFEST_VERSION {
+            return Err(Error::BadManifest {
+                key: key.into(),
+                reason: format!("version {} is newer than this walvault reads", m.version),
+            });
+        }
+        Ok(Some(m))
+    }
+
+    /// Reads `walvault.json` and checks that the given keys fit it.
+    ///
+    /// # Errors
+    /// [`Error::Mismatch`] on the wrong key or missing key, and when the repository is empty.
+    pub async fn open_manifest(&self) -> Result<Option<RepositoryManifest>, Error> {
+        let m = self.read_manifest().await?;
+        if let Some(m) = &m {
+            m.check_keys(&self.keyring.ids())?;
+        }
+        Ok(m)
+    }
+
+    /// Makes sure `walvault.json` exists and fits this server and these keys:
+    /// the first writer creates it; later ones are checked against it.
+    ///
+    /// # Errors
+    /// [`Error::Mismatch`] for another cluster, segment size or key setup.
+    pub async fn ensure_manifest(
+        &self,
+        system_identifier: &str,
+        pg_major: u32,
+        wal_segment_size: u64,
+    ) -> Result<RepositoryManifest, Error> {
+        if let Some(m) = self.open_manifest().await? {
+            m.check_server(system_identifier, wal_segment_size)?;
+            return Ok(m);
+        }
+        let m = RepositoryManifest {
+            version: REPOSITORY_MANIFEST_VERSION,
+            system_identifier: system_identifier.to_string(),
+            pg_major,
+            wal_segment_size,
+            compression: match self.seal.compression {
+                chunk::Compression::None => "none".into(),
+                chunk::Compression::Zstd { .. } => "zstd".into(),
+            },
+            encryption: if self.keyring.is_empty() {
+                "none".into()
+            } else {
+                "aes-256-gcm".into()
+            },
+            key_ids: self
+                .keyring
+                .ids()
+                .iter()
+                .map(|id| format!("{id:08x}"))
+                .collect(),
+            created_at: chrono::Utc::now(),
+        };
+        let body = serde_json::to_vec_pretty(&m).expect("manifest serializes");
+        match self
+            .put_create(layout::REPOSITORY_MANIFEST, PutPayload::from(body))
+            .await
+        {
+            Ok(()) => Ok(m),
+            // Someone else created it first: check theirs.
+            Err(Error::Backend {
+                source: object_store::Error::AlreadyExists { .. },
+                ..
+            }) => {
+                let theirs = self
+                    .open_manifest()
+                    .await?
+                    .ok_or_else(|| Error::BadManifest {
+                        key: layout::REPOSITORY_MANIFEST.into(),
+                        reason: "vanished after a conflicting create".into(),
+                    })?;
+                theirs.check_server(system_identifier, wal_segment_size)?;
+                Ok(theirs)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! From a repository URL and settings to an object store.
+//!
+//! This is the only place that knows the stores' environment variables:
+//! `AWS_*` for `s3://`, `GOOGLE_*` (and `SERVICE_ACCOUNT`) for `gs://`,
+//! `AZURE_*` for `az://`, read the way object_store reads them. Settings
+//! given explicitly (a repository settings file) win over the environment.
+//! [`environment_options`] is also what `restore` writes into the settings
+//! file that `restore_command` reads, so both see the same store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::ObjectStore;
+
+use crate::format::SealOptions;
+use crate::format::key::Keyring;
+
+use super::{Error, Repository};
+
+/// The environment variable prefixes each URL scheme reads.
+fn prefixes(scheme: &str) -> &'static [&'static str] {
+    match scheme {
+        "s3" | "s3a" => &["AWS_"],
+        "gs" => &["GOOGLE_", "SERVICE_ACCOUNT"],
+        "az" | "azure" => &["AZURE_"],
+        _ => &[],
+    }
+}
+
+/// The store options the environment `vars` gives a repository at `url`,
+/// with object_store's canonical key names (e.g. `AWS_ENDPOINT_URL` becomes
+/// `aws_endpoint`); variables the store does not know are left out.
+///
+/// # Errors
+/// [`Error::Url`] when the URL does not parse.
+pub fn environment_options(
+    url: &str,
+    vars: &[(String, String)],
+) -> Result<Vec<(String, String)>, Error> {
+    let parsed = url::Url::parse(url).map_err(|e| Error::Url {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })?;
+    let scheme = parsed.scheme();
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (name, value) in vars {
+        if !prefixes(scheme).iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let lower = name.to_ascii_lowercase();
+        let canonical = match scheme {
+            "s3" | "s3a" => lower
+                .parse::<object_store::aws::AmazonS3ConfigKey>()
+                .ok()
+                .map(|k| k.as_ref().to_string()),
+            "gs" if name == "SERVICE_ACCOUNT" => Some("google_service_account".to_string()),
+            "gs" => lower
+                .parse::<object_store::gcp::GoogleConfigKey>()
+                .ok()
+                .map(|k| k.as_ref().to_string()),
+            "az" | "azure" => lower
+                .parse::<object_store::azure::AzureConfigKey>()
+                .ok()
+                .map(|k| k.as_ref().to_string()),
+            _ => None,
+        };
+        if let Some(key) = canonical {
+            // Several variables can name one option (AWS_ENDPOINT and
+            // AWS_ENDPOINT_URL): the first one set wins, in sorted order.
+            if !out.iter().any(|(k, _)| *k == key) {
+                out.push((key, value.clone()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Opens the repository at `url`: `file:///path`, `s3://bucket/prefix`,
+/// `gs://bucket/prefix` or `az://container/prefix`. Store settings come from
+/// `vars` (the environment) and then `options`, which win; plain HTTP is
+/// allowed for a loopback S3 endpoint.
+///
+/// # Errors
+/// [`Error::Url`] for an unknown scheme, an unknown option, or a store
+/// that cannot be built.
+pub(super) fn open(
+    url: &str,
+    options: &[(String, String)],
+    vars: &[(String, String)],
+    keyring: Keyring,
+    seal: SealOptions,
+) -> Result<Repository, Error> {
+    let bad = |reason: String| Error::Url {
+        url: url.to_string(),
+        reason,
+    };
+    let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    let mut settings = environment_options(url, vars)?;
+    for (k, v) in options {
+        settings.retain(|(have, _)| have != k);
+        settings.push((k.clone(), v.clone()));
+    }
+    let display = redact_url(&parsed);
+    let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+        "file" => {
+            let dir = parsed.to_file_path().map_err(|()| {
+                bad("a file URL needs an absolute path, e.g. file:///var/lib/walvault".into())
+            })?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                .map_err(|e| bad(e.to_string()))?
+                .with_automatic_cleanup(true);
+            return Ok(Repository::from_local_dir(
+                Arc::new(fs),
+                dir,
+                display,
+                keyring,
+                seal,
+            ));
+        }
+        "s3" | "s3a" => {
+            let mut b = object_store::aws::AmazonS3Builder::new()
+                .with_url(url)
+                .with_retry(store_retry_config());
+            for (k, v) in &settings {
+                let key: object_store::aws::AmazonS3ConfigKey = k
+                    .parse()
+                    .map_err(|_| bad(format!("unknown S3 option {k:?}")))?;
+                if matches!(key, object_store::aws::AmazonS3ConfigKey::Endpoint)
+                    && is_loopback_http(v)
+                {
+                    b = b.with_allow_http(true);
+                }
+                b = b.with_config(key, v);
+            }
+            Arc::new(b.build().map_err(|e| bad(e.to_string()))?)
+        }
+        "gs" => {
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
+                .with_url(url)
+                .with_retry(store_retry_config());
+            for (k, v) in &settings {
+                let key: object_store::gcp::GoogleConfigKey = k
+                    .parse()
+                    .map_err(|_| bad(format!("unknown GCS option {k:?}")))?;
+                b = b.with_config(key, v);
+            }
+            Arc::new(b.build().map_err(|e| bad(e.to_string()))?)
+        }
+        "az" | "azure" => {
+            let mut b = object_store::azure::MicrosoftAzureBuilder::new()
+                .with_url(url)
+                .with_retry(store_retry_config());
+            for (k, v) in &settings {
+                let key: object_store::azure::AzureConfigKey = k
+                    .parse()
+                    .map_err(|_| bad(format!("unknown Azure option {k:?}")))?;
+                b = b.with_config(key, v);
+            }
+            Arc::new(b.build().map_err(|e| bad(e.to_string()))?)
+        }
+        other => {
+            return Err(bad(format!(
+                "unsupported scheme {other:?}; use file://, s3://, gs:// or az://"
+            )));
+        }
+    };
+    Ok(Repository::from_store(
+        store,
+        parsed.path(),
+        display,
+        keyring,
+        seal,
+    ))
+}
+
+/// Retries inside object_store stay short, so an outage reaches walvault's
+/// own retry loop quickly, where it is logged once and waited out.
+pub fn store_retry_config() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(15),
+        ..Default::default()
+    }
+}
+
+fn is_loopback_http(endpoint: &str) -> bool {
+    let Ok(u) = url::Url::parse(endpoint) else {
+        return false;
+    };
+    u.scheme() == "http"
+        && match u.host() {
+            Some(url::Host::Domain(d)) => d == "localhost",
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        }
+}
+
+fn redact_url(u: &url::Url) -> String {
+    let mut u = u.clone();
+    let _ = u.set_password(None);
+    let _ = u.set_username("");
+    u.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_becomes_canonical_options() {
+        let env = vars(&[
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_NOT_A_SETTING", "x"),
+            ("GOOGLE_SERVICE_ACCOUNT", "/sa.json"),
+            ("HOME", "/root"),
+        ]);
+        assert_eq!(
+            environment_options("s3://b/p", &env).unwrap(),
+            vars(&[
+                ("aws_endpoint", "http://127.0.0.1:9000"),
+                ("aws_region", "us-east-1")
+            ])
+        );
+        assert_eq!(
+            environment_options("gs://b/p", &env).unwrap(),
+            vars(&[("google_service_account", "/sa.json")])
+        );
+        assert!(environment_options("file:///x", &env).unwrap().is_empty());
+        assert!(is_loopback_http("http://127.0.0.1:9000"));
+        assert!(!is_loopback_http("http://10.0.0.1:9000"));
+    }
+}

@@ -1,0 +1,176 @@
+//! The copy loop: XLogData into the segmenter, complete segments and
+//! deltas into upload jobs, status updates on their own timer, reads paused
+//! while the memory budget is full.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{info, warn};
+
+use crate::lsn::Lsn;
+use crate::pipeline::upload::UploadJob;
+use crate::protocol::connection::CopyEvent;
+use crate::protocol::message::{ReplicationMessage, decode_replication_message};
+use crate::protocol::{self, ReplicationConnection};
+use crate::shutdown::Shutdown;
+
+use super::super::segmenter::Segmenter;
+use super::{CopyEnd, Error, Stream};
+
+/// Largest XLogData payload the server sends (16 × 8 KiB pages); the memory
+/// check before each read leaves room for one.
+const MAX_XLOGDATA_BYTES: u64 = 128 * 1024 + 64;
+/// How long a read paused on a full budget waits before looking again.
+const MEMORY_RECHECK: Duration = Duration::from_millis(100);
+
+impl Stream<'_> {
+    /// Reads the stream until shutdown, a timeline end or an error.
+    pub(super) async fn copy_loop(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        shutdown: &Shutdown,
+        status_interval: Duration,
+    ) -> Result<CopyEnd, Error> {
+        let mut flush_tick = tokio::time::interval(self.opts.flush_interval);
+        flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut status_tick = tokio::time::interval(status_interval);
+        status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut memory_full_since: Option<Instant> = None;
+        let jobs_tx = self.jobs_tx.clone();
+        let memory = self.memory.clone();
+        self.send_status(conn, false).await?;
+        loop {
+            let has_room = self.memory.has_room_for(MAX_XLOGDATA_BYTES);
+            match (has_room, memory_full_since) {
+                (false, None) => {
+                    warn!(
+                        used = self.memory.used_bytes(),
+                        limit = self.memory.limit_bytes(),
+                        "memory budget full: pausing reads until uploads catch up"
+                    );
+                    memory_full_since = Some(Instant::now());
+                }
+                (true, Some(since)) => {
+                    info!(paused_for = ?since.elapsed(), "uploads caught up: reading again");
+                    memory_full_since = None;
+                }
+                _ => {}
+            }
+            let front_ready = !self.pending.is_empty();
+            if self.stop_reached() {
+                info!(durable = %*self.durable_rx.borrow(), "WAL range stored");
+                self.drain(conn).await?;
+                return Ok(CopyEnd::Shutdown);
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.graceful.cancelled() => {
+                    self.drain(conn).await?;
+                    return Ok(CopyEnd::Shutdown);
+                }
+                changed = async {
+                    match self.stop_at.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if changed.is_err() {
+                        // Whoever planned the stop is gone: store what we have and end.
+                        self.drain(conn).await?;
+                        return Ok(CopyEnd::Shutdown);
+                    }
+                    // Store what is held now rather than at the next tick.
+                    self.flush_if_past_stop();
+                }
+                permit = jobs_tx.reserve(), if front_ready => {
+                    let permit = permit.map_err(|_| Error::UploaderStopped)?;
+                    permit.send(self.pending.pop_front().expect("front_ready"));
+                }
+                changed = self.durable_rx.changed() => {
+                    if changed.is_err() {
+                        return Err(Error::UploaderStopped);
+                    }
+                    self.send_status(conn, false).await?;
+                }
+                _ = status_tick.tick() => self.send_status(conn, false).await?,
+                _ = flush_tick.tick(), if !self.opts.synchronous => self.queue_delta(),
+                () = async { let _ = tokio::time::timeout(MEMORY_RECHECK, memory.released()).await; }, if !has_room => {}
+                event = conn.next_copy_event(), if has_room => {
+                    match event? {
+                        CopyEvent::Data(payload) => {
+                            match decode_replication_message(payload)? {
+                                ReplicationMessage::XLogData(x) => {
+                                    self.receive(x.start, x.data)?;
+                                    if self.opts.synchronous && !conn.has_buffered_message() {
+                                        self.queue_delta();
+                                    }
+                                }
+                                ReplicationMessage::Keepalive(k) => {
+                                    if k.reply_requested {
+                                        self.send_status(conn, false).await?;
+                                    }
+                                }
+                            }
+                        }
+                        CopyEvent::Done => {
+                            // A historic timeline was streamed to its end.
+                            self.queue_delta();
+                            let result = conn.end_copy(true).await?;
+                            let next = protocol::command::parse_timeline_end(&result)?
+                                .ok_or_else(|| protocol::Error::Protocol("timeline ended without a next timeline".into()))?;
+                            return Ok(CopyEnd::TimelineEnded { next_timeline: next.0, next_start: next.1 });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a planned stop point is stored.
+    pub(super) fn stop_reached(&self) -> bool {
+        let Some(rx) = &self.stop_at else {
+            return false;
+        };
+        let stop = *rx.borrow();
+        stop.is_some_and(|end| *self.durable_rx.borrow() >= end)
+    }
+
+    /// Adds received WAL to the open segment and queues completed segments.
+    /// When a planned stop point has been received, queue the open segment's
+    /// tail at once: whoever waits for the stop should not wait for a tick.
+    pub(super) fn flush_if_past_stop(&mut self) {
+        let stop = self.stop_at.as_ref().and_then(|rx| *rx.borrow());
+        let position = self.segmenter.as_ref().map(Segmenter::position);
+        if let (Some(stop), Some(position)) = (stop, position)
+            && position >= stop
+        {
+            self.queue_delta();
+        }
+    }
+
+    pub(super) fn receive(&mut self, start: Lsn, data: Bytes) -> Result<(), Error> {
+        let seg = self.segmenter.as_mut().expect("streaming has a segmenter");
+        let before = seg.position();
+        let done = seg.push(start, data)?;
+        let added = seg.position().0 - before.0;
+        self.memory.add(added);
+        self.flush_if_past_stop();
+        for c in done {
+            let end = c.segment.start_lsn(self.segment_size) + self.segment_size;
+            let job = UploadJob::segment(c.segment, c.pieces, self.segment_size);
+            self.queue(job, Some(end), self.segment_size);
+        }
+        Ok(())
+    }
+
+    /// Queues the open segment's new bytes as a delta, if there are any.
+    pub(super) fn queue_delta(&mut self) {
+        let seg = self.segmenter.as_mut().expect("streaming has a segmenter");
+        if let Some(d) = seg.take_delta() {
+            let end = d.segment.start_lsn(self.segment_size) + d.end;
+            let job = UploadJob::delta(d.segment, d.start, d.end, d.pieces, self.segment_size);
+            self.queue(job, Some(end), 0);
+        }
+    }
+}

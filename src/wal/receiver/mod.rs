@@ -1,0 +1,417 @@
+//! `walvault stream`: the replication loop, in named steps.
+//!
+//! One task reads XLogData, cuts segments and deltas, and queues upload jobs
+//! (`copy`); the one upload stage ([`crate::pipeline::upload`]) stores them
+//! and publishes the durable LSN; status updates report `flush` = durable
+//! LSN only (`status`), which is where the flush position is decided. The
+//! open segment, the jobs not yet stored and the upload stage survive
+//! reconnects (this file's reconnect loop), so a dropped connection loses
+//! nothing and restarts exactly where the stream stopped. `resume` chooses
+//! where a fresh run starts, `timelines` archives history files and follows
+//! switches, `drain` stores the tail at a graceful stop.
+
+mod copy;
+mod drain;
+mod resume;
+mod status;
+mod timelines;
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::lsn::{Lsn, TimelineId};
+use crate::pipeline::memory::MemoryBudget;
+use crate::pipeline::upload::{self, Stage, UploadJob, UploadStats};
+use crate::protocol::command::StartReplication;
+use crate::protocol::{self, ConnInfo, ReplicationConnection};
+use crate::server;
+use crate::shutdown::Shutdown;
+use crate::storage::{self, Repository};
+
+use super::history::follow_history;
+use super::segmenter::Segmenter;
+
+/// Upload jobs handed to the upload stage at once (data is bounded by the
+/// memory budget, this bounds the job count).
+const UPLOAD_QUEUE_DEPTH: usize = 64;
+/// Longest pause between reconnect attempts.
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
+/// First pause before reconnecting.
+const FIRST_RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Settings of `walvault stream`.
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    /// The server.
+    pub conninfo: ConnInfo,
+    /// Physical slot name (created if missing).
+    pub slot: String,
+    /// How often the open segment's new bytes are stored as a delta.
+    pub flush_interval: Duration,
+    /// Store each batch as soon as it arrives (for synchronous replication).
+    pub synchronous: bool,
+    /// The one memory budget for WAL held in memory.
+    pub memory_budget_bytes: u64,
+    /// Uploads in flight at once.
+    pub upload_concurrency: usize,
+    /// How long a graceful shutdown may take to store the tail.
+    pub shutdown_timeout: Duration,
+}
+
+/// What a stream run reports when it ends.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StreamSummary {
+    /// The durable LSN at the end.
+    pub durable: Lsn,
+    /// Objects stored.
+    pub objects: u64,
+    /// Plaintext WAL bytes stored (deltas and segments both count).
+    pub plain_bytes: u64,
+}
+
+/// A stream failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Talking to the server failed.
+    #[error(transparent)]
+    Protocol(#[from] protocol::Error),
+    /// The repository failed in a way retrying cannot fix.
+    #[error(transparent)]
+    Storage(#[from] storage::Error),
+    /// The server is not one walvault can archive.
+    #[error(transparent)]
+    Server(server::Error),
+    /// The settings do not fit this server.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The stream does not continue where it should.
+    #[error(transparent)]
+    Gap(#[from] super::segmenter::GapError),
+    /// The server no longer has WAL walvault needs.
+    #[error(
+        "the server no longer has the WAL the archive needs next ({0}); the archive has a gap from here on: take a new base backup once streaming runs again"
+    )]
+    WalRemoved(String),
+    /// The upload stage ended early (its own error is reported instead when it has one).
+    #[error("the upload stage stopped unexpectedly")]
+    UploaderStopped,
+    /// Shutdown took longer than allowed.
+    #[error("shutdown timed out with WAL still unstored (the slot keeps it on the server)")]
+    ShutdownTimeout,
+}
+
+impl Error {
+    /// Whether the user must change settings to fix it (wrong repository,
+    /// wrong key, unsupported server).
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            Error::Storage(e) => e.is_configuration(),
+            Error::Protocol(protocol::Error::ConnInfo(_))
+            | Error::Unsupported(_)
+            | Error::Server(server::Error::Unsupported { .. }) => true,
+            _ => false,
+        }
+    }
+
+    fn is_retryable(&self) -> bool {
+        match self {
+            Error::Protocol(e) => e.is_retryable(),
+            Error::Storage(e) => e.is_retryable(),
+            Error::Server(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+impl From<server::Error> for Error {
+    fn from(e: server::Error) -> Self {
+        match e {
+            server::Error::Protocol(p) => Error::Protocol(p),
+            other => Error::Server(other),
+        }
+    }
+}
+
+/// State that outlives one connection.
+struct Stream<'a> {
+    opts: &'a StreamOptions,
+    repo: &'a Repository,
+    segment_size: u64,
+    segmenter: Option<Segmenter>,
+    pending: VecDeque<UploadJob>,
+    jobs_tx: mpsc::Sender<UploadJob>,
+    durable_rx: watch::Receiver<Lsn>,
+    memory: Arc<MemoryBudget>,
+    stored_histories: BTreeSet<TimelineId>,
+    last_reported: Lsn,
+    plan_start: Option<(TimelineId, Lsn)>,
+    stop_at: Option<watch::Receiver<Option<Lsn>>>,
+    slot_ready: bool,
+}
+
+/// Variations on the sidecar stream, for backups that need a WAL range.
+#[derive(Default)]
+pub struct StreamPlan {
+    /// Start here instead of where the repository ends.
+    pub start: Option<(TimelineId, Lsn)>,
+    /// Store the tail and return once the durable LSN reaches the LSN sent here.
+    pub stop_at: Option<watch::Receiver<Option<Lsn>>>,
+    /// A connection made (and checked) by the caller, e.g. holding a temporary slot.
+    pub connection: Option<ReplicationConnection>,
+    /// The slot exists already (the caller created it); do not create it.
+    pub slot_ready: bool,
+    /// Publish the durable LSN here, for others to watch.
+    pub durable: Option<watch::Sender<Lsn>>,
+}
+
+/// Runs the stream until `shutdown.graceful` fires (then drains and
+/// returns), or a failure that reconnecting cannot fix. `shutdown.abort`
+/// drops what is not stored.
+///
+/// # Errors
+/// Configuration problems (wrong server, wrong repository), lost WAL, or a
+/// shutdown that could not store the tail in time.
+///
+/// # Cancel safety
+/// Not cancel safe; use `shutdown`.
+pub async fn run(
+    opts: &StreamOptions,
+    repo: &Repository,
+    shutdown: &Shutdown,
+    mut plan: StreamPlan,
+) -> Result<StreamSummary, Error> {
+    let abort = shutdown.abort.child_token();
+    let memory = Arc::new(MemoryBudget::new(opts.memory_budget_bytes));
+    let stats = Arc::new(UploadStats::default());
+    let durable_tx = plan
+        .durable
+        .take()
+        .unwrap_or_else(|| watch::channel(Lsn::INVALID).0);
+    let durable_rx = durable_tx.subscribe();
+    let (jobs_tx, jobs_rx) = mpsc::channel(UPLOAD_QUEUE_DEPTH);
+
+    // The first connection tells the segment size the upload stage needs.
+    let first = match plan.connection.take() {
+        Some(mut c) => {
+            let size = c.wal_segment_size().await?;
+            Some((c, size))
+        }
+        None => connect_checked(opts, repo, shutdown).await?,
+    };
+    let Some((mut conn, segment_size)) = first else {
+        return Ok(StreamSummary::default());
+    };
+    if opts.memory_budget_bytes < 2 * segment_size {
+        return Err(Error::Unsupported(format!(
+            "the memory budget ({} bytes) must hold at least two WAL segments ({} bytes each); raise --memory-budget",
+            opts.memory_budget_bytes, segment_size
+        )));
+    }
+    let uploader = tokio::spawn(upload::run(
+        Stage {
+            repo: repo.clone(),
+            concurrency: opts.upload_concurrency.max(1),
+            memory: Some(memory.clone()),
+            stats: stats.clone(),
+            durable: Some(durable_tx),
+            stored: None,
+            cancel: abort.clone(),
+        },
+        jobs_rx,
+    ));
+    let mut stream = Stream {
+        opts,
+        repo,
+        segment_size,
+        segmenter: None,
+        pending: VecDeque::new(),
+        jobs_tx,
+        durable_rx,
+        memory,
+        stored_histories: BTreeSet::new(),
+        last_reported: Lsn::INVALID,
+        plan_start: plan.start,
+        stop_at: plan.stop_at,
+        slot_ready: plan.slot_ready,
+    };
+
+    let mut backoff = FIRST_RECONNECT_BACKOFF;
+    let result = loop {
+        let outcome = stream.session(&mut conn, shutdown).await;
+        match outcome {
+            Ok(()) => break Ok(()),
+            Err(e) if e.is_retryable() && !shutdown.graceful.is_cancelled() => {
+                warn!(error = %crate::error::chain(&e), "replication connection lost; reconnecting");
+            }
+            Err(e) => break Err(e),
+        }
+        // Reconnect, keeping what is held in memory.
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.graceful.cancelled() => break,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+            match connect_checked(opts, repo, shutdown).await {
+                Ok(Some((c, size))) if size == segment_size => {
+                    conn = c;
+                    backoff = FIRST_RECONNECT_BACKOFF;
+                    break;
+                }
+                Ok(Some(_)) => {
+                    return Err(Error::Unsupported(
+                        "the server's WAL segment size changed".into(),
+                    ));
+                }
+                Ok(None) => break,
+                Err(e) if e.is_retryable() => {
+                    warn!(error = %crate::error::chain(&e), "reconnect failed; retrying");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if shutdown.graceful.is_cancelled() {
+            break stream.drain_without_server().await;
+        }
+    };
+
+    // Stop the upload stage: close its input and wait for it (or abort on failure).
+    let Stream {
+        jobs_tx,
+        durable_rx,
+        pending,
+        ..
+    } = stream;
+    drop(jobs_tx);
+    if result.is_err() || !pending.is_empty() {
+        abort.cancel();
+    }
+    let uploaded = uploader.await.expect("the upload stage does not panic");
+    uploaded?;
+    result?;
+    use std::sync::atomic::Ordering::Relaxed;
+    Ok(StreamSummary {
+        durable: *durable_rx.borrow(),
+        objects: stats.objects.load(Relaxed),
+        plain_bytes: stats.plain_bytes.load(Relaxed),
+    })
+}
+
+/// Connects through the shared handshake and checks the repository fits
+/// the server. `None` when shutdown fired first.
+async fn connect_checked(
+    opts: &StreamOptions,
+    repo: &Repository,
+    shutdown: &Shutdown,
+) -> Result<Option<(ReplicationConnection, u64)>, Error> {
+    let connect = async {
+        let (conn, info) = server::connect(&opts.conninfo).await?;
+        repo.ensure_manifest(
+            &info.identity.system_identifier,
+            info.major,
+            info.segment_size_bytes,
+        )
+        .await?;
+        info!(server = info.target, major = info.major, system_id = %info.identity.system_identifier,
+              timeline = %info.identity.timeline, tls = conn.is_tls(), "connected for replication");
+        Ok::<_, Error>((conn, info.segment_size_bytes))
+    };
+    tokio::select! {
+        biased;
+        () = shutdown.graceful.cancelled() => Ok(None),
+        r = connect => r.map(Some),
+    }
+}
+
+impl Stream<'_> {
+    /// One connection's worth of streaming. `Ok` means shutdown completed.
+    async fn session(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        shutdown: &Shutdown,
+    ) -> Result<(), Error> {
+        let identity = conn.identify_system().await?;
+        if !self.slot_ready && conn.create_physical_slot(&self.opts.slot).await? {
+            info!(slot = self.opts.slot, "created replication slot");
+        }
+        let history = self.store_histories(conn, identity.timeline).await?;
+        let status_interval = status::status_interval(conn).await;
+
+        if self.segmenter.is_none() {
+            let (timeline, start, prefix) = match self.plan_start {
+                Some((tli, lsn)) => (tli, lsn.segment_start(self.segment_size), Vec::new()),
+                None => self.choose_start(conn, &identity, &history).await?,
+            };
+            info!(timeline = %timeline, start = %start, "streaming WAL from");
+            let held: u64 = prefix.iter().map(|p| p.len() as u64).sum();
+            self.memory.add(held);
+            self.segmenter = Some(Segmenter::new(timeline, start, self.segment_size, prefix));
+            // Everything before the start is stored (or deliberately not archived).
+            self.last_reported = start;
+        }
+        let seg = self.segmenter.as_ref().expect("set above");
+        let (tli, pos, moved) = follow_history(
+            &history,
+            identity.timeline,
+            seg.timeline(),
+            seg.position(),
+            self.segment_size,
+        );
+        if moved {
+            self.switch_timeline(tli, pos);
+        }
+
+        loop {
+            let seg = self.segmenter.as_ref().expect("set above");
+            let (timeline, start) = (seg.timeline(), seg.position());
+            let started = conn
+                .start_replication(Some(&self.opts.slot), start, timeline)
+                .await
+                .map_err(|e| match e.sqlstate() {
+                    Some("58P01") => Error::WalRemoved(e.to_string()),
+                    _ => Error::Protocol(e),
+                })?;
+            match started {
+                StartReplication::Streaming => {
+                    debug!(timeline = %timeline, start = %start, "replication started");
+                    match self.copy_loop(conn, shutdown, status_interval).await? {
+                        CopyEnd::Shutdown => return Ok(()),
+                        CopyEnd::TimelineEnded {
+                            next_timeline,
+                            next_start,
+                        } => {
+                            self.timeline_ended(conn, next_timeline, next_start).await?;
+                        }
+                    }
+                }
+                StartReplication::TimelineEnded {
+                    next_timeline,
+                    next_start,
+                } => {
+                    self.timeline_ended(conn, next_timeline, next_start).await?;
+                }
+            }
+        }
+    }
+
+    /// Queues a job for the upload stage.
+    fn queue(&mut self, mut job: UploadJob, durable_after: Option<Lsn>, release_bytes: u64) {
+        job.durable_after = durable_after;
+        job.release_bytes = release_bytes;
+        self.pending.push_back(job);
+    }
+}
+
+/// How a copy stream ended.
+enum CopyEnd {
+    Shutdown,
+    TimelineEnded {
+        next_timeline: TimelineId,
+        next_start: Lsn,
+    },
+}

@@ -300,7 +300,22 @@ async fn exercise<S: ObjectStore + PaginatedListStore>(
 /// repository and lists it.
 fn binary_lists(url: String, mut env: Vec<(String, String)>) {
     env.push(("WALVAULT_KEY".into(), KEY.into()));
-    let out = RepoEnv { url, env }.run(&["list", "--json"]);
+    assert_listed(&RepoEnv { url, env }.run(&["list", "--json"]));
+}
+
+/// The way `restore_command` runs: no store environment at all, only a
+/// settings file with the URL, the key and object_store options.
+fn binary_lists_with_options(url: String, options: serde_json::Value) -> std::process::Output {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("repo.json");
+    let settings = serde_json::json!({"version": 1, "repo": url, "key": KEY, "options": options});
+    std::fs::write(&path, settings.to_string()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    RepoEnv { url, env: vec![] }.run(&["list", "--json", "--repo-config", path.to_str().unwrap()])
+}
+
+fn assert_listed(out: &std::process::Output) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -330,6 +345,15 @@ async fn moto() {
     .await;
     repo.ensure_manifest(SYSTEM_ID, 16, 16 << 20).await.unwrap();
     binary_lists(server.url(PREFIX), server.env());
+    assert_listed(&binary_lists_with_options(
+        server.url(PREFIX),
+        serde_json::json!({
+            "aws_endpoint": server.endpoint(),
+            "aws_access_key_id": crate::support::moto::ACCESS_KEY,
+            "aws_secret_access_key": crate::support::moto::SECRET_KEY,
+            "aws_region": crate::support::moto::REGION,
+        }),
+    ));
 }
 
 /// s3s-fs (S3), for comparison with moto.
@@ -382,6 +406,15 @@ async fn azurite() {
     server.stop();
     server.launch();
     binary_lists(server.url(PREFIX), server.env());
+    let out = binary_lists_with_options(
+        server.url(PREFIX),
+        serde_json::json!({
+            "azure_storage_account_name": crate::support::azurite::ACCOUNT,
+            "azure_storage_account_key": crate::support::azurite::ACCOUNT_KEY,
+            "azure_storage_endpoint": server.blob_endpoint(),
+        }),
+    );
+    assert_listed(&out);
 }
 
 /// fake-gcs-server (GCS). object_store writes through Google's XML API,
@@ -411,7 +444,7 @@ async fn gcs() {
         .put_sealed("wal/one", vec![Bytes::from_static(b"hello store")])
         .await
         .unwrap_err();
-    let text = format!("{:?}", err);
+    let text = format!("{err:?}");
     assert!(
         matches!(
             err,
@@ -525,4 +558,10 @@ async fn gcs() {
     server.stop();
     server.launch();
     binary_lists(server.url(PREFIX), server.env());
+    assert_listed(&binary_lists_with_options(
+        server.url(PREFIX),
+        serde_json::json!({
+            "google_service_account": server.service_account_path().display().to_string(),
+        }),
+    ));
 }

@@ -138,7 +138,8 @@ impl Repository {
     /// Opens the repository at `url`: `file:///path`, `s3://bucket/prefix`,
     /// `gs://bucket/prefix` or `az://container/prefix`. Cloud settings come
     /// from the provider's standard environment variables (`AWS_*`,
-    /// `GOOGLE_*`, `AZURE_*`); plain HTTP is allowed for a loopback S3 endpoint.
+    /// `GOOGLE_*`, `AZURE_*`); plain HTTP is allowed for a loopback S3 or
+    /// Azure endpoint (GCS allows it for the base URL a service-account file names).
     ///
     /// # Errors
     /// [`Error::Url`] for an unknown scheme or a store that cannot be built.
@@ -233,6 +234,10 @@ impl Repository {
                         .parse()
                         .map_err(|_| bad(format!("unknown Azure option {k:?}")))?;
                     b = b.with_config(key, v);
+                }
+                let endpoint = b.get_config_value(&object_store::azure::AzureConfigKey::Endpoint);
+                if endpoint.is_some_and(|ep| is_loopback_http(&ep)) {
+                    b = b.with_allow_http(true);
                 }
                 (
                     Arc::new(b.build().map_err(|e| bad(e.to_string()))?),

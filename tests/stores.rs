@@ -25,8 +25,10 @@ use walvault::storage::{self, Repository};
 use crate::support::azurite::AzuriteServer;
 use crate::support::gcs::GcsServer;
 use crate::support::moto::MotoServer;
-use crate::support::process::{KEY, RepoEnv};
+use crate::support::pg::{PgCluster, PgOptions};
+use crate::support::process::{KEY, RepoEnv, StreamProcess};
 use crate::support::s3::S3Server;
+use crate::support::{assert_segments_match, switch_wal, wait_archived};
 
 /// The repository prefix every test uses (each test has its own server).
 const PREFIX: &str = "smoke";
@@ -39,6 +41,9 @@ const MULTIPART_PART_BYTES: usize = 5 << 20;
 const PAGE_KEYS: usize = 400;
 /// Uploads in flight while filling a listing.
 const FILL_CONCURRENCY: usize = 16;
+/// The PostgreSQL major the streaming checks run (the stream tests cover
+/// every major on s3s-fs).
+const STREAM_PG_MAJOR: u32 = 16;
 /// A system identifier for repository manifests written by these tests.
 const SYSTEM_ID: &str = "7300000000000000001";
 
@@ -326,6 +331,33 @@ fn assert_listed(out: &std::process::Output) {
     assert_eq!(listing["system_identifier"], SYSTEM_ID);
 }
 
+/// `walvault stream`, given only the URL and the server's environment,
+/// archives WAL that matches the server's own segments, and stops cleanly.
+async fn binary_streams(url: String, mut env: Vec<(String, String)>, repo: Repository) {
+    env.push(("WALVAULT_KEY".into(), KEY.into()));
+    let pg = PgCluster::start(STREAM_PG_MAJOR, &PgOptions::default());
+    let segment_size = 1 << 20;
+    let stream = StreamProcess::start(
+        &RepoEnv { url, env },
+        pg.port,
+        &["--flush-interval", "200ms"],
+    );
+    pg.pgbench(&["-i", "-s", "1", "-q"]);
+    let end = switch_wal(&pg).await;
+    wait_archived(
+        &repo,
+        segment_size,
+        1,
+        end,
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+    let compared = assert_segments_match(&repo, &pg, segment_size, 1).await;
+    assert!(compared >= 2, "only {compared} segments compared");
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+
 /// moto (S3): create-only writes honoured (`If-None-Match: *` answered 412),
 /// pages of 1,000 in key order, multipart uploads work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,6 +386,30 @@ async fn moto() {
             "aws_region": crate::support::moto::REGION,
         }),
     ));
+}
+
+/// `walvault stream` into moto.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moto_stream() {
+    let server = MotoServer::start();
+    binary_streams(
+        server.url(PREFIX),
+        server.env(),
+        server.repository(PREFIX, keyring()),
+    )
+    .await;
+}
+
+/// `walvault stream` into Azurite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azurite_stream() {
+    let server = AzuriteServer::start();
+    binary_streams(
+        server.url(PREFIX),
+        server.env(),
+        server.repository(PREFIX, keyring()),
+    )
+    .await;
 }
 
 /// s3s-fs (S3), for comparison with moto.

@@ -7,7 +7,9 @@
 //! delete, a large object) and pins down what the server itself does with
 //! object_store's requests: `PutMode::Create`, listing order and page size,
 //! multipart uploads. Then the walvault binary, given only the URL and the
-//! server's `env()`, lists the same repository. The findings are tabled in
+//! server's `env()` (or a settings file of store options, as
+//! `restore_command` uses), lists the same repository, and `walvault stream`
+//! archives a PostgreSQL server's WAL into it. The findings are tabled in
 //! `docs/operations.md` under "Object stores".
 
 use std::sync::Arc;
@@ -620,4 +622,59 @@ async fn gcs() {
             "google_service_account": server.service_account_path().display().to_string(),
         }),
     ));
+}
+
+/// `walvault stream` into fake-gcs-server: the first write, the repository
+/// manifest, is refused (400 "invalid uploadType"), and walvault stops at
+/// once with exit code 1 naming the object, without retrying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_stream() {
+    use std::io::Read;
+    let server = GcsServer::start();
+    let pg = PgCluster::start(STREAM_PG_MAJOR, &PgOptions::default());
+    let mut env = server.env();
+    env.push(("WALVAULT_KEY".into(), KEY.into()));
+    let mut child = RepoEnv {
+        url: server.url(PREFIX),
+        env,
+    }
+    .command()
+    .arg("stream")
+    .args([
+        "--pg",
+        &format!(
+            "host=127.0.0.1 port={} user=postgres sslmode=disable",
+            pg.port
+        ),
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("walvault stream kept running against a store that refuses writes");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("walvault.json")
+            && stderr.contains(
+                "400 Bad Request: {\"error\":{\"code\":400,\"message\":\"invalid uploadType\""
+            ),
+        "{stderr}"
+    );
 }

@@ -118,8 +118,8 @@ impl S3Server {
         format!("s3://walvault/{prefix}")
     }
 
-    /// The same repository, opened in-process.
-    pub fn repository(&self, prefix: &str, keyring: Keyring) -> Repository {
+    /// The store, built with explicit settings.
+    pub fn store(&self) -> Arc<object_store::aws::AmazonS3> {
         let store = object_store::aws::AmazonS3Builder::new()
             .with_bucket_name("walvault")
             .with_endpoint(self.endpoint())
@@ -130,8 +130,13 @@ impl S3Server {
             .with_retry(walvault::storage::repository::store_retry_config())
             .build()
             .unwrap();
+        Arc::new(store)
+    }
+
+    /// The same repository, opened in-process.
+    pub fn repository(&self, prefix: &str, keyring: Keyring) -> Repository {
         Repository::from_store(
-            Arc::new(store),
+            self.store(),
             prefix,
             self.url(prefix),
             keyring,

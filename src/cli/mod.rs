@@ -83,7 +83,7 @@ pub enum Command {
     /// Check backups: every part, every file against the server's manifest, the WAL range.
     Verify(verify::Args),
     /// Restore a backup into an empty directory, with recovery to a target configured.
-    Restore(restore::Args),
+    Restore(Box<restore::Args>),
     /// Fetch one WAL segment or history file from the repository (for restore_command).
     WalFetch(wal_fetch::Args),
     /// Show what the repository holds: backups, timelines and WAL ranges.
@@ -194,8 +194,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stream(args) => stream::run(args).await,
         Command::Backup(args) => backup::run(args).await,
         Command::Verify(args) => verify::run(args).await,
-        Command::Restore(args) => restore::run(args).await,
-        Command::WalFetch(args) => wal_fetch::run(args).await,
+        Command::Restore(args) => restore::run(*args).await,
+        // PostgreSQL reads exit statuses 1-125 of restore_command as "not
+        // in the archive": every failure must be above that.
+        Command::WalFetch(args) => wal_fetch::run(args).await.or_else(|err| {
+            eprintln!("walvault wal-fetch: error: {err:#}");
+            Ok(ExitCode::from(crate::restore::serve::EXIT_FAILED))
+        }),
         Command::List(args) => list::run(args).await,
         Command::Keygen(args) => keygen::run(&args),
     }

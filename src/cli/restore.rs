@@ -41,7 +41,7 @@ archive to the target (default: the end of the archive). Before anything is writ
 backup that ends before the target (or --backup), checks that the directory is empty, that the key fits, and \
 that the WAL from the backup's start has no gap. It writes recovery.signal (standby.signal with --standby), \
 restore_command and the target settings in postgresql.auto.conf, and the repository settings in \
-walvault-restore.json (mode 0600) for restore_command. Start PostgreSQL on the directory to recover."
+DATADIR.walvault.json beside the data directory (mode 0600, never inside it) for restore_command. Start PostgreSQL on the directory to recover."
 )]
 pub struct Args {
     /// The data directory to create (must be empty or absent).
@@ -85,6 +85,15 @@ pub struct Args {
     /// Most bytes the prefetch spool (walvault-spool in the data directory) may hold.
     #[arg(long, default_value = "512MiB")]
     pub spool_max: String,
+    /// How long restore_command retries a store that fails or does not answer before
+    /// recovery stops (rather than ending early).
+    #[arg(long, default_value = "5m", value_parser = crate::config::parse_duration)]
+    pub fetch_timeout: std::time::Duration,
+    /// Where to write the repository settings restore_command reads (mode 0600; default
+    /// DATADIR.walvault.json beside the data directory). Never inside the data directory:
+    /// it holds the key and store credentials.
+    #[arg(long)]
+    pub settings_file: Option<PathBuf>,
     /// Print the plan and stop.
     #[arg(long)]
     pub dry_run: bool,
@@ -149,7 +158,12 @@ fn parse_target(args: &Args) -> Result<RecoveryTarget, crate::config::Error> {
 /// # Errors
 /// Refusals before writing (usage errors, exit 2, or plan errors, exit 1)
 /// and failures while fetching.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
+    // restore_command runs in the data directory: every path it names is absolute.
+    args.pgdata = std::path::absolute(&args.pgdata).context("resolve --pgdata")?;
+    if let Some(f) = &args.settings_file {
+        args.settings_file = Some(std::path::absolute(f).context("resolve --settings-file")?);
+    }
     let target = parse_target(&args)?;
     let timeline: TimelineTarget = args
         .target_timeline
@@ -195,6 +209,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     );
     let tablespace_dirs = crate::restore::tablespaces::choose_dirs(b, &ts_map)?;
+    let settings_file = args
+        .settings_file
+        .clone()
+        .unwrap_or_else(|| crate::restore::default_settings_file(&args.pgdata));
+    if settings_file.starts_with(&args.pgdata)
+        || tablespace_dirs
+            .iter()
+            .any(|(_, d)| settings_file.starts_with(d))
+    {
+        anyhow::bail!(usage(
+            "--settings-file",
+            &settings_file.display().to_string(),
+            "it holds the key and store credentials and must not be inside the data or a tablespace directory",
+        ));
+    }
     if args.dry_run {
         return Ok(ExitCode::SUCCESS);
     }
@@ -202,6 +231,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         pgdata: args.pgdata.clone(),
         tablespace_dirs,
         settings: args.repo.settings()?,
+        settings_file,
         walvault: std::env::current_exe().context("find the walvault binary")?,
         target,
         exclusive: args.exclusive,
@@ -210,6 +240,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         standby: args.standby,
         prefetch: args.prefetch,
         spool_max: args.spool_max.clone(),
+        fetch_timeout: args.fetch_timeout,
     };
     let restored = crate::restore::execute(&repo, &plan, &request).await?;
     println!(

@@ -15,7 +15,9 @@ use super::RepoArgs;
 #[command(
     long_about = "Fetch one WAL segment or timeline history file from the repository and write it \
 to DEST, as restore_command = 'walvault wal-fetch %f %p' expects. A segment held only as deltas is written \
-with its known bytes and zero-padded to the segment size. Exits 1 when the file is not in the archive.\n\n\
+with its known bytes and zero-padded to the segment size. Exits 1 when the file is not in the archive, and 200 when it cannot be served (a store that stayed \
+unreachable for --fetch-timeout, a damaged object, a wrong key): PostgreSQL stops recovery on a status above 125 \
+instead of ending it early.\n\n\
 With --spool DIR, each segment served starts a background worker that fetches the next --prefetch \
 segments in parallel into DIR (at most --spool-max bytes), so replay finds them there. \
 `walvault wal-fetch --spool DIR --clean-spool` (as recovery_end_command) stops the worker and removes DIR; \
@@ -37,6 +39,10 @@ pub struct Args {
     /// Most bytes the spool may hold.
     #[arg(long, default_value = "512MiB", value_parser = parse_size, requires = "spool")]
     pub spool_max: u64,
+    /// How long a store that fails or does not answer is retried before wal-fetch gives up
+    /// (exit 200, and PostgreSQL stops recovery).
+    #[arg(long, default_value = "5m", value_parser = crate::config::parse_duration)]
+    pub fetch_timeout: std::time::Duration,
     /// Stop the prefetch worker and remove the spool (recovery_end_command), then exit.
     #[arg(long, requires = "spool")]
     pub clean_spool: bool,
@@ -93,7 +99,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let (repo, manifest) = args.repo.open_existing().await?;
-    match serve_from_repository(&repo, &manifest, &name, &dest, spool.as_ref()).await? {
+    // No signal handler: PostgreSQL stops restore_command with SIGTERM and
+    // expects it to die of that signal.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    match serve_from_repository(
+        &repo,
+        &manifest,
+        &name,
+        &dest,
+        spool.as_ref(),
+        args.fetch_timeout,
+        &cancel,
+    )
+    .await?
+    {
         Served::NotInArchive => {
             eprintln!("walvault wal-fetch: {name} is not in the archive");
             Ok(ExitCode::from(1))

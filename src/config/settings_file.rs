@@ -78,19 +78,32 @@ pub fn from_environment(
     })
 }
 
-/// Writes a new settings file with mode 0600 and syncs it.
+/// Writes a settings file with mode 0600 (from its creation on, so no one
+/// else can open it even for a moment), syncs it and renames it into place.
 ///
 /// # Errors
-/// When the file exists already or cannot be written.
+/// When the file cannot be written.
 pub fn write_repository_config(path: &Path, cfg: &RepositoryConfigFile) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    let text = serde_json::to_string_pretty(cfg).expect("settings serialize");
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
+    let name = path
+        .file_name()
+        .map_or_else(|| "settings".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.walvault-tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let text = serde_json::to_string_pretty(cfg).expect("settings serialize");
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]
@@ -113,6 +126,11 @@ mod tests {
         let back = load_repository_config(&path).unwrap();
         assert_eq!(back.repo, "s3://b/p");
         assert_eq!(back.options["aws_endpoint"], "http://127.0.0.1:1");
-        assert!(write_repository_config(&path, &cfg).is_err(), "overwrote");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A second restore to the same place replaces it.
+        write_repository_config(&path, &cfg).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -179,6 +179,37 @@ pub fn parse_server_manifest(bytes: &[u8]) -> Result<Vec<ManifestFile>, Manifest
     Ok(out)
 }
 
+/// Checks a file of a backup (size and CRC-32C) against the server's
+/// manifest and crosses it off `expected`; the error says what differs.
+///
+/// # Errors
+/// A file the manifest does not list, or another size or checksum.
+pub fn check_against_manifest(
+    expected: &mut std::collections::BTreeMap<String, ManifestFile>,
+    path: &str,
+    size: u64,
+    crc32c: u32,
+) -> Result<(), String> {
+    let m = expected
+        .remove(path)
+        .ok_or_else(|| "not in the server's manifest".to_string())?;
+    if m.size != size {
+        return Err(format!(
+            "size {size}, the server's manifest says {}",
+            m.size
+        ));
+    }
+    if let Some(want) = m.crc32c
+        && manifest_crc32c_hex(crc32c) != want
+    {
+        return Err(format!(
+            "CRC32C {} differs from the server's manifest ({want})",
+            manifest_crc32c_hex(crc32c)
+        ));
+    }
+    Ok(())
+}
+
 /// Formats a CRC32C the way the server's manifest does (its 4 bytes in
 /// little-endian memory order, as hex).
 pub fn manifest_crc32c_hex(crc: u32) -> String {

@@ -7,6 +7,9 @@
 //! Invariants:
 //! - the header is authenticated (AES-GCM associated data, or its own CRC32
 //!   when unencrypted) so any edit of it is detected;
+//! - from envelope version 2 an object is bound to its repository key: the
+//!   key is part of the authenticated data (and of the header CRC), so a
+//!   genuine object copied or moved to another key does not open;
 //! - each frame carries its index and a last-frame flag inside the
 //!   authenticated data, so reordering, dropping and truncation are detected;
 //! - no nonce repeats under one key: every object has its own data key (HKDF
@@ -21,8 +24,11 @@ use super::key::{Keyring, MasterKey};
 
 /// First four bytes of every sealed object.
 pub const MAGIC: [u8; 4] = *b"WVLT";
-/// The envelope version this code writes.
-pub const VERSION: u8 = 1;
+/// The envelope version this code writes: objects bound to their key.
+pub const VERSION: u8 = 2;
+/// The first envelope version, without the binding to the key; read only
+/// in repositories whose identity document is of that first format.
+pub const VERSION_UNBOUND: u8 = 1;
 /// Bytes in the object header.
 pub const HEADER_LEN: usize = 36;
 /// Bytes in each frame header.
@@ -115,12 +121,29 @@ pub enum Error {
         /// The ids that were given.
         given: String,
     },
-    /// Authentication failed: tampered, truncated or the wrong key.
-    #[error("frame {frame} failed authentication (object tampered with, or wrong key)")]
+    /// The header does not match the key the object was read from.
+    #[error(
+        "object header does not match this key: the object was moved or copied here from elsewhere, or damaged"
+    )]
+    Misplaced,
+    /// Authentication failed: tampered, truncated, moved, or the wrong key.
+    #[error(
+        "frame {frame} failed authentication (object tampered with or moved here from elsewhere, or wrong key)"
+    )]
     Authentication {
         /// The frame index.
         frame: u32,
     },
+    /// An object without a cipher where the repository is encrypted.
+    #[error(
+        "object is not encrypted, but the repository is: refusing it (it was not written by walvault with this repository's key)"
+    )]
+    NotEncrypted,
+    /// An object of the first envelope version where only bound ones are valid.
+    #[error(
+        "object is of envelope version 1, which this repository (format 2) never writes: refusing it"
+    )]
+    Unbound,
     /// zstd could not decompress a frame.
     #[error("frame {frame} does not decompress")]
     Decompress {
@@ -132,6 +155,8 @@ pub enum Error {
 /// A parsed object header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// Envelope version (1 or 2).
+    pub version: u8,
     /// Whether frames are zstd-compressed.
     pub compressed: bool,
     /// The master key id, when encrypted.
@@ -154,9 +179,44 @@ pub fn seal(
     key: Option<&MasterKey>,
     salt: Salt,
 ) -> Vec<u8> {
+    seal_object(plaintext, options, key, salt, None)
+}
+
+/// Where a sealed object lives and so may be opened: its repository key
+/// (envelope version 2), or nowhere in particular (version 1, for
+/// repositories of the first format).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding<'a> {
+    /// Version 2: bound to this repository key.
+    Key(&'a str),
+    /// Version 1: not bound.
+    Unbound,
+}
+
+/// Seals `plaintext` for the place `binding` names (see [`seal`]).
+pub fn seal_bound(
+    plaintext: &[Bytes],
+    options: &SealOptions,
+    key: Option<&MasterKey>,
+    salt: Salt,
+    binding: Binding<'_>,
+) -> Vec<u8> {
+    match binding {
+        Binding::Key(k) => seal_object(plaintext, options, key, salt, Some(k)),
+        Binding::Unbound => seal_object(plaintext, options, key, salt, None),
+    }
+}
+
+fn seal_object(
+    plaintext: &[Bytes],
+    options: &SealOptions,
+    key: Option<&MasterKey>,
+    salt: Salt,
+    bound_to: Option<&str>,
+) -> Vec<u8> {
     let frame_size = options.frame_size_bytes.clamp(1, MAX_FRAME_SIZE_BYTES) as usize;
     let total: usize = plaintext.iter().map(Bytes::len).sum();
-    let header = encode_header(options, key, &salt, frame_size as u32);
+    let header = encode_header(options, key, &salt, frame_size as u32, bound_to);
     let cipher =
         key.map(|k| Aes256Gcm::new_from_slice(&k.derive_object_key(&salt)).expect("32-byte key"));
     let mut compressor = match options.compression {
@@ -203,7 +263,7 @@ pub fn seal(
         let crc = frame_crc(&fh[..13], frame);
         fh[13..17].copy_from_slice(&crc.to_be_bytes());
         if let Some(cipher) = &cipher {
-            let aad = associated_data(&header, &fh);
+            let aad = associated_data(&header, &fh, bound_to);
             let tag = cipher
                 .encrypt_in_place_detached(&nonce(index), &aad, &mut payload)
                 .expect("AES-GCM encryption of a bounded frame");
@@ -223,7 +283,7 @@ pub fn seal(
 ///
 /// # Errors
 /// When the bytes are not a valid header.
-pub fn parse_header(input: &[u8]) -> Result<Header, Error> {
+pub fn parse_header(input: &[u8], bound_to: Option<&str>) -> Result<Header, Error> {
     if input.len() < MAGIC.len() {
         return Err(Error::Truncated);
     }
@@ -233,15 +293,20 @@ pub fn parse_header(input: &[u8]) -> Result<Header, Error> {
     if input.len() < 5 {
         return Err(Error::Truncated);
     }
-    if input[4] != VERSION {
-        return Err(Error::UnsupportedVersion(input[4]));
+    let version = input[4];
+    if version != VERSION && version != VERSION_UNBOUND {
+        return Err(Error::UnsupportedVersion(version));
     }
     if input.len() < HEADER_LEN {
         return Err(Error::Truncated);
     }
     let stored_crc = u32::from_be_bytes(input[32..36].try_into().expect("4 bytes"));
-    if crc32fast::hash(&input[..32]) != stored_crc {
-        return Err(Error::Checksum("object header"));
+    if header_crc(&input[..32], bound_to.filter(|_| version == VERSION)) != stored_crc {
+        return Err(if version == VERSION && bound_to.is_some() {
+            Error::Misplaced
+        } else {
+            Error::Checksum("object header")
+        });
     }
     let compressed = match input[5] {
         0 => false,
@@ -264,6 +329,7 @@ pub fn parse_header(input: &[u8]) -> Result<Header, Error> {
         return Err(Error::Corrupt("frame size out of range"));
     }
     Ok(Header {
+        version,
         compressed,
         key_id,
         salt,
@@ -271,12 +337,65 @@ pub fn parse_header(input: &[u8]) -> Result<Header, Error> {
     })
 }
 
-/// Opens a sealed object and returns its plaintext.
+/// What a reader accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expect<'a> {
+    /// The repository key the object was read from.
+    pub key: &'a str,
+    /// Whether objects of envelope version 1 (not bound to their key) are
+    /// accepted: only in repositories of the first format.
+    pub allow_unbound: bool,
+    /// Whether an object without a cipher is refused (an encrypted
+    /// repository).
+    pub require_cipher: bool,
+}
+
+/// Opens a sealed object and returns its plaintext, accepting any version
+/// and no cipher (tests and tools that read objects outside a repository).
 ///
 /// # Errors
 /// On any damage, truncation, unknown or missing key; see [`Error`].
 pub fn open(input: &[u8], keyring: &Keyring) -> Result<Vec<u8>, Error> {
-    let header = parse_header(input)?;
+    open_object(input, keyring, None, true, false)
+}
+
+/// Opens an object read from the repository key `expect.key`.
+///
+/// # Errors
+/// As [`open`], and [`Error::Unbound`], [`Error::NotEncrypted`] or a failed
+/// authentication (a moved object) where `expect` says so.
+pub fn open_expected(
+    input: &[u8],
+    keyring: &Keyring,
+    expect: Expect<'_>,
+) -> Result<Vec<u8>, Error> {
+    open_object(
+        input,
+        keyring,
+        Some(expect.key),
+        expect.allow_unbound,
+        expect.require_cipher,
+    )
+}
+
+fn open_object(
+    input: &[u8],
+    keyring: &Keyring,
+    key: Option<&str>,
+    allow_unbound: bool,
+    require_cipher: bool,
+) -> Result<Vec<u8>, Error> {
+    let header = parse_header(input, key)?;
+    if header.version == VERSION_UNBOUND && !allow_unbound {
+        return Err(Error::Unbound);
+    }
+    if header.key_id.is_none() && require_cipher {
+        return Err(Error::NotEncrypted);
+    }
+    if header.version == VERSION && key.is_none() {
+        return Err(Error::Corrupt("a bound object opened without its key"));
+    }
+    let bound_to = key.filter(|_| header.version == VERSION);
     let header_bytes = &input[..HEADER_LEN];
     let cipher = match header.key_id {
         None => None,
@@ -338,7 +457,7 @@ pub fn open(input: &[u8], keyring: &Keyring) -> Result<Vec<u8>, Error> {
             let tag_at = payload.len() - TAG_LEN;
             let tag = Tag::clone_from_slice(&payload[tag_at..]);
             payload.truncate(tag_at);
-            let aad = associated_data(header_bytes, &fh);
+            let aad = associated_data(header_bytes, &fh, bound_to);
             cipher
                 .decrypt_in_place_detached(&nonce(index), &aad, &mut payload, &tag)
                 .map_err(|_| Error::Authentication { frame: index })?;
@@ -386,10 +505,15 @@ fn encode_header(
     key: Option<&MasterKey>,
     salt: &[u8; SALT_LEN],
     frame_size: u32,
+    bound_to: Option<&str>,
 ) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..4].copy_from_slice(&MAGIC);
-    h[4] = VERSION;
+    h[4] = if bound_to.is_some() {
+        VERSION
+    } else {
+        VERSION_UNBOUND
+    };
     h[5] = match options.compression {
         Compression::None => 0,
         Compression::Zstd { .. } => 1,
@@ -399,7 +523,7 @@ fn encode_header(
     h[8..12].copy_from_slice(&key.map_or(0, MasterKey::id).to_be_bytes());
     h[12..28].copy_from_slice(salt);
     h[28..32].copy_from_slice(&frame_size.to_be_bytes());
-    let crc = crc32fast::hash(&h[..32]);
+    let crc = header_crc(&h[..32], bound_to);
     h[32..36].copy_from_slice(&crc.to_be_bytes());
     h
 }
@@ -411,10 +535,33 @@ fn frame_crc(frame_header_fields: &[u8], plaintext: &[u8]) -> u32 {
     h.finalize()
 }
 
-fn associated_data(header: &[u8], frame_header: &[u8; FRAME_HEADER_LEN]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(HEADER_LEN + FRAME_HEADER_LEN);
+/// The header CRC: over the first 32 header bytes, and (version 2) the
+/// object's key, so that a plain object moved elsewhere is noticed too.
+fn header_crc(fields: &[u8], bound_to: Option<&str>) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(fields);
+    if let Some(key) = bound_to {
+        h.update(&(key.len() as u32).to_be_bytes());
+        h.update(key.as_bytes());
+    }
+    h.finalize()
+}
+
+/// AES-GCM associated data: the header, the frame header and (version 2)
+/// the object's key, length first.
+fn associated_data(
+    header: &[u8],
+    frame_header: &[u8; FRAME_HEADER_LEN],
+    bound_to: Option<&str>,
+) -> Vec<u8> {
+    let key = bound_to.unwrap_or("");
+    let mut aad = Vec::with_capacity(HEADER_LEN + FRAME_HEADER_LEN + 4 + key.len());
     aad.extend_from_slice(header);
     aad.extend_from_slice(frame_header);
+    if let Some(key) = bound_to {
+        aad.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        aad.extend_from_slice(key.as_bytes());
+    }
     aad
 }
 
@@ -546,6 +693,115 @@ mod tests {
             let ring = k.map_or_else(Keyring::none, Keyring::single);
             assert_eq!(open(&golden, &ring).unwrap(), plaintext.as_ref(), "{name}");
         }
+    }
+
+    /// Envelope version 2: the same cases, each bound to a repository key.
+    #[test]
+    fn golden_files_v2() {
+        let plaintext = Bytes::from(sample(10_000));
+        let key_path = "wal/00000001/000000010000000000000003";
+        let cases: [(&str, Option<MasterKey>, SealOptions); 3] = [
+            ("v2-zstd-aes.bin", Some(key()), opts(Some(3), 4096)),
+            ("v2-zstd-plain.bin", None, opts(Some(3), 4096)),
+            ("v2-stored-aes.bin", Some(key()), opts(None, 8192)),
+        ];
+        for (name, k, o) in cases {
+            let salt = if k.is_some() { [7u8; 16] } else { [0u8; 16] };
+            let sealed = seal_bound(
+                std::slice::from_ref(&plaintext),
+                &o,
+                k.as_ref(),
+                salt,
+                Binding::Key(key_path),
+            );
+            let path = golden_path(name);
+            if std::env::var_os("WALVAULT_BLESS").is_some() {
+                std::fs::write(&path, &sealed).unwrap();
+            }
+            let golden = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(
+                sealed, golden,
+                "{name}: sealed bytes differ from the golden file"
+            );
+            let ring = k.map_or_else(Keyring::none, Keyring::single);
+            let expect = Expect {
+                key: key_path,
+                allow_unbound: false,
+                require_cipher: false,
+            };
+            assert_eq!(
+                open_expected(&golden, &ring, expect).unwrap(),
+                plaintext.as_ref()
+            );
+        }
+    }
+
+    #[test]
+    fn bound_objects_open_only_where_they_were_written() {
+        let data = Bytes::from(sample(5_000));
+        for k in [Some(key()), None] {
+            let ring = k.as_ref().map_or_else(Keyring::none, |k| {
+                Keyring::single(MasterKey::from_hex(&k.to_hex()).unwrap())
+            });
+            let sealed = seal_bound(
+                std::slice::from_ref(&data),
+                &opts(Some(1), 1024),
+                k.as_ref(),
+                salt(),
+                Binding::Key("wal/00000001/000000010000000000000003"),
+            );
+            let at = |key| Expect {
+                key,
+                allow_unbound: false,
+                require_cipher: false,
+            };
+            assert_eq!(
+                open_expected(&sealed, &ring, at("wal/00000001/000000010000000000000003")).unwrap(),
+                data.as_ref()
+            );
+            // Copied over another segment, another part, another backup's document.
+            for other in [
+                "wal/00000001/000000010000000000000004",
+                "backups/20261121T051500Z/data/base/000001",
+                "backups/20261121T051500Z/backup.json",
+            ] {
+                assert!(open_expected(&sealed, &ring, at(other)).is_err(), "{other}");
+            }
+        }
+    }
+
+    #[test]
+    fn unbound_and_plain_objects_are_refused_where_they_do_not_belong() {
+        let data = Bytes::from(sample(100));
+        let ring = Keyring::single(key());
+        let v1 = seal(
+            std::slice::from_ref(&data),
+            &SealOptions::default(),
+            Some(&key()),
+            salt(),
+        );
+        let strict = Expect {
+            key: "wal/x",
+            allow_unbound: false,
+            require_cipher: true,
+        };
+        assert_eq!(open_expected(&v1, &ring, strict), Err(Error::Unbound));
+        let legacy = Expect {
+            allow_unbound: true,
+            ..strict
+        };
+        assert_eq!(open_expected(&v1, &ring, legacy).unwrap(), data.as_ref());
+        let forged = seal_bound(
+            std::slice::from_ref(&data),
+            &SealOptions::default(),
+            None,
+            [0; 16],
+            Binding::Key("wal/x"),
+        );
+        assert_eq!(
+            open_expected(&forged, &ring, strict),
+            Err(Error::NotEncrypted)
+        );
     }
 
     #[test]

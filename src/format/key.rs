@@ -81,6 +81,15 @@ impl MasterKey {
         self.id
     }
 
+    /// The key that authenticates the repository's identity document.
+    pub(crate) fn derive_manifest_key(&self) -> [u8; KEY_LEN_BYTES] {
+        let hk = Hkdf::<Sha256>::new(None, self.bytes.expose_secret());
+        let mut okm = [0u8; KEY_LEN_BYTES];
+        hk.expand(b"walvault v2 repository manifest", &mut okm)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        okm
+    }
+
     /// Derives the data key of one object from this master key and its salt.
     pub(crate) fn derive_object_key(&self, salt: &[u8]) -> [u8; KEY_LEN_BYTES] {
         let hk = Hkdf::<Sha256>::new(Some(salt), self.bytes.expose_secret());
@@ -157,6 +166,11 @@ impl Keyring {
     /// Whether the keyring holds no key (unencrypted repository).
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// All keys, write key first.
+    pub fn keys(&self) -> impl Iterator<Item = &MasterKey> {
+        self.keys.iter()
     }
 
     /// The ids of all keys, write key first.

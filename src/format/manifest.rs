@@ -4,12 +4,29 @@
 //! writer and stored as plain JSON (it holds no secret) so a reader learns the
 //! encryption settings before it opens anything. Every document has a
 //! `version`; readers accept every released version.
+//!
+//! Version 2 (repositories whose objects are bound to their keys) carries,
+//! when encrypted, an HMAC-SHA256 of the document under a key derived from
+//! each master key, so an edit of any field is detected by every reader
+//! holding a key. Every version is validated: a value out of range (a
+//! segment size that is not a power of two from 1 MiB to 1 GiB, say) is an
+//! error, never a default.
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use super::key::Keyring;
 
 /// The `walvault.json` version this code writes.
-pub const REPOSITORY_MANIFEST_VERSION: u32 = 1;
+pub const REPOSITORY_MANIFEST_VERSION: u32 = 2;
+/// The first version: objects not bound to their keys, no authentication.
+pub const REPOSITORY_MANIFEST_UNBOUND: u32 = 1;
+/// WAL segment sizes PostgreSQL allows (`initdb --wal-segsize`).
+pub const WAL_SEGMENT_SIZES: std::ops::RangeInclusive<u64> = (1 << 20)..=(1 << 30);
 
 /// The identity and settings of a repository (`walvault.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +49,23 @@ pub struct RepositoryManifest {
     /// When the repository was created (RFC 3339, UTC, whole seconds).
     #[serde(with = "super::time")]
     pub created_at: DateTime<Utc>,
+    /// Version 2, encrypted: per key id, the hex HMAC-SHA256 of this
+    /// document without this field, under that key's manifest key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macs: Option<BTreeMap<String, String>>,
+}
+
+/// A `walvault.json` that must not be trusted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ManifestError {
+    /// A field out of range or of an unknown kind.
+    #[error("walvault.json is invalid: {0}")]
+    Invalid(String),
+    /// The document was changed after it was written.
+    #[error(
+        "walvault.json fails authentication: it was changed after walvault wrote it (or written without this repository's keys); refusing the repository"
+    )]
+    Tampered,
 }
 
 /// Why a repository refuses a writer or reader.
@@ -81,6 +115,130 @@ pub enum MismatchError {
 }
 
 impl RepositoryManifest {
+    /// Whether objects are bound to their keys (version 2 and later).
+    pub fn binds_objects(&self) -> bool {
+        self.version >= REPOSITORY_MANIFEST_VERSION
+    }
+
+    /// Whether the repository is encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.encryption != "none"
+    }
+
+    /// Checks every field against what walvault ever writes.
+    ///
+    /// # Errors
+    /// [`ManifestError::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let bad = |m: String| Err(ManifestError::Invalid(m));
+        if !(REPOSITORY_MANIFEST_UNBOUND..=REPOSITORY_MANIFEST_VERSION).contains(&self.version) {
+            return bad(format!(
+                "version {} is not one this walvault reads (1 to {REPOSITORY_MANIFEST_VERSION})",
+                self.version
+            ));
+        }
+        if !self.wal_segment_size.is_power_of_two()
+            || !WAL_SEGMENT_SIZES.contains(&self.wal_segment_size)
+        {
+            return bad(format!(
+                "wal_segment_size {} is not a power of two from 1 MiB to 1 GiB",
+                self.wal_segment_size
+            ));
+        }
+        if self.system_identifier.is_empty()
+            || !self.system_identifier.bytes().all(|b| b.is_ascii_digit())
+        {
+            return bad(format!(
+                "system_identifier {:?} is not a number",
+                self.system_identifier
+            ));
+        }
+        if !(10..=99).contains(&self.pg_major) {
+            return bad(format!(
+                "pg_major {} is not a PostgreSQL major",
+                self.pg_major
+            ));
+        }
+        if !["zstd", "none"].contains(&self.compression.as_str()) {
+            return bad(format!("unknown compression {:?}", self.compression));
+        }
+        match (self.encryption.as_str(), self.key_ids.is_empty()) {
+            ("aes-256-gcm", false) | ("none", true) => {}
+            ("aes-256-gcm" | "none", _) => {
+                return bad(format!(
+                    "encryption {:?} does not fit key ids {:?}",
+                    self.encryption, self.key_ids
+                ));
+            }
+            (other, _) => return bad(format!("unknown encryption {other:?}")),
+        }
+        if let Some(id) = self
+            .key_ids
+            .iter()
+            .find(|id| id.len() != 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return bad(format!("key id {id:?} is not 8 hexadecimal digits"));
+        }
+        if self.binds_objects() && self.is_encrypted() && self.macs.is_none() {
+            return bad("an encrypted repository's identity has no authentication".into());
+        }
+        Ok(())
+    }
+
+    /// The bytes the MACs cover: the document without them.
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut unsigned = self.clone();
+        unsigned.macs = None;
+        serde_json::to_vec(&unsigned).expect("manifest serializes")
+    }
+
+    /// Adds a MAC for every key of `keyring` (version 2, encrypted).
+    pub fn sign(&mut self, keyring: &Keyring) {
+        if !self.binds_objects() || keyring.is_empty() {
+            return;
+        }
+        let bytes = self.signed_bytes();
+        let macs = keyring
+            .keys()
+            .map(|k| {
+                let mut mac = Hmac::<Sha256>::new_from_slice(&k.derive_manifest_key())
+                    .expect("HMAC takes any key length");
+                mac.update(&bytes);
+                (
+                    format!("{:08x}", k.id()),
+                    hex::encode(mac.finalize().into_bytes()),
+                )
+            })
+            .collect();
+        self.macs = Some(macs);
+    }
+
+    /// Checks the MAC under a key of `keyring` (version 2, encrypted; other
+    /// documents have none to check).
+    ///
+    /// # Errors
+    /// [`ManifestError::Tampered`] when no key of the keyring confirms it.
+    pub fn verify(&self, keyring: &Keyring) -> Result<(), ManifestError> {
+        if !self.binds_objects() || !self.is_encrypted() {
+            return Ok(());
+        }
+        let macs = self.macs.as_ref().ok_or(ManifestError::Tampered)?;
+        let bytes = self.signed_bytes();
+        for k in keyring.keys() {
+            let Some(hex_mac) = macs.get(&format!("{:08x}", k.id())) else {
+                continue;
+            };
+            let Ok(want) = hex::decode(hex_mac) else {
+                return Err(ManifestError::Tampered);
+            };
+            let mut mac = Hmac::<Sha256>::new_from_slice(&k.derive_manifest_key())
+                .expect("HMAC takes any key length");
+            mac.update(&bytes);
+            return mac.verify_slice(&want).map_err(|_| ManifestError::Tampered);
+        }
+        Err(ManifestError::Tampered)
+    }
+
     /// Checks that a keyring with these ids can read and write this repository.
     ///
     /// # Errors
@@ -145,7 +303,39 @@ mod tests {
             encryption: encryption.into(),
             key_ids: key_ids.iter().map(|s| s.to_string()).collect(),
             created_at: "2026-11-21T00:00:00Z".parse().unwrap(),
+            macs: None,
         }
+    }
+
+    #[test]
+    fn version_2_is_authenticated_and_validated() {
+        use crate::format::key::MasterKey;
+        let ring = Keyring::single(MasterKey::from_hex(&"42".repeat(32)).unwrap());
+        let id = format!("{:08x}", ring.ids()[0]);
+        let mut m = manifest("aes-256-gcm", &[id.as_str()]);
+        m.version = REPOSITORY_MANIFEST_VERSION;
+        assert!(m.validate().is_err(), "unsigned encrypted v2 accepted");
+        m.sign(&ring);
+        m.validate().unwrap();
+        m.verify(&ring).unwrap();
+        let text = serde_json::to_string(&m).unwrap();
+        let back: RepositoryManifest = serde_json::from_str(&text).unwrap();
+        back.verify(&ring).unwrap();
+        // Any edit is detected.
+        let edited: RepositoryManifest =
+            serde_json::from_str(&text.replace("16777216", "1048576")).unwrap();
+        assert_eq!(edited.verify(&ring), Err(ManifestError::Tampered));
+        let other = Keyring::single(MasterKey::from_hex(&"43".repeat(32)).unwrap());
+        assert_eq!(m.verify(&other), Err(ManifestError::Tampered));
+        // Values out of range are errors, never defaults.
+        for size in [0, 3 << 20, 1 << 19, 1 << 31] {
+            let mut broken = m.clone();
+            broken.wal_segment_size = size;
+            assert!(broken.validate().is_err(), "segment size {size}");
+        }
+        let mut broken = m.clone();
+        broken.encryption = "rot13".into();
+        assert!(broken.validate().is_err());
     }
 
     #[test]

@@ -35,8 +35,16 @@ use crate::storage::Repository;
 
 /// The prefetch spool, inside the data directory.
 pub const SPOOL_DIR: &str = "walvault-spool";
-/// The repository settings file `restore_command` reads, inside the data directory.
-pub const SETTINGS_FILE: &str = "walvault-restore.json";
+/// The repository settings file `restore_command` reads, by default beside
+/// the data directory (never inside it: it holds the key and credentials,
+/// and everything in the data directory reaches later base backups,
+/// standby clones and `pg_read_file`).
+pub fn default_settings_file(pgdata: &Path) -> PathBuf {
+    let name = pgdata
+        .file_name()
+        .map_or_else(|| "pgdata".into(), |n| n.to_string_lossy().into_owned());
+    pgdata.with_file_name(format!("{name}.walvault.json"))
+}
 
 /// Why a restore failed after its plan held.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +77,8 @@ pub struct RestoreRequest {
     pub tablespace_dirs: Vec<(String, PathBuf)>,
     /// The repository settings restore_command uses.
     pub settings: RepositoryConfigFile,
+    /// Where they are written (outside the data directory).
+    pub settings_file: PathBuf,
     /// The walvault binary restore_command runs.
     pub walvault: PathBuf,
     /// Where recovery stops.
@@ -85,6 +95,8 @@ pub struct RestoreRequest {
     pub prefetch: u64,
     /// The spool's limit, as given.
     pub spool_max: String,
+    /// How long restore_command retries a failing store.
+    pub fetch_timeout: Duration,
 }
 
 /// How long the steps of a restore took.
@@ -97,11 +109,32 @@ pub struct Restored {
 }
 
 /// Unpacks the planned backup, writes the recovery configuration and syncs
-/// everything.
+/// everything. A restore that fails (a damaged, moved or missing part, say)
+/// leaves nothing behind: the data directory and tablespace directories,
+/// empty or absent before, are emptied or removed again.
 ///
 /// # Errors
 /// Fetch, integrity or file system errors.
 pub async fn execute(
+    repo: &Repository,
+    plan: &RestorePlan,
+    req: &RestoreRequest,
+) -> Result<Restored, RestoreError> {
+    let mut dirs = vec![req.pgdata.clone()];
+    dirs.extend(req.tablespace_dirs.iter().map(|(_, d)| d.clone()));
+    let existed: Vec<bool> = dirs.iter().map(|d| d.exists()).collect();
+    let result = restore_into(repo, plan, req).await;
+    if result.is_err() {
+        for (dir, existed) in dirs.iter().zip(existed) {
+            if std::fs::remove_dir_all(dir).is_ok() && existed {
+                let _ = std::fs::create_dir(dir);
+            }
+        }
+    }
+    result
+}
+
+async fn restore_into(
     repo: &Repository,
     plan: &RestorePlan,
     req: &RestoreRequest,
@@ -138,8 +171,8 @@ fn write_recovery_config(req: &RestoreRequest) -> Result<(), RestoreError> {
     let _ = std::fs::remove_file(dir.join(recovery::RECOVERY_SIGNAL));
     std::fs::write(dir.join(recovery::signal_file(req.standby)), "")
         .map_err(io("write the signal file"))?;
-    let settings_file = dir.join(SETTINGS_FILE);
-    write_repository_config(&settings_file, &req.settings)
+    let settings_file = &req.settings_file;
+    write_repository_config(settings_file, &req.settings)
         .map_err(io(format!("create {}", settings_file.display())))?;
     let spool = dir.join(SPOOL_DIR);
     let auto = dir.join("postgresql.auto.conf");
@@ -148,10 +181,11 @@ fn write_recovery_config(req: &RestoreRequest) -> Result<(), RestoreError> {
         &existing,
         &recovery::RecoverySettings {
             walvault: &req.walvault,
-            settings_file: &settings_file,
+            settings_file,
             spool: Some(&spool),
             prefetch: req.prefetch,
             spool_max: &req.spool_max,
+            fetch_timeout: req.fetch_timeout,
             target: &req.target,
             exclusive: req.exclusive,
             action: req.action,

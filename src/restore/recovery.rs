@@ -35,6 +35,8 @@ pub struct RecoverySettings<'a> {
     pub prefetch: u64,
     /// The spool's size limit, as given (e.g. `512MiB`).
     pub spool_max: &'a str,
+    /// How long restore_command retries a failing store.
+    pub fetch_timeout: std::time::Duration,
     /// Where recovery stops.
     pub target: &'a RecoveryTarget,
     /// Stop just before the target.
@@ -75,11 +77,17 @@ pub fn render_auto_conf(existing: &str, s: &RecoverySettings<'_>) -> String {
     // The source's replication settings (postgresql.conf of a standby, say)
     // must not make the restored cluster follow another server.
     text.push_str("primary_conninfo = ''\nprimary_slot_name = ''\n");
-    let fetch = format!(
+    let mut fetch = format!(
         "{} wal-fetch --repo-config {}",
         sh_quote(&s.walvault.display().to_string()),
         sh_quote(&s.settings_file.display().to_string())
     );
+    if s.fetch_timeout != crate::restore::serve::DEFAULT_FETCH_TIMEOUT {
+        fetch.push_str(&format!(
+            " --fetch-timeout {}s",
+            s.fetch_timeout.as_secs().max(1)
+        ));
+    }
     match s.spool.filter(|_| s.prefetch > 0) {
         None => text.push_str(&format!(
             "restore_command = {}\n",
@@ -162,6 +170,7 @@ mod tests {
             spool,
             prefetch: 8,
             spool_max: "512MiB",
+            fetch_timeout: crate::restore::serve::DEFAULT_FETCH_TIMEOUT,
             target,
             exclusive: false,
             action: TargetAction::Promote,

@@ -7,6 +7,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::format::manifest::RepositoryManifest;
 use crate::local_file::{Durability, write_atomically};
 use crate::lsn::WalFileName;
@@ -17,6 +19,15 @@ use super::spool::Spool;
 
 /// How long a wal-fetch waits for a segment the prefetch worker is fetching.
 pub const SPOOL_WAIT: Duration = Duration::from_secs(60);
+/// How long a wal-fetch keeps retrying a store that fails or stalls before
+/// it gives up, and recovery stops with the reason in the server log
+/// (`--fetch-timeout`).
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(300);
+/// The exit status of a wal-fetch that failed (a store that stayed down, a
+/// damaged object, a wrong key): above 125, so PostgreSQL stops recovery
+/// instead of taking the file as missing, ending recovery early and
+/// promoting. Exit status 1 means only "not in the archive".
+pub const EXIT_FAILED: u8 = 200;
 
 /// What `wal-fetch` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +86,8 @@ pub async fn serve_from_spool(name: &str, dest: &Path, spool: &Spool) -> bool {
 }
 
 /// Serves `name` into `dest` from the repository, and (with a spool) starts
-/// prefetching what follows.
+/// prefetching what follows. A store that fails is retried by the one
+/// retry policy, within `timeout` in all (default [`DEFAULT_FETCH_TIMEOUT`]).
 ///
 /// # Errors
 /// [`ServeError`]; a file the archive lacks is [`Served::NotInArchive`].
@@ -85,10 +97,21 @@ pub async fn serve_from_repository(
     name: &str,
     dest: &Path,
     spool: Option<&Spool>,
+    timeout: Duration,
+    cancel: &CancellationToken,
 ) -> Result<Served, ServeError> {
     let file = WalFileName::parse(name, manifest.wal_segment_size)?;
-    let fetched = fetch_wal_file(repo, file, manifest.wal_segment_size)
+    let fetch = storage::retry(name, cancel, || {
+        fetch_wal_file(repo, file, manifest.wal_segment_size)
+    });
+    let fetched = tokio::time::timeout(timeout, fetch)
         .await
+        .unwrap_or_else(|_| {
+            Err(storage::Error::Timeout {
+                key: name.to_string(),
+                after: timeout,
+            })
+        })
         .map_err(|source| ServeError::Storage {
             name: name.to_string(),
             source,

@@ -6,13 +6,15 @@ use object_store::PutPayload;
 use crate::format::chunk;
 use crate::format::manifest::{REPOSITORY_MANIFEST_VERSION, RepositoryManifest};
 
+use super::repository::ObjectPolicy;
 use super::{Error, Repository, layout};
 
 impl Repository {
-    /// Reads `walvault.json`, if the repository has one.
+    /// Reads `walvault.json`, if the repository has one, and validates every
+    /// field (not its authentication: see [`Repository::open_manifest`]).
     ///
     /// # Errors
-    /// On store errors or an unreadable document.
+    /// On store errors, an unreadable document or a value out of range.
     pub async fn read_manifest(&self) -> Result<Option<RepositoryManifest>, Error> {
         let key = layout::REPOSITORY_MANIFEST;
         let Some(bytes) = self.get_raw(key).await? else {
@@ -23,23 +25,29 @@ impl Repository {
                 key: key.into(),
                 reason: e.to_string(),
             })?;
-        if m.version > REPOSITORY_MANIFEST_VERSION {
-            return Err(Error::BadManifest {
-                key: key.into(),
-                reason: format!("version {} is newer than this walvault reads", m.version),
-            });
-        }
+        m.validate().map_err(|e| Error::BadManifest {
+            key: key.into(),
+            reason: e.to_string(),
+        })?;
         Ok(Some(m))
     }
 
-    /// Reads `walvault.json` and checks that the given keys fit it.
+    /// Reads `walvault.json`, checks that the given keys fit it and that it
+    /// is authentic, and from then on reads objects as it says (bound to
+    /// their keys or not, encrypted or not).
     ///
     /// # Errors
-    /// [`Error::Mismatch`] on the wrong key or missing key, and when the repository is empty.
+    /// [`Error::Mismatch`] on the wrong key or missing key,
+    /// [`Error::BadManifest`] when the document was changed.
     pub async fn open_manifest(&self) -> Result<Option<RepositoryManifest>, Error> {
         let m = self.read_manifest().await?;
         if let Some(m) = &m {
             m.check_keys(&self.keyring.ids())?;
+            m.verify(&self.keyring).map_err(|e| Error::BadManifest {
+                key: layout::REPOSITORY_MANIFEST.into(),
+                reason: e.to_string(),
+            })?;
+            self.set_policy(ObjectPolicy::of(m));
         }
         Ok(m)
     }
@@ -80,13 +88,19 @@ impl Repository {
                 .map(|id| format!("{id:08x}"))
                 .collect(),
             created_at: chrono::Utc::now(),
+            macs: None,
         };
+        let mut m = m;
+        m.sign(&self.keyring);
         let body = serde_json::to_vec_pretty(&m).expect("manifest serializes");
         match self
             .put_create(layout::REPOSITORY_MANIFEST, PutPayload::from(body))
             .await
         {
-            Ok(()) => Ok(m),
+            Ok(()) => {
+                self.set_policy(ObjectPolicy::of(&m));
+                Ok(m)
+            }
             // Someone else created it first: check theirs.
             Err(Error::Backend {
                 source: object_store::Error::AlreadyExists { .. },

@@ -79,7 +79,8 @@ pub fn environment_options(
 /// Opens the repository at `url`: `file:///path`, `s3://bucket/prefix`,
 /// `gs://bucket/prefix` or `az://container/prefix`. Store settings come from
 /// `vars` (the environment) and then `options`, which win; plain HTTP is
-/// allowed for a loopback S3 endpoint.
+/// allowed for a loopback S3 or Azure endpoint (GCS allows it for the base
+/// URL a service-account file names).
 ///
 /// # Errors
 /// [`Error::Url`] for an unknown scheme, an unknown option, or a store
@@ -157,6 +158,11 @@ pub(super) fn open(
                 let key: object_store::azure::AzureConfigKey = k
                     .parse()
                     .map_err(|_| bad(format!("unknown Azure option {k:?}")))?;
+                if matches!(key, object_store::azure::AzureConfigKey::Endpoint)
+                    && is_loopback_http(v)
+                {
+                    b = b.with_allow_http(true);
+                }
                 b = b.with_config(key, v);
             }
             Arc::new(b.build().map_err(|e| bad(e.to_string()))?)

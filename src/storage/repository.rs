@@ -13,8 +13,9 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 
-use crate::format::chunk::{self, SealOptions};
+use crate::format::chunk::{self, Binding, Expect, SealOptions};
 use crate::format::key::Keyring;
+use crate::format::manifest::RepositoryManifest;
 
 use super::Error;
 
@@ -24,6 +25,27 @@ const BASE_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const TIMEOUT_PER_MIB: Duration = Duration::from_secs(2);
 /// Limit for reading one object or listing a prefix.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How objects of this repository are sealed and which ones open: set from
+/// `walvault.json` once it is read; before that (a new repository), bound
+/// objects only, encrypted whenever a key is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectPolicy {
+    /// Objects are bound to their keys (envelope version 2).
+    pub bound: bool,
+    /// Objects without a cipher are refused.
+    pub require_cipher: bool,
+}
+
+impl ObjectPolicy {
+    /// The policy `walvault.json` sets.
+    pub fn of(manifest: &RepositoryManifest) -> Self {
+        ObjectPolicy {
+            bound: manifest.binds_objects(),
+            require_cipher: manifest.is_encrypted(),
+        }
+    }
+}
 
 /// An object's key and stored size.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +68,8 @@ pub struct Repository {
     pub(super) seal: SealOptions,
     /// For `file://` repositories: the directory, so writes can be fsynced.
     pub(super) local_root: Option<std::path::PathBuf>,
+    /// Set once `walvault.json` is read.
+    pub(super) policy: Arc<std::sync::OnceLock<ObjectPolicy>>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -97,6 +121,7 @@ impl Repository {
             keyring: Arc::new(keyring),
             seal,
             local_root: None,
+            policy: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
@@ -111,6 +136,19 @@ impl Repository {
         let mut repo = Self::from_store(store, "", display, keyring, seal);
         repo.local_root = Some(dir);
         repo
+    }
+
+    /// How objects are sealed and opened.
+    pub fn policy(&self) -> ObjectPolicy {
+        self.policy.get().copied().unwrap_or(ObjectPolicy {
+            bound: true,
+            require_cipher: !self.keyring.is_empty(),
+        })
+    }
+
+    /// Sets the policy `walvault.json` gives (once; later calls agree).
+    pub(super) fn set_policy(&self, policy: ObjectPolicy) {
+        let _ = self.policy.set(policy);
     }
 
     /// The URL, without credentials, for messages.
@@ -176,8 +214,15 @@ impl Repository {
         } else {
             [0; chunk::SALT_LEN]
         };
+        let bound = self.policy().bound;
+        let object_key = key.to_string();
         let sealed = tokio::task::spawn_blocking(move || {
-            chunk::seal(&for_seal, &seal, keyring.write_key(), salt)
+            let binding = if bound {
+                Binding::Key(&object_key)
+            } else {
+                Binding::Unbound
+            };
+            chunk::seal_bound(&for_seal, &seal, keyring.write_key(), salt, binding)
         })
         .await
         .expect("sealing does not panic");
@@ -220,9 +265,18 @@ impl Repository {
             return Ok(None);
         };
         let keyring = self.keyring.clone();
-        let opened = tokio::task::spawn_blocking(move || chunk::open(&raw, &keyring))
-            .await
-            .expect("opening does not panic");
+        let policy = self.policy();
+        let object_key = key.to_string();
+        let opened = tokio::task::spawn_blocking(move || {
+            let expect = Expect {
+                key: &object_key,
+                allow_unbound: !policy.bound,
+                require_cipher: policy.require_cipher,
+            };
+            chunk::open_expected(&raw, &keyring, expect)
+        })
+        .await
+        .expect("opening does not panic");
         opened.map(Some).map_err(|source| Error::Corrupt {
             key: key.to_string(),
             source,

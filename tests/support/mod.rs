@@ -1,13 +1,34 @@
-//! Shared fixtures: real PostgreSQL servers, a real S3 server, the walvault
-//! binary, and checks on what the archive holds.
+//! Shared fixtures: real PostgreSQL servers, real object stores (s3s-fs and
+//! moto for S3, Azurite, fake-gcs-server), the walvault binary, and checks on
+//! what the archive holds.
 
 pub mod archive;
+pub mod azurite;
+pub mod gcs;
+pub mod http;
+pub mod moto;
 pub mod pg;
 pub mod process;
 pub mod s3;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// Where `scripts/setup-test-env.sh` installs the test servers:
+/// `$WALVAULT_TEST_HOME`, else `/opt/walvault-test` as root and
+/// `~/.cache/walvault-test` otherwise.
+pub fn test_home() -> PathBuf {
+    std::env::var_os("WALVAULT_TEST_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            if nix::unistd::Uid::effective().is_root() {
+                PathBuf::from("/opt/walvault-test")
+            } else {
+                PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/walvault-test")
+            }
+        })
+}
 
 /// Generates one test per supported PostgreSQL major (14 to 18) from an
 /// `async fn(major: u32)`.

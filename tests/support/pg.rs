@@ -25,16 +25,7 @@ pub fn pg_install(major: u32) -> (PathBuf, Option<PathBuf>) {
         );
         return (bin, None);
     }
-    let home = std::env::var_os("WALVAULT_TEST_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            if Uid::effective().is_root() {
-                PathBuf::from("/opt/walvault-test")
-            } else {
-                PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/walvault-test")
-            }
-        });
-    let root = home.join("pg").join(major.to_string());
+    let root = super::test_home().join("pg").join(major.to_string());
     assert!(
         root.join("bin/postgres").exists(),
         "PostgreSQL {major} is missing under {}: run scripts/setup-test-env.sh",
@@ -254,6 +245,13 @@ impl PgCluster {
     /// Starts a server on a restored data directory (owned by us until now):
     /// hands it to the server's user and starts it on a new port.
     pub fn start_restored(major: u32, data_dir: PathBuf) -> PgCluster {
+        let mut pg = Self::restored(major, data_dir);
+        pg.launch();
+        pg
+    }
+
+    /// A server for a restored data directory, not started yet.
+    pub fn restored(major: u32, data_dir: PathBuf) -> PgCluster {
         let (bin, lib) = pg_install(major);
         let dir = tempfile::Builder::new()
             .prefix("walvault-pg")
@@ -263,8 +261,15 @@ impl PgCluster {
         std::fs::create_dir_all(&socket_dir).unwrap();
         chown_for_server(dir.path());
         chown_for_server(&data_dir);
+        // restore_command reads the repository settings beside the data
+        // directory: the server's user must own them, as after a restore run
+        // by that user.
+        let settings = walvault::restore::default_settings_file(&data_dir);
+        if settings.exists() {
+            chown_for_server(&settings);
+        }
         let log = dir.path().join("server.log");
-        let mut pg = PgCluster {
+        PgCluster {
             major,
             port: free_port(),
             data_dir,
@@ -274,13 +279,54 @@ impl PgCluster {
             child: None,
             _dir: dir,
             log,
-        };
-        pg.launch();
-        pg
+        }
+    }
+
+    /// Starts `postgres` and waits for it to exit by itself (a recovery that
+    /// must stop); returns its log.
+    pub fn run_until_exit(&mut self, limit: Duration) -> String {
+        self.spawn();
+        let mut child = self.child.take().expect("spawned");
+        let deadline = Instant::now() + limit;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                self.child = Some(child);
+                panic!(
+                    "postgres did not stop within {limit:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.log_text()
     }
 
     /// Starts `postgres` and waits until it accepts connections.
     pub fn launch(&mut self) {
+        let ready_before = self.log_text().matches("ready to accept").count();
+        self.spawn();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.log_text().matches("ready to accept").count() > ready_before
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("postgres exited with {status}; log:\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not start; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -303,26 +349,6 @@ impl PgCluster {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let ready_before = self.log_text().matches("ready to accept").count();
-        loop {
-            if self.log_text().matches("ready to accept").count() > ready_before
-                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            {
-                return;
-            }
-            if let Some(c) = self.child.as_mut()
-                && let Ok(Some(status)) = c.try_wait()
-            {
-                panic!("postgres exited with {status}; log:\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "postgres did not start; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     /// The server log so far.

@@ -118,8 +118,8 @@ impl S3Server {
         format!("s3://walvault/{prefix}")
     }
 
-    /// The same repository, opened in-process.
-    pub fn repository(&self, prefix: &str, keyring: Keyring) -> Repository {
+    /// The store, built with explicit settings.
+    pub fn store(&self) -> Arc<object_store::aws::AmazonS3> {
         let store = object_store::aws::AmazonS3Builder::new()
             .with_bucket_name("walvault")
             .with_endpoint(self.endpoint())
@@ -130,8 +130,30 @@ impl S3Server {
             .with_retry(walvault::storage::store_retry_config())
             .build()
             .unwrap();
+        Arc::new(store)
+    }
+
+    /// An encrypted repository under `prefix` (the test key): the
+    /// environment of a walvault process and the same repository in-process.
+    pub fn encrypted(&self, prefix: &str) -> (super::process::RepoEnv, Repository) {
+        let mut env = self.env();
+        env.push(("WALVAULT_KEY".into(), super::process::KEY.into()));
+        let keyring = Keyring::single(
+            walvault::format::MasterKey::from_hex(super::process::KEY).expect("a valid key"),
+        );
+        (
+            super::process::RepoEnv {
+                url: self.url(prefix),
+                env,
+            },
+            self.repository(prefix, keyring),
+        )
+    }
+
+    /// The same repository, opened in-process.
+    pub fn repository(&self, prefix: &str, keyring: Keyring) -> Repository {
         Repository::from_store(
-            Arc::new(store),
+            self.store(),
             prefix,
             self.url(prefix),
             keyring,

@@ -1,0 +1,492 @@
+//! The archive under attack: objects moved, swapped, forged, truncated or
+//! edited in the bucket by someone who holds no key; a crafted tar stream;
+//! a store that fails during recovery. Each must be refused with the object
+//! named, and a refused restore writes nothing.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use walvault::format::SealOptions;
+use walvault::format::chunk::{Binding, seal_bound};
+use walvault::lsn::{SegmentName, TimelineId};
+use walvault::storage::{Repository, layout};
+
+use crate::support::archive::wait_archived;
+use crate::support::pg::{PgCluster, PgOptions, pg_program};
+use crate::support::process::{KEY, RepoEnv, StreamProcess};
+use crate::support::s3::{S3Server, SECRET_KEY};
+
+const MIB: u64 = 1 << 20;
+const PREFIX: &str = "attack";
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A PostgreSQL 15 cluster, an encrypted archive with two backups (several
+/// 1 MiB parts each) and the WAL around them; the stream has stopped.
+struct Archive {
+    pg: PgCluster,
+    s3: S3Server,
+    env: RepoEnv,
+    repo: Repository,
+    backups: Vec<String>,
+    segments: Vec<u64>,
+}
+
+async fn archive() -> Archive {
+    let pg = PgCluster::start(15, &PgOptions::default());
+    let s3 = S3Server::start();
+    let (env, repo) = s3.encrypted(PREFIX);
+    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    pg.pgbench(&["-i", "-s", "2", "-q"]);
+    let conn = format!(
+        "host=127.0.0.1 port={} user=postgres sslmode=disable",
+        pg.port
+    );
+    let mut backups = Vec::new();
+    for round in 0..2 {
+        pg.execute(&format!(
+            "CREATE TABLE t{round} AS SELECT generate_series(1, 1000) AS x"
+        ))
+        .await;
+        let out = env.run(&[
+            "backup",
+            "--pg",
+            &conn,
+            "--checkpoint",
+            "fast",
+            "--part-size",
+            "1MiB",
+            "--json",
+        ]);
+        assert!(out.status.success(), "backup: {}", text(&out));
+        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        backups.push(meta["id"].as_str().unwrap().to_string());
+        // Backup ids are start times to the second.
+        crate::support::wait_for("the next second", Duration::from_secs(3), || async {
+            let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+            (backups.last().is_some_and(|b| !b.starts_with(&now))).then_some(())
+        })
+        .await;
+    }
+    let end = pg.switch_wal().await;
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    let inv = walvault::wal::inventory::WalInventory::scan(&repo, MIB)
+        .await
+        .unwrap();
+    let segments = inv.timelines[&TimelineId::FIRST]
+        .complete
+        .iter()
+        .copied()
+        .collect();
+    Archive {
+        pg,
+        s3,
+        env,
+        repo,
+        backups,
+        segments,
+    }
+}
+
+impl Archive {
+    fn path(&self, key: &str) -> std::path::PathBuf {
+        self.s3.object_path(PREFIX, key)
+    }
+
+    /// Replaces the object at `key` with `bytes`; returns what was there.
+    fn replace(&self, key: &str, bytes: &[u8]) -> Vec<u8> {
+        let old = std::fs::read(self.path(key)).unwrap_or_else(|e| panic!("{key}: {e}"));
+        std::fs::write(self.path(key), bytes).unwrap();
+        old
+    }
+
+    /// Copies the object at `from` over the one at `to`; returns what was there.
+    fn copy_over(&self, from: &str, to: &str) -> Vec<u8> {
+        let bytes = std::fs::read(self.path(from)).unwrap();
+        self.replace(to, &bytes)
+    }
+
+    fn segment_key(&self, n: u64) -> String {
+        layout::segment_key(
+            SegmentName {
+                timeline: TimelineId::FIRST,
+                number: n,
+            },
+            MIB,
+        )
+    }
+
+    fn segment_name(&self, n: u64) -> String {
+        SegmentName {
+            timeline: TimelineId::FIRST,
+            number: n,
+        }
+        .to_file_name(MIB)
+    }
+
+    fn wal_fetch(&self, n: u64) -> std::process::Output {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        self.env
+            .run(&["wal-fetch", &self.segment_name(n), dest.to_str().unwrap()])
+    }
+
+    /// A restore that must be refused: its output, with nothing written.
+    fn refused_restore(&self, args: &[&str]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let pgdata = dir.path().join("data");
+        let mut full = vec!["restore", "--pgdata", pgdata.to_str().unwrap()];
+        full.extend_from_slice(args);
+        let out = self.env.run(&full);
+        assert!(!out.status.success(), "restore {args:?} succeeded");
+        assert!(
+            !pgdata.exists(),
+            "a refused restore left {}",
+            pgdata.display()
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "a refused restore left files beside the data directory"
+        );
+        text(&out)
+    }
+}
+
+/// Moved, swapped, forged, truncated and edited objects: wal-fetch exits
+/// 200 (recovery stops), verify and restore name the object, `list` refuses
+/// a swapped backup.json, and no refused restore writes anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moved_forged_and_edited_objects_are_refused() {
+    let a = archive().await;
+    let (n, m) = (a.segments[1], a.segments[2]);
+    let (seg_n, seg_m) = (a.segment_key(n), a.segment_key(m));
+
+    // Segment N copied over segment M.
+    let old = a.copy_over(&seg_n, &seg_m);
+    let out = a.wal_fetch(m);
+    assert_eq!(out.status.code(), Some(200), "{}", text(&out));
+    assert!(text(&out).contains(&seg_m), "{}", text(&out));
+    assert!(
+        text(&out).contains("moved or copied here"),
+        "{}",
+        text(&out)
+    );
+    a.replace(&seg_m, &old);
+    assert!(a.wal_fetch(m).status.success());
+
+    // Part 1 of a backup copied over its part 2; then a truncated part.
+    let first = a.backups[0].as_str();
+    let part = |i| layout::backup_part_key(first, "base", i);
+    let old = a.copy_over(&part(1), &part(2));
+    let report = a.refused_restore(&["--backup", first]);
+    assert!(report.contains(&part(2)), "{report}");
+    let out = a.env.run(&["verify", "--backup", first]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains(&part(2)), "{}", text(&out));
+    a.replace(&part(2), &old[..old.len() / 2]);
+    let report = a.refused_restore(&["--backup", first]);
+    assert!(
+        report.contains(&part(2)) && report.contains("truncated"),
+        "{report}"
+    );
+    a.replace(&part(2), &old);
+
+    // One backup's backup.json over another's.
+    let (json_a, json_b) = (
+        layout::backup_json_key(&a.backups[0]),
+        layout::backup_json_key(&a.backups[1]),
+    );
+    let old = a.copy_over(&json_a, &json_b);
+    let out = a.env.run(&["list", "--json"]);
+    assert!(!out.status.success(), "list accepted a moved backup.json");
+    assert!(text(&out).contains(&json_b), "{}", text(&out));
+    a.refused_restore(&[]);
+    a.replace(&json_b, &old);
+
+    // A plaintext object forged where an encrypted one belongs.
+    let forged = seal_bound(
+        &[Bytes::from(a.pg.wal_file(&a.segment_name(m)))],
+        &SealOptions::default(),
+        None,
+        [0; 16],
+        Binding::Key(&format!("{PREFIX}/{seg_m}")),
+    );
+    let forged_here = seal_bound(
+        &[Bytes::from(a.pg.wal_file(&a.segment_name(m)))],
+        &SealOptions::default(),
+        None,
+        [0; 16],
+        Binding::Key(&seg_m),
+    );
+    for bytes in [&forged, &forged_here] {
+        let old = a.replace(&seg_m, bytes);
+        let out = a.wal_fetch(m);
+        assert_eq!(out.status.code(), Some(200), "{}", text(&out));
+        assert!(text(&out).contains(&seg_m), "{}", text(&out));
+        a.replace(&seg_m, &old);
+    }
+    let out = a.wal_fetch(m);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // walvault.json edited: a field changed, then a value out of range.
+    let identity = std::fs::read_to_string(a.path("walvault.json")).unwrap();
+    for (from, to, says) in [
+        (
+            "\"pg_major\": 15",
+            "\"pg_major\": 16",
+            "fails authentication",
+        ),
+        (
+            "\"wal_segment_size\": 1048576",
+            "\"wal_segment_size\": 0",
+            "wal_segment_size 0",
+        ),
+    ] {
+        let edited = identity.replacen(from, to, 1);
+        assert_ne!(edited, identity, "{from}");
+        std::fs::write(a.path("walvault.json"), &edited).unwrap();
+        let out = a.env.run(&["list"]);
+        assert!(!out.status.success(), "{to}: {}", text(&out));
+        assert!(text(&out).contains(says), "{to}: {}", text(&out));
+        let out = a.wal_fetch(m);
+        assert_eq!(out.status.code(), Some(200), "{to}: {}", text(&out));
+        a.refused_restore(&[]);
+    }
+    std::fs::write(a.path("walvault.json"), &identity).unwrap();
+    let out = a.env.run(&["verify"]);
+    assert!(out.status.success(), "the repaired archive: {}", text(&out));
+}
+
+/// A tar stream crafted to write outside the data directory, sealed into the
+/// repository as a backup's part (with backup.json made to match, as only a
+/// key holder could): the restore refuses it and writes nothing anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_tar_streams_cannot_escape_the_target() {
+    let a = archive().await;
+    let id = a.backups[0].clone();
+    let json_key = layout::backup_json_key(&id);
+    let original = a
+        .repo
+        .get_opened(&json_key)
+        .await
+        .unwrap()
+        .expect("backup.json");
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    let victim_s = victim.display().to_string();
+    let link_target = outside.path().display().to_string();
+    type Entry<'a> = (&'a str, tar::EntryType, Option<&'a str>);
+    let cases: [(&str, Vec<Entry>); 4] = [
+        (
+            "dot-dot",
+            vec![("../../victim", tar::EntryType::Regular, None)],
+        ),
+        (
+            "absolute",
+            vec![(victim_s.as_str(), tar::EntryType::Regular, None)],
+        ),
+        (
+            "symlink",
+            vec![
+                ("evil", tar::EntryType::Symlink, Some(link_target.as_str())),
+                ("evil/victim", tar::EntryType::Regular, None),
+            ],
+        ),
+        (
+            "hard link",
+            vec![("hl", tar::EntryType::Link, Some(victim_s.as_str()))],
+        ),
+    ];
+    for (what, entries) in cases {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(0o600);
+            h.set_size(1);
+            let name = h.as_old_mut().name.as_mut();
+            name[..path.len()].copy_from_slice(path.as_bytes());
+            if let Some(l) = link {
+                h.set_link_name(l).unwrap();
+            }
+            h.set_cksum();
+            let body: &[u8] = if kind == tar::EntryType::Regular {
+                b"x"
+            } else {
+                b""
+            };
+            if kind != tar::EntryType::Regular {
+                h.set_size(0);
+                h.set_cksum();
+            }
+            b.append(&h, body).unwrap();
+        }
+        let crafted = b.into_inner().unwrap();
+        // The crafted stream replaces the main directory's parts.
+        let mut meta: serde_json::Value = serde_json::from_slice(&original).unwrap();
+        let base = meta["tablespaces"]
+            .as_array_mut()
+            .unwrap()
+            .last_mut()
+            .unwrap();
+        base["parts"] = serde_json::json!([{
+            "index": 0,
+            "plain_bytes": crafted.len(),
+            "stored_bytes": 0,
+            "crc32c": format!("{:08x}", crc32c::crc32c(&crafted)),
+        }]);
+        let part_key = layout::backup_part_key(&id, "base", 0);
+        a.repo.delete(&part_key).await.unwrap();
+        a.repo
+            .put_sealed(&part_key, vec![Bytes::from(crafted)])
+            .await
+            .unwrap();
+        a.repo.delete(&json_key).await.unwrap();
+        a.repo
+            .put_sealed(
+                &json_key,
+                vec![Bytes::from(serde_json::to_vec(&meta).unwrap())],
+            )
+            .await
+            .unwrap();
+        let report = a.refused_restore(&["--backup", &id]);
+        assert!(report.contains("refusing tar entry"), "{what}: {report}");
+        assert!(!victim.exists(), "{what} wrote outside the target");
+        assert_eq!(
+            std::fs::read_dir(outside.path()).unwrap().count(),
+            0,
+            "{what}"
+        );
+    }
+}
+
+/// With the store down, restore_command fails with a status above 125 and
+/// recovery stops (no promotion, nothing replayed past the archive); once
+/// the store is back, the same directory recovers completely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_stops_when_the_store_fails() {
+    let mut a = archive().await;
+    let rows = a.pg.query_one("SELECT count(*) FROM t1").await;
+    let dir = tempfile::Builder::new()
+        .prefix("walvault-restore")
+        .tempdir()
+        .unwrap();
+    let pgdata = dir.path().join("data");
+    let out = a.env.run(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--fetch-timeout",
+        "3s",
+    ]);
+    assert!(out.status.success(), "restore: {}", text(&out));
+    a.s3.stop();
+    let mut restored = PgCluster::restored(15, pgdata.clone());
+    let log = restored.run_until_exit(Duration::from_secs(120));
+    assert!(
+        log.contains("could not restore file") && log.contains("exit code 200"),
+        "recovery did not stop on the failing store:\n{log}"
+    );
+    assert!(
+        !log.contains("selected new timeline") && !log.contains("ready to accept"),
+        "recovery ended early and promoted:\n{log}"
+    );
+    a.s3.launch();
+    restored.launch();
+    crate::support::wait_for("promotion", Duration::from_secs(90), || async {
+        (restored.query_one("SELECT pg_is_in_recovery()").await == "f").then_some(())
+    })
+    .await;
+    assert_eq!(restored.query_one("SELECT count(*) FROM t1").await, rows);
+}
+
+/// The key and store credentials stay out of the restored data directory
+/// (the settings file sits beside it, mode 0600); PostgreSQL's own
+/// pg_verifybackup accepts the restored files; and a base backup of the
+/// restored cluster works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restored_cluster_holds_no_secret_and_backs_up() {
+    let a = archive().await;
+    let dir = tempfile::Builder::new()
+        .prefix("walvault-restore")
+        .tempdir()
+        .unwrap();
+    let pgdata = dir.path().join("data");
+    let out = a
+        .env
+        .run(&["restore", "--pgdata", pgdata.to_str().unwrap()]);
+    assert!(out.status.success(), "restore: {}", text(&out));
+    let settings = dir.path().join("data.walvault.json");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&settings).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&settings).unwrap().contains(KEY));
+    assert_no_secret_in(&pgdata);
+    let verify = std::process::Command::new(pg_program(15, "pg_verifybackup"))
+        .arg("-n")
+        .arg(&pgdata)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "pg_verifybackup: {}",
+        text(&verify)
+    );
+
+    let restored = PgCluster::start_restored(15, pgdata.clone());
+    crate::support::wait_for("promotion", Duration::from_secs(90), || async {
+        (restored.query_one("SELECT pg_is_in_recovery()").await == "f").then_some(())
+    })
+    .await;
+    assert_no_secret_in(&pgdata);
+    let (env2, _) = a.s3.encrypted("attack-restored");
+    let out = env2.run(&[
+        "backup",
+        "--pg",
+        &format!(
+            "host=127.0.0.1 port={} user=postgres sslmode=disable",
+            restored.port
+        ),
+        "--checkpoint",
+        "fast",
+    ]);
+    assert!(
+        out.status.success(),
+        "backup of the restored cluster: {}",
+        text(&out)
+    );
+}
+
+/// No file under `dir` holds the key or the store secret.
+fn assert_no_secret_in(dir: &Path) {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = e.path();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_file() {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                for secret in [KEY, SECRET_KEY] {
+                    assert!(
+                        !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                        "{} holds a secret",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+}

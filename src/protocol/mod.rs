@@ -9,6 +9,7 @@ pub mod command;
 pub mod connection;
 pub mod conninfo;
 pub mod message;
+pub mod passfile;
 mod tls;
 
 pub use connection::ReplicationConnection;
@@ -81,6 +82,14 @@ pub enum Error {
     /// The server closed the connection.
     #[error("server closed the connection")]
     Closed,
+    /// The server does not fit `target_session_attrs`.
+    #[error("server {target} does not fit target_session_attrs: {reason}")]
+    SessionAttrs {
+        /// Where we connected.
+        target: String,
+        /// libpq's reason, e.g. "server is in hot standby mode".
+        reason: &'static str,
+    },
     /// A step took too long.
     #[error("{what} timed out after {after:?}")]
     Timeout {
@@ -96,7 +105,12 @@ impl Error {
     /// too many connections), as opposed to a configuration problem.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Connect { .. } | Error::Io(_) | Error::Closed | Error::Timeout { .. } => true,
+            // A server's role changes with failovers: try again later.
+            Error::Connect { .. }
+            | Error::Io(_)
+            | Error::Closed
+            | Error::Timeout { .. }
+            | Error::SessionAttrs { .. } => true,
             Error::Server(e) => {
                 // Connection exceptions, operator intervention (shutdown), and
                 // insufficient resources (too many connections).

@@ -1,80 +1,195 @@
-//! TLS for the replication connection, by `sslmode` as libpq defines it.
+//! TLS for the replication connection, as libpq sets it up.
 //!
-//! `prefer` and `require` encrypt without checking the certificate (libpq does
-//! the same unless a root certificate file exists); `verify-ca` checks the
-//! chain against `sslrootcert` (default `~/.postgresql/root.crt`) but not the
-//! name; `verify-full` checks both.
+//! The server certificate chain is checked whenever a root certificate is
+//! available: `sslrootcert` (a file, or `system` for the bundled Mozilla
+//! roots) or else `~/.postgresql/root.crt`, for `prefer` and `require` too
+//! when that file exists; `verify-ca` and `verify-full` fail without one.
+//! Only `verify-full` checks the name. CRLs (`sslcrl`, default
+//! `~/.postgresql/root.crl`, and `sslcrldir`) apply whenever the chain is
+//! checked. A client certificate (`sslcert`, default
+//! `~/.postgresql/postgresql.crt`) is offered when its file exists, with its
+//! key (`sslkey`), which must not be readable by group or others.
+//!
+//! The server certificate's hash for `tls-server-end-point` channel binding
+//! (RFC 5929) is computed here too.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
+use sha2::Digest;
 
 use super::Error;
-use super::conninfo::SslMode;
+use super::conninfo::{ConnInfo, RootCert, SslMode, TlsVersion};
 
-/// Builds the rustls client configuration for `mode`.
-pub(super) fn client_config(
-    mode: SslMode,
-    root_cert: Option<&Path>,
-) -> Result<Arc<ClientConfig>, Error> {
+/// Builds the rustls client configuration for `info` (reads the root
+/// certificate, CRL, client certificate and key files).
+pub(super) fn client_config(info: &ConnInfo) -> Result<Arc<ClientConfig>, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let max = info.ssl_max_protocol.unwrap_or(TlsVersion::Tls1_3);
+    let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::new();
+    if max >= TlsVersion::Tls1_3 {
+        versions.push(&rustls::version::TLS13);
+    }
+    // rustls has nothing older than TLS 1.2: a lower minimum allows 1.2.
+    if info.ssl_min_protocol <= TlsVersion::Tls1_2 && max >= TlsVersion::Tls1_2 {
+        versions.push(&rustls::version::TLS12);
+    }
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&versions)
         .map_err(|e| Error::Tls(e.to_string()))?;
-    let default_root = default_root_cert();
-    let root_path = root_cert.map(Path::to_path_buf).or_else(|| {
-        // As libpq: `require` with an existing root.crt behaves like verify-ca.
-        default_root.filter(|p| p.exists())
-    });
-    let verify = match mode {
-        SslMode::VerifyCa | SslMode::VerifyFull => true,
-        SslMode::Require | SslMode::Prefer | SslMode::Allow => root_cert.is_some(),
-        SslMode::Disable => false,
+
+    let roots = match &info.ssl_root_cert {
+        Some(RootCert::System) => {
+            let mut roots = RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            Some(roots)
+        }
+        Some(RootCert::File(path)) if std::fs::metadata(path).is_ok() => Some(load_roots(path)?),
+        Some(RootCert::File(path)) => {
+            if matches!(info.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) {
+                return Err(Error::Tls(format!(
+                    "root certificate file {} does not exist; provide the file, use sslrootcert=system, or choose an sslmode that does not verify the server certificate",
+                    path.display()
+                )));
+            }
+            None
+        }
+        None => {
+            if matches!(info.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) {
+                return Err(Error::Tls(
+                    "no home directory to find ~/.postgresql/root.crt; set sslrootcert".into(),
+                ));
+            }
+            None
+        }
     };
-    let config = if verify {
-        let path = root_path.ok_or_else(|| {
-            Error::Tls(format!(
-                "sslmode {mode:?} needs a root certificate: set sslrootcert (none at ~/.postgresql/root.crt)"
-            ))
-        })?;
-        let roots = load_roots(&path)?;
-        let inner =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| Error::Tls(e.to_string()))?;
-        let check_name = mode == SslMode::VerifyFull;
-        builder
+    let builder = match roots {
+        Some(roots) => {
+            let crls = load_crls(info)?;
+            let mut verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            if !crls.is_empty() {
+                // As OpenSSL with CRL_CHECK_ALL: every certificate of the
+                // chain needs its issuer's CRL, and an expired CRL fails.
+                verifier = verifier.with_crls(crls).enforce_revocation_expiration();
+            }
+            let inner = verifier.build().map_err(|e| Error::Tls(e.to_string()))?;
+            let check_name = info.ssl_mode == SslMode::VerifyFull;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainVerifier { inner, check_name }))
+        }
+        None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ChainVerifier { inner, check_name }))
-            .with_no_client_auth()
-    } else {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoNameNoChain(provider)))
-            .with_no_client_auth()
+            .with_custom_certificate_verifier(Arc::new(NoNameNoChain(provider))),
     };
+    let mut config = match client_identity(info)? {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| Error::Tls(format!("unusable client certificate or key: {e}")))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.enable_sni = info.ssl_sni;
     Ok(Arc::new(config))
 }
 
-/// The server name for SNI and verify-full.
+/// The server name for SNI and verify-full: the host name, or the address
+/// when the host is an IP address (no SNI is sent for addresses).
 pub(super) fn server_name(host: &str) -> Result<ServerName<'static>, Error> {
     ServerName::try_from(host.to_string())
         .map_err(|e| Error::Tls(format!("invalid server name {host:?}: {e}")))
 }
 
-fn default_root_cert() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".postgresql/root.crt"))
+/// The `tls-server-end-point` channel binding data (RFC 5929): the hash of
+/// the server's DER certificate with its signature's hash function, SHA-256
+/// for MD5 and SHA-1, as libpq and the server compute it.
+///
+/// # Errors
+/// When the signature algorithm has no such hash (e.g. Ed25519, RSA-PSS),
+/// as libpq fails then too.
+pub(super) fn tls_server_end_point(cert: &[u8]) -> Result<Vec<u8>, Error> {
+    let oid = signature_algorithm_oid(cert).ok_or_else(|| {
+        Error::Tls("could not read the server certificate's signature algorithm".into())
+    })?;
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+    let hash = match oid {
+        // md5WithRSA, sha1WithRSA, ecdsa-with-SHA1: upgraded to SHA-256.
+        o if o == [RSA, &[0x04]].concat() || o == [RSA, &[0x05]].concat() => Hash::Sha256,
+        o if o == [ECDSA, &[0x01]].concat() => Hash::Sha256,
+        o if o == [RSA, &[0x0b]].concat() || o == [ECDSA, &[0x03, 0x02]].concat() => Hash::Sha256,
+        o if o == [RSA, &[0x0c]].concat() || o == [ECDSA, &[0x03, 0x03]].concat() => Hash::Sha384,
+        o if o == [RSA, &[0x0d]].concat() || o == [ECDSA, &[0x03, 0x04]].concat() => Hash::Sha512,
+        o if o == [RSA, &[0x0e]].concat() || o == [ECDSA, &[0x03, 0x01]].concat() => Hash::Sha224,
+        _ => {
+            return Err(Error::Tls(
+                "the server certificate's signature algorithm has no hash for channel binding (tls-server-end-point); use channel_binding=disable or a certificate signed with RSA or ECDSA and SHA-2".into(),
+            ));
+        }
+    };
+    Ok(match hash {
+        Hash::Sha224 => sha2::Sha224::digest(cert).to_vec(),
+        Hash::Sha256 => sha2::Sha256::digest(cert).to_vec(),
+        Hash::Sha384 => sha2::Sha384::digest(cert).to_vec(),
+        Hash::Sha512 => sha2::Sha512::digest(cert).to_vec(),
+    })
+}
+
+enum Hash {
+    Sha224,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+/// The OID of `Certificate.signatureAlgorithm` (X.509: a SEQUENCE of
+/// tbsCertificate, signatureAlgorithm, signatureValue).
+fn signature_algorithm_oid(cert: &[u8]) -> Option<&[u8]> {
+    let (tag, body, _) = der_element(cert)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (_tbs_tag, _tbs, rest) = der_element(body)?;
+    let (tag, algorithm, _) = der_element(rest)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, oid, _) = der_element(algorithm)?;
+    (tag == 0x06).then_some(oid)
+}
+
+/// One DER element: (tag, contents, what follows).
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
 fn load_roots(path: &Path) -> Result<RootCertStore, Error> {
     let pem = std::fs::read(path).map_err(|e| {
         Error::Tls(format!(
-            "cannot read root certificate {}: {e}",
+            "cannot read root certificate file {}: {e}",
             path.display()
         ))
     })?;
@@ -92,7 +207,170 @@ fn load_roots(path: &Path) -> Result<RootCertStore, Error> {
     Ok(roots)
 }
 
-/// verify-ca / verify-full: the chain must be valid; the name only for verify-full.
+/// CRLs from `sslcrl` (a missing file is ignored, as libpq does) and every
+/// file of `sslcrldir` (if the directory exists).
+fn load_crls(info: &ConnInfo) -> Result<Vec<CertificateRevocationListDer<'static>>, Error> {
+    let mut crls = Vec::new();
+    if let Some(path) = &info.ssl_crl
+        && std::fs::metadata(path).is_ok()
+    {
+        let found = read_crls(path)?;
+        if found.is_empty() {
+            return Err(Error::Tls(format!(
+                "no certificate revocation list in {}",
+                path.display()
+            )));
+        }
+        crls.extend(found);
+    }
+    if let Some(dir) = &info.ssl_crl_dir
+        && let Ok(entries) = std::fs::read_dir(dir)
+    {
+        for entry in entries {
+            let path = entry
+                .map_err(|e| Error::Tls(format!("cannot list {}: {e}", dir.display())))?
+                .path();
+            if path.is_file() {
+                crls.extend(read_crls(&path)?);
+            }
+        }
+    }
+    Ok(crls)
+}
+
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, Error> {
+    let pem = std::fs::read(path).map_err(|e| {
+        Error::Tls(format!(
+            "cannot read certificate revocation list {}: {e}",
+            path.display()
+        ))
+    })?;
+    rustls_pemfile::crls(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            Error::Tls(format!(
+                "bad certificate revocation list in {}: {e}",
+                path.display()
+            ))
+        })
+}
+
+/// The client certificate chain and key, when the certificate file exists.
+fn client_identity(
+    info: &ConnInfo,
+) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, Error> {
+    if info.ssl_cert_disabled {
+        return Ok(None);
+    }
+    let Some(cert_path) = &info.ssl_cert else {
+        return Ok(None);
+    };
+    let pem = match std::fs::read(cert_path) {
+        Ok(pem) => pem,
+        // As libpq: a missing certificate file means no client certificate.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(Error::Tls(format!(
+                "cannot read certificate file {}: {e}",
+                cert_path.display()
+            )));
+        }
+    };
+    let chain = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Tls(format!("bad certificate in {}: {e}", cert_path.display())))?;
+    if chain.is_empty() {
+        return Err(Error::Tls(format!(
+            "no certificate in {}",
+            cert_path.display()
+        )));
+    }
+    let key_path = info.ssl_key.as_deref().ok_or_else(|| {
+        Error::Tls(format!(
+            "certificate {} present, but no private key file (set sslkey)",
+            cert_path.display()
+        ))
+    })?;
+    Ok(Some((chain, load_private_key(key_path, info)?)))
+}
+
+fn load_private_key(path: &Path, info: &ConnInfo) -> Result<PrivateKeyDer<'static>, Error> {
+    if path.to_string_lossy().starts_with("engine:") {
+        return Err(Error::Tls(
+            "sslkey with an OpenSSL engine is not supported; give a PEM key file".into(),
+        ));
+    }
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Error::Tls(format!(
+            "certificate present, but not private key file {}: {e}",
+            path.display()
+        ))
+    })?;
+    if !meta.is_file() {
+        return Err(Error::Tls(format!(
+            "private key file {} is not a regular file",
+            path.display()
+        )));
+    }
+    if !is_private_key_mode(meta_uid(&meta), meta_mode(&meta)) {
+        return Err(Error::Tls(format!(
+            "private key file {} has group or world access; file must have permissions u=rw (0600) or less if owned by the current user, or permissions u=rw,g=r (0640) or less if owned by root",
+            path.display()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::Tls(format!(
+            "cannot read private key file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
+    if text.contains("ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED") {
+        let hint = if info.ssl_password.is_some() {
+            "sslpassword is not supported"
+        } else {
+            "walvault cannot decrypt it"
+        };
+        return Err(Error::Tls(format!(
+            "private key file {} is encrypted and {hint}; decrypt it (openssl pkey -in KEY -out KEY.plain) and protect it with file permissions",
+            path.display()
+        )));
+    }
+    let key = match rustls_pemfile::private_key(&mut bytes.as_slice()) {
+        Ok(Some(key)) => key,
+        // Not PEM: try DER.
+        Ok(None) | Err(_) => PrivateKeyDer::try_from(bytes)
+            .map_err(|_| Error::Tls(format!("no private key found in {}", path.display())))?,
+    };
+    Ok(key)
+}
+
+/// libpq's rule: no group or other access, except that a root-owned key may
+/// be group-readable (0640).
+fn is_private_key_mode(uid: u32, mode: u32) -> bool {
+    if uid == 0 {
+        mode & 0o037 == 0
+    } else {
+        mode & 0o077 == 0
+    }
+}
+
+fn meta_uid(meta: &std::fs::Metadata) -> u32 {
+    std::os::unix::fs::MetadataExt::uid(meta)
+}
+
+fn meta_mode(meta: &std::fs::Metadata) -> u32 {
+    std::os::unix::fs::MetadataExt::mode(meta)
+}
+
+/// A verified chain; the name is checked only for verify-full.
 #[derive(Debug)]
 struct ChainVerifier {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
@@ -142,7 +420,8 @@ impl ServerCertVerifier for ChainVerifier {
     }
 }
 
-/// prefer / require: encryption without certificate checks (libpq's behaviour).
+/// No root certificate and sslmode prefer/require: encryption without
+/// certificate checks (libpq's behaviour).
 #[derive(Debug)]
 struct NoNameNoChain(Arc<rustls::crypto::CryptoProvider>);
 
@@ -188,5 +467,46 @@ impl ServerCertVerifier for NoNameNoChain {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_permissions_follow_libpq() {
+        assert!(is_private_key_mode(1000, 0o100600));
+        assert!(is_private_key_mode(1000, 0o100400));
+        assert!(!is_private_key_mode(1000, 0o100640));
+        assert!(!is_private_key_mode(1000, 0o100604));
+        assert!(is_private_key_mode(0, 0o100640));
+        assert!(!is_private_key_mode(0, 0o100660));
+        assert!(!is_private_key_mode(0, 0o100644));
+    }
+
+    #[test]
+    fn end_point_hash_follows_the_signature() {
+        // An rcgen certificate signed with ECDSA P-256/SHA-256 and one with
+        // P-384/SHA-384.
+        for (alg, len) in [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, 32),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, 48),
+        ] {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            let hash = tls_server_end_point(cert.der()).unwrap();
+            assert_eq!(hash.len(), len);
+        }
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert!(tls_server_end_point(cert.der()).is_err());
+        assert!(tls_server_end_point(b"\x30\x03\x02\x01").is_err());
     }
 }

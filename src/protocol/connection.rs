@@ -266,21 +266,7 @@ impl ReplicationConnection {
                 (Transport::Unix(s), false)
             }
             _ => {
-                let connected = match addr {
-                    Some(a) => TcpStream::connect((a, port)).await,
-                    None => {
-                        let Host::Tcp(h) = host else {
-                            unreachable!("Unix sockets without hostaddr are handled above")
-                        };
-                        TcpStream::connect((h.as_str(), port)).await
-                    }
-                };
-                let mut s = connected.map_err(|source| Error::Connect {
-                    target: target.clone(),
-                    source,
-                })?;
-                s.set_nodelay(true)?;
-                set_tcp_options(&s, info)?;
+                let mut s = connect_tcp(info, host, addr, port, &target).await?;
                 if matches!(info.ssl_mode, SslMode::Disable | SslMode::Allow) {
                     (Transport::Tcp(s), false)
                 } else {
@@ -300,12 +286,21 @@ impl ReplicationConnection {
                                     unreachable!("Unix sockets without hostaddr are handled above")
                                 }
                             };
-                            let config = tls::client_config(info)?;
-                            let connector = tokio_rustls::TlsConnector::from(config);
-                            let tls = connector.connect(name, s).await.map_err(|e| {
-                                Error::Tls(format!("handshake with {target} failed: {e}"))
-                            })?;
-                            (Transport::Tls(Box::new(tls)), true)
+                            match start_tls(info, name, s, &target).await {
+                                Ok(tls) => (Transport::Tls(Box::new(tls)), true),
+                                // As libpq: with prefer, a failed TLS set-up or
+                                // handshake is retried once without TLS.
+                                Err(e) if info.ssl_mode == SslMode::Prefer => {
+                                    tracing::warn!(
+                                        target = %target,
+                                        error = %e,
+                                        "TLS failed, retrying without TLS as sslmode=prefer allows"
+                                    );
+                                    let s = connect_tcp(info, host, addr, port, &target).await?;
+                                    (Transport::Tcp(s), false)
+                                }
+                                Err(e) => return Err(e),
+                            }
                         }
                         b'N' if info.ssl_mode == SslMode::Prefer => (Transport::Tcp(s), false),
                         b'N' => {
@@ -783,6 +778,45 @@ impl ReplicationConnection {
             None => Err(Error::Protocol("incomplete message".into())),
         }
     }
+}
+
+/// Opens the TCP connection to `addr` (or `host`) with libpq's socket options.
+async fn connect_tcp(
+    info: &ConnInfo,
+    host: &Host,
+    addr: Option<IpAddr>,
+    port: u16,
+    target: &str,
+) -> Result<TcpStream, Error> {
+    let connected = match (addr, host) {
+        (Some(a), _) => TcpStream::connect((a, port)).await,
+        (None, Host::Tcp(h)) => TcpStream::connect((h.as_str(), port)).await,
+        (None, Host::Unix(_)) => {
+            return Err(Error::Protocol("a Unix socket is not a TCP address".into()));
+        }
+    };
+    let s = connected.map_err(|source| Error::Connect {
+        target: target.to_string(),
+        source,
+    })?;
+    s.set_nodelay(true)?;
+    set_tcp_options(&s, info)?;
+    Ok(s)
+}
+
+/// Sets up TLS on `s` after the server accepted the SSLRequest.
+async fn start_tls(
+    info: &ConnInfo,
+    name: rustls::pki_types::ServerName<'static>,
+    s: TcpStream,
+    target: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error> {
+    let config = tls::client_config(info)?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    connector
+        .connect(name, s)
+        .await
+        .map_err(|e| Error::Tls(format!("handshake with {target} failed: {e}")))
 }
 
 /// Applies libpq's TCP options: keepalives (on by default) and `tcp_user_timeout`.

@@ -572,6 +572,14 @@ async fn require_with_root_cert_and_crl() {
             .is_ok()
     );
 
+    // sslrootcert=system (the bundled public roots) does not trust the test CA,
+    // and makes verify-full the default.
+    let err = connect(&format!("{base} host=localhost sslrootcert=system"))
+        .await
+        .err()
+        .expect("the test CA is not a public root");
+    assert!(err.to_string().contains("TLS"), "{err}");
+
     // CRLs: one without revocations passes, one revoking the server fails,
     // through sslcrl, sslcrldir and the default ~/.postgresql/root.crl.
     certs.crl("empty.crl", false);
@@ -779,8 +787,44 @@ async fn hostaddr_with_tls_name() {
     );
 }
 
-/// target_session_attrs skips servers that do not fit; requirepeer checks
-/// the server's OS user over a Unix socket; the TCP options are accepted.
+/// target_session_attrs picks the host that fits among a primary and a
+/// standby, in libpq's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_session_attrs_picks_the_host() {
+    let mut primary = PgCluster::start(15, &PgOptions::default());
+    let standby = PgCluster::standby_of(&mut primary);
+    let (p, s) = (primary.port, standby.port);
+    for (hosts, attrs, want) in [
+        (format!("{p},{s}"), "standby", s),
+        (format!("{p},{s}"), "prefer-standby", s),
+        (format!("{p},{s}"), "read-only", s),
+        (format!("{s},{p}"), "primary", p),
+        (format!("{s},{p}"), "read-write", p),
+        (format!("{s},{p}"), "any", s),
+    ] {
+        let c = connect(&format!(
+            "host=127.0.0.1,127.0.0.1 port={hosts} user=postgres sslmode=disable target_session_attrs={attrs}"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{attrs}: {e}"));
+        assert!(
+            c.target().ends_with(&format!(":{want}")),
+            "{attrs}: {}",
+            c.target()
+        );
+    }
+    // prefer-standby takes the primary when no standby is listed.
+    let c = connect(&format!(
+        "host=127.0.0.1 port={p} user=postgres sslmode=disable target_session_attrs=prefer-standby"
+    ))
+    .await
+    .unwrap();
+    assert!(c.target().ends_with(&format!(":{p}")));
+}
+
+/// target_session_attrs refuses a server that does not fit; requirepeer
+/// checks the server's OS user over a Unix socket; the TCP options are
+/// accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_and_socket_options() {
     let pg = PgCluster::start(15, &PgOptions::default());

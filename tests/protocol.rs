@@ -171,6 +171,18 @@ async fn tls_modes(major: u32) {
     .await
     .unwrap();
     assert!(c.is_tls());
+    // This server asks for no client certificate (no ssl_ca_file).
+    let err = connect(&format!(
+        "host=127.0.0.1 {base} sslmode=require sslcertmode=require"
+    ))
+    .await
+    .err()
+    .expect("sslcertmode=require needs a server that asks");
+    assert!(
+        err.to_string()
+            .contains("did not request an SSL certificate"),
+        "{err}"
+    );
 }
 pg_test!(tls_modes);
 
@@ -448,6 +460,14 @@ async fn client_certificate_auth() {
     .expect("a client certificate from the server's CA logs in");
     assert!(c.is_tls());
     assert!(c.identify_system().await.is_ok());
+    let c = connect(&format!(
+        "{base} sslcertmode=require sslcert={} sslkey={}",
+        certs.path("client.crt"),
+        certs.path("client.key")
+    ))
+    .await
+    .expect("sslcertmode=require: the server asked and got the certificate");
+    assert!(c.is_tls());
 
     // The default files under ~/.postgresql are used as libpq uses them.
     let home = tempfile::tempdir().unwrap();

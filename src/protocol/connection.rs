@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::conninfo::{
-    ChannelBindingMode, ConnInfo, Host, SslMode, TargetSessionAttrs, describe_target,
+    ChannelBindingMode, ConnInfo, Host, SslCertMode, SslMode, TargetSessionAttrs, describe_target,
 };
 use super::message::StandbyStatusUpdate;
 use super::{Error, ServerError, passfile, tls};
@@ -242,6 +243,7 @@ impl ReplicationConnection {
                 None => dir.display().to_string(),
             },
         };
+        let mut cert_use = None;
         let (transport, is_tls) = match (host, addr) {
             (Host::Unix(dir), None) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
@@ -287,7 +289,10 @@ impl ReplicationConnection {
                                 }
                             };
                             match start_tls(info, name, s, &target).await {
-                                Ok(tls) => (Transport::Tls(Box::new(tls)), true),
+                                Ok((tls, used)) => {
+                                    cert_use = Some(used);
+                                    (Transport::Tls(Box::new(tls)), true)
+                                }
                                 // As libpq: with prefer, a failed TLS set-up or
                                 // handshake is retried once without TLS.
                                 Err(e) if info.ssl_mode == SslMode::Prefer => {
@@ -324,6 +329,22 @@ impl ReplicationConnection {
             is_tls,
         };
         conn.startup(info, &passfile_host, port).await?;
+        if info.ssl_cert_mode == SslCertMode::Require {
+            // libpq's sslcertmode=require checks, once the server is satisfied.
+            match cert_use {
+                Some(u) if u.was_sent() => {}
+                Some(u) if u.was_requested() => {
+                    return Err(Error::Auth(
+                        "server accepted connection without a valid SSL certificate".into(),
+                    ));
+                }
+                _ => {
+                    return Err(Error::Auth(
+                        "server did not request an SSL certificate (sslcertmode=require)".into(),
+                    ));
+                }
+            }
+        }
         Ok(conn)
     }
 
@@ -810,13 +831,20 @@ async fn start_tls(
     name: rustls::pki_types::ServerName<'static>,
     s: TcpStream,
     target: &str,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error> {
-    let config = tls::client_config(info)?;
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<TcpStream>,
+        Arc<tls::ClientCertUse>,
+    ),
+    Error,
+> {
+    let (config, cert_use) = tls::client_config(info)?;
     let connector = tokio_rustls::TlsConnector::from(config);
-    connector
+    let tls = connector
         .connect(name, s)
         .await
-        .map_err(|e| Error::Tls(format!("handshake with {target} failed: {e}")))
+        .map_err(|e| Error::Tls(format!("handshake with {target} failed: {e}")))?;
+    Ok((tls, cert_use))
 }
 
 /// Applies libpq's TCP options: keepalives (on by default) and `tcp_user_timeout`.

@@ -58,6 +58,17 @@ pub enum ChannelBindingMode {
     Require,
 }
 
+/// libpq's `sslcertmode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslCertMode {
+    /// Never send a client certificate.
+    Disable,
+    /// Send one if the server asks and the file exists.
+    Allow,
+    /// As `Allow`, and fail unless the server asked for and got one.
+    Require,
+}
+
 /// libpq's `target_session_attrs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TargetSessionAttrs {
@@ -137,8 +148,8 @@ pub struct ConnInfo {
     pub ssl_cert: Option<PathBuf>,
     /// Client private key (`sslkey`, else `~/.postgresql/postgresql.key`).
     pub ssl_key: Option<PathBuf>,
-    /// `sslcertmode=disable`: never send a client certificate.
-    pub ssl_cert_disabled: bool,
+    /// `sslcertmode` (default allow).
+    pub ssl_cert_mode: SslCertMode,
     /// Password for an encrypted client key (`sslpassword`); encrypted keys
     /// are refused, so this only matters for the error message.
     pub ssl_password: Option<SecretString>,
@@ -512,15 +523,10 @@ impl ConnInfo {
             None | Some("0" | "1") => {}
             Some(other) => return Err(invalid("sslcompression", other, "0 or 1")),
         }
-        let ssl_cert_disabled = match value("sslcertmode").as_deref() {
-            None | Some("allow") => false,
-            Some("disable") => true,
-            Some("require") => {
-                return Err(ConnInfoError::Unsupported {
-                    key: "sslcertmode".into(),
-                    reason: "sslcertmode=require is not implemented; use allow (the default) or disable",
-                });
-            }
+        let ssl_cert_mode = match value("sslcertmode").as_deref() {
+            None | Some("allow") => SslCertMode::Allow,
+            Some("disable") => SslCertMode::Disable,
+            Some("require") => SslCertMode::Require,
             Some(other) => return Err(invalid("sslcertmode", other, "disable, allow or require")),
         };
         let ssl_sni = parse_bool01("sslsni", value("sslsni"), true)?;
@@ -669,7 +675,7 @@ impl ConnInfo {
             ssl_key: value("sslkey")
                 .map(PathBuf::from)
                 .or_else(|| in_home(".postgresql/postgresql.key")),
-            ssl_cert_disabled,
+            ssl_cert_mode,
             ssl_password: value("sslpassword").map(SecretString::from),
             ssl_crl,
             ssl_crl_dir,
@@ -1177,7 +1183,7 @@ mod tests {
         assert_eq!(c.ssl_min_protocol, TlsVersion::Tls1_3);
         assert_eq!(c.channel_binding, ChannelBindingMode::Disable);
         assert_eq!(c.require_peer.as_deref(), Some("postgres"));
-        assert!(c.ssl_cert_disabled);
+        assert_eq!(c.ssl_cert_mode, SslCertMode::Disable);
         let c =
             ConnInfo::parse("application_name=a fallback_application_name=fb", &no_env).unwrap();
         assert_eq!(c.application_name.as_deref(), Some("a"));
@@ -1201,7 +1207,6 @@ mod tests {
             "sslnegotiation=direct",
             "replication=database",
             "replication=false",
-            "sslcertmode=require",
             "client_encoding=auto",
             "max_protocol_version=latest",
             "ssl_max_protocol_version=TLSv1.1",

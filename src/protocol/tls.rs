@@ -15,6 +15,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{
@@ -26,11 +27,34 @@ use rustls::{
 use sha2::Digest;
 
 use super::Error;
-use super::conninfo::{ConnInfo, RootCert, SslMode, TlsVersion};
+use super::conninfo::{ConnInfo, RootCert, SslCertMode, SslMode, TlsVersion};
+
+/// Whether the server asked for a client certificate and got one, for
+/// `sslcertmode=require`.
+#[derive(Debug, Default)]
+pub(super) struct ClientCertUse {
+    requested: AtomicBool,
+    sent: AtomicBool,
+}
+
+impl ClientCertUse {
+    /// The server sent a CertificateRequest.
+    pub(super) fn was_requested(&self) -> bool {
+        self.requested.load(Ordering::Relaxed)
+    }
+
+    /// A certificate went back.
+    pub(super) fn was_sent(&self) -> bool {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
 
 /// Builds the rustls client configuration for `info` (reads the root
-/// certificate, CRL, client certificate and key files).
-pub(super) fn client_config(info: &ConnInfo) -> Result<Arc<ClientConfig>, Error> {
+/// certificate, CRL, client certificate and key files), and what will tell
+/// whether a client certificate was asked for and sent.
+pub(super) fn client_config(
+    info: &ConnInfo,
+) -> Result<(Arc<ClientConfig>, Arc<ClientCertUse>), Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let max = info.ssl_max_protocol.unwrap_or(TlsVersion::Tls1_3);
     let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::new();
@@ -92,14 +116,24 @@ pub(super) fn client_config(info: &ConnInfo) -> Result<Arc<ClientConfig>, Error>
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoNameNoChain(provider))),
     };
-    let mut config = match client_identity(info)? {
-        Some((chain, key)) => builder
-            .with_client_auth_cert(chain, key)
+    let key = match client_identity(info)? {
+        Some((chain, key)) => Some(Arc::new(
+            rustls::sign::CertifiedKey::from_der(
+                chain,
+                key,
+                &rustls::crypto::ring::default_provider(),
+            )
             .map_err(|e| Error::Tls(format!("unusable client certificate or key: {e}")))?,
-        None => builder.with_no_client_auth(),
+        )),
+        None => None,
     };
+    let used = Arc::new(ClientCertUse::default());
+    let mut config = builder.with_client_cert_resolver(Arc::new(ClientCertResolver {
+        key,
+        used: used.clone(),
+    }));
     config.enable_sni = info.ssl_sni;
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), used))
 }
 
 /// The server name for SNI and verify-full: the host name, or the address
@@ -259,7 +293,7 @@ fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, 
 fn client_identity(
     info: &ConnInfo,
 ) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, Error> {
-    if info.ssl_cert_disabled {
+    if info.ssl_cert_mode == SslCertMode::Disable {
         return Ok(None);
     }
     let Some(cert_path) = &info.ssl_cert else {
@@ -350,6 +384,32 @@ fn load_private_key(path: &Path, info: &ConnInfo) -> Result<PrivateKeyDer<'stati
             .map_err(|_| Error::Tls(format!("no private key found in {}", path.display())))?,
     };
     Ok(key)
+}
+
+/// Offers the client certificate when the server asks (as OpenSSL does for
+/// libpq) and records that it asked.
+#[derive(Debug)]
+struct ClientCertResolver {
+    key: Option<Arc<rustls::sign::CertifiedKey>>,
+    used: Arc<ClientCertUse>,
+}
+
+impl rustls::client::ResolvesClientCert for ClientCertResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.used.requested.store(true, Ordering::Relaxed);
+        let key = self.key.as_ref()?;
+        key.key.choose_scheme(sigschemes)?;
+        self.used.sent.store(true, Ordering::Relaxed);
+        Some(key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        self.key.is_some()
+    }
 }
 
 /// libpq's rule: no group or other access, except that a root-owned key may

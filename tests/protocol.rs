@@ -644,7 +644,8 @@ async fn require_with_root_cert_and_crl() {
 
 /// channel_binding: SCRAM-SHA-256-PLUS over TLS (the server checks the
 /// binding, so success proves the certificate hash); `require` fails over
-/// plain TCP and when the server authenticates without SCRAM.
+/// plain TCP and when the server authenticates without SCRAM. require_auth
+/// limits the methods the server may use.
 async fn channel_binding(major: u32) {
     let certs = Certs::new();
     let pg = PgCluster::start(
@@ -705,6 +706,42 @@ async fn channel_binding(major: u32) {
         "{err}"
     );
     assert!(!err.to_string().contains("md5 secret"), "{err}");
+
+    // require_auth: the server may only use the listed methods.
+    assert!(
+        connect(&format!(
+            "{scram} sslmode=disable require_auth=scram-sha-256"
+        ))
+        .await
+        .is_ok()
+    );
+    let md5 =
+        format!("host=127.0.0.1 port={port} user=md5_user password='md5 secret' sslmode=disable");
+    let err = connect(&format!("{md5} require_auth=scram-sha-256"))
+        .await
+        .err()
+        .expect("md5 is not allowed");
+    assert!(
+        err.to_string()
+            .contains("server requested a hashed password"),
+        "{err}"
+    );
+    assert!(
+        connect(&format!("{md5} require_auth=!password"))
+            .await
+            .is_ok()
+    );
+    let trust = format!("host=127.0.0.1 port={port} user=postgres sslmode=disable");
+    let err = connect(&format!("{trust} require_auth=scram-sha-256"))
+        .await
+        .err()
+        .expect("trust completes no authentication");
+    assert!(
+        err.to_string().contains("did not complete authentication"),
+        "{err}"
+    );
+    assert!(connect(&format!("{trust} require_auth=none")).await.is_ok());
+    assert!(connect(&format!("{trust} require_auth=!md5")).await.is_ok());
 }
 pg_test!(channel_binding);
 

@@ -21,7 +21,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::conninfo::{
-    ChannelBindingMode, ConnInfo, Host, SslCertMode, SslMode, TargetSessionAttrs, describe_target,
+    AuthMethod, ChannelBindingMode, ConnInfo, Host, SslCertMode, SslMode, TargetSessionAttrs,
+    describe_target,
 };
 use super::message::StandbyStatusUpdate;
 use super::{Error, ServerError, passfile, tls};
@@ -403,12 +404,33 @@ impl ReplicationConnection {
                     .into(),
             )
         };
+        // require_auth, checked before answering each request as libpq does.
+        let check_method = |method: AuthMethod, what: &str| -> Result<(), Error> {
+            match &info.require_auth {
+                Some(r) if !r.allows(method) => Err(Error::Auth(format!(
+                    "authentication method requirement {:?} failed: server requested {what}",
+                    r.text
+                ))),
+                _ => Ok(()),
+            }
+        };
         let mut scram: Option<ScramSha256> = None;
         let mut scram_plus = false;
         let mut channel_bound = false;
+        // We sent a password, or verified the server's SCRAM signature.
+        let mut client_finished_auth = false;
         loop {
             match self.read_message().await? {
                 backend::Message::AuthenticationOk => {
+                    if let Some(r) = &info.require_auth
+                        && r.auth_required
+                        && !client_finished_auth
+                    {
+                        return Err(Error::Auth(format!(
+                            "authentication method requirement {:?} failed: server did not complete authentication",
+                            r.text
+                        )));
+                    }
                     // channel_binding=require: the server must have proven
                     // itself with SCRAM-SHA-256-PLUS, not trust or a certificate.
                     if require_binding && !channel_bound {
@@ -418,14 +440,17 @@ impl ReplicationConnection {
                     }
                 }
                 backend::Message::AuthenticationCleartextPassword => {
+                    check_method(AuthMethod::Password, "a cleartext password")?;
                     if require_binding {
                         return Err(refuse_without_binding());
                     }
                     let pw = get_password(self)?;
                     frontend::password_message(&pw, &mut self.write_buf)?;
                     self.flush_write().await?;
+                    client_finished_auth = true;
                 }
                 backend::Message::AuthenticationMd5Password(body) => {
+                    check_method(AuthMethod::Md5, "a hashed password")?;
                     if require_binding {
                         return Err(refuse_without_binding());
                     }
@@ -437,8 +462,10 @@ impl ReplicationConnection {
                     );
                     frontend::password_message(hash.as_bytes(), &mut self.write_buf)?;
                     self.flush_write().await?;
+                    client_finished_auth = true;
                 }
                 backend::Message::AuthenticationSasl(body) => {
+                    check_method(AuthMethod::ScramSha256, "SASL authentication")?;
                     let mut mechanisms = body.mechanisms();
                     let (mut has_scram, mut has_plus) = (false, false);
                     while let Some(m) = mechanisms.next()? {
@@ -501,12 +528,19 @@ impl ReplicationConnection {
                         Error::Auth(format!("server's SCRAM signature is invalid: {e}"))
                     })?;
                     channel_bound = scram_plus;
+                    client_finished_auth = true;
                 }
                 backend::Message::AuthenticationKerberosV5
                 | backend::Message::AuthenticationScmCredential
                 | backend::Message::AuthenticationGss
                 | backend::Message::AuthenticationSspi
                 | backend::Message::AuthenticationGssContinue(_) => {
+                    if let Some(r) = &info.require_auth {
+                        return Err(Error::Auth(format!(
+                            "authentication method requirement {:?} failed: server requested an authentication type walvault does not support",
+                            r.text
+                        )));
+                    }
                     if require_binding {
                         return Err(refuse_without_binding());
                     }

@@ -643,6 +643,12 @@ impl ConnInfo {
             Some("require") => SslCertMode::Require,
             Some(other) => return Err(invalid("sslcertmode", other, "disable, allow or require")),
         };
+        // libpq checks the certificate against the host name, never the address.
+        if ssl_mode == SslMode::VerifyFull && !hostaddrs.is_empty() && value("host").is_none() {
+            return Err(ConnInfoError::Syntax(
+                "host name must be specified for a verified SSL connection (sslmode=verify-full with only hostaddr)".into(),
+            ));
+        }
         let ssl_sni = parse_bool01("sslsni", value("sslsni"), true)?;
         let ssl_min_protocol = match value("ssl_min_protocol_version") {
             Some(v) => TlsVersion::parse("ssl_min_protocol_version", &v)?,
@@ -1268,6 +1274,10 @@ mod tests {
         assert_eq!(c.hosts, vec![Host::Tcp("10.1.2.3".into())]);
         assert!(matches!(
             ConnInfo::parse("host=a,b hostaddr=10.0.0.1", &no_env),
+            Err(ConnInfoError::Syntax(_))
+        ));
+        assert!(matches!(
+            ConnInfo::parse("hostaddr=10.1.2.3 sslmode=verify-full", &no_env),
             Err(ConnInfoError::Syntax(_))
         ));
         assert!(matches!(

@@ -545,6 +545,61 @@ mod tests {
         assert!(!is_private_key_mode(0, 0o100644));
     }
 
+    /// Client keys: permissions and encryption are checked as libpq does; a
+    /// missing certificate file means no certificate.
+    #[test]
+    fn client_key_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["postgres".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (crt, pem) = (dir.path().join("c.crt"), dir.path().join("c.key"));
+        std::fs::write(&crt, cert.pem()).unwrap();
+        std::fs::write(&pem, key.serialize_pem()).unwrap();
+        let set_mode =
+            |m| std::fs::set_permissions(&pem, std::fs::Permissions::from_mode(m)).unwrap();
+        set_mode(0o600);
+        let info = |extra: &str| {
+            ConnInfo::parse(
+                &format!("sslcert={} sslkey={} {extra}", crt.display(), pem.display()),
+                &|_| None,
+            )
+            .unwrap()
+        };
+        assert!(client_identity(&info("")).unwrap().is_some());
+        assert!(client_config(&info("")).is_ok());
+        assert!(
+            client_identity(&info("sslcertmode=disable"))
+                .unwrap()
+                .is_none()
+        );
+        set_mode(0o644);
+        let err = client_identity(&info("")).unwrap_err().to_string();
+        assert!(err.contains("group or world access"), "{err}");
+        set_mode(0o600);
+        std::fs::write(
+            &pem,
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0w\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = client_identity(&info("sslpassword=Pw-9xq"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("encrypted") && err.contains("sslpassword"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("secret,") && !err.ends_with("secret"),
+            "{err}"
+        );
+        let missing = ConnInfo::parse("sslcert=/nonexistent/c.crt", &|_| None).unwrap();
+        assert!(client_identity(&missing).unwrap().is_none());
+    }
+
     #[test]
     fn end_point_hash_follows_the_signature() {
         // An rcgen certificate signed with ECDSA P-256/SHA-256 and one with

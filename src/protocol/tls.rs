@@ -450,9 +450,12 @@ impl ServerCertVerifier for ChainVerifier {
             .inner
             .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
         {
+            // Only the name failed: the chain (and CRLs) passed.
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            )) if !self.check_name || common_name_matches(end_entity, server_name) => {
+                Ok(ServerCertVerified::assertion())
+            }
             other => other,
         }
     }
@@ -478,6 +481,124 @@ impl ServerCertVerifier for ChainVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// libpq's fallback for verify-full: when the certificate has no
+/// subjectAltName of the host's kind (DNS name, or IP address for an IP
+/// host), the first Common Name of the subject is compared with the host,
+/// case-insensitively, with a leading `*.` matching one label.
+fn common_name_matches(cert: &[u8], server_name: &ServerName<'_>) -> bool {
+    let (host, host_is_ip) = match server_name {
+        ServerName::DnsName(d) => (d.as_ref().to_string(), false),
+        ServerName::IpAddress(ip) => (std::net::IpAddr::from(*ip).to_string(), true),
+        _ => return false,
+    };
+    let Some(parts) = certificate_parts(cert) else {
+        return false;
+    };
+    // GeneralName tags: [2] dNSName, [7] iPAddress.
+    let wanted_san = if host_is_ip { 0x87 } else { 0x82 };
+    if parts.san_tags.contains(&wanted_san) {
+        return false;
+    }
+    let Some(cn) = parts.common_name else {
+        return false;
+    };
+    if cn.contains('\0') {
+        return false;
+    }
+    name_matches(&cn, &host)
+}
+
+/// A certificate name against the host, as libpq compares them.
+fn name_matches(pattern: &str, host: &str) -> bool {
+    if pattern.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    // "*.example.com": the star stands for exactly one label.
+    match pattern.strip_prefix('*') {
+        Some(suffix) if suffix.starts_with('.') && host.len() > suffix.len() => {
+            let (label, rest) = host.split_at(host.len() - suffix.len());
+            rest.eq_ignore_ascii_case(suffix) && !label.contains('.')
+        }
+        _ => false,
+    }
+}
+
+/// What the name check needs from a certificate.
+struct CertificateParts {
+    /// The first commonName of the subject.
+    common_name: Option<String>,
+    /// The tags of the subjectAltName entries.
+    san_tags: Vec<u8>,
+}
+
+/// Reads the subject's commonName and the subjectAltName tags from a DER
+/// certificate (RFC 5280 section 4.1).
+fn certificate_parts(cert: &[u8]) -> Option<CertificateParts> {
+    let (_, body, _) = der_element(cert)?;
+    let (_, mut tbs, _) = der_element(body)?;
+    let mut fields = Vec::new();
+    while !tbs.is_empty() {
+        let (tag, content, rest) = der_element(tbs)?;
+        fields.push((tag, content));
+        tbs = rest;
+    }
+    // version [0] is optional; then serial, signature, issuer, validity, subject.
+    let skip = usize::from(fields.first()?.0 == 0xa0);
+    let subject = fields.get(skip + 4)?.1;
+    let mut common_name = None;
+    let mut rdns = subject;
+    'rdns: while !rdns.is_empty() {
+        let (_, set, rest) = der_element(rdns)?;
+        rdns = rest;
+        let mut attrs = set;
+        while !attrs.is_empty() {
+            let (_, attr, rest) = der_element(attrs)?;
+            attrs = rest;
+            let (_, oid, value) = der_element(attr)?;
+            if oid == [0x55, 0x04, 0x03] {
+                let (tag, text, _) = der_element(value)?;
+                common_name = match tag {
+                    // UTF8String, PrintableString, T61String, IA5String.
+                    0x0c | 0x13 | 0x14 | 0x16 => Some(String::from_utf8_lossy(text).into_owned()),
+                    _ => None,
+                };
+                break 'rdns;
+            }
+        }
+    }
+    let mut san_tags = Vec::new();
+    if let Some((_, extensions)) = fields.iter().find(|(tag, _)| *tag == 0xa3) {
+        let (_, mut list, _) = der_element(extensions)?;
+        while !list.is_empty() {
+            let (_, ext, rest) = der_element(list)?;
+            list = rest;
+            let (_, oid, mut after) = der_element(ext)?;
+            if oid != [0x55, 0x1d, 0x11] {
+                continue;
+            }
+            // Skip the optional critical BOOLEAN, then the OCTET STRING.
+            let (mut tag, mut value, rest) = der_element(after)?;
+            if tag == 0x01 {
+                after = rest;
+                (tag, value, _) = der_element(after)?;
+            }
+            if tag != 0x04 {
+                return None;
+            }
+            let (_, mut names, _) = der_element(value)?;
+            while !names.is_empty() {
+                let (tag, _, rest) = der_element(names)?;
+                san_tags.push(tag);
+                names = rest;
+            }
+        }
+    }
+    Some(CertificateParts {
+        common_name,
+        san_tags,
+    })
 }
 
 /// No root certificate and sslmode prefer/require: encryption without
@@ -598,6 +719,63 @@ mod tests {
         );
         let missing = ConnInfo::parse("sslcert=/nonexistent/c.crt", &|_| None).unwrap();
         assert!(client_identity(&missing).unwrap().is_none());
+    }
+
+    /// verify-full falls back to the Common Name only when the certificate
+    /// has no subjectAltName of the host's kind, as libpq does.
+    #[test]
+    fn common_name_fallback() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf = |sans: Vec<String>, cn: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(sans).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+            params.signed_by(&key, &ca, &ca_key).unwrap()
+        };
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let inner =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        let verifier = ChainVerifier {
+            inner,
+            check_name: true,
+        };
+        let check = |cert: &rcgen::Certificate, host: &str| {
+            verifier
+                .verify_server_cert(
+                    cert.der(),
+                    &[],
+                    &ServerName::try_from(host.to_string()).unwrap(),
+                    &[],
+                    UnixTime::now(),
+                )
+                .is_ok()
+        };
+        let cn_only = leaf(vec![], "DB.example.com");
+        assert!(check(&cn_only, "db.example.com"));
+        assert!(!check(&cn_only, "other.example.com"));
+        let wildcard = leaf(vec![], "*.example.com");
+        assert!(check(&wildcard, "db.example.com"));
+        assert!(!check(&wildcard, "a.db.example.com"));
+        assert!(!check(&wildcard, "example.com"));
+        // A DNS subjectAltName hides the Common Name.
+        let with_san = leaf(vec!["san.example.com".into()], "db.example.com");
+        assert!(check(&with_san, "san.example.com"));
+        assert!(!check(&with_san, "db.example.com"));
+        // An IP host: a DNS SAN does not hide the Common Name.
+        let ip_cn = leaf(vec!["san.example.com".into()], "127.0.0.1");
+        assert!(check(&ip_cn, "127.0.0.1"));
     }
 
     #[test]

@@ -594,7 +594,7 @@ impl ConnInfo {
 
         if let Some(r) = value("replication") {
             // walvault always opens a physical replication connection.
-            if !matches!(r.as_str(), "true" | "on" | "yes" | "1") {
+            if !matches!(r.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1") {
                 return Err(ConnInfoError::Unsupported {
                     key: "replication".into(),
                     reason: "walvault always opens a physical replication connection (replication=true); remove the option",

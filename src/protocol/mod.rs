@@ -2,8 +2,9 @@
 //!
 //! `postgres-protocol` frames messages and runs SCRAM; the CopyBoth handling
 //! and the CopyData sub-messages (`w`, `k`, `r`) are ours. Only
-//! [`connection`] touches sockets; [`message`], [`conninfo`] and the result
-//! parsing in [`command`] are pure.
+//! [`connection`] touches sockets, and only it and `tls` read files (password
+//! file, certificates, keys, CRLs); [`message`], [`conninfo`], [`passfile`]
+//! and the result parsing in [`command`] are pure.
 
 pub mod command;
 pub mod connection;

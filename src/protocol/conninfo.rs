@@ -336,6 +336,17 @@ pub enum ConnInfoError {
         /// What would be accepted.
         expected: &'static str,
     },
+    /// A value that does not fit its key, not shown because it may hold a
+    /// password (it follows one, or looks like more than a plain value).
+    #[error(
+        "invalid value for connection option {key} (expected {expected}; the value is not shown as it may contain a password)"
+    )]
+    InvalidValueHidden {
+        /// The key.
+        key: String,
+        /// What would be accepted.
+        expected: &'static str,
+    },
     /// A key libpq knows and walvault does not implement (or not with this value).
     #[error("connection option {key} is not supported by walvault: {reason}")]
     Unsupported {
@@ -456,6 +467,9 @@ struct Pair {
     key: String,
     value: String,
     position: usize,
+    /// From a URI whose query holds an `@`: a password containing `?` may
+    /// have been split into it, so none of it is shown.
+    suspect: bool,
 }
 
 impl ConnInfo {
@@ -470,6 +484,26 @@ impl ConnInfo {
     /// On bad syntax, an unknown key, a bad value, or a libpq option walvault
     /// does not implement. No error contains a password.
     pub fn parse(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConnInfoError> {
+        let mut hidden = std::collections::HashSet::new();
+        Self::parse_hiding(s, env, &mut hidden).map_err(|e| match e {
+            ConnInfoError::InvalidValue {
+                key,
+                value,
+                expected,
+            } if hidden.contains(&key) || !is_plain_value(&value) => {
+                ConnInfoError::InvalidValueHidden { key, expected }
+            }
+            other => other,
+        })
+    }
+
+    /// [`ConnInfo::parse`], noting in `hidden` the keys whose values must
+    /// not be shown in errors (they follow a password and may be part of it).
+    fn parse_hiding(
+        s: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        hidden: &mut std::collections::HashSet<String>,
+    ) -> Result<Self, ConnInfoError> {
         let pairs = if s.starts_with("postgresql://") || s.starts_with("postgres://") {
             parse_uri(s)?
         } else {
@@ -482,13 +516,20 @@ impl ConnInfo {
             .min();
         let mut given = std::collections::HashMap::new();
         for p in pairs {
+            let hide = p.suspect || first_secret.is_some_and(|at| at <= p.position);
             if !KEYWORDS.iter().any(|(k, _)| *k == p.key) {
-                return Err(match first_secret {
-                    Some(at) if at <= p.position => ConnInfoError::UnknownKeyAfterPassword {
+                return Err(if hide {
+                    ConnInfoError::UnknownKeyAfterPassword {
                         position: p.position,
-                    },
-                    _ => ConnInfoError::UnknownKey(p.key),
+                    }
+                } else {
+                    ConnInfoError::UnknownKey(p.key)
                 });
+            }
+            if hide {
+                hidden.insert(p.key.clone());
+            } else {
+                hidden.remove(&p.key);
             }
             given.insert(p.key, p.value);
         }
@@ -893,6 +934,17 @@ impl TlsVersion {
     }
 }
 
+/// Whether a value is plain enough to show in an error: every value walvault
+/// checks is a word, number, address or list of them, so anything else (an
+/// `=`, a space, a quote: e.g. `sslmode= password=…` that swallowed the next
+/// pair) may be a password.
+fn is_plain_value(value: &str) -> bool {
+    value.len() <= 64
+        && value.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ',' | ':' | '/' | '+' | '!')
+        })
+}
+
 fn invalid(key: &str, value: &str, expected: &'static str) -> ConnInfoError {
     ConnInfoError::InvalidValue {
         key: key.into(),
@@ -1032,6 +1084,7 @@ fn parse_key_values(s: &str) -> Result<Vec<Pair>, ConnInfoError> {
             key,
             value,
             position,
+            suspect: false,
         });
     }
     Ok(out)
@@ -1079,11 +1132,15 @@ fn parse_uri(s: &str) -> Result<Vec<Pair>, ConnInfoError> {
     };
     let mut out = Vec::new();
     // Positions: the user info starts right after the scheme.
+    // A "?" in a password moves the rest of it, up to the "@", into the query.
+    let suspect_query = query.is_some_and(|q| q.contains('@'));
     let mut push = |key: &str, value: String, position: usize| {
+        let suspect = suspect_query && position > scheme_len;
         out.push(Pair {
             key: key.into(),
             value,
             position,
+            suspect,
         });
     };
     let hostspec = match authority.rsplit_once('@') {
@@ -1422,6 +1479,29 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        /// Arbitrary text around a password never panics the parser and
+        /// never brings the password into an error.
+        #[test]
+        fn arbitrary_text_never_shows_the_password(
+            before in "[ -~]{0,40}",
+            user in "[a-z0-9]{0,10}",
+            after in "[ -~]{0,40}",
+            uri in proptest::bool::ANY,
+        ) {
+            const PW: &str = "Zq7pW3";
+            let s = if uri {
+                format!("postgresql://{user}:{PW}{after}")
+            } else {
+                format!("{before} password={PW}{after}")
+            };
+            if let Err(e) = ConnInfo::parse(&s, &no_env) {
+                proptest::prop_assert!(!e.to_string().contains(PW), "{}: {}", s, e);
+                proptest::prop_assert!(!format!("{e:?}").contains(PW), "{}: {:?}", s, e);
+            }
+        }
+    }
+
     /// Whatever is wrong with a string holding a password, the error (its
     /// Display, Debug and whole source chain) never shows the password.
     #[test]
@@ -1446,6 +1526,15 @@ mod tests {
             format!("postgresql://u@host/db?password={PW}%zz"),
             format!("postgresql://u@host/db?password={PW}&nosuch=1"),
             format!("postgres://host:{PW}"),
+            format!("host=db password=ab {PW}=x"),
+            format!("sslmode= password={PW}"),
+            format!("port= password={PW}"),
+            format!("channel_binding='password={PW}'"),
+            format!("host=db password=ab port={PW}"),
+            format!("host=db password=ab sslmode={PW}"),
+            format!("postgresql://u:pa?{PW}=1@host/db"),
+            format!("postgresql://u:pa?sslmode={PW}@host/db"),
+            format!("postgresql://u:pa?port={PW}@host/db"),
             format!("postgres://u:{PW}@h1,h2:{PW}"),
         ];
         for s in &cases {
@@ -1466,6 +1555,13 @@ mod tests {
                 assert!(!t.contains("Tr0ub"), "{s}: {t}");
             }
         }
+        // Plain values are still shown, to help fix them.
+        assert!(
+            ConnInfo::parse("sslmode=requir", &no_env)
+                .unwrap_err()
+                .to_string()
+                .contains("\"requir\"")
+        );
         // Debug of a parsed ConnInfo hides the passwords too.
         let c = ConnInfo::parse(&format!("password={PW} sslpassword={PW}"), &no_env).unwrap();
         assert!(!format!("{c:?}").contains(PW));

@@ -930,3 +930,51 @@ async fn session_and_socket_options() {
         .expect("the server runs as postgres");
     assert!(err.to_string().contains("requirepeer"), "{err}");
 }
+
+/// verify-full against a certificate that names the server only in its
+/// Common Name (no subjectAltName), as PostgreSQL's documentation makes them:
+/// libpq accepts the matching host name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_common_name() {
+    let certs = Certs::new();
+    // Version 3 without subjectAltName (rustls refuses version 1 certificates).
+    std::fs::write(
+        certs.dir.path().join("cn-ext.cnf"),
+        "basicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    certs.openssl(&[
+        "x509",
+        "-req",
+        "-extfile",
+        "cn-ext.cnf",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cn-only.crt",
+        "-days",
+        "2",
+    ]);
+    let mut opts = tls_server(&certs, vec![]);
+    opts.files[0] = ("server.crt".into(), certs.read("cn-only.crt"), 0o644);
+    let pg = PgCluster::start(15, &opts);
+    let ca = certs.path("ca.crt");
+    let base = format!(
+        "port={} user=postgres sslmode=verify-full sslrootcert={ca}",
+        pg.port
+    );
+    let mut c = connect(&format!("host=localhost {base}"))
+        .await
+        .expect("the Common Name names localhost");
+    assert!(c.identify_system().await.is_ok());
+    let err = connect(&format!("host=127.0.0.1 {base}"))
+        .await
+        .err()
+        .expect("the Common Name does not name 127.0.0.1");
+    assert!(err.to_string().contains("TLS"), "{err}");
+}

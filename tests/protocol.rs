@@ -807,6 +807,40 @@ async fn passfile_supplies_password() {
     assert!(err.to_string().contains("none was given"), "{err}");
 }
 
+/// sslmode=allow: plain first, then TLS when the server refuses plain
+/// connections, as libpq does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_allow_retries_with_tls() {
+    let certs = Certs::new();
+    let pg = PgCluster::start(
+        15,
+        &tls_server(
+            &certs,
+            vec!["hostnossl replication all 127.0.0.1/32 reject".into()],
+        ),
+    );
+    let base = format!("host=127.0.0.1 port={} user=postgres", pg.port);
+    let mut c = connect(&format!("{base} sslmode=allow"))
+        .await
+        .expect("allow retries with TLS");
+    assert!(c.is_tls());
+    assert!(c.identify_system().await.is_ok());
+    let err = connect(&format!("{base} sslmode=disable"))
+        .await
+        .err()
+        .expect("plain connections are rejected");
+    assert_eq!(err.sqlstate(), Some("28000"), "{err}");
+    // Without the rejection, allow stays plain.
+    let plain = PgCluster::start(15, &tls_server(&certs, vec![]));
+    let c = connect(&format!(
+        "host=127.0.0.1 port={} user=postgres sslmode=allow",
+        plain.port
+    ))
+    .await
+    .unwrap();
+    assert!(!c.is_tls());
+}
+
 /// hostaddr says where to connect while host names the server for TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostaddr_with_tls_name() {

@@ -184,7 +184,7 @@ impl ReplicationConnection {
         for want in passes {
             for (host, addr, port) in &targets {
                 let attempt =
-                    tokio::time::timeout(timeout, Self::connect_one(info, host, *addr, *port))
+                    tokio::time::timeout(timeout, Self::connect_allowing(info, host, *addr, *port))
                         .await;
                 match attempt {
                     Ok(Ok(conn)) => match conn.session_mismatch(*want) {
@@ -226,6 +226,32 @@ impl ReplicationConnection {
                 Some("server is not in hot standby mode")
             }
             _ => None,
+        }
+    }
+
+    /// [`Self::connect_one`], and for `sslmode=allow` over TCP, as libpq: when
+    /// the server refuses the plain connection, once more with TLS (checked
+    /// as for `require`).
+    async fn connect_allowing(
+        info: &ConnInfo,
+        host: &Host,
+        addr: Option<IpAddr>,
+        port: u16,
+    ) -> Result<Self, Error> {
+        let result = Self::connect_one(info, host, addr, port).await;
+        let is_tcp = matches!(host, Host::Tcp(_)) || addr.is_some();
+        match result {
+            Err(Error::Server(first)) if info.ssl_mode == SslMode::Allow && is_tcp => {
+                let mut with_tls = info.clone();
+                with_tls.ssl_mode = SslMode::Require;
+                match Box::pin(Self::connect_one(&with_tls, host, addr, port)).await {
+                    Ok(conn) => Ok(conn),
+                    // The plain refusal says more than a TLS failure after it.
+                    Err(Error::Tls(_)) => Err(Error::Server(first)),
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
         }
     }
 

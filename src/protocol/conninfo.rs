@@ -34,7 +34,7 @@ pub enum Host {
 pub enum SslMode {
     /// Never TLS.
     Disable,
-    /// Plain first (walvault treats `allow` like `disable`: it never retries with TLS).
+    /// Plain first; if the server refuses, once more with TLS.
     Allow,
     /// TLS if the server offers it; the chain is checked only when a root
     /// certificate file exists (as libpq).

@@ -958,6 +958,11 @@ async fn session_and_socket_options() {
             .await
             .is_ok()
     );
+    // As libpq, sslmode does not apply to Unix sockets.
+    let c = connect(&format!("{sock} sslmode=verify-full"))
+        .await
+        .expect("sslmode is ignored for Unix sockets");
+    assert!(!c.is_tls());
     let err = connect(&format!("{sock} requirepeer=nobody"))
         .await
         .err()

@@ -280,15 +280,8 @@ impl ReplicationConnection {
                         target: target.clone(),
                         source,
                     })?;
-                if matches!(
-                    info.ssl_mode,
-                    SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-                ) {
-                    return Err(Error::Tls(format!(
-                        "sslmode {:?} cannot be met over the Unix socket {target}",
-                        info.ssl_mode
-                    )));
-                }
+                // As libpq, sslmode does not apply to Unix sockets (they
+                // never carry TLS); requirepeer authenticates the server.
                 if let Some(required) = &info.require_peer {
                     check_peer(&s, required)?;
                 }

@@ -798,6 +798,20 @@ async fn passfile_supplies_password() {
         .err()
         .expect("the given password is used");
     assert_eq!(err.sqlstate(), Some("28P01"), "{err}");
+    // A wrong password from the file says where it came from, as libpq.
+    let wrong = dir.path().join("other-pgpass");
+    std::fs::write(&wrong, "*:*:*:*:Xy9-not-it\n").unwrap();
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = connect(&format!("{no_file} passfile={}", wrong.display()))
+        .await
+        .err()
+        .expect("wrong password in the file");
+    assert_eq!(err.sqlstate(), Some("28P01"), "{err}");
+    assert!(
+        err.to_string().contains("password retrieved from file"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("Xy9-not-it"), "{err}");
     // Readable by others: ignored.
     std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = connect(&connstr)

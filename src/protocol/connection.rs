@@ -574,7 +574,17 @@ impl ReplicationConnection {
                 backend::Message::BackendKeyData(_) | backend::Message::NoticeResponse(_) => {}
                 backend::Message::ReadyForQuery(_) => return Ok(()),
                 backend::Message::ErrorResponse(body) => {
-                    return Err(Error::Server(server_error(&body)?));
+                    let mut e = server_error(&body)?;
+                    // As libpq: say where a refused password came from.
+                    if e.code == "28P01"
+                        && info.password.is_none()
+                        && matches!(password, Some(Some(_)))
+                        && e.hint.is_none()
+                        && let Some(path) = &info.passfile
+                    {
+                        e.hint = Some(format!("password retrieved from file {}", path.display()));
+                    }
+                    return Err(Error::Server(e));
                 }
                 _ => return Err(Error::Protocol("unexpected message during startup".into())),
             }

@@ -4,7 +4,8 @@
 //! available: `sslrootcert` (a file, or `system` for the bundled Mozilla
 //! roots) or else `~/.postgresql/root.crt`, for `prefer` and `require` too
 //! when that file exists; `verify-ca` and `verify-full` fail without one.
-//! Only `verify-full` checks the name. CRLs (`sslcrl`, default
+//! Only `verify-full` checks the name: the subjectAltName entries of the
+//! host's kind, else the subject's Common Name. CRLs (`sslcrl`, default
 //! `~/.postgresql/root.crl`, and `sslcrldir`) apply whenever the chain is
 //! checked. A client certificate (`sslcert`, default
 //! `~/.postgresql/postgresql.crt`) is offered when its file exists, with its

@@ -6,7 +6,9 @@
 //! method is cancel safe.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,9 +20,12 @@ use secrecy::ExposeSecret;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-use super::conninfo::{ConnInfo, Host, SslMode};
+use super::conninfo::{
+    AuthMethod, ChannelBindingMode, ConnInfo, Host, SslCertMode, SslMode, TargetSessionAttrs,
+    describe_target,
+};
 use super::message::StandbyStatusUpdate;
-use super::{Error, ServerError, tls};
+use super::{Error, ServerError, passfile, tls};
 
 /// Default limit for connecting and authenticating to one host.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -144,8 +149,12 @@ pub struct ReplicationConnection {
 }
 
 impl ReplicationConnection {
-    /// Connects to the first reachable host of `info` as a physical
+    /// Connects to the first suitable host of `info` as a physical
     /// replication client and authenticates.
+    ///
+    /// Hosts are tried in order (shuffled with `load_balance_hosts=random`);
+    /// a host that fails with a retryable error, or does not match
+    /// `target_session_attrs`, is skipped, as libpq does.
     ///
     /// # Errors
     /// When no host accepts the connection, TLS cannot be set up as `sslmode`
@@ -155,31 +164,115 @@ impl ReplicationConnection {
     /// Not cancel safe; drop the half-made connection.
     pub async fn connect(info: &ConnInfo) -> Result<Self, Error> {
         let timeout = info.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let mut targets = info.targets();
+        if info.load_balance_random {
+            use rand::seq::SliceRandom;
+            targets.shuffle(&mut rand::thread_rng());
+        }
+        // prefer-standby: a first pass wants a standby, a second takes any server.
+        let passes: &[TargetSessionAttrs] = match info.target_session_attrs {
+            TargetSessionAttrs::PreferStandby => {
+                &[TargetSessionAttrs::Standby, TargetSessionAttrs::Any]
+            }
+            TargetSessionAttrs::Any => &[TargetSessionAttrs::Any],
+            TargetSessionAttrs::ReadWrite => &[TargetSessionAttrs::ReadWrite],
+            TargetSessionAttrs::ReadOnly => &[TargetSessionAttrs::ReadOnly],
+            TargetSessionAttrs::Primary => &[TargetSessionAttrs::Primary],
+            TargetSessionAttrs::Standby => &[TargetSessionAttrs::Standby],
+        };
         let mut last_err = None;
-        for (host, port) in info.targets() {
-            let attempt = tokio::time::timeout(timeout, Self::connect_one(info, &host, port)).await;
-            match attempt {
-                Ok(Ok(conn)) => return Ok(conn),
-                Ok(Err(e)) if e.is_retryable() => last_err = Some(e),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    last_err = Some(Error::Timeout {
-                        what: "connecting to the server",
-                        after: timeout,
-                    })
+        for want in passes {
+            for (host, addr, port) in &targets {
+                let attempt =
+                    tokio::time::timeout(timeout, Self::connect_allowing(info, host, *addr, *port))
+                        .await;
+                match attempt {
+                    Ok(Ok(conn)) => match conn.session_mismatch(*want) {
+                        None => return Ok(conn),
+                        Some(reason) => {
+                            last_err = Some(Error::SessionAttrs {
+                                target: conn.target.clone(),
+                                reason,
+                            });
+                            conn.terminate().await;
+                        }
+                    },
+                    Ok(Err(e)) if e.is_retryable() => last_err = Some(e),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        last_err = Some(Error::Timeout {
+                            what: "connecting to the server",
+                            after: timeout,
+                        })
+                    }
                 }
             }
         }
         Err(last_err.unwrap_or(Error::Protocol("no host to connect to".into())))
     }
 
-    async fn connect_one(info: &ConnInfo, host: &Host, port: u16) -> Result<Self, Error> {
-        let target = match host {
-            Host::Tcp(h) => format!("{h}:{port}"),
-            Host::Unix(dir) => format!("{}/.s.PGSQL.{port}", dir.display()),
+    /// Why this server does not fit `want` (libpq's wording), if it does not.
+    fn session_mismatch(&self, want: TargetSessionAttrs) -> Option<&'static str> {
+        // PostgreSQL 14+ reports both at startup.
+        let on = |name: &str| self.parameter(name) == Some("on");
+        let hot_standby = on("in_hot_standby");
+        let read_only = hot_standby || on("default_transaction_read_only");
+        match want {
+            TargetSessionAttrs::Any | TargetSessionAttrs::PreferStandby => None,
+            TargetSessionAttrs::ReadWrite if read_only => Some("session is read-only"),
+            TargetSessionAttrs::ReadOnly if !read_only => Some("session is not read-only"),
+            TargetSessionAttrs::Primary if hot_standby => Some("server is in hot standby mode"),
+            TargetSessionAttrs::Standby if !hot_standby => {
+                Some("server is not in hot standby mode")
+            }
+            _ => None,
+        }
+    }
+
+    /// [`Self::connect_one`], and for `sslmode=allow` over TCP, as libpq: when
+    /// the server refuses the plain connection, once more with TLS (checked
+    /// as for `require`).
+    async fn connect_allowing(
+        info: &ConnInfo,
+        host: &Host,
+        addr: Option<IpAddr>,
+        port: u16,
+    ) -> Result<Self, Error> {
+        let result = Self::connect_one(info, host, addr, port).await;
+        let is_tcp = matches!(host, Host::Tcp(_)) || addr.is_some();
+        match result {
+            Err(Error::Server(first)) if info.ssl_mode == SslMode::Allow && is_tcp => {
+                let mut with_tls = info.clone();
+                with_tls.ssl_mode = SslMode::Require;
+                match Box::pin(Self::connect_one(&with_tls, host, addr, port)).await {
+                    Ok(conn) => Ok(conn),
+                    // The plain refusal says more than a TLS failure after it.
+                    Err(Error::Tls(_)) => Err(Error::Server(first)),
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn connect_one(
+        info: &ConnInfo,
+        host: &Host,
+        addr: Option<IpAddr>,
+        port: u16,
+    ) -> Result<Self, Error> {
+        let target = describe_target(host, addr, port);
+        // The password file is matched with the host name, else the address.
+        let passfile_host = match host {
+            Host::Tcp(h) => h.clone(),
+            Host::Unix(dir) => match addr {
+                Some(a) => a.to_string(),
+                None => dir.display().to_string(),
+            },
         };
-        let (transport, is_tls) = match host {
-            Host::Unix(dir) => {
+        let mut cert_use = None;
+        let (transport, is_tls) = match (host, addr) {
+            (Host::Unix(dir), None) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
                 let s = UnixStream::connect(&path)
                     .await
@@ -187,25 +280,15 @@ impl ReplicationConnection {
                         target: target.clone(),
                         source,
                     })?;
-                if matches!(
-                    info.ssl_mode,
-                    SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-                ) {
-                    return Err(Error::Tls(format!(
-                        "sslmode {:?} cannot be met over the Unix socket {target}",
-                        info.ssl_mode
-                    )));
+                // As libpq, sslmode does not apply to Unix sockets (they
+                // never carry TLS); requirepeer authenticates the server.
+                if let Some(required) = &info.require_peer {
+                    check_peer(&s, required)?;
                 }
                 (Transport::Unix(s), false)
             }
-            Host::Tcp(h) => {
-                let mut s = TcpStream::connect((h.as_str(), port))
-                    .await
-                    .map_err(|source| Error::Connect {
-                        target: target.clone(),
-                        source,
-                    })?;
-                s.set_nodelay(true)?;
+            _ => {
+                let mut s = connect_tcp(info, host, addr, port, &target).await?;
                 if matches!(info.ssl_mode, SslMode::Disable | SslMode::Allow) {
                     (Transport::Tcp(s), false)
                 } else {
@@ -217,17 +300,32 @@ impl ReplicationConnection {
                     let answer = s.read_u8().await?;
                     match answer {
                         b'S' => {
-                            let config =
-                                tls::client_config(info.ssl_mode, info.ssl_root_cert.as_deref())?;
-                            let connector = tokio_rustls::TlsConnector::from(config);
-                            let tls =
-                                connector
-                                    .connect(tls::server_name(h)?, s)
-                                    .await
-                                    .map_err(|e| {
-                                        Error::Tls(format!("handshake with {target} failed: {e}"))
-                                    })?;
-                            (Transport::Tls(Box::new(tls)), true)
+                            // The TLS name is the host, even when hostaddr says where to go.
+                            let name = match (host, addr) {
+                                (Host::Tcp(h), _) => tls::server_name(h)?,
+                                (Host::Unix(_), Some(a)) => tls::server_name(&a.to_string())?,
+                                (Host::Unix(_), None) => {
+                                    unreachable!("Unix sockets without hostaddr are handled above")
+                                }
+                            };
+                            match start_tls(info, name, s, &target).await {
+                                Ok((tls, used)) => {
+                                    cert_use = Some(used);
+                                    (Transport::Tls(Box::new(tls)), true)
+                                }
+                                // As libpq: with prefer, a failed TLS set-up or
+                                // handshake is retried once without TLS.
+                                Err(e) if info.ssl_mode == SslMode::Prefer => {
+                                    tracing::warn!(
+                                        target = %target,
+                                        error = %e,
+                                        "TLS failed, retrying without TLS as sslmode=prefer allows"
+                                    );
+                                    let s = connect_tcp(info, host, addr, port, &target).await?;
+                                    (Transport::Tcp(s), false)
+                                }
+                                Err(e) => return Err(e),
+                            }
                         }
                         b'N' if info.ssl_mode == SslMode::Prefer => (Transport::Tcp(s), false),
                         b'N' => {
@@ -250,11 +348,46 @@ impl ReplicationConnection {
             target,
             is_tls,
         };
-        conn.startup(info).await?;
+        conn.startup(info, &passfile_host, port).await?;
+        if info.ssl_cert_mode == SslCertMode::Require {
+            // libpq's sslcertmode=require checks, once the server is satisfied.
+            match cert_use {
+                Some(u) if u.was_sent() => {}
+                Some(u) if u.was_requested() => {
+                    return Err(Error::Auth(
+                        "server accepted connection without a valid SSL certificate".into(),
+                    ));
+                }
+                _ => {
+                    return Err(Error::Auth(
+                        "server did not request an SSL certificate (sslcertmode=require)".into(),
+                    ));
+                }
+            }
+        }
         Ok(conn)
     }
 
-    async fn startup(&mut self, info: &ConnInfo) -> Result<(), Error> {
+    /// The server certificate's `tls-server-end-point` hash.
+    fn server_end_point(&self) -> Result<Vec<u8>, Error> {
+        let Transport::Tls(tls) = &self.transport else {
+            return Err(Error::Tls("channel binding needs a TLS connection".into()));
+        };
+        let cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| Error::Tls("the server sent no certificate".into()))?;
+        tls::tls_server_end_point(cert)
+    }
+
+    async fn startup(
+        &mut self,
+        info: &ConnInfo,
+        passfile_host: &str,
+        port: u16,
+    ) -> Result<(), Error> {
         let mut params: Vec<(&str, &str)> =
             vec![("user", info.user.as_str()), ("replication", "true")];
         let app = info.application_name.as_deref().unwrap_or("walvault");
@@ -262,59 +395,140 @@ impl ReplicationConnection {
         if let Some(o) = &info.options {
             params.push(("options", o));
         }
+        if let Some(e) = &info.client_encoding {
+            params.push(("client_encoding", e));
+        }
         frontend::startup_message(params.iter().copied(), &mut self.write_buf)?;
         self.flush_write().await?;
 
-        let password = info
-            .password
-            .as_ref()
-            .map(|p| p.expose_secret().as_bytes().to_vec());
-        let need_password = || {
-            Error::Auth(format!(
-                "server asked for a password for role {:?}, but none was given (set password in --pg or PGPASSWORD)",
-                info.user
-            ))
+        let require_binding = info.channel_binding == ChannelBindingMode::Require;
+        // The password, from the connection string or else the password file,
+        // read only when the server asks for one.
+        let mut password: Option<Option<Vec<u8>>> = None;
+        let mut get_password = |this: &Self| -> Result<Vec<u8>, Error> {
+            let pw = password.get_or_insert_with(|| match &info.password {
+                Some(p) => Some(p.expose_secret().as_bytes().to_vec()),
+                None => password_from_file(info, passfile_host, port).map(String::into_bytes),
+            });
+            pw.clone().ok_or_else(|| {
+                Error::Auth(format!(
+                    "server {} asked for a password for role {:?}, but none was given (set password in --pg, PGPASSWORD or a password file)",
+                    this.target, info.user
+                ))
+            })
+        };
+        let refuse_without_binding = || {
+            Error::Auth(
+                "channel binding required but not supported by server's authentication request"
+                    .into(),
+            )
+        };
+        // require_auth, checked before answering each request as libpq does.
+        let check_method = |method: AuthMethod, what: &str| -> Result<(), Error> {
+            match &info.require_auth {
+                Some(r) if !r.allows(method) => Err(Error::Auth(format!(
+                    "authentication method requirement {:?} failed: server requested {what}",
+                    r.text
+                ))),
+                _ => Ok(()),
+            }
         };
         let mut scram: Option<ScramSha256> = None;
+        let mut scram_plus = false;
+        let mut channel_bound = false;
+        // We sent a password, or verified the server's SCRAM signature.
+        let mut client_finished_auth = false;
         loop {
             match self.read_message().await? {
-                backend::Message::AuthenticationOk => {}
+                backend::Message::AuthenticationOk => {
+                    if let Some(r) = &info.require_auth
+                        && r.auth_required
+                        && !client_finished_auth
+                    {
+                        return Err(Error::Auth(format!(
+                            "authentication method requirement {:?} failed: server did not complete authentication",
+                            r.text
+                        )));
+                    }
+                    // channel_binding=require: the server must have proven
+                    // itself with SCRAM-SHA-256-PLUS, not trust or a certificate.
+                    if require_binding && !channel_bound {
+                        return Err(Error::Auth(
+                            "channel binding required, but server authenticated client without channel binding".into(),
+                        ));
+                    }
+                }
                 backend::Message::AuthenticationCleartextPassword => {
-                    let pw = password.as_deref().ok_or_else(need_password)?;
-                    frontend::password_message(pw, &mut self.write_buf)?;
+                    check_method(AuthMethod::Password, "a cleartext password")?;
+                    if require_binding {
+                        return Err(refuse_without_binding());
+                    }
+                    let pw = get_password(self)?;
+                    frontend::password_message(&pw, &mut self.write_buf)?;
                     self.flush_write().await?;
+                    client_finished_auth = true;
                 }
                 backend::Message::AuthenticationMd5Password(body) => {
-                    let pw = password.as_deref().ok_or_else(need_password)?;
+                    check_method(AuthMethod::Md5, "a hashed password")?;
+                    if require_binding {
+                        return Err(refuse_without_binding());
+                    }
+                    let pw = get_password(self)?;
                     let hash = postgres_protocol::authentication::md5_hash(
                         info.user.as_bytes(),
-                        pw,
+                        &pw,
                         body.salt(),
                     );
                     frontend::password_message(hash.as_bytes(), &mut self.write_buf)?;
                     self.flush_write().await?;
+                    client_finished_auth = true;
                 }
                 backend::Message::AuthenticationSasl(body) => {
+                    check_method(AuthMethod::ScramSha256, "SASL authentication")?;
                     let mut mechanisms = body.mechanisms();
-                    let mut has_scram = false;
+                    let (mut has_scram, mut has_plus) = (false, false);
                     while let Some(m) = mechanisms.next()? {
-                        has_scram |= m == "SCRAM-SHA-256";
+                        match m {
+                            "SCRAM-SHA-256" => has_scram = true,
+                            "SCRAM-SHA-256-PLUS" => has_plus = true,
+                            _ => {}
+                        }
                     }
-                    if !has_scram {
+                    if has_plus && !self.is_tls {
+                        // Not sane: TLS may have been stripped by a proxy.
                         return Err(Error::Auth(
-                            "server offers no SASL mechanism walvault supports".into(),
+                            "server offered SCRAM-SHA-256-PLUS authentication over a non-TLS connection".into(),
                         ));
                     }
-                    let pw = password.as_deref().ok_or_else(need_password)?;
-                    // Channel binding is not used: GS2 flag "n" is valid with or without TLS.
-                    let s = ScramSha256::new(pw, ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(
-                        "SCRAM-SHA-256",
-                        s.message(),
-                        &mut self.write_buf,
-                    )?;
+                    let use_plus = has_plus && info.channel_binding != ChannelBindingMode::Disable;
+                    if require_binding && !use_plus {
+                        return Err(Error::Auth(
+                            "channel binding is required, but server did not offer an authentication method that supports channel binding".into(),
+                        ));
+                    }
+                    if !use_plus && !has_scram {
+                        return Err(Error::Auth(
+                            "none of the server's SASL authentication mechanisms are supported"
+                                .into(),
+                        ));
+                    }
+                    let pw = get_password(self)?;
+                    let (mechanism, binding) = if use_plus {
+                        (
+                            "SCRAM-SHA-256-PLUS",
+                            ChannelBinding::tls_server_end_point(self.server_end_point()?),
+                        )
+                    } else if self.is_tls && info.channel_binding != ChannelBindingMode::Disable {
+                        // GS2 flag "y": we could bind, but the server did not offer it.
+                        ("SCRAM-SHA-256", ChannelBinding::unrequested())
+                    } else {
+                        ("SCRAM-SHA-256", ChannelBinding::unsupported())
+                    };
+                    let s = ScramSha256::new(&pw, binding);
+                    frontend::sasl_initial_response(mechanism, s.message(), &mut self.write_buf)?;
                     self.flush_write().await?;
                     scram = Some(s);
+                    scram_plus = use_plus;
                 }
                 backend::Message::AuthenticationSaslContinue(body) => {
                     let s = scram
@@ -332,14 +546,25 @@ impl ReplicationConnection {
                     s.finish(body.data()).map_err(|e| {
                         Error::Auth(format!("server's SCRAM signature is invalid: {e}"))
                     })?;
+                    channel_bound = scram_plus;
+                    client_finished_auth = true;
                 }
                 backend::Message::AuthenticationKerberosV5
                 | backend::Message::AuthenticationScmCredential
                 | backend::Message::AuthenticationGss
                 | backend::Message::AuthenticationSspi
                 | backend::Message::AuthenticationGssContinue(_) => {
+                    if let Some(r) = &info.require_auth {
+                        return Err(Error::Auth(format!(
+                            "authentication method requirement {:?} failed: server requested an authentication type walvault does not support",
+                            r.text
+                        )));
+                    }
+                    if require_binding {
+                        return Err(refuse_without_binding());
+                    }
                     return Err(Error::Auth(
-                        "server asks for an authentication method walvault does not support (use scram-sha-256, md5, password or trust)".into(),
+                        "server asks for an authentication method walvault does not support (use scram-sha-256, md5, password, cert or trust)".into(),
                     ));
                 }
                 backend::Message::ParameterStatus(p) => {
@@ -349,7 +574,17 @@ impl ReplicationConnection {
                 backend::Message::BackendKeyData(_) | backend::Message::NoticeResponse(_) => {}
                 backend::Message::ReadyForQuery(_) => return Ok(()),
                 backend::Message::ErrorResponse(body) => {
-                    return Err(Error::Server(server_error(&body)?));
+                    let mut e = server_error(&body)?;
+                    // As libpq: say where a refused password came from.
+                    if e.code == "28P01"
+                        && info.password.is_none()
+                        && matches!(password, Some(Some(_)))
+                        && e.hint.is_none()
+                        && let Some(path) = &info.passfile
+                    {
+                        e.hint = Some(format!("password retrieved from file {}", path.display()));
+                    }
+                    return Err(Error::Server(e));
                 }
                 _ => return Err(Error::Protocol("unexpected message during startup".into())),
             }
@@ -627,6 +862,122 @@ impl ReplicationConnection {
             None => Err(Error::Protocol("incomplete message".into())),
         }
     }
+}
+
+/// Opens the TCP connection to `addr` (or `host`) with libpq's socket options.
+async fn connect_tcp(
+    info: &ConnInfo,
+    host: &Host,
+    addr: Option<IpAddr>,
+    port: u16,
+    target: &str,
+) -> Result<TcpStream, Error> {
+    let connected = match (addr, host) {
+        (Some(a), _) => TcpStream::connect((a, port)).await,
+        (None, Host::Tcp(h)) => TcpStream::connect((h.as_str(), port)).await,
+        (None, Host::Unix(_)) => {
+            return Err(Error::Protocol("a Unix socket is not a TCP address".into()));
+        }
+    };
+    let s = connected.map_err(|source| Error::Connect {
+        target: target.to_string(),
+        source,
+    })?;
+    s.set_nodelay(true)?;
+    set_tcp_options(&s, info)?;
+    Ok(s)
+}
+
+/// Sets up TLS on `s` after the server accepted the SSLRequest.
+async fn start_tls(
+    info: &ConnInfo,
+    name: rustls::pki_types::ServerName<'static>,
+    s: TcpStream,
+    target: &str,
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<TcpStream>,
+        Arc<tls::ClientCertUse>,
+    ),
+    Error,
+> {
+    let (config, cert_use) = tls::client_config(info)?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tls = connector
+        .connect(name, s)
+        .await
+        .map_err(|e| Error::Tls(format!("handshake with {target} failed: {e}")))?;
+    Ok((tls, cert_use))
+}
+
+/// Applies libpq's TCP options: keepalives (on by default) and `tcp_user_timeout`.
+fn set_tcp_options(s: &TcpStream, info: &ConnInfo) -> Result<(), Error> {
+    let sock = socket2::SockRef::from(s);
+    let k = &info.keepalives;
+    if k.enabled {
+        let mut params = socket2::TcpKeepalive::new();
+        if let Some(idle) = k.idle {
+            params = params.with_time(idle);
+        }
+        if let Some(interval) = k.interval {
+            params = params.with_interval(interval);
+        }
+        if let Some(count) = k.count {
+            params = params.with_retries(count);
+        }
+        sock.set_tcp_keepalive(&params)?;
+    }
+    if let Some(t) = info.tcp_user_timeout {
+        sock.set_tcp_user_timeout(Some(t))?;
+    }
+    Ok(())
+}
+
+/// `requirepeer`: the server's process must run as `required` (Unix sockets).
+fn check_peer(s: &UnixStream, required: &str) -> Result<(), Error> {
+    let cred = s.peer_cred()?;
+    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(cred.uid()))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .ok_or_else(|| {
+            Error::Auth(format!(
+                "requirepeer: no user name for the server's uid {}",
+                cred.uid()
+            ))
+        })?;
+    if name != required {
+        return Err(Error::Auth(format!(
+            "requirepeer specifies {required:?}, but actual peer user name is {name:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// The password for this host from the password file, as libpq finds it:
+/// only a regular file without group or other access is read (otherwise a
+/// warning is logged and the file ignored); the database matched is
+/// `replication`.
+fn password_from_file(info: &ConnInfo, host: &str, port: u16) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = info.passfile.as_ref()?;
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() {
+        tracing::warn!(path = %path.display(), "password file is not a plain file, ignored");
+        return None;
+    }
+    if !passfile::is_private_mode(meta.mode()) {
+        tracing::warn!("{}", passfile::insecure_warning(path));
+        return None;
+    }
+    let contents = std::fs::read_to_string(path).ok()?;
+    passfile::lookup(
+        &contents,
+        passfile::host_field(host),
+        &port.to_string(),
+        passfile::REPLICATION_DATABASE,
+        &info.user,
+    )
 }
 
 fn decode_row(body: &backend::DataRowBody) -> Result<Row, Error> {

@@ -2,13 +2,15 @@
 //!
 //! `postgres-protocol` frames messages and runs SCRAM; the CopyBoth handling
 //! and the CopyData sub-messages (`w`, `k`, `r`) are ours. Only
-//! [`connection`] touches sockets; [`message`], [`conninfo`] and the result
-//! parsing in [`command`] are pure.
+//! [`connection`] touches sockets, and only it and `tls` read files (password
+//! file, certificates, keys, CRLs); [`message`], [`conninfo`], [`passfile`]
+//! and the result parsing in [`command`] are pure.
 
 pub mod command;
 pub mod connection;
 pub mod conninfo;
 pub mod message;
+pub mod passfile;
 mod tls;
 
 pub use connection::ReplicationConnection;
@@ -81,6 +83,14 @@ pub enum Error {
     /// The server closed the connection.
     #[error("server closed the connection")]
     Closed,
+    /// The server does not fit `target_session_attrs`.
+    #[error("server {target} does not fit target_session_attrs: {reason}")]
+    SessionAttrs {
+        /// Where we connected.
+        target: String,
+        /// libpq's reason, e.g. "server is in hot standby mode".
+        reason: &'static str,
+    },
     /// A step took too long.
     #[error("{what} timed out after {after:?}")]
     Timeout {
@@ -96,7 +106,12 @@ impl Error {
     /// too many connections), as opposed to a configuration problem.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Connect { .. } | Error::Io(_) | Error::Closed | Error::Timeout { .. } => true,
+            // A server's role changes with failovers: try again later.
+            Error::Connect { .. }
+            | Error::Io(_)
+            | Error::Closed
+            | Error::Timeout { .. }
+            | Error::SessionAttrs { .. } => true,
             Error::Server(e) => {
                 // Connection exceptions, operator intervention (shutdown), and
                 // insufficient resources (too many connections).

@@ -13,6 +13,8 @@ const DRAW_INTERVAL: Duration = Duration::from_millis(200);
 /// Progress of one operation in bytes.
 pub struct Progress {
     what: String,
+    /// Counting files instead of bytes.
+    files: bool,
     total_bytes: Mutex<u64>,
     state: Mutex<State>,
     terminal: bool,
@@ -29,6 +31,7 @@ impl Progress {
     pub fn new(what: &str, total_bytes: u64) -> Self {
         Progress {
             what: what.to_string(),
+            files: false,
             total_bytes: Mutex::new(total_bytes),
             state: Mutex::new(State {
                 done_bytes: 0,
@@ -36,6 +39,14 @@ impl Progress {
             }),
             terminal: std::io::stderr().is_terminal(),
             started: Instant::now(),
+        }
+    }
+
+    /// Starts tracking `what` in files (objects) rather than bytes.
+    pub fn files(what: &str, total: u64) -> Self {
+        Progress {
+            files: true,
+            ..Self::new(what, total)
         }
     }
 
@@ -78,6 +89,9 @@ impl Progress {
 
     fn line(&self, done: u64) -> String {
         let total = (*self.total_bytes.lock().expect("progress lock")).max(done);
+        if self.files {
+            return format!("{}: {done} / {total} files", self.what);
+        }
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let rate = done as f64 / secs;
         let eta = if rate > 0.0 && total > done {

@@ -63,7 +63,10 @@ fn parse_field(field: &str, min: u32, max: u32) -> Result<Vec<bool>, String> {
         let mut v = lo;
         while v <= hi {
             set[v as usize] = true;
-            v += step;
+            let Some(next) = v.checked_add(step) else {
+                break;
+            };
+            v = next;
         }
     }
     Ok(set)
@@ -206,6 +209,9 @@ mod tests {
         assert!(Schedule::parse("0 3 * *").is_err());
         assert!(Schedule::parse("61 * * * *").is_err());
         assert!(Schedule::parse("*/0 * * * *").is_err());
+        // A step past the end of the field is one value, never an overflow.
+        assert!(Schedule::parse("*/4294967295 * * * *").is_ok());
+        assert!(Schedule::parse("5/99999999999 * * * *").is_err());
         assert!(
             Schedule::parse("a * * * *")
                 .unwrap_err()

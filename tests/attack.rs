@@ -181,8 +181,22 @@ async fn moved_forged_and_edited_objects_are_refused() {
         "{}",
         text(&out)
     );
-    a.replace(&seg_m, &old);
+    let out = a.env.run(&["verify", "--wal", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failures = report["wal"]["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{report}");
+    assert_eq!(failures[0]["object"], seg_m.as_str());
+    // A segment gone from the middle: a gap, named.
+    std::fs::remove_file(a.path(&seg_m)).unwrap();
+    let out = a.env.run(&["verify", "--wal"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("gap"), "{}", text(&out));
+    std::fs::write(a.path(&seg_m), &old).unwrap();
     assert!(a.wal_fetch(m).status.success());
+    let out = a.env.run(&["verify", "--wal"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("WAL: OK"), "{}", text(&out));
 
     // Part 1 of a backup copied over its part 2; then a truncated part.
     let first = a.backups[0].as_str();

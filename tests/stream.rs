@@ -457,3 +457,168 @@ async fn stalled_uploads_keep_memory_bounded_and_connection_alive(major: u32) {
     assert_eq!(code, Some(0), "{log}");
 }
 pg_test!(stalled_uploads_keep_memory_bounded_and_connection_alive);
+
+/// Without wal_keep_size (only the slot keeps WAL), under load, with
+/// walvault killed and restarted: the slot's restart_lsn, which walvault's
+/// flush reports move, never passes the end of the WAL held without a hole
+/// in the archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_never_passes_the_contiguous_archive() {
+    let pg = PgCluster::start(
+        15,
+        &PgOptions {
+            extra_conf: vec!["wal_keep_size = 0".into(), "max_wal_size = '32MB'".into()],
+            ..Default::default()
+        },
+    );
+    let s3 = S3Server::start();
+    let (env, repo) = s3_repo(&s3, "early");
+    pg.pgbench(&["-i", "-s", "1", "-q"]);
+    // A slot that reserves nothing: its restart_lsn is only ever what
+    // walvault reports.
+    pg.execute("SELECT pg_create_physical_replication_slot('walvault')")
+        .await;
+    let restart_lsn = || async {
+        pg.query_one("SELECT coalesce(restart_lsn::text, '0/0') FROM pg_replication_slots WHERE slot_name = 'walvault'")
+            .await
+            .parse::<Lsn>()
+            .unwrap_or_default()
+    };
+    let check = || async {
+        let reported = restart_lsn().await;
+        // A listing is not a snapshot: while a complete segment replaces its
+        // deltas, one listing can miss both. Such a hole is gone in the next
+        // listing; a flush reported past a real hole is not.
+        let mut held = Lsn(0);
+        for _ in 0..3 {
+            held = archived_end(&repo, MIB, 1).await;
+            // Before the first object, walvault reports where it starts:
+            // WAL before its start is not archived by design.
+            if reported <= held || held == Lsn(0) {
+                return;
+            }
+        }
+        panic!(
+            "the slot was told {reported} is safe, but the archive holds WAL without a hole only to {held}"
+        );
+    };
+    for round in 0..2 {
+        let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+        let before = pg.current_lsn().await;
+        let load = pg.pgbench_background(6, 2);
+        let mut checked = 0;
+        while !load.is_finished() {
+            check().await;
+            checked += 1;
+            if round == 0 && pg.current_lsn().await.0 > before.0 + 3 * MIB && checked > 5 {
+                break;
+            }
+        }
+        if round == 0 {
+            // Killed in the middle of the load: what it held is lost, the slot keeps it.
+            let _ = stream.kill9();
+            check().await;
+            assert!(load.join().unwrap().status.success());
+        } else {
+            assert!(load.join().unwrap().status.success());
+            let end = pg.switch_wal().await;
+            pg.execute("CHECKPOINT").await;
+            wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
+            check().await;
+            let (code, log) = stream.terminate();
+            assert_eq!(code, Some(0), "{log}");
+        }
+        assert!(checked > 0);
+    }
+    assert_segments_match(&repo, &pg, MIB, 1).await;
+}
+
+/// A hole older than the upload window (a segment deleted from the middle of
+/// the archive): a restarted walvault streams it again while the server has
+/// it; once the server has removed that WAL, walvault says so, names the
+/// gap, and goes on archiving new WAL, and `verify --wal` names the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hole_is_filled_or_named() {
+    let pg = PgCluster::start(15, &PgOptions::default());
+    let s3 = S3Server::start();
+    let (env, repo) = s3_repo(&s3, "hole");
+    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    pg.pgbench(&["-i", "-s", "2", "-q"]);
+    let end = pg.switch_wal().await;
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    let inv = walvault::wal::inventory::WalInventory::scan(&repo, MIB)
+        .await
+        .unwrap();
+    let complete: Vec<u64> = inv.timelines[&walvault::lsn::TimelineId::FIRST]
+        .complete
+        .iter()
+        .copied()
+        .collect();
+    assert!(complete.len() > 12, "{complete:?}");
+    let hole = walvault::lsn::SegmentName {
+        timeline: walvault::lsn::TimelineId::FIRST,
+        number: complete[complete.len() / 3],
+    };
+    let hole_key = walvault::storage::layout::segment_key(hole, MIB);
+    repo.delete(&hole_key).await.unwrap();
+
+    // The server still has it (wal_keep_size): the restart fills the hole.
+    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    let end = pg.switch_wal().await;
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
+    assert_segments_match(&repo, &pg, MIB, 1).await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("the archive has a hole"), "{log}");
+
+    // Now the server no longer has it.
+    repo.delete(&hole_key).await.unwrap();
+    pg.execute("ALTER SYSTEM SET wal_keep_size = 0").await;
+    pg.execute("SELECT pg_reload_conf()").await;
+    for _ in 0..3 {
+        pg.switch_wal().await;
+    }
+    pg.execute("CHECKPOINT").await;
+    assert!(
+        !pg.data_dir
+            .join("pg_wal")
+            .join(hole.to_file_name(MIB))
+            .exists(),
+        "the server kept the hole's segment"
+    );
+    let mut stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    pg.execute("CREATE TABLE after_the_hole AS SELECT 1 AS x")
+        .await;
+    let end = pg.switch_wal().await;
+    wait_for("new WAL past the hole", Duration::from_secs(60), || async {
+        let out = env.run(&["list", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let newest: Lsn = v["wal"]["timelines"][0]["newest_lsn"]
+            .as_str()?
+            .parse()
+            .ok()?;
+        (newest >= end).then_some(())
+    })
+    .await;
+    let log = stream.log_text();
+    assert!(
+        log.contains("no longer has the WAL of the archive's hole"),
+        "{log}"
+    );
+    assert!(stream.is_running(), "walvault stopped:\n{log}");
+    let out = env.run(&["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let missing = v["wal"]["timelines"][0]["missing_segments"].to_string();
+    assert!(missing.contains(&hole.to_file_name(MIB)), "{v}");
+    let out = env.run(&["verify", "--wal"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&hole_key),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}

@@ -177,8 +177,12 @@ pub(super) async fn store_data(
     if consumed.is_err() || bb_result.is_err() {
         stage_cancel.cancel();
     }
-    let staged = stage.await.expect("the upload stage does not panic");
-    let parts = collector.await.expect("the collector does not panic");
+    let staged = stage
+        .await
+        .map_err(|e| Error::Unsupported(format!("the upload stage panicked: {e}")))?;
+    let parts = collector
+        .await
+        .map_err(|e| Error::Unsupported(format!("recording stored parts panicked: {e}")))?;
     consumed?;
     let end = bb_result?;
     staged?;

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::backup::list_backups;
-use crate::verify::verify_backup;
+use crate::progress::Progress;
+use crate::verify::{verify_backup, verify_wal};
 
 use super::RepoArgs;
 
@@ -13,9 +14,10 @@ use super::RepoArgs;
 #[derive(Debug, clap::Args)]
 #[command(
     long_about = "Read every part of a backup back, decrypt and check it, walk its tar streams and \
-compare each file's size and CRC32C with the server's backup manifest, and check that the backup's WAL range \
-is in the repository. Every problem is reported with the object and file it concerns. Exits 1 if anything \
-fails."
+compare each file's size and CRC32C with the server's backup manifest, and open every WAL segment and history \
+file of the backup's range. With --wal, open every WAL object of the archive to its end and report its gaps. \
+Every problem is reported with the object and file it concerns. Exits 1 if anything fails. --json prints the \
+backups' reports (an array), or with --wal an object {\"backups\": [...], \"wal\": {...}}."
 )]
 pub struct Args {
     #[command(flatten)]
@@ -23,6 +25,9 @@ pub struct Args {
     /// Verify only this backup (default: all).
     #[arg(long)]
     pub backup: Option<String>,
+    /// Also open every WAL segment and history file of the archive, and report its gaps.
+    #[arg(long)]
+    pub wal: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -33,7 +38,7 @@ pub struct Args {
 /// # Errors
 /// Store errors, or an unknown backup id.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (repo, _) = args.repo.open_existing().await?;
+    let (repo, manifest) = args.repo.open_existing().await?;
     let mut backups = list_backups(&repo).await.context("list backups")?;
     if let Some(id) = &args.backup {
         backups.retain(|b| &b.id == id);
@@ -53,8 +58,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         if !args.json {
             if report.failures.is_empty() {
                 println!(
-                    "backup {}: OK ({} parts, {} files match the server's manifest, WAL range present)",
-                    report.id, report.parts_checked, report.files_checked
+                    "backup {}: OK ({} parts, {} files match the server's manifest, WAL range present: {} WAL files open)",
+                    report.id, report.parts_checked, report.files_checked, report.wal_files_checked
                 );
             } else {
                 println!("backup {}: {} problem(s)", report.id, report.failures.len());
@@ -70,16 +75,52 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         reports.push(report);
     }
+    let wal = if args.wal {
+        let progress = Progress::files("verify WAL", 0);
+        let report = verify_wal(&repo, manifest.wal_segment_size, &progress)
+            .await
+            .context("verify the WAL")?;
+        progress.finish();
+        Some(report)
+    } else {
+        None
+    };
     if args.json {
+        let out = match &wal {
+            None => serde_json::to_value(&reports),
+            Some(w) => Ok(serde_json::json!({ "backups": reports, "wal": w })),
+        }
+        .expect("serializes");
         println!(
             "{}",
-            serde_json::to_string_pretty(&reports).expect("serializes")
+            serde_json::to_string_pretty(&out).expect("serializes")
         );
     }
     if backups.is_empty() && !args.json {
         println!("no backups to verify");
     }
-    let failed = reports.iter().any(|r| !r.failures.is_empty());
+    if let Some(w) = &wal
+        && !args.json
+    {
+        if w.failures.is_empty() {
+            println!("WAL: OK ({} files open, no gap)", w.files_checked);
+        } else {
+            println!(
+                "WAL: {} problem(s) in {} files",
+                w.failures.len(),
+                w.files_checked
+            );
+            for f in &w.failures {
+                println!(
+                    "  FAILED {}: {}",
+                    f.object.as_deref().unwrap_or(""),
+                    f.problem
+                );
+            }
+        }
+    }
+    let failed = reports.iter().any(|r| !r.failures.is_empty())
+        || wal.as_ref().is_some_and(|w| !w.failures.is_empty());
     Ok(if failed {
         ExitCode::from(1)
     } else {

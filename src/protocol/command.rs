@@ -99,7 +99,8 @@ pub fn parse_size_setting(text: &str) -> Result<u64, Error> {
         "TB" => 1 << 40,
         _ => return Err(Error::Protocol(format!("bad size unit in {text:?}"))),
     };
-    Ok(n * mult)
+    n.checked_mul(mult)
+        .ok_or_else(|| Error::Protocol(format!("size setting {text:?} is too large")))
 }
 
 /// Quotes a slot name as an identifier.
@@ -312,6 +313,7 @@ mod tests {
         assert_eq!(parse_size_setting("16MB").unwrap(), 16 << 20);
         assert_eq!(parse_size_setting("1GB").unwrap(), 1 << 30);
         assert!(parse_size_setting("16 parsecs").is_err());
+        assert!(parse_size_setting("99999999999999TB").is_err());
     }
 
     #[test]

@@ -245,6 +245,8 @@ impl Repository {
                         })
                 });
                 if same {
+                    // A retry of a write whose sync failed: sync again.
+                    self.sync_local(key).await?;
                     Ok(size)
                 } else {
                     Err(Error::Conflict {

@@ -99,6 +99,9 @@ pub enum Error {
     /// The upload stage ended early (its own error is reported instead when it has one).
     #[error("the upload stage stopped unexpectedly")]
     UploaderStopped,
+    /// The stream must go on from elsewhere on a new connection.
+    #[error("the stream goes on from another position")]
+    Reconnect,
     /// Shutdown took longer than allowed.
     #[error("shutdown timed out with WAL still unstored (the slot keeps it on the server)")]
     ShutdownTimeout,
@@ -122,6 +125,7 @@ impl Error {
             Error::Protocol(e) => e.is_retryable(),
             Error::Storage(e) => e.is_retryable(),
             Error::Server(e) => e.is_retryable(),
+            Error::Reconnect => true,
             _ => false,
         }
     }
@@ -151,6 +155,9 @@ struct Stream<'a> {
     plan_start: Option<(TimelineId, Lsn)>,
     stop_at: Option<watch::Receiver<Option<Lsn>>>,
     slot_ready: bool,
+    /// Where to go on when the server no longer has the WAL of a hole the
+    /// run started at: the end of the archive's newest WAL.
+    fallback_start: Option<(TimelineId, Lsn)>,
 }
 
 /// Variations on the sidecar stream, for backups that need a WAL range.
@@ -237,6 +244,7 @@ pub async fn run(
         plan_start: plan.start,
         stop_at: plan.stop_at,
         slot_ready: plan.slot_ready,
+        fallback_start: None,
     };
 
     let mut backoff = FIRST_RECONNECT_BACKOFF;
@@ -291,7 +299,13 @@ pub async fn run(
     if result.is_err() || !pending.is_empty() {
         abort.cancel();
     }
-    let uploaded = uploader.await.expect("the upload stage does not panic");
+    let uploaded = match uploader.await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "the upload stage panicked");
+            return Err(Error::UploaderStopped);
+        }
+    };
     uploaded?;
     result?;
     use std::sync::atomic::Ordering::Relaxed;
@@ -369,17 +383,25 @@ impl Stream<'_> {
         loop {
             let seg = self.segmenter.as_ref().expect("set above");
             let (timeline, start) = (seg.timeline(), seg.position());
-            let started = conn
+            let started = match conn
                 .start_replication(Some(&self.opts.slot), start, timeline)
                 .await
-                .map_err(|e| match e.sqlstate() {
-                    Some("58P01") => Error::WalRemoved(e.to_string()),
-                    _ => Error::Protocol(e),
-                })?;
+            {
+                Ok(s) => s,
+                Err(e) if e.sqlstate() == Some("58P01") => return self.wal_removed(e).await,
+                Err(e) => return Err(Error::Protocol(e)),
+            };
             match started {
                 StartReplication::Streaming => {
                     debug!(timeline = %timeline, start = %start, "replication started");
-                    match self.copy_loop(conn, shutdown, status_interval).await? {
+                    // A removed segment is reported after CopyBothResponse.
+                    let ended = match self.copy_loop(conn, shutdown, status_interval).await {
+                        Err(Error::Protocol(e)) if e.sqlstate() == Some("58P01") => {
+                            return self.wal_removed(e).await;
+                        }
+                        other => other?,
+                    };
+                    match ended {
                         CopyEnd::Shutdown => return Ok(()),
                         CopyEnd::TimelineEnded {
                             next_timeline,
@@ -397,6 +419,40 @@ impl Stream<'_> {
                 }
             }
         }
+    }
+
+    /// The server no longer has the WAL the stream asked for. When the run
+    /// started at a hole in the archive, go on from the end of the
+    /// archive's newest WAL (on a new connection) and say loudly that the
+    /// archive has a gap; otherwise the archive cannot go on.
+    async fn wal_removed(&mut self, e: protocol::Error) -> Result<(), Error> {
+        let Some((tli, newest)) = self.fallback_start.take() else {
+            return Err(Error::WalRemoved(e.to_string()));
+        };
+        let hole_from = self
+            .segmenter
+            .as_ref()
+            .map_or(Lsn::INVALID, Segmenter::position);
+        tracing::error!(timeline = %tli, hole_from = %hole_from, resume = %newest,
+            error = %e,
+            "the server no longer has the WAL of the archive's hole: the archive has a gap from here; restoring across it needs a base backup taken after it (walvault list and verify --wal name it)");
+        let seg = crate::lsn::SegmentName::from_lsn(tli, newest, self.segment_size);
+        let prefix = if newest.is_segment_start(self.segment_size) {
+            Vec::new()
+        } else {
+            super::fetch::into_pieces(
+                super::fetch::read_delta_chain(self.repo, seg, self.segment_size).await?,
+            )
+        };
+        let start =
+            seg.start_lsn(self.segment_size) + prefix.iter().map(|p| p.len() as u64).sum::<u64>();
+        let held: u64 = prefix.iter().map(|p| p.len() as u64).sum();
+        let old = self.segmenter.take().map_or(0, |s| s.held_bytes());
+        self.memory.release(old);
+        self.memory.add(held);
+        self.segmenter = Some(Segmenter::new(tli, start, self.segment_size, prefix));
+        self.last_reported = start;
+        Err(Error::Reconnect)
     }
 
     /// Queues a job for the upload stage.

@@ -3,7 +3,7 @@
 //! timeline history when the repository's timeline has ended.
 
 use bytes::Bytes;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::lsn::{Lsn, SegmentName, TimelineId};
 use crate::protocol::{self, ReplicationConnection};
@@ -14,8 +14,13 @@ use super::super::inventory::WalInventory;
 use super::{Error, Stream};
 
 impl Stream<'_> {
-    /// Where a fresh run starts: where the repository ends, else the slot's
-    /// restart LSN, else the server's current segment.
+    /// Where a fresh run starts: at the end of the WAL held without a hole
+    /// on the repository's newest timeline (never past a hole: the flush
+    /// position reported from there would tell the server that WAL is safe
+    /// when it is not); else the slot's restart LSN, else the server's
+    /// current segment. When the archive has a hole, the end of its newest
+    /// WAL is kept as the fallback for a server that no longer has the
+    /// hole's WAL.
     pub(super) async fn choose_start(
         &mut self,
         conn: &mut ReplicationConnection,
@@ -23,22 +28,67 @@ impl Stream<'_> {
         history: &[HistoryEntry],
     ) -> Result<(TimelineId, Lsn, Vec<Bytes>), Error> {
         let inv = WalInventory::scan(self.repo, self.segment_size).await?;
-        let window = self.opts.upload_concurrency as u64 + 2;
         if let Some(tli) = inv.newest_timeline() {
-            let resume = inv.timelines[&tli]
-                .resume_point(self.segment_size, window)
+            let t = &inv.timelines[&tli];
+            let contiguous = t
+                .contiguous_end(self.segment_size)
                 .expect("a timeline in the inventory holds WAL");
-            let (t, lsn, moved) =
-                follow_history(history, identity.timeline, tli, resume, self.segment_size);
-            if moved || lsn.is_segment_start(self.segment_size) {
-                return Ok((t, lsn, Vec::new()));
+            let newest = t
+                .resume_point(self.segment_size, 0)
+                .expect("a timeline in the inventory holds WAL");
+            if newest > contiguous {
+                let missing: Vec<String> = t
+                    .missing_segments()
+                    .into_iter()
+                    .chain(std::iter::once(
+                        contiguous.segment_number(self.segment_size),
+                    ))
+                    .map(|n| {
+                        SegmentName {
+                            timeline: tli,
+                            number: n,
+                        }
+                        .to_file_name(self.segment_size)
+                    })
+                    .collect();
+                error!(timeline = %tli, from = %contiguous, missing = missing.join(","),
+                    "the archive has a hole: streaming it again from the server to fill it");
+                self.fallback_start = Some((tli, newest));
             }
-            let seg = SegmentName::from_lsn(t, lsn, self.segment_size);
-            let prefix = read_delta_chain(self.repo, seg, self.segment_size).await?;
-            let start = seg.start_lsn(self.segment_size) + prefix.len() as u64;
-            info!(segment = %seg.to_file_name(self.segment_size), bytes = prefix.len(), "resuming inside a partly stored segment");
-            return Ok((t, start, into_pieces(prefix)));
+            return self.start_at(history, identity, tli, contiguous).await;
         }
+        self.slot_start(conn, identity, history).await
+    }
+
+    /// Starts at `lsn` on `tli`, moved along the server's history, with the
+    /// bytes of a partly stored segment read back.
+    pub(super) async fn start_at(
+        &mut self,
+        history: &[HistoryEntry],
+        identity: &protocol::command::SystemIdentity,
+        tli: TimelineId,
+        lsn: Lsn,
+    ) -> Result<(TimelineId, Lsn, Vec<Bytes>), Error> {
+        let (t, lsn, moved) =
+            follow_history(history, identity.timeline, tli, lsn, self.segment_size);
+        if moved || lsn.is_segment_start(self.segment_size) {
+            return Ok((t, lsn, Vec::new()));
+        }
+        let seg = SegmentName::from_lsn(t, lsn, self.segment_size);
+        let prefix = read_delta_chain(self.repo, seg, self.segment_size).await?;
+        let start = seg.start_lsn(self.segment_size) + prefix.len() as u64;
+        info!(segment = %seg.to_file_name(self.segment_size), bytes = prefix.len(), "resuming inside a partly stored segment");
+        Ok((t, start, into_pieces(prefix)))
+    }
+
+    /// A start for an empty repository: the slot's restart LSN (15+), else
+    /// the server's current segment.
+    async fn slot_start(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        identity: &protocol::command::SystemIdentity,
+        history: &[HistoryEntry],
+    ) -> Result<(TimelineId, Lsn, Vec<Bytes>), Error> {
         let slot = if conn.server_major().unwrap_or(0) >= 15 {
             conn.read_replication_slot(&self.opts.slot).await?
         } else {

@@ -70,9 +70,9 @@ fn parse_pg_duration(text: &str) -> Option<Duration> {
     Some(match &text[digits.len()..] {
         "" | "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
-        "min" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86400),
+        "min" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        "d" => Duration::from_secs(n.checked_mul(86400)?),
         _ => return None,
     })
 }
@@ -87,5 +87,7 @@ mod tests {
         assert_eq!(parse_pg_duration("1min"), Some(Duration::from_secs(60)));
         assert_eq!(parse_pg_duration("0"), Some(Duration::ZERO));
         assert_eq!(parse_pg_duration("soon"), None);
+        assert_eq!(parse_pg_duration("99999999999999999999d"), None);
+        assert_eq!(parse_pg_duration("999999999999999999d"), None);
     }
 }

@@ -387,3 +387,72 @@ async fn server_side_compression(major: u32) {
     );
 }
 pg_test!(server_side_compression);
+
+/// A backup frozen past the orphan grace is taken for an interrupted one and
+/// cleaned up by the next backup; when it wakes up it must fail rather than
+/// write a backup.json that describes objects that are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_backup_that_was_cleaned_up_fails() {
+    use nix::sys::signal::{Signal, kill};
+    let pg = PgCluster::start(15, &PgOptions::default());
+    pg.pgbench(&["-i", "-s", "10", "-q"]);
+    let s3 = S3Server::start();
+    let (env, repo) = s3_repo(&s3, "stalled");
+    let pg_conn = pg_arg(&pg);
+    let child = env
+        .command()
+        .args([
+            "backup",
+            "--pg",
+            &pg_conn,
+            "--checkpoint",
+            "fast",
+            "--part-size",
+            "1MiB",
+            "--upload-concurrency",
+            "1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stalled = wait_for("some parts stored", Duration::from_secs(60), || async {
+        let objs = repo.list(layout::BACKUPS_PREFIX).await.unwrap();
+        (objs.iter().filter(|o| o.key.contains("/data/")).count() >= 3)
+            .then(|| layout::backup_id_of(&objs[0].key).unwrap().to_string())
+    })
+    .await;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    // Its newest object ages past the grace given to the next backup.
+    wait_for(
+        "the stalled backup to look dead",
+        Duration::from_secs(30),
+        || async {
+            let objs = repo.list(&layout::backup_prefix(&stalled)).await.unwrap();
+            let newest = objs.iter().map(|o| o.last_modified).max()?;
+            ((chrono::Utc::now() - newest).num_milliseconds() > 2500).then_some(())
+        },
+    )
+    .await;
+    let meta = run_backup(&env, &pg, &["--orphan-grace", "2s"]);
+    assert_ne!(meta["id"].as_str().unwrap(), stalled);
+    kill(pid, Signal::SIGCONT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the stalled backup reported success: {err}"
+    );
+    let out = env.run(&["list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![meta["id"].as_str().unwrap()], "{list}");
+    let out = env.run(&["verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+}

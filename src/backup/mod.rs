@@ -48,6 +48,10 @@ pub const MIN_PART_SIZE_BYTES: u64 = 1 << 20;
 /// orphan of an interrupted run and is deleted by the next backup (a running
 /// backup stores a part every few seconds).
 pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(60);
+/// How often a running backup stores a heartbeat object, so that cleanup
+/// (after [`DEFAULT_ORPHAN_GRACE`], four heartbeats) never takes it for an
+/// interrupted one, even while it waits minutes for its WAL.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 /// How often the backup's own WAL stream stores the open segment's tail.
 const WAL_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 /// How long the backup's own WAL stream may take to store its tail.
@@ -139,6 +143,11 @@ pub enum Error {
     /// Cancelled.
     #[error("backup cancelled")]
     Cancelled,
+    /// Objects of this backup disappeared while it ran.
+    #[error(
+        "{0} disappeared while the backup ran (another walvault took the backup for an interrupted one): the backup is abandoned"
+    )]
+    Interrupted(String),
 }
 
 impl Error {
@@ -177,6 +186,42 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| format!("walvault {id}"));
     info!(id, label, server = %server.target, role = server.role.as_str(), "backup starting");
+    let heartbeat_cancel = cancel.child_token();
+    let heartbeat = tokio::spawn(heartbeat(
+        repo.clone(),
+        id.clone(),
+        heartbeat_cancel.clone(),
+    ));
+    let result = run_steps(
+        opts, repo, wal, cancel, conn, &server, &id, label, started, start_time,
+    )
+    .await;
+    heartbeat_cancel.cancel();
+    let last_beat = heartbeat.await.unwrap_or(0);
+    if result.is_ok() {
+        // Best effort: a leftover heartbeat of a complete backup is harmless.
+        let _ = repo
+            .delete(&layout::backup_heartbeat_key(&id, last_beat))
+            .await;
+    }
+    result
+}
+
+/// The steps of a backup after its id is chosen.
+#[allow(clippy::too_many_arguments)]
+async fn run_steps(
+    opts: &BackupOptions,
+    repo: &Repository,
+    wal: WalSource,
+    cancel: &CancellationToken,
+    conn: ReplicationConnection,
+    server: &ServerInfo,
+    id: &str,
+    label: String,
+    started: Instant,
+    start_time: DateTime<Utc>,
+) -> Result<BackupMetadata, Error> {
+    let id = id.to_string();
 
     // The WAL connection holds a temporary slot from before the backup's
     // checkpoint, so the server keeps the backup's WAL until it is stored.
@@ -243,12 +288,13 @@ pub async fn run(
     let meta = metadata(
         &id,
         label,
-        &server,
+        server,
         stored,
         (start_time, Utc::now(), started.elapsed()),
         (manifest_bytes, manifest_stored),
         opts,
     );
+    check_still_whole(repo, &meta).await?;
     write_metadata(repo, &meta, cancel).await?;
     info!(
         id,
@@ -258,6 +304,55 @@ pub async fn run(
         "backup complete"
     );
     Ok(meta)
+}
+
+/// Stores a heartbeat object every [`HEARTBEAT_INTERVAL`] until cancelled,
+/// deleting the one before; returns the number of the last one.
+async fn heartbeat(repo: Repository, id: String, cancel: CancellationToken) -> u64 {
+    let mut n = 0;
+    loop {
+        let key = layout::backup_heartbeat_key(&id, n);
+        let beat = Bytes::from(crate::format::time::to_text(&Utc::now()));
+        if let Err(e) = repo.put_sealed(&key, vec![beat]).await {
+            tracing::warn!(key, error = %crate::error::chain(&e), "could not store a backup heartbeat");
+        } else if n > 0 {
+            let _ = repo.delete(&layout::backup_heartbeat_key(&id, n - 1)).await;
+        }
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return n,
+            () = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
+        }
+        n += 1;
+    }
+}
+
+/// Checks, before `backup.json` makes the backup exist, that every part and
+/// the manifest are still there: a backup stalled past the orphan grace
+/// could have been cleaned up by another run, and must then fail, not
+/// describe objects that are gone.
+async fn check_still_whole(repo: &Repository, meta: &BackupMetadata) -> Result<(), Error> {
+    let held: std::collections::BTreeSet<String> = repo
+        .list(&layout::backup_prefix(&meta.id))
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    let wanted = meta
+        .tablespaces
+        .iter()
+        .flat_map(|t| {
+            t.parts
+                .iter()
+                .map(|p| layout::backup_part_key(&meta.id, &t.name, p.index))
+        })
+        .chain(std::iter::once(layout::backup_manifest_key(&meta.id)));
+    for key in wanted {
+        if !held.contains(&key) {
+            return Err(Error::Interrupted(key));
+        }
+    }
+    Ok(())
 }
 
 /// Connects through the shared handshake and checks that the server and

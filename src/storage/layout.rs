@@ -35,6 +35,12 @@ pub fn backup_manifest_key(id: &str) -> String {
     format!("backups/{id}/backup_manifest")
 }
 
+/// The key of a running backup's heartbeat number `n`: a backup without
+/// `backup.json` whose objects (heartbeats included) are all old is dead.
+pub fn backup_heartbeat_key(id: &str, n: u64) -> String {
+    format!("backups/{id}/heartbeat/{n:08}")
+}
+
 /// The key of the backup metadata; a backup exists if and only if it does.
 pub fn backup_json_key(id: &str) -> String {
     format!("backups/{id}/backup.json")

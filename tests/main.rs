@@ -6,6 +6,7 @@ mod support;
 mod attack;
 mod backup;
 mod cli;
+mod faults;
 mod protocol;
 mod restore;
 mod stores;

@@ -63,6 +63,12 @@ impl Repository {
         pg_major: u32,
         wal_segment_size: u64,
     ) -> Result<RepositoryManifest, Error> {
+        if !self.probe_create_only().await? {
+            tracing::error!(
+                repo = self.display(),
+                "the store ignores create-only writes: walvault checks for an existing object before each write instead, which another writer can race; use a store that honours them (see docs/operations.md, Object stores)"
+            );
+        }
         if let Some(m) = self.open_manifest().await? {
             m.check_server(system_identifier, wal_segment_size)?;
             return Ok(m);

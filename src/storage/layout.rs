@@ -17,6 +17,10 @@ pub const REPOSITORY_MANIFEST: &str = "walvault.json";
 /// The prefix of all WAL objects.
 pub const WAL_PREFIX: &str = "wal/";
 
+/// The prefix of probe objects (written and deleted again to learn what
+/// the store does).
+pub const PROBE_PREFIX: &str = "probe/";
+
 /// The prefix of all backups.
 pub const BACKUPS_PREFIX: &str = "backups/";
 

@@ -70,6 +70,8 @@ pub struct Repository {
     pub(super) local_root: Option<std::path::PathBuf>,
     /// Set once `walvault.json` is read.
     pub(super) policy: Arc<std::sync::OnceLock<ObjectPolicy>>,
+    /// Whether the store honours create-only writes, once probed.
+    pub(super) create_only: Arc<std::sync::OnceLock<bool>>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -122,6 +124,7 @@ impl Repository {
             seal,
             local_root: None,
             policy: Arc::new(std::sync::OnceLock::new()),
+            create_only: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
@@ -136,6 +139,80 @@ impl Repository {
         let mut repo = Self::from_store(store, "", display, keyring, seal);
         repo.local_root = Some(dir);
         repo
+    }
+
+    /// Writes `key` unless something is there already, for stores that do
+    /// not honour create-only writes (a race with another writer stays
+    /// possible there; `walvault check` reports such stores).
+    async fn put_after_check(&self, key: &str, payload: PutPayload) -> Result<(), Error> {
+        if self.get_raw(key).await?.is_some() {
+            return Err(Error::Backend {
+                key: key.to_string(),
+                source: object_store::Error::AlreadyExists {
+                    path: key.to_string(),
+                    source: "exists".into(),
+                },
+            });
+        }
+        let path = self.path(key);
+        self.store
+            .put(&path, payload)
+            .await
+            .map_err(|source| Error::Backend {
+                key: key.to_string(),
+                source,
+            })?;
+        self.sync_local(key).await
+    }
+
+    /// Whether the store refuses a create-only write over an existing
+    /// object, as walvault's integrity checks need: probed once per
+    /// repository (a probe object written twice, then deleted). `false`
+    /// means the store ignored the condition; from then on every write
+    /// checks for an existing object first, and the caller should say so.
+    ///
+    /// # Errors
+    /// Store errors while probing.
+    pub async fn probe_create_only(&self) -> Result<bool, Error> {
+        if let Some(honoured) = self.create_only.get() {
+            return Ok(*honoured);
+        }
+        let key = format!(
+            "{}{:016x}",
+            super::layout::PROBE_PREFIX,
+            rand::random::<u64>()
+        );
+        let path = self.path(&key);
+        let create = || PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let first = self
+            .store
+            .put_opts(&path, PutPayload::from_static(b"1"), create())
+            .await;
+        let honoured = match first {
+            Err(object_store::Error::NotImplemented) => false,
+            Err(source) => return Err(Error::Backend { key, source }),
+            Ok(_) => match self
+                .store
+                .put_opts(&path, PutPayload::from_static(b"2"), create())
+                .await
+            {
+                Ok(_) => false,
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => true,
+                Err(source) => {
+                    let _ = self.delete(&key).await;
+                    return Err(Error::Backend { key, source });
+                }
+            },
+        };
+        self.delete(&key).await?;
+        let _ = self.create_only.set(honoured);
+        Ok(honoured)
     }
 
     /// How objects are sealed and opened.
@@ -368,6 +445,9 @@ impl Repository {
     pub(super) async fn put_create(&self, key: &str, payload: PutPayload) -> Result<(), Error> {
         let after = BASE_REQUEST_TIMEOUT
             + TIMEOUT_PER_MIB * (payload.content_length() / (1 << 20) + 1) as u32;
+        if self.create_only.get() == Some(&false) {
+            return self.put_after_check(key, payload).await;
+        }
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -377,23 +457,8 @@ impl Repository {
             Ok(Ok(_)) => self.sync_local(key).await,
             // Stores without conditional writes: check for an existing object, then write.
             Ok(Err(object_store::Error::NotImplemented)) => {
-                if self.get_raw(key).await?.is_some() {
-                    return Err(Error::Backend {
-                        key: key.to_string(),
-                        source: object_store::Error::AlreadyExists {
-                            path: key.to_string(),
-                            source: "exists".into(),
-                        },
-                    });
-                }
-                self.store
-                    .put(&path, payload)
-                    .await
-                    .map(|_| ())
-                    .map_err(|source| Error::Backend {
-                        key: key.to_string(),
-                        source,
-                    })
+                let _ = self.create_only.set(false);
+                self.put_after_check(key, payload).await
             }
             Ok(Err(source)) => Err(Error::Backend {
                 key: key.to_string(),

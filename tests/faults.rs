@@ -1,0 +1,261 @@
+//! Faults injected into real parts: a store that fails, stalls or ignores
+//! create-only writes (a wrapper around the S3 server), and a PostgreSQL
+//! server killed under a stream and under a backup.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use walvault::format::{Keyring, MasterKey, SealOptions};
+use walvault::protocol::ConnInfo;
+use walvault::shutdown::Shutdown;
+use walvault::storage::{self, Repository};
+use walvault::wal::receiver::{self, StreamOptions, StreamPlan};
+
+use crate::support::archive::{assert_segments_match, wait_archived};
+use crate::support::faulty::{Faults, FaultyStore};
+use crate::support::pg::{PgCluster, PgOptions};
+use crate::support::process::{KEY, StreamProcess};
+use crate::support::s3::S3Server;
+
+const MIB: u64 = 1 << 20;
+
+/// A repository over the S3 server with a fault injector in between.
+fn faulty_repo(s3: &S3Server, prefix: &str) -> (Repository, Arc<Faults>) {
+    let store = FaultyStore::new(s3.store());
+    let faults = store.faults.clone();
+    let repo = Repository::from_store(
+        Arc::new(store),
+        prefix,
+        format!("faulty {}", s3.url(prefix)),
+        Keyring::single(MasterKey::from_hex(KEY).unwrap()),
+        SealOptions::default(),
+    );
+    (repo, faults)
+}
+
+fn options(pg: &PgCluster, shutdown_timeout: Duration) -> StreamOptions {
+    StreamOptions {
+        conninfo: ConnInfo::parse(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres sslmode=disable",
+                pg.port
+            ),
+            &|_| None,
+        )
+        .unwrap(),
+        slot: "walvault".into(),
+        flush_interval: Duration::from_millis(200),
+        synchronous: false,
+        memory_budget_bytes: 64 * MIB,
+        upload_concurrency: 4,
+        shutdown_timeout,
+    }
+}
+
+/// Failed writes are retried by the one policy and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_writes_are_retried() {
+    let pg = PgCluster::start(15, &PgOptions::default());
+    let s3 = S3Server::start();
+    let (repo, faults) = faulty_repo(&s3, "retry");
+    let shutdown = Shutdown::new();
+    let opts = options(&pg, Duration::from_secs(60));
+    let stream = {
+        let (repo, shutdown) = (repo.clone(), shutdown.clone());
+        tokio::spawn(
+            async move { receiver::run(&opts, &repo, &shutdown, StreamPlan::default()).await },
+        )
+    };
+    crate::support::wait_for("the stream to write", Duration::from_secs(30), || async {
+        (faults.writes.load(SeqCst) > 0).then_some(())
+    })
+    .await;
+    faults.fail_writes.store(7, SeqCst);
+    pg.pgbench(&["-i", "-s", "1", "-q"]);
+    let end = pg.switch_wal().await;
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(90)).await;
+    assert_eq!(
+        faults.fail_writes.load(SeqCst),
+        0,
+        "the failures were not all met"
+    );
+    assert_segments_match(&repo, &pg, MIB, 1).await;
+    shutdown.graceful.cancel();
+    stream.await.unwrap().unwrap();
+}
+
+/// A graceful stop ends within its deadline even when the store hangs:
+/// the stream says what it could not store (the slot keeps it) instead of
+/// waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_ends_within_its_deadline_when_the_store_hangs() {
+    let pg = PgCluster::start(15, &PgOptions::default());
+    let s3 = S3Server::start();
+    let (repo, faults) = faulty_repo(&s3, "hang");
+    let shutdown = Shutdown::new();
+    let opts = options(&pg, Duration::from_secs(3));
+    let stream = {
+        let (repo, shutdown) = (repo.clone(), shutdown.clone());
+        tokio::spawn(
+            async move { receiver::run(&opts, &repo, &shutdown, StreamPlan::default()).await },
+        )
+    };
+    let first = pg.switch_wal().await;
+    wait_archived(&repo, MIB, 1, first, Duration::from_secs(30)).await;
+    faults.stalled.store(true, SeqCst);
+    pg.execute("CREATE TABLE held AS SELECT generate_series(1, 100000) AS x")
+        .await;
+    let writes = faults.writes.load(SeqCst);
+    // WAL reaches walvault, which tries to store it and hangs.
+    pg.wait_sent("walvault", pg.current_lsn().await).await;
+    let stopped = Instant::now();
+    shutdown.graceful.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(30), stream)
+        .await
+        .expect("the drain ended within its deadline")
+        .unwrap();
+    let took = stopped.elapsed();
+    assert!(
+        matches!(result, Err(receiver::Error::ShutdownTimeout)),
+        "{result:?}"
+    );
+    assert!(took < Duration::from_secs(15), "the drain took {took:?}");
+    assert_eq!(
+        faults.writes.load(SeqCst),
+        writes,
+        "a write got through the stall"
+    );
+    faults.release();
+}
+
+/// A store that ignores create-only writes is detected, and a write that
+/// meets an object with other content still stops with an integrity error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_create_only_writes_are_detected() {
+    let s3 = S3Server::start();
+    let (honest, _) = faulty_repo(&s3, "honest");
+    assert!(honest.probe_create_only().await.unwrap());
+    let (repo, faults) = faulty_repo(&s3, "careless");
+    faults.ignore_create_only.store(true, SeqCst);
+    assert!(!repo.probe_create_only().await.unwrap());
+    assert!(
+        repo.list("probe/").await.unwrap().is_empty(),
+        "the probe was left behind"
+    );
+    let key = "wal/00000001/000000010000000000000001";
+    repo.put_sealed(key, vec![Bytes::from_static(b"first")])
+        .await
+        .unwrap();
+    repo.put_sealed(key, vec![Bytes::from_static(b"first")])
+        .await
+        .expect("the same content again is a retry");
+    let err = repo
+        .put_sealed(key, vec![Bytes::from_static(b"other")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, storage::Error::Conflict { .. }), "{err:?}");
+    assert_eq!(
+        repo.get_opened(key).await.unwrap().unwrap(),
+        b"first",
+        "the object was replaced"
+    );
+}
+
+/// PostgreSQL killed under the stream and started again: walvault
+/// reconnects by itself and the archive has no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_killed_under_the_stream() {
+    let mut pg = PgCluster::start(15, &PgOptions::default());
+    let s3 = S3Server::start();
+    let (env, repo) = s3.encrypted("killed-server");
+    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    pg.pgbench(&["-i", "-s", "1", "-q"]);
+    let load = pg.pgbench_background(3, 2);
+    crate::support::wait_for("the load to run", Duration::from_secs(30), || async {
+        (pg.query_one("SELECT count(*) FROM pgbench_history").await != "0").then_some(())
+    })
+    .await;
+    pg.stop_immediate();
+    let _ = load.join();
+    pg.launch();
+    pg.pgbench(&["-T", "2", "-c", "2", "-N"]);
+    let end = pg.switch_wal().await;
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(90)).await;
+    assert_segments_match(&repo, &pg, MIB, 1).await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("reconnecting"), "{log}");
+}
+
+/// PostgreSQL killed under a backup: the backup fails, is never listed,
+/// and the next one succeeds and verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_killed_under_a_backup() {
+    let mut pg = PgCluster::start(15, &PgOptions::default());
+    pg.pgbench(&["-i", "-s", "10", "-q"]);
+    let s3 = S3Server::start();
+    let (env, repo) = s3.encrypted("killed-backup");
+    let conn = format!(
+        "host=127.0.0.1 port={} user=postgres sslmode=disable",
+        pg.port
+    );
+    let child = env
+        .command()
+        .args([
+            "backup",
+            "--pg",
+            &conn,
+            "--checkpoint",
+            "fast",
+            "--part-size",
+            "1MiB",
+            "--upload-concurrency",
+            "1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::support::wait_for("some parts stored", Duration::from_secs(60), || async {
+        let objs = repo
+            .list(walvault::storage::layout::BACKUPS_PREFIX)
+            .await
+            .unwrap();
+        (objs.iter().filter(|o| o.key.contains("/data/")).count() >= 2).then_some(())
+    })
+    .await;
+    pg.stop_immediate();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pg.launch();
+    let list = env.run(&["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(v["backups"].as_array().unwrap().len(), 0, "{v}");
+    let out = env.run(&[
+        "backup",
+        "--pg",
+        &conn,
+        "--checkpoint",
+        "fast",
+        "--orphan-grace",
+        "0s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.run(&["verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -1,0 +1,151 @@
+//! A store wrapper that injects faults on command, around a real store:
+//! failing requests, stalled requests (until released), create-only writes
+//! ignored as some S3-compatible stores do. Everything else goes to the
+//! store underneath unchanged.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+};
+use tokio::sync::Notify;
+
+/// The faults to inject; change them while the store is in use.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Fail this many of the next writes with a retryable error.
+    pub fail_writes: AtomicU32,
+    /// Stall every request until [`Faults::release`].
+    pub stalled: AtomicBool,
+    /// Treat create-only writes as plain writes (replace what is there).
+    pub ignore_create_only: AtomicBool,
+    /// Writes seen (for tests that wait for traffic).
+    pub writes: AtomicU32,
+    released: Notify,
+}
+
+impl Faults {
+    /// Lets stalled requests go on and stops stalling.
+    pub fn release(&self) {
+        self.stalled.store(false, SeqCst);
+        self.released.notify_waiters();
+    }
+
+    async fn gate(&self) {
+        while self.stalled.load(SeqCst) {
+            let wait = self.released.notified();
+            if !self.stalled.load(SeqCst) {
+                break;
+            }
+            wait.await;
+        }
+    }
+}
+
+/// A store with injectable faults around `inner`.
+pub struct FaultyStore {
+    inner: Arc<dyn ObjectStore>,
+    pub faults: Arc<Faults>,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        FaultyStore {
+            inner,
+            faults: Arc::new(Faults::default()),
+        }
+    }
+}
+
+impl fmt::Debug for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultyStore({})", self.inner)
+    }
+}
+
+impl fmt::Display for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultyStore({})", self.inner)
+    }
+}
+
+fn injected() -> object_store::Error {
+    object_store::Error::Generic {
+        store: "FaultyStore",
+        source: "injected failure".into(),
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FaultyStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        mut opts: PutOptions,
+    ) -> Result<PutResult> {
+        self.faults.gate().await;
+        self.faults.writes.fetch_add(1, SeqCst);
+        let failing = self
+            .faults
+            .fail_writes
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err(injected());
+        }
+        if self.faults.ignore_create_only.load(SeqCst) && opts.mode == PutMode::Create {
+            opts.mode = PutMode::Overwrite;
+        }
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        self.faults.gate().await;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.faults.gate().await;
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn delete(&self, location: &Path) -> Result<()> {
+        self.faults.gate().await;
+        self.inner.delete(location).await
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        use futures::StreamExt;
+        let faults = self.faults.clone();
+        let mut inner = Some(self.inner.list(prefix));
+        futures::stream::once(async move { faults.gate().await })
+            .flat_map(move |()| inner.take().expect("listed once"))
+            .boxed()
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.faults.gate().await;
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
+        self.faults.gate().await;
+        self.inner.copy(from, to).await
+    }
+
+    async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> Result<()> {
+        self.faults.gate().await;
+        self.inner.copy_if_not_exists(from, to).await
+    }
+}

@@ -481,12 +481,14 @@ async fn gcs() {
     let mut server = GcsServer::start();
     let store = server.store();
     let repo = server.repository(PREFIX, keyring());
-    let seal = |plain: &[u8]| {
-        walvault::format::seal(
+    // Sealed as walvault seals: bound to the key the object is read from.
+    let seal = |key: &str, plain: &[u8]| {
+        walvault::format::chunk::seal_bound(
             &[Bytes::copy_from_slice(plain)],
             &seal_options(),
             keyring().write_key(),
             rand::random(),
+            walvault::format::chunk::Binding::Key(key),
         )
     };
 
@@ -511,7 +513,7 @@ async fn gcs() {
     assert_eq!(repo.get_opened("wal/one").await.unwrap(), None);
 
     // Sealed round trip, the object written through the JSON API.
-    server.upload(&format!("{PREFIX}/wal/one"), &seal(b"hello store"));
+    server.upload(&format!("{PREFIX}/wal/one"), &seal("wal/one", b"hello store"));
     assert_eq!(
         repo.get_opened("wal/one").await.unwrap().as_deref(),
         Some(&b"hello store"[..])
@@ -527,7 +529,7 @@ async fn gcs() {
     // A listing one key past the page size of 1,000, written in reverse order.
     let keys = listing_keys(1001);
     for k in keys.iter().rev() {
-        server.upload(&format!("{PREFIX}/{k}"), &seal(k.as_bytes()));
+        server.upload(&format!("{PREFIX}/{k}"), &seal(k, k.as_bytes()));
     }
     let listed: Vec<String> = repo
         .list("list/")
@@ -573,7 +575,7 @@ async fn gcs() {
 
     // A large object read back through object_store.
     let large = noise(LARGE_OBJECT_BYTES, 1);
-    server.upload(&format!("{PREFIX}/base/large"), &seal(&large));
+    server.upload(&format!("{PREFIX}/base/large"), &seal("base/large", &large));
     let back = repo.get_opened("base/large").await.unwrap().unwrap();
     assert!(back == large, "the large object comes back unchanged");
 

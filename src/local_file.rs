@@ -24,14 +24,34 @@ fn temporary(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(".{name}.walvault-tmp"))
 }
 
-/// Writes `bytes` to `dest` through a temporary file and a rename.
+/// Writes `bytes` to `dest` (mode 0600, like the files of a data directory)
+/// through a temporary file and a rename.
 ///
 /// # Errors
 /// I/O errors; the temporary file is removed on failure.
 pub fn write_atomically(dest: &Path, bytes: &[u8], durability: Durability) -> std::io::Result<()> {
+    write(dest, bytes, durability, 0o600)
+}
+
+/// Writes a file only its owner may read (mode 0600 from its creation on,
+/// so no one else can open it even for a moment), synced.
+///
+/// # Errors
+/// I/O errors; the temporary file is removed on failure.
+pub fn write_private(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write(dest, bytes, Durability::Synced, 0o600)
+}
+
+fn write(dest: &Path, bytes: &[u8], durability: Durability, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = temporary(dest);
+    let _ = std::fs::remove_file(&tmp);
     let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         if durability == Durability::Synced {
             f.sync_all()?;

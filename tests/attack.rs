@@ -12,6 +12,7 @@ use walvault::format::chunk::{Binding, seal_bound};
 use walvault::lsn::{SegmentName, TimelineId};
 use walvault::storage::{Repository, layout};
 
+use crate::pg_test;
 use crate::support::archive::wait_archived;
 use crate::support::pg::{PgCluster, PgOptions, pg_program};
 use crate::support::process::{KEY, RepoEnv, StreamProcess};
@@ -39,8 +40,8 @@ struct Archive {
     segments: Vec<u64>,
 }
 
-async fn archive() -> Archive {
-    let pg = PgCluster::start(15, &PgOptions::default());
+async fn archive(major: u32) -> Archive {
+    let pg = PgCluster::start(major, &PgOptions::default());
     let s3 = S3Server::start();
     let (env, repo) = s3.encrypted(PREFIX);
     let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
@@ -165,9 +166,8 @@ impl Archive {
 /// Moved, swapped, forged, truncated and edited objects: wal-fetch exits
 /// 200 (recovery stops), verify and restore name the object, `list` refuses
 /// a swapped backup.json, and no refused restore writes anything.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn moved_forged_and_edited_objects_are_refused() {
-    let a = archive().await;
+async fn moved_forged_and_edited_objects_are_refused(major: u32) {
+    let a = archive(major).await;
     let (n, m) = (a.segments[1], a.segments[2]);
     let (seg_n, seg_m) = (a.segment_key(n), a.segment_key(m));
 
@@ -254,10 +254,14 @@ async fn moved_forged_and_edited_objects_are_refused() {
 
     // walvault.json edited: a field changed, then a value out of range.
     let identity = std::fs::read_to_string(a.path("walvault.json")).unwrap();
+    let (major_is, major_edited) = (
+        format!("\"pg_major\": {major}"),
+        format!("\"pg_major\": {}", major + 1),
+    );
     for (from, to, says) in [
         (
-            "\"pg_major\": 15",
-            "\"pg_major\": 16",
+            major_is.as_str(),
+            major_edited.as_str(),
             "fails authentication",
         ),
         (
@@ -280,13 +284,14 @@ async fn moved_forged_and_edited_objects_are_refused() {
     let out = a.env.run(&["verify"]);
     assert!(out.status.success(), "the repaired archive: {}", text(&out));
 }
+pg_test!(moved_forged_and_edited_objects_are_refused);
 
 /// A tar stream crafted to write outside the data directory, sealed into the
 /// repository as a backup's part (with backup.json made to match, as only a
 /// key holder could): the restore refuses it and writes nothing anywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crafted_tar_streams_cannot_escape_the_target() {
-    let a = archive().await;
+    let a = archive(15).await;
     let id = a.backups[0].clone();
     let json_key = layout::backup_json_key(&id);
     let original = a
@@ -387,9 +392,8 @@ async fn crafted_tar_streams_cannot_escape_the_target() {
 /// With the store down, restore_command fails with a status above 125 and
 /// recovery stops (no promotion, nothing replayed past the archive); once
 /// the store is back, the same directory recovers completely.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recovery_stops_when_the_store_fails() {
-    let mut a = archive().await;
+async fn recovery_stops_when_the_store_fails(major: u32) {
+    let mut a = archive(major).await;
     let rows = a.pg.query_one("SELECT count(*) FROM t1").await;
     let dir = tempfile::Builder::new()
         .prefix("walvault-restore")
@@ -405,7 +409,7 @@ async fn recovery_stops_when_the_store_fails() {
     ]);
     assert!(out.status.success(), "restore: {}", text(&out));
     a.s3.stop();
-    let mut restored = PgCluster::restored(15, pgdata.clone());
+    let mut restored = PgCluster::restored(major, pgdata.clone());
     let log = restored.run_until_exit(Duration::from_secs(120));
     assert!(
         log.contains("could not restore file") && log.contains("exit code 200"),
@@ -423,6 +427,7 @@ async fn recovery_stops_when_the_store_fails() {
     .await;
     assert_eq!(restored.query_one("SELECT count(*) FROM t1").await, rows);
 }
+pg_test!(recovery_stops_when_the_store_fails);
 
 /// The key and store credentials stay out of the restored data directory
 /// (the settings file sits beside it, mode 0600); PostgreSQL's own
@@ -430,7 +435,7 @@ async fn recovery_stops_when_the_store_fails() {
 /// restored cluster works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restored_cluster_holds_no_secret_and_backs_up() {
-    let a = archive().await;
+    let a = archive(15).await;
     let dir = tempfile::Builder::new()
         .prefix("walvault-restore")
         .tempdir()
@@ -503,4 +508,83 @@ fn assert_no_secret_in(dir: &Path) {
             }
         }
     }
+}
+
+/// Every command at debug log level, with a known key, database password
+/// and store secret: none of them appears in any output, in the server's
+/// log (restore_command's stderr goes there) or in any file walvault leaves
+/// in the restored data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_any_output() {
+    const PASSWORD: &str = "pw-7c1e9a3f5b2d";
+    let pg = PgCluster::start(
+        15,
+        &PgOptions {
+            hba_first: vec![
+                "host replication archiver 127.0.0.1/32 scram-sha-256".into(),
+                "host all archiver 127.0.0.1/32 scram-sha-256".into(),
+            ],
+            ..Default::default()
+        },
+    );
+    pg.execute(&format!(
+        "CREATE ROLE archiver LOGIN REPLICATION SUPERUSER PASSWORD '{PASSWORD}'"
+    ))
+    .await;
+    let s3 = S3Server::start();
+    let (mut env, _repo) = s3.encrypted("secrets");
+    env.env.push(("PGPASSWORD".into(), PASSWORD.into()));
+    env.env.push(("WALVAULT_LOG_LEVEL".into(), "debug".into()));
+    let conn = format!(
+        "host=127.0.0.1 port={} user=archiver sslmode=disable",
+        pg.port
+    );
+    let mut outputs = Vec::new();
+    let mut stream_cmd = env.command();
+    stream_cmd.args(["stream", "--pg", &conn, "--flush-interval", "200ms"]);
+    let stream = StreamProcess::spawn(stream_cmd);
+    pg.execute("CREATE TABLE t AS SELECT generate_series(1, 10000) AS x")
+        .await;
+    let out = env.run(&["backup", "--pg", &conn, "--checkpoint", "fast"]);
+    assert!(out.status.success(), "{}", text(&out));
+    outputs.push(text(&out));
+    pg.switch_wal().await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    outputs.push(log);
+    for args in [
+        vec!["list"],
+        vec!["list", "--json"],
+        vec!["verify", "--wal"],
+        vec!["wal-fetch", "00000001000000000000000F", "/dev/null"],
+    ] {
+        outputs.push(text(&env.run(&args)));
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("walvault-restore")
+        .tempdir()
+        .unwrap();
+    let pgdata = dir.path().join("data");
+    let out = env.run(&["restore", "--pgdata", pgdata.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    outputs.push(text(&out));
+    let restored = PgCluster::start_restored(15, pgdata.clone());
+    crate::support::wait_for("promotion", Duration::from_secs(90), || async {
+        (restored.query_one("SELECT pg_is_in_recovery()").await == "f").then_some(())
+    })
+    .await;
+    outputs.push(restored.log_text());
+    for (i, output) in outputs.iter().enumerate() {
+        for secret in [KEY, PASSWORD, SECRET_KEY] {
+            assert!(
+                !output.contains(secret),
+                "output {i} shows a secret:\n{output}"
+            );
+        }
+    }
+    assert!(
+        outputs.iter().any(|o| o.contains("DEBUG")),
+        "nothing was logged at debug level"
+    );
+    assert_no_secret_in(&pgdata);
 }

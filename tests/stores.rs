@@ -513,7 +513,10 @@ async fn gcs() {
     assert_eq!(repo.get_opened("wal/one").await.unwrap(), None);
 
     // Sealed round trip, the object written through the JSON API.
-    server.upload(&format!("{PREFIX}/wal/one"), &seal("wal/one", b"hello store"));
+    server.upload(
+        &format!("{PREFIX}/wal/one"),
+        &seal("wal/one", b"hello store"),
+    );
     assert_eq!(
         repo.get_opened("wal/one").await.unwrap().as_deref(),
         Some(&b"hello store"[..])

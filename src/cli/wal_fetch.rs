@@ -117,6 +117,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("walvault wal-fetch: {name} is not in the archive");
             Ok(ExitCode::from(1))
         }
-        Served::Fetched | Served::FromSpool => Ok(ExitCode::SUCCESS),
+        Served::Fetched => Ok(ExitCode::SUCCESS),
     }
 }

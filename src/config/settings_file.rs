@@ -3,8 +3,6 @@
 //! without the user's environment, as `restore_command` does. Written by
 //! `restore` and read by every command given `--repo-config`.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use super::Error;
@@ -78,32 +76,14 @@ pub fn from_environment(
     })
 }
 
-/// Writes a settings file with mode 0600 (from its creation on, so no one
-/// else can open it even for a moment), syncs it and renames it into place.
+/// Writes a settings file with mode 0600 (from its creation on), synced,
+/// replacing one left by an earlier restore.
 ///
 /// # Errors
 /// When the file cannot be written.
 pub fn write_repository_config(path: &Path, cfg: &RepositoryConfigFile) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map_or_else(|| "settings".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{name}.walvault-tmp"));
-    let _ = std::fs::remove_file(&tmp);
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        let text = serde_json::to_string_pretty(cfg).expect("settings serialize");
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    let text = serde_json::to_string_pretty(cfg).expect("settings serialize");
+    crate::local_file::write_private(path, text.as_bytes())
 }
 
 #[cfg(test)]

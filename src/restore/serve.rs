@@ -32,8 +32,6 @@ pub const EXIT_FAILED: u8 = 200;
 /// What `wal-fetch` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Served {
-    /// Written from the prefetch spool.
-    FromSpool,
     /// Written from the repository.
     Fetched,
     /// The archive has no such file.

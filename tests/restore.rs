@@ -733,3 +733,152 @@ async fn wal_fetch_prefetches_into_a_bounded_spool() {
         spooled(&tail)
     );
 }
+
+/// The other ways to end recovery: `--standby` keeps replaying as new WAL
+/// reaches the archive and can be promoted later; `--target-action pause`
+/// stops at the target until resumed; `--target-action shutdown` stops the
+/// server there. The prefetch spool is gone in each case once recovery is
+/// over (or, for shutdown, once `restore --start` has seen it stop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_pause_and_shutdown() {
+    use crate::support::pg::{command_as_server_user, free_port, give_to_server_user, pg_install};
+    let pg = PgCluster::start(15, &PgOptions::default());
+    let s3 = S3Server::start();
+    let (env, repo) = s3_env(&s3, "actions");
+    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    pg.execute("CREATE TABLE ledger (id int PRIMARY KEY)").await;
+    let out = env.run(&["backup", "--pg", &conn_of(&pg), "--checkpoint", "fast"]);
+    assert!(out.status.success(), "backup: {}", text(&out));
+    pg.execute("INSERT INTO ledger SELECT generate_series(1, 10)")
+        .await;
+    pg.execute("SELECT pg_create_restore_point('ten')").await;
+    let end = pg.switch_wal().await;
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
+
+    // A standby of the archive follows new WAL, then is promoted.
+    let dir = tempfile::Builder::new()
+        .prefix("walvault-restore")
+        .tempdir()
+        .unwrap();
+    let standby_dir = dir.path().join("standby");
+    let out = env.run(&[
+        "restore",
+        "--pgdata",
+        standby_dir.to_str().unwrap(),
+        "--standby",
+    ]);
+    assert!(out.status.success(), "restore --standby: {}", text(&out));
+    let standby = PgCluster::start_restored(15, standby_dir.clone());
+    pg.execute("INSERT INTO ledger SELECT generate_series(11, 20)")
+        .await;
+    let later = pg.switch_wal().await;
+    wait_archived(&repo, MIB, 1, later, Duration::from_secs(60)).await;
+    crate::support::wait_for(
+        "the standby to replay new WAL",
+        Duration::from_secs(90),
+        || async {
+            let n = standby.query_one("SELECT count(*) FROM ledger").await;
+            (n == "20").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(standby.query_one("SELECT pg_is_in_recovery()").await, "t");
+    standby.promote();
+    wait_promoted(&standby).await;
+    crate::support::wait_for("the spool to go", Duration::from_secs(30), || async {
+        (!standby_dir.join("walvault-spool").exists()).then_some(())
+    })
+    .await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+
+    // Pause and shutdown at the restore point, run by the server's user.
+    give_to_server_user(dir.path());
+    let (bin, _) = pg_install(15);
+    for action in ["pause", "shutdown"] {
+        let pgdata = dir.path().join(action);
+        let port = free_port();
+        let mut cmd = command_as_server_user(Path::new(env!("CARGO_BIN_EXE_walvault")), 15);
+        cmd.env("WALVAULT_REPO", &env.url).env("HOME", "/tmp");
+        for (k, v) in &env.env {
+            cmd.env(k, v);
+        }
+        let out = cmd
+            .args([
+                "restore",
+                "--pgdata",
+                pgdata.to_str().unwrap(),
+                "--target-name",
+                "ten",
+                "--target-action",
+                action,
+                "--start",
+                "--port",
+                &port.to_string(),
+            ])
+            .arg("--pg-bin")
+            .arg(&bin)
+            .arg("--socket-dir")
+            .arg(dir.path())
+            .current_dir("/tmp")
+            .output()
+            .unwrap();
+        let report = text(&out);
+        let stop = || {
+            let _ = command_as_server_user(&bin.join("pg_ctl"), 15)
+                .args(["-D", pgdata.to_str().unwrap(), "-m", "immediate", "stop"])
+                .output();
+        };
+        if !out.status.success() {
+            stop();
+            panic!("restore --target-action {action}: {report}");
+        }
+        if action == "shutdown" {
+            assert!(report.contains("shut down as asked"), "{report}");
+            assert!(!pgdata.join("postmaster.pid").exists(), "{report}");
+            assert!(
+                !pgdata.join("walvault-spool").exists(),
+                "the spool outlived recovery"
+            );
+            continue;
+        }
+        assert!(report.contains("recovery paused at the target"), "{report}");
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host={} port={port} user=postgres dbname=postgres",
+                dir.path().display()
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM ledger", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 10, "paused at the wrong place");
+        client
+            .execute("SELECT pg_wal_replay_resume()", &[])
+            .await
+            .unwrap();
+        crate::support::wait_for(
+            "the resumed recovery to end",
+            Duration::from_secs(60),
+            || async {
+                let r = client
+                    .query_one("SELECT pg_is_in_recovery()", &[])
+                    .await
+                    .ok()?;
+                (!r.get::<_, bool>(0)).then_some(())
+            },
+        )
+        .await;
+        crate::support::wait_for("the spool to go", Duration::from_secs(30), || async {
+            (!pgdata.join("walvault-spool").exists()).then_some(())
+        })
+        .await;
+        stop();
+    }
+}

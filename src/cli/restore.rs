@@ -273,10 +273,20 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     })
     .await?;
     match outcome {
-        StartOutcome::ShutDown { log } => println!(
-            "recovery reached the target and the server shut down as asked; see {}",
-            log.display()
-        ),
+        StartOutcome::ShutDown { log } => {
+            // recovery_end_command does not run when recovery shuts down at
+            // its target: the prefetch spool goes here.
+            let spool =
+                crate::restore::spool::Spool::new(args.pgdata.join(crate::restore::SPOOL_DIR));
+            tokio::task::spawn_blocking(move || spool.clean(crate::restore::serve::SPOOL_WAIT))
+                .await
+                .expect("cleaning does not panic")
+                .context("clean the prefetch spool")?;
+            println!(
+                "recovery reached the target and the server shut down as asked; see {}",
+                log.display()
+            );
+        }
         StartOutcome::Stopped {
             promoted,
             lsn,

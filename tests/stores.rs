@@ -622,9 +622,9 @@ async fn gcs() {
     ));
 }
 
-/// `walvault stream` into fake-gcs-server: the first write, the repository
-/// manifest, is refused (400 "invalid uploadType"), and walvault stops at
-/// once with exit code 1 naming the object, without retrying.
+/// `walvault stream` into fake-gcs-server: the first write, the create-only
+/// probe, is refused (400 "invalid uploadType"), and walvault stops at once
+/// with exit code 1 naming the object, without retrying.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcs_stream() {
     use std::io::Read;
@@ -668,8 +668,9 @@ async fn gcs_stream() {
         .read_to_string(&mut stderr)
         .unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
+    // The first write is the create-only probe, before walvault.json.
     assert!(
-        stderr.contains("walvault.json")
+        stderr.contains("probe/")
             && stderr.contains(
                 "400 Bad Request: {\"error\":{\"code\":400,\"message\":\"invalid uploadType\""
             ),

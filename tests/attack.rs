@@ -588,3 +588,43 @@ async fn no_secret_in_any_output() {
     );
     assert_no_secret_in(&pgdata);
 }
+
+/// A store that stops answering (frozen, not refusing) during recovery:
+/// wal-fetch gives up after --fetch-timeout with exit 200 and recovery
+/// stops instead of ending early; once the store answers, it completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_stops_when_the_store_stalls() {
+    let a = archive(15).await;
+    let rows = a.pg.query_one("SELECT count(*) FROM t1").await;
+    let dir = tempfile::Builder::new()
+        .prefix("walvault-restore")
+        .tempdir()
+        .unwrap();
+    let pgdata = dir.path().join("data");
+    let out = a.env.run(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--fetch-timeout",
+        "3s",
+    ]);
+    assert!(out.status.success(), "restore: {}", text(&out));
+    a.s3.pause();
+    let mut restored = PgCluster::restored(15, pgdata.clone());
+    let log = restored.run_until_exit(Duration::from_secs(120));
+    a.s3.resume();
+    assert!(
+        log.contains("could not restore file") && log.contains("exit code 200"),
+        "recovery did not stop on the stalled store:\n{log}"
+    );
+    assert!(
+        !log.contains("selected new timeline") && !log.contains("ready to accept"),
+        "recovery ended early and promoted:\n{log}"
+    );
+    restored.launch();
+    crate::support::wait_for("promotion", Duration::from_secs(90), || async {
+        (restored.query_one("SELECT pg_is_in_recovery()").await == "f").then_some(())
+    })
+    .await;
+    assert_eq!(restored.query_one("SELECT count(*) FROM t1").await, rows);
+}

@@ -98,7 +98,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     {
         return Ok(ExitCode::SUCCESS);
     }
-    let (repo, manifest) = args.repo.open_existing().await?;
+    // Opening the repository reads walvault.json: it counts against the
+    // same deadline as the fetch.
+    let (repo, manifest) = tokio::time::timeout(args.fetch_timeout, args.repo.open_existing())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the repository did not answer within --fetch-timeout ({:?})",
+                args.fetch_timeout
+            )
+        })??;
     // No signal handler: PostgreSQL stops restore_command with SIGTERM and
     // expects it to die of that signal.
     let cancel = tokio_util::sync::CancellationToken::new();

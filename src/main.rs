@@ -20,7 +20,8 @@ fn main() -> ExitCode {
     match runtime.block_on(walvault::cli::run(cli)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("walvault: error: {err:#}");
+            // Each cause once: store errors repeat their cause in their text.
+            eprintln!("walvault: error: {}", walvault::error::chain(err.as_ref()));
             walvault::cli::exit_code_for(&err)
         }
     }

@@ -198,7 +198,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // PostgreSQL reads exit statuses 1-125 of restore_command as "not
         // in the archive": every failure must be above that.
         Command::WalFetch(args) => wal_fetch::run(args).await.or_else(|err| {
-            eprintln!("walvault wal-fetch: error: {err:#}");
+            eprintln!(
+                "walvault wal-fetch: error: {}",
+                crate::error::chain(err.as_ref())
+            );
             Ok(ExitCode::from(crate::restore::serve::EXIT_FAILED))
         }),
         Command::List(args) => list::run(args).await,

@@ -23,3 +23,9 @@ if ! command -v cargo-nextest >/dev/null; then
   cargo install cargo-nextest --locked
 fi
 cargo nextest run --locked --all-targets --no-fail-fast "$@"
+
+# The benchmark commands on small data, one round: this fails when a command
+# they run breaks, never on a timing (the figures live in docs/benchmarks.md).
+echo "== benchmark smoke run"
+python3 scripts/bench-compare.py --baseline target/debug/walvault \
+  --candidate target/debug/walvault --scale 1 --rounds 1 --wal-mib 16

@@ -677,3 +677,75 @@ async fn gcs_stream() {
         "{stderr}"
     );
 }
+
+/// Storage classes set per kind of object reach the store: WAL with one
+/// class, backup objects with another, the identity document with the
+/// bucket's default (moto reports them on HEAD).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_classes_per_kind() {
+    let server = MotoServer::start();
+    let mut env = server.env();
+    env.push(("WALVAULT_KEY".into(), KEY.into()));
+    env.push(("WALVAULT_WAL_STORAGE_CLASS".into(), "ONEZONE_IA".into()));
+    env.push(("WALVAULT_BACKUP_STORAGE_CLASS".into(), "STANDARD_IA".into()));
+    let env = RepoEnv {
+        url: server.url(PREFIX),
+        env,
+    };
+    let pg = PgCluster::start(STREAM_PG_MAJOR, &PgOptions::default());
+    let out = env.run(&[
+        "backup",
+        "--pg",
+        &format!(
+            "host=127.0.0.1 port={} user=postgres sslmode=disable",
+            pg.port
+        ),
+        "--checkpoint",
+        "fast",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = meta["id"].as_str().unwrap();
+    // moto refuses unsigned HEAD requests; its own state API lists each
+    // key with the headers it answers with.
+    let class_of = |key: &str| {
+        let r = crate::support::http::request(server.port, "GET", "/moto-api/data.json", &[], b"")
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.head);
+        let state: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let name = format!("{PREFIX}/{key}");
+        let entry = state["s3"]["FakeKey"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| {
+                k["name"] == name.as_str() && k["bucket_name"] == crate::support::moto::BUCKET
+            })
+            .unwrap_or_else(|| panic!("{name} is not in moto"))
+            .clone();
+        entry["response_dict"]["x-amz-storage-class"]
+            .as_str()
+            .unwrap_or("STANDARD")
+            .to_string()
+    };
+    assert_eq!(
+        class_of(&walvault::storage::layout::backup_json_key(id)),
+        "STANDARD_IA"
+    );
+    assert_eq!(
+        class_of(&walvault::storage::layout::backup_part_key(id, "base", 0)),
+        "STANDARD_IA"
+    );
+    let repo = server.repository(PREFIX, keyring());
+    let wal = repo.list("wal/").await.unwrap();
+    assert!(!wal.is_empty());
+    for o in wal.iter().take(3) {
+        assert_eq!(class_of(&o.key), "ONEZONE_IA", "{}", o.key);
+    }
+    assert_eq!(class_of("walvault.json"), "STANDARD");
+}

@@ -112,6 +112,14 @@ pub struct RepoArgs {
     /// zstd level for new objects (1-19).
     #[arg(long, env = "WALVAULT_COMPRESSION_LEVEL")]
     pub compression_level: Option<i32>,
+    /// Storage class of new WAL objects (S3 `x-amz-storage-class`, GCS storage class), e.g.
+    /// STANDARD. Default: the bucket's.
+    #[arg(long, env = "WALVAULT_WAL_STORAGE_CLASS")]
+    pub wal_storage_class: Option<String>,
+    /// Storage class of new backup objects, e.g. STANDARD_IA. A restore from an archive class
+    /// (GLACIER, DEEP_ARCHIVE) needs the objects restored by the store first.
+    #[arg(long, env = "WALVAULT_BACKUP_STORAGE_CLASS")]
+    pub backup_storage_class: Option<String>,
 }
 
 impl RepoArgs {
@@ -120,6 +128,14 @@ impl RepoArgs {
     /// # Errors
     /// Configuration errors (exit code 2).
     pub fn open(&self) -> Result<Repository, crate::config::Error> {
+        let classes = crate::storage::StorageClasses {
+            wal: self.wal_storage_class.clone(),
+            backup: self.backup_storage_class.clone(),
+        };
+        Ok(self.open_store()?.with_storage_classes(classes))
+    }
+
+    fn open_store(&self) -> Result<Repository, crate::config::Error> {
         if let Some(path) = &self.repo_config {
             let cfg = crate::config::settings_file::load_repository_config(path)?;
             let keyring = match cfg.key.as_deref() {

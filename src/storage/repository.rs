@@ -72,6 +72,19 @@ pub struct Repository {
     pub(super) policy: Arc<std::sync::OnceLock<ObjectPolicy>>,
     /// Whether the store honours create-only writes, once probed.
     pub(super) create_only: Arc<std::sync::OnceLock<bool>>,
+    /// Storage classes of new objects (S3, GCS), by kind.
+    pub(super) storage_classes: StorageClasses,
+}
+
+/// The storage class new objects are written with, by kind (for example
+/// `STANDARD` for WAL and `STANDARD_IA` for backups on S3); `None` leaves
+/// the store's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StorageClasses {
+    /// WAL segments, deltas and history files.
+    pub wal: Option<String>,
+    /// Backup parts, manifests and `backup.json`.
+    pub backup: Option<String>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -125,6 +138,7 @@ impl Repository {
             local_root: None,
             policy: Arc::new(std::sync::OnceLock::new()),
             create_only: Arc::new(std::sync::OnceLock::new()),
+            storage_classes: StorageClasses::default(),
         }
     }
 
@@ -155,8 +169,15 @@ impl Repository {
             });
         }
         let path = self.path(key);
+        let mut opts = PutOptions::default();
+        if let Some(class) = self.storage_class(key) {
+            opts.attributes.insert(
+                object_store::Attribute::StorageClass,
+                object_store::AttributeValue::from(class.to_string()),
+            );
+        }
         self.store
-            .put(&path, payload)
+            .put_opts(&path, payload, opts)
             .await
             .map_err(|source| Error::Backend {
                 key: key.to_string(),
@@ -213,6 +234,23 @@ impl Repository {
         self.delete(&key).await?;
         let _ = self.create_only.set(honoured);
         Ok(honoured)
+    }
+
+    /// The same repository, writing new objects with these storage classes.
+    pub fn with_storage_classes(mut self, classes: StorageClasses) -> Self {
+        self.storage_classes = classes;
+        self
+    }
+
+    /// The storage class for a new object at `key`, if one is set.
+    fn storage_class(&self, key: &str) -> Option<&str> {
+        if key.starts_with(super::layout::WAL_PREFIX) {
+            self.storage_classes.wal.as_deref()
+        } else if key.starts_with(super::layout::BACKUPS_PREFIX) {
+            self.storage_classes.backup.as_deref()
+        } else {
+            None
+        }
     }
 
     /// How objects are sealed and opened.
@@ -448,10 +486,16 @@ impl Repository {
         if self.create_only.get() == Some(&false) {
             return self.put_after_check(key, payload).await;
         }
-        let opts = PutOptions {
+        let mut opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
+        if let Some(class) = self.storage_class(key) {
+            opts.attributes.insert(
+                object_store::Attribute::StorageClass,
+                object_store::AttributeValue::from(class.to_string()),
+            );
+        }
         let path = self.path(key);
         match tokio::time::timeout(after, self.store.put_opts(&path, payload.clone(), opts)).await {
             Ok(Ok(_)) => self.sync_local(key).await,

@@ -7,12 +7,14 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-/// A response: status code and body.
+/// A response: status code, header lines and body.
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
+    pub head: String,
     pub body: String,
 }
+
 
 /// Sends one request to `127.0.0.1:port` and reads the whole response
 /// (`Connection: close`). `Err` when the server cannot be reached.
@@ -43,10 +45,12 @@ pub fn request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
-    let body = text
+    let (head, body) = text
         .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string());
-    Ok(Response { status, body })
+        .map_or((text.to_string(), String::new()), |(h, b)| {
+            (h.to_string(), b.to_string())
+        });
+    Ok(Response { status, head, body })
 }
 
 /// Percent-encodes a query value.

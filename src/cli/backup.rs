@@ -83,6 +83,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let meta = backup::run(&opts, &repo, WalSource::Standalone, &shutdown.graceful)
         .await
         .context("take a base backup")?;
+    tracing::info!(requests = repo.requests().summary(), "store requests");
     if args.json {
         println!(
             "{}",

@@ -243,6 +243,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
         fetch_timeout: args.fetch_timeout,
     };
     let restored = crate::restore::execute(&repo, &plan, &request).await?;
+    tracing::info!(requests = repo.requests().summary(), "store requests");
     println!(
         "restored backup {} into {}: {} unpacked in {:.1}s, synced in {:.1}s",
         b.id,

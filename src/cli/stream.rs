@@ -125,6 +125,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .context("stream WAL")?;
     info!(durable = %summary.durable, objects = summary.objects, bytes = summary.plain_bytes,
-          backups = scheduled.completed, failed_backups = scheduled.failed, "walvault stream stopped");
+          backups = scheduled.completed, failed_backups = scheduled.failed,
+          requests = repo.requests().summary(), "walvault stream stopped");
     Ok(ExitCode::SUCCESS)
 }

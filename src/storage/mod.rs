@@ -23,5 +23,5 @@ pub mod retry;
 
 pub use error::Error;
 pub use open::{environment_options, store_retry_config};
-pub use repository::{ObjectInfo, Repository, StorageClasses};
+pub use repository::{ObjectInfo, Repository, RequestCounts, StorageClasses};
 pub use retry::retry;

@@ -47,6 +47,38 @@ impl ObjectPolicy {
     }
 }
 
+/// Requests made to the store, by kind, since the repository was opened
+/// (object_store's own retries of a request are not counted apart).
+#[derive(Debug, Default)]
+pub struct RequestCounts {
+    /// Object writes.
+    pub put: std::sync::atomic::AtomicU64,
+    /// Object reads.
+    pub get: std::sync::atomic::AtomicU64,
+    /// Listings (one per prefix listed; a listing of many pages counts once).
+    pub list: std::sync::atomic::AtomicU64,
+    /// Deletions.
+    pub delete: std::sync::atomic::AtomicU64,
+}
+
+impl RequestCounts {
+    fn count(counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `PUT n GET n LIST n DELETE n`, for logs.
+    pub fn summary(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        format!(
+            "PUT {} GET {} LIST {} DELETE {}",
+            self.put.load(Relaxed),
+            self.get.load(Relaxed),
+            self.list.load(Relaxed),
+            self.delete.load(Relaxed)
+        )
+    }
+}
+
 /// An object's key and stored size.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -74,6 +106,8 @@ pub struct Repository {
     pub(super) create_only: Arc<std::sync::OnceLock<bool>>,
     /// Storage classes of new objects (S3, GCS), by kind.
     pub(super) storage_classes: StorageClasses,
+    /// Requests made, by kind.
+    pub(super) requests: Arc<RequestCounts>,
 }
 
 /// The storage class new objects are written with, by kind (for example
@@ -139,6 +173,7 @@ impl Repository {
             policy: Arc::new(std::sync::OnceLock::new()),
             create_only: Arc::new(std::sync::OnceLock::new()),
             storage_classes: StorageClasses::default(),
+            requests: Arc::new(RequestCounts::default()),
         }
     }
 
@@ -176,6 +211,7 @@ impl Repository {
                 object_store::AttributeValue::from(class.to_string()),
             );
         }
+        RequestCounts::count(&self.requests.put);
         self.store
             .put_opts(&path, payload, opts)
             .await
@@ -208,6 +244,7 @@ impl Repository {
             mode: PutMode::Create,
             ..Default::default()
         };
+        RequestCounts::count(&self.requests.put);
         let first = self
             .store
             .put_opts(&path, PutPayload::from_static(b"1"), create())
@@ -215,11 +252,12 @@ impl Repository {
         let honoured = match first {
             Err(object_store::Error::NotImplemented) => false,
             Err(source) => return Err(Error::Backend { key, source }),
-            Ok(_) => match self
-                .store
-                .put_opts(&path, PutPayload::from_static(b"2"), create())
-                .await
-            {
+            Ok(_) => match {
+                RequestCounts::count(&self.requests.put);
+                self.store
+                    .put_opts(&path, PutPayload::from_static(b"2"), create())
+                    .await
+            } {
                 Ok(_) => false,
                 Err(
                     object_store::Error::AlreadyExists { .. }
@@ -234,6 +272,11 @@ impl Repository {
         self.delete(&key).await?;
         let _ = self.create_only.set(honoured);
         Ok(honoured)
+    }
+
+    /// The requests made so far, by kind.
+    pub fn requests(&self) -> &RequestCounts {
+        &self.requests
     }
 
     /// The same repository, writing new objects with these storage classes.
@@ -407,6 +450,7 @@ impl Repository {
     pub async fn get_raw(&self, key: &str) -> Result<Option<Bytes>, Error> {
         let path = self.path(key);
         let fut = async {
+            RequestCounts::count(&self.requests.get);
             match self.store.get(&path).await {
                 Ok(r) => r.bytes().await.map(Some),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -436,6 +480,7 @@ impl Repository {
         } else {
             Some(self.path(folder))
         };
+        RequestCounts::count(&self.requests.list);
         let fut = self.store.list(path.as_ref()).try_collect::<Vec<_>>();
         let metas = match tokio::time::timeout(READ_TIMEOUT, fut).await {
             Ok(r) => r.map_err(|source| Error::Backend {
@@ -467,6 +512,7 @@ impl Repository {
     /// # Errors
     /// Store errors.
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
+        RequestCounts::count(&self.requests.delete);
         match tokio::time::timeout(BASE_REQUEST_TIMEOUT, self.store.delete(&self.path(key))).await {
             Ok(Ok(()) | Err(object_store::Error::NotFound { .. })) => Ok(()),
             Ok(Err(source)) => Err(Error::Backend {
@@ -497,6 +543,7 @@ impl Repository {
             );
         }
         let path = self.path(key);
+        RequestCounts::count(&self.requests.put);
         match tokio::time::timeout(after, self.store.put_opts(&path, payload.clone(), opts)).await {
             Ok(Ok(_)) => self.sync_local(key).await,
             // Stores without conditional writes: check for an existing object, then write.

@@ -15,7 +15,6 @@ pub struct Response {
     pub body: String,
 }
 
-
 /// Sends one request to `127.0.0.1:port` and reads the whole response
 /// (`Connection: close`). `Err` when the server cannot be reached.
 pub fn request(

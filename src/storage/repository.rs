@@ -249,15 +249,21 @@ impl Repository {
             .store
             .put_opts(&path, PutPayload::from_static(b"1"), create())
             .await;
-        let honoured = match first {
-            Err(object_store::Error::NotImplemented) => false,
+        let second = match first {
+            Err(object_store::Error::NotImplemented) => None,
             Err(source) => return Err(Error::Backend { key, source }),
-            Ok(_) => match {
+            Ok(_) => {
                 RequestCounts::count(&self.requests.put);
-                self.store
-                    .put_opts(&path, PutPayload::from_static(b"2"), create())
-                    .await
-            } {
+                Some(
+                    self.store
+                        .put_opts(&path, PutPayload::from_static(b"2"), create())
+                        .await,
+                )
+            }
+        };
+        let honoured = match second {
+            None => false,
+            Some(second) => match second {
                 Ok(_) => false,
                 Err(
                     object_store::Error::AlreadyExists { .. }

@@ -11,7 +11,7 @@ use super::Error;
 /// and open the repository without the environment, as `restore_command`
 /// runs. It may hold a key and credentials, so it must be mode 0600 (or
 /// stricter).
-#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[derive(Clone, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryConfigFile {
     /// Format version (1).
@@ -26,6 +26,19 @@ pub struct RepositoryConfigFile {
     /// `aws_access_key_id`, `aws_secret_access_key`, `aws_allow_http`).
     #[serde(default)]
     pub options: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for RepositoryConfigFile {
+    /// Shows the URL and the option names only: the key and option values
+    /// (credentials) never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepositoryConfigFile")
+            .field("version", &self.version)
+            .field("repo", &self.repo)
+            .field("key", &self.key.as_ref().map(|_| "(hidden)"))
+            .field("options", &self.options.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// Reads a repository settings file, refusing one that others can read.
@@ -106,6 +119,8 @@ mod tests {
         let back = load_repository_config(&path).unwrap();
         assert_eq!(back.repo, "s3://b/p");
         assert_eq!(back.options["aws_endpoint"], "http://127.0.0.1:1");
+        let shown = format!("{back:?}");
+        assert!(!shown.contains(&"ab".repeat(32)) && !shown.contains("127.0.0.1:1"), "{shown}");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);

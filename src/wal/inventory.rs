@@ -73,14 +73,15 @@ impl TimelineWal {
         Some(self.held_end_from(low, segment_size_bytes))
     }
 
-    /// Segment numbers between the first and the last held that have no
-    /// object at all.
+    /// Segment numbers before the last one held that are not held whole:
+    /// no object at all, or only deltas (a segment before the last must be
+    /// complete for replay to pass it). The last may be open (deltas).
     pub fn missing_segments(&self) -> Vec<u64> {
         let (Some(first), Some(max)) = (self.min_segment(), self.max_segment()) else {
             return Vec::new();
         };
-        (first..=max)
-            .filter(|n| !self.complete.contains(n) && !self.deltas.contains_key(n))
+        (first..max)
+            .filter(|n| !self.complete.contains(n))
             .collect()
     }
 }

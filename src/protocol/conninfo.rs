@@ -349,17 +349,17 @@ fn parse_key_values(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
     Ok(out)
 }
 
-fn percent_decode(s: &str) -> Result<String, ConnInfoError> {
+/// Decodes `%XX` escapes in one part of a URI. The error names the part but
+/// never repeats its text, which may be a password.
+fn percent_decode(s: &str, part: &str) -> Result<String, ConnInfoError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .ok_or_else(|| ConnInfoError::Syntax(format!("bad percent-encoding in {s:?}")))?;
-            let b = u8::from_str_radix(hex, 16)
-                .map_err(|_| ConnInfoError::Syntax(format!("bad percent-encoding in {s:?}")))?;
+            let bad = || ConnInfoError::Syntax(format!("bad percent-encoding in the {part}"));
+            let hex = s.get(i + 1..i + 3).ok_or_else(bad)?;
+            let b = u8::from_str_radix(hex, 16).map_err(|_| bad())?;
             out.push(b);
             i += 3;
         } else {
@@ -368,7 +368,7 @@ fn percent_decode(s: &str) -> Result<String, ConnInfoError> {
         }
     }
     String::from_utf8(out)
-        .map_err(|_| ConnInfoError::Syntax("percent-encoding is not UTF-8".into()))
+        .map_err(|_| ConnInfoError::Syntax(format!("percent-encoding in the {part} is not UTF-8")))
 }
 
 fn parse_uri(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
@@ -392,10 +392,10 @@ fn parse_uri(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
                 None => (userinfo, None),
             };
             if !user.is_empty() {
-                out.push(("user".into(), percent_decode(user)?));
+                out.push(("user".into(), percent_decode(user, "user name")?));
             }
             if let Some(p) = password {
-                out.push(("password".into(), percent_decode(p)?));
+                out.push(("password".into(), percent_decode(p, "password")?));
             }
             hosts
         }
@@ -412,8 +412,8 @@ fn parse_uri(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
                 (h.to_string(), after.strip_prefix(':').map(str::to_string))
             } else {
                 match part.rsplit_once(':') {
-                    Some((h, p)) => (percent_decode(h)?, Some(p.to_string())),
-                    None => (percent_decode(part)?, None),
+                    Some((h, p)) => (percent_decode(h, "host")?, Some(p.to_string())),
+                    None => (percent_decode(part, "host")?, None),
                 }
             };
             hosts.push(host);
@@ -425,14 +425,16 @@ fn parse_uri(s: &str) -> Result<Vec<(String, String)>, ConnInfoError> {
         }
     }
     if let Some(d) = dbname.filter(|d| !d.is_empty()) {
-        out.push(("dbname".into(), percent_decode(d)?));
+        out.push(("dbname".into(), percent_decode(d, "database name")?));
     }
     if let Some(q) = query {
         for pair in q.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').ok_or_else(|| {
                 ConnInfoError::Syntax(format!("missing \"=\" in URI parameter {pair:?}"))
             })?;
-            out.push((percent_decode(k)?, percent_decode(v)?));
+            let key = percent_decode(k, "URI parameter name")?;
+            let value = percent_decode(v, &format!("value of URI parameter {key:?}"))?;
+            out.push((key, value));
         }
     }
     Ok(out)
@@ -513,5 +515,22 @@ mod tests {
             ConnInfo::parse("sslmode=sometimes", &no_env),
             Err(ConnInfoError::InvalidValue { .. })
         ));
+    }
+
+    #[test]
+    fn bad_percent_encoding_does_not_show_the_password() {
+        for s in [
+            "postgresql://arch:s3cr%zzet@db/x",
+            "postgresql://arch@db/x?password=s3cr%zzet",
+            "postgresql://arch:s3cr%C3et@db/x",
+        ] {
+            let err = ConnInfo::parse(s, &no_env).unwrap_err();
+            assert!(!err.to_string().contains("s3cr"), "{err}");
+            assert!(!format!("{err:?}").contains("s3cr"), "{err:?}");
+        }
+        assert_eq!(
+            ConnInfo::parse("postgresql://arch:s3cr%zzet@db/x", &no_env).unwrap_err(),
+            ConnInfoError::Syntax("bad percent-encoding in the password".into())
+        );
     }
 }

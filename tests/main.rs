@@ -5,6 +5,7 @@ mod support;
 
 mod backup;
 mod cli;
+mod fuzz_corpus;
 mod protocol;
 mod restore;
 mod stream;

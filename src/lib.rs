@@ -12,6 +12,8 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod local_file;
 pub mod lsn;
 pub mod pipeline;

@@ -7,6 +7,7 @@ mod attack;
 mod backup;
 mod cli;
 mod faults;
+mod fuzz_corpus;
 mod protocol;
 mod restore;
 mod stores;

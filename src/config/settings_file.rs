@@ -120,7 +120,10 @@ mod tests {
         assert_eq!(back.repo, "s3://b/p");
         assert_eq!(back.options["aws_endpoint"], "http://127.0.0.1:1");
         let shown = format!("{back:?}");
-        assert!(!shown.contains(&"ab".repeat(32)) && !shown.contains("127.0.0.1:1"), "{shown}");
+        assert!(
+            !shown.contains(&"ab".repeat(32)) && !shown.contains("127.0.0.1:1"),
+            "{shown}"
+        );
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);

@@ -16,29 +16,45 @@ pub struct HistoryEntry {
 
 /// A malformed history file.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid timeline history line {line:?}")]
+#[error("invalid timeline history line {line:?}: {reason}")]
 pub struct ParseHistoryError {
     /// The offending line.
     pub line: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
 }
 
 /// Parses a history file; blank lines and `#` comments are skipped.
 ///
+/// Timelines must increase from line to line, as PostgreSQL's
+/// `readTimeLineHistory` requires: [`follow_history`] relies on it to end.
+///
 /// # Errors
-/// On a line without a timeline and LSN.
+/// On a line without a timeline and LSN, or a timeline not above the one
+/// before it.
 pub fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, ParseHistoryError> {
-    let mut out = Vec::new();
+    let mut out: Vec<HistoryEntry> = Vec::new();
     for line in text.lines() {
         let trimmed = line.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let err = || ParseHistoryError {
+        let err = |reason| ParseHistoryError {
             line: line.to_string(),
+            reason,
         };
         let mut fields = trimmed.split_whitespace();
-        let timeline = fields.next().and_then(|t| t.parse().ok()).ok_or_else(err)?;
-        let switch_lsn = fields.next().and_then(|l| l.parse().ok()).ok_or_else(err)?;
+        let timeline = fields
+            .next()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| err("no timeline id"))?;
+        let switch_lsn = fields
+            .next()
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(|| err("no switch LSN"))?;
+        if out.last().is_some_and(|last| timeline <= last.timeline) {
+            return Err(err("timeline ids must increase"));
+        }
         out.push(HistoryEntry {
             timeline,
             switch_lsn,
@@ -97,6 +113,19 @@ mod tests {
             }
         );
         assert!(parse_history("x y\n").is_err());
+    }
+
+    #[test]
+    fn rejects_timelines_that_do_not_increase() {
+        // Following such a history went back to an older timeline (or, with
+        // a repeated timeline, never ended).
+        for text in [
+            "1\t0/0\tx\n1\t0/0\ty\n",
+            "2\t0/3000000\tx\n1\t0/1000000\ty\n",
+        ] {
+            let err = parse_history(text).unwrap_err();
+            assert_eq!(err.reason, "timeline ids must increase");
+        }
     }
 
     #[test]

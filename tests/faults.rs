@@ -259,3 +259,86 @@ async fn server_killed_under_a_backup() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Uploads that finish out of order: the writes of one segment are held
+/// back while later segments are stored. The durable LSN, and so the flush
+/// position the server hears, never passes the held segment until it is
+/// stored itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_lsn_waits_for_an_upload_that_finishes_last() {
+    use walvault::lsn::{Lsn, SegmentName, TimelineId};
+    let pg = PgCluster::start(15, &PgOptions::default());
+    let s3 = S3Server::start();
+    let (repo, faults) = faulty_repo(&s3, "reorder");
+    let shutdown = Shutdown::new();
+    let (durable_tx, durable_rx) = tokio::sync::watch::channel(Lsn::INVALID);
+    let opts = options(&pg, Duration::from_secs(60));
+    let stream = {
+        let (repo, shutdown) = (repo.clone(), shutdown.clone());
+        let plan = StreamPlan {
+            durable: Some(durable_tx),
+            ..StreamPlan::default()
+        };
+        tokio::spawn(async move { receiver::run(&opts, &repo, &shutdown, plan).await })
+    };
+    let first = pg.switch_wal().await;
+    wait_archived(&repo, MIB, 1, first, Duration::from_secs(30)).await;
+    let held = SegmentName::from_lsn(TimelineId::FIRST, first, MIB);
+    *faults.hold_keys.lock().unwrap() = Some(held.to_file_name(MIB));
+    pg.pgbench(&["-i", "-s", "1", "-q"]);
+    let end = pg.switch_wal().await;
+    // Later segments are stored while the held one is not.
+    let later = SegmentName {
+        timeline: TimelineId::FIRST,
+        number: held.number + 4,
+    };
+    crate::support::wait_for("later segments stored", Duration::from_secs(60), || async {
+        let inv = walvault::wal::inventory::WalInventory::scan(&repo, MIB)
+            .await
+            .ok()?;
+        inv.timelines[&TimelineId::FIRST]
+            .complete
+            .contains(&later.number)
+            .then_some(())
+    })
+    .await;
+    let durable = *durable_rx.borrow();
+    assert!(
+        durable <= held.start_lsn(MIB),
+        "durable {durable} passed the held segment {}",
+        held.to_file_name(MIB)
+    );
+    let told: Lsn = pg
+        .query_one("SELECT coalesce(flush_lsn::text, '0/0') FROM pg_stat_replication WHERE application_name = 'walvault'")
+        .await
+        .parse()
+        .unwrap();
+    assert!(told <= held.start_lsn(MIB), "the server was told {told}");
+    faults.release();
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
+    crate::support::wait_for(
+        "the durable LSN to catch up",
+        Duration::from_secs(30),
+        || async { (*durable_rx.borrow() >= end).then_some(()) },
+    )
+    .await;
+    shutdown.graceful.cancel();
+    stream.await.unwrap().unwrap();
+}
+
+/// A read that comes back damaged is refused, naming the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_reads_are_named() {
+    let s3 = S3Server::start();
+    let (repo, faults) = faulty_repo(&s3, "damaged");
+    let key = "wal/00000001/000000010000000000000001";
+    repo.put_sealed(key, vec![Bytes::from(vec![7u8; 100_000])])
+        .await
+        .unwrap();
+    faults.corrupt_reads.store(true, SeqCst);
+    let err = repo.get_opened(key).await.unwrap_err();
+    assert!(matches!(err, storage::Error::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains(key), "{err}");
+    faults.corrupt_reads.store(false, SeqCst);
+    assert_eq!(repo.get_opened(key).await.unwrap().unwrap().len(), 100_000);
+}

@@ -1,13 +1,15 @@
 //! A store wrapper that injects faults on command, around a real store:
-//! failing requests, stalled requests (until released), create-only writes
-//! ignored as some S3-compatible stores do. Everything else goes to the
-//! store underneath unchanged.
+//! failing requests, stalled requests (until released), writes of some keys
+//! held back while later ones complete (reordering), reads returned with a
+//! byte flipped, create-only writes ignored as some S3-compatible stores
+//! do. Everything else goes to the store underneath unchanged.
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
@@ -27,14 +29,38 @@ pub struct Faults {
     pub ignore_create_only: AtomicBool,
     /// Writes seen (for tests that wait for traffic).
     pub writes: AtomicU32,
+    /// Hold back writes of keys containing this text until released, while
+    /// other writes go on: uploads then complete out of order.
+    pub hold_keys: std::sync::Mutex<Option<String>>,
+    /// Flip a byte in the middle of every object read.
+    pub corrupt_reads: AtomicBool,
     released: Notify,
 }
 
 impl Faults {
-    /// Lets stalled requests go on and stops stalling.
+    /// Lets stalled and held requests go on and stops stalling and holding.
     pub fn release(&self) {
         self.stalled.store(false, SeqCst);
+        *self.hold_keys.lock().unwrap() = None;
         self.released.notify_waiters();
+    }
+
+    fn holds(&self, location: &Path) -> bool {
+        self.hold_keys
+            .lock()
+            .unwrap()
+            .as_deref()
+            .is_some_and(|k| location.as_ref().contains(k))
+    }
+
+    async fn hold(&self, location: &Path) {
+        while self.holds(location) {
+            let wait = self.released.notified();
+            if !self.holds(location) {
+                break;
+            }
+            wait.await;
+        }
     }
 
     async fn gate(&self) {
@@ -91,6 +117,7 @@ impl ObjectStore for FaultyStore {
         mut opts: PutOptions,
     ) -> Result<PutResult> {
         self.faults.gate().await;
+        self.faults.hold(location).await;
         self.faults.writes.fetch_add(1, SeqCst);
         let failing = self
             .faults
@@ -117,7 +144,27 @@ impl ObjectStore for FaultyStore {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         self.faults.gate().await;
-        self.inner.get_opts(location, options).await
+        let result = self.inner.get_opts(location, options).await?;
+        if !self.faults.corrupt_reads.load(SeqCst) {
+            return Ok(result);
+        }
+        let (meta, range, attributes) = (
+            result.meta.clone(),
+            result.range.clone(),
+            result.attributes.clone(),
+        );
+        let mut bytes = result.bytes().await?.to_vec();
+        if !bytes.is_empty() {
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x20;
+        }
+        let payload = futures::stream::once(async move { Ok(bytes::Bytes::from(bytes)) }).boxed();
+        Ok(GetResult {
+            payload: object_store::GetResultPayload::Stream(payload),
+            meta,
+            range,
+            attributes,
+        })
     }
 
     async fn delete(&self, location: &Path) -> Result<()> {
@@ -126,7 +173,6 @@ impl ObjectStore for FaultyStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        use futures::StreamExt;
         let faults = self.faults.clone();
         let mut inner = Some(self.inner.list(prefix));
         futures::stream::once(async move { faults.gate().await })

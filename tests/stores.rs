@@ -227,7 +227,7 @@ async fn exercise<S: ObjectStore + PaginatedListStore>(
         .await
         .unwrap_err();
     assert!(
-        matches!(err, storage::Error::Conflict { ref key } if key == "wal/one"),
+        matches!(err, storage::Error::Conflict { ref key, .. } if key == "wal/one"),
         "{err:?}"
     );
     assert_eq!(

@@ -18,10 +18,12 @@ pub enum Error {
         reason: String,
     },
     /// An immutable object exists with different content.
-    #[error("object {key} already exists with different content")]
+    #[error("object {key} already exists with different content ({difference})")]
     Conflict {
         /// The key.
         key: String,
+        /// How it differs: lengths, or the first byte that differs.
+        difference: String,
     },
     /// A request took too long.
     #[error("request for {key} timed out after {after:?}")]

@@ -398,24 +398,20 @@ impl Repository {
                 ..
             }) => {
                 let existing = self.get_opened(key).await?;
-                let same = existing.is_some_and(|e| {
-                    let mut off = 0;
-                    let total: usize = plaintext.iter().map(Bytes::len).sum();
-                    total == e.len()
-                        && plaintext.iter().all(|p| {
-                            let ok = e[off..off + p.len()] == p[..];
-                            off += p.len();
-                            ok
-                        })
-                });
-                if same {
-                    // A retry of a write whose sync failed: sync again.
-                    self.sync_local(key).await?;
-                    Ok(size)
-                } else {
-                    Err(Error::Conflict {
+                match existing.map(|e| first_difference(&plaintext, &e)) {
+                    Some(None) => {
+                        // A retry of a write whose sync failed: sync again.
+                        self.sync_local(key).await?;
+                        Ok(size)
+                    }
+                    Some(Some(difference)) => Err(Error::Conflict {
                         key: key.to_string(),
-                    })
+                        difference,
+                    }),
+                    None => Err(Error::Conflict {
+                        key: key.to_string(),
+                        difference: "it vanished after the store said it exists".into(),
+                    }),
                 }
             }
             Err(e) => Err(e),
@@ -566,5 +562,51 @@ impl Repository {
                 after,
             }),
         }
+    }
+}
+
+/// Where `ours` (in pieces) and `theirs` first differ, for the conflict
+/// error: `None` when they are the same.
+fn first_difference(ours: &[Bytes], theirs: &[u8]) -> Option<String> {
+    let total: usize = ours.iter().map(Bytes::len).sum();
+    let mut offset = 0;
+    for piece in ours {
+        let end = (offset + piece.len()).min(theirs.len());
+        if let Some(i) = piece
+            .iter()
+            .zip(&theirs[offset.min(end)..end])
+            .position(|(a, b)| a != b)
+        {
+            return Some(format!(
+                "{} bytes stored, {total} to store; first difference at byte {}",
+                theirs.len(),
+                offset + i
+            ));
+        }
+        offset += piece.len();
+    }
+    (total != theirs.len()).then(|| format!("{} bytes stored, {total} to store", theirs.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_are_located() {
+        let ours = [Bytes::from_static(b"abc"), Bytes::from_static(b"def")];
+        assert_eq!(first_difference(&ours, b"abcdef"), None);
+        assert_eq!(
+            first_difference(&ours, b"abcdXf").as_deref(),
+            Some("6 bytes stored, 6 to store; first difference at byte 4")
+        );
+        assert_eq!(
+            first_difference(&ours, b"abcd").as_deref(),
+            Some("4 bytes stored, 6 to store")
+        );
+        assert_eq!(
+            first_difference(&ours, b"abcdefgh").as_deref(),
+            Some("8 bytes stored, 6 to store")
+        );
     }
 }

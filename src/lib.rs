@@ -11,6 +11,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod expire;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -20,6 +21,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod protocol;
 pub mod restore;
+pub mod retention;
 pub mod schedule;
 pub mod server;
 pub mod shutdown;

@@ -10,5 +10,6 @@ mod faults;
 mod fuzz_corpus;
 mod protocol;
 mod restore;
+mod retention;
 mod stores;
 mod stream;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 
@@ -526,6 +526,46 @@ impl Repository {
                 after: BASE_REQUEST_TIMEOUT,
             }),
         }
+    }
+
+    /// Deletes many objects, in batches where the store has a bulk delete
+    /// (S3 `DeleteObjects`, up to 1,000 keys a request); missing is fine.
+    /// Returns how many were deleted before the first error, if any.
+    ///
+    /// # Errors
+    /// The first store error, naming its object.
+    pub async fn delete_many(&self, keys: &[String]) -> Result<u64, Error> {
+        const BATCH: usize = 1000;
+        let mut deleted = 0u64;
+        for batch in keys.chunks(BATCH) {
+            self.requests
+                .delete
+                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let paths: Vec<object_store::Result<Path>> =
+                batch.iter().map(|k| Ok(self.path(k))).collect();
+            let stream = self
+                .store
+                .delete_stream(futures::stream::iter(paths).boxed());
+            let results =
+                tokio::time::timeout(BASE_REQUEST_TIMEOUT * 4, stream.collect::<Vec<_>>())
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        key: batch[0].clone(),
+                        after: BASE_REQUEST_TIMEOUT * 4,
+                    })?;
+            for (key, result) in batch.iter().zip(results) {
+                match result {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                    Err(source) => {
+                        return Err(Error::Backend {
+                            key: key.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     pub(super) async fn put_create(&self, key: &str, payload: PutPayload) -> Result<(), Error> {

@@ -8,6 +8,7 @@
 //! every byte below it is in the store.
 
 pub mod backup;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -144,7 +144,11 @@ pub struct Decision {
 }
 
 /// A GFS level: how many periods, the period of a time, the reason.
-type GfsRule = (Option<u32>, fn(&DateTime<Utc>) -> String, fn(String) -> Reason);
+type GfsRule = (
+    Option<u32>,
+    fn(&DateTime<Utc>) -> String,
+    fn(String) -> Reason,
+);
 
 /// Applies `policy` at `now` to `backups` (any order) and the pins that hold.
 pub fn decide(

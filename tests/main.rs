@@ -8,6 +8,7 @@ mod backup;
 mod cli;
 mod faults;
 mod fuzz_corpus;
+mod operations;
 mod protocol;
 mod restore;
 mod retention;

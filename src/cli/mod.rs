@@ -4,6 +4,7 @@
 //! imports another.
 
 pub mod backup;
+pub mod check;
 pub mod expire;
 pub mod keep;
 pub mod keygen;
@@ -90,6 +91,8 @@ pub enum Command {
     WalFetch(wal_fetch::Args),
     /// Show what the repository holds: backups, timelines and WAL ranges.
     List(list::Args),
+    /// Check the server, the repository, the key and the WAL; exit 0 ok, 1 warning, 2 critical.
+    Check(check::Args),
     /// Remove backups and WAL that the retention policy no longer keeps.
     Expire(expire::Args),
     /// Pin a backup so that no retention policy removes it (or unpin it, or list pins).
@@ -266,6 +269,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(crate::restore::serve::EXIT_FAILED))
         }),
         Command::List(args) => list::run(args).await,
+        Command::Check(args) => check::run(args).await,
         Command::Expire(args) => expire::run(args).await,
         Command::Keep(args) => keep::run(args).await,
         Command::Keygen(args) => keygen::run(&args),

@@ -108,6 +108,8 @@ pub struct Repository {
     pub(super) storage_classes: StorageClasses,
     /// Requests made, by kind.
     pub(super) requests: Arc<RequestCounts>,
+    /// Where the store's credentials come from, in words.
+    pub(super) credentials: Arc<str>,
 }
 
 /// The storage class new objects are written with, by kind (for example
@@ -174,6 +176,7 @@ impl Repository {
             create_only: Arc::new(std::sync::OnceLock::new()),
             storage_classes: StorageClasses::default(),
             requests: Arc::new(RequestCounts::default()),
+            credentials: Arc::from("given by the caller"),
         }
     }
 
@@ -278,6 +281,18 @@ impl Repository {
         self.delete(&key).await?;
         let _ = self.create_only.set(honoured);
         Ok(honoured)
+    }
+
+    /// Where the store's credentials come from (for `check`): the
+    /// environment, a settings file, or none (and what the client then does).
+    pub fn credential_source(&self) -> &str {
+        &self.credentials
+    }
+
+    /// The same repository, describing its credentials' source.
+    pub(super) fn with_credential_source(mut self, source: String) -> Self {
+        self.credentials = Arc::from(source);
+        self
     }
 
     /// The requests made so far, by kind.

@@ -4,7 +4,8 @@
 #   2. run `walvault stream` into a local-directory repository (encrypted),
 #   3. take a base backup (`walvault backup`) while it streams,
 #   4. write rows with timestamps while it streams,
-#   5. verify the backup and show what is archived (`walvault list`),
+#   5. verify the backup, show what is archived (`walvault list`), check the
+#      setup (`walvault check`) and the restorable window (`walvault info`),
 #   6. restore to a time between the rows (`walvault restore --start`) and
 #      show that exactly the rows committed up to that time came back.
 # Everything lives in a temporary directory that is removed at the end
@@ -91,6 +92,14 @@ echo "== walvault verify"
 echo
 echo "== walvault list (while streaming)"
 "$WALVAULT" list --repo "$REPO" --key-file "$WORK/key"
+
+echo
+echo "== walvault check (exit 0 ok, 1 warning, 2 critical)"
+"$WALVAULT" check --pg "host=$WORK/sock port=$PORT user=postgres" --repo "$REPO" --key-file "$WORK/key"
+
+echo
+echo "== walvault info"
+"$WALVAULT" info --pg "host=$WORK/sock port=$PORT user=postgres" --repo "$REPO" --key-file "$WORK/key"
 
 echo
 echo "== stopping walvault with SIGTERM (stores the tail, exits 0)"

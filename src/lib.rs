@@ -20,6 +20,7 @@ pub mod info;
 pub mod local_file;
 pub mod lsn;
 pub mod mark;
+pub mod metrics;
 pub mod pipeline;
 pub mod progress;
 pub mod protocol;

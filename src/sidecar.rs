@@ -5,12 +5,16 @@
 //! With a retention policy, expire runs after every scheduled backup and on
 //! its own interval; it removes nothing while a backup runs.
 
+use std::sync::Arc;
+
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::backup::{self, BackupOptions, WalSource};
 use crate::expire::ExpireOptions;
 use crate::lsn::Lsn;
+use crate::metrics::Metrics;
+use crate::metrics::health::Thresholds;
 use crate::retention::Policy;
 use crate::schedule::Schedule;
 use crate::shutdown::Shutdown;
@@ -44,6 +48,20 @@ pub struct ExpireSchedule {
     pub interval: std::time::Duration,
 }
 
+/// The metrics and health endpoint, and what it observes.
+pub struct Monitoring {
+    /// Shared with every task of the sidecar.
+    pub metrics: Arc<Metrics>,
+    /// Bound at start, so a taken address fails before streaming.
+    pub listener: tokio::net::TcpListener,
+    /// Limits for `/health`.
+    pub thresholds: Thresholds,
+    /// The server, for the slot's status (over an SQL session).
+    pub conninfo: crate::protocol::ConnInfo,
+    /// The slot.
+    pub slot: String,
+}
+
 /// Runs the stream and, when given, the backup schedule and expire until
 /// `shutdown.graceful` fires.
 ///
@@ -56,11 +74,34 @@ pub async fn run(
     stream: &StreamOptions,
     backups: Option<BackupSchedule>,
     expire: Option<ExpireSchedule>,
+    monitoring: Option<Monitoring>,
     repo: &Repository,
     shutdown: &Shutdown,
 ) -> Result<(StreamSummary, ScheduleSummary), receiver::Error> {
     let mut plan = StreamPlan::default();
-    let backup_done = std::sync::Arc::new(tokio::sync::Notify::new());
+    let backup_done = Arc::new(tokio::sync::Notify::new());
+    let refresh = Arc::new(tokio::sync::Notify::new());
+    let metrics = monitoring.as_ref().map(|m| m.metrics.clone());
+    plan.metrics = metrics.clone();
+    // The endpoint answers until the stream has drained.
+    let monitor_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(m) = monitoring {
+        tokio::spawn(crate::metrics::http::serve(
+            m.listener,
+            m.metrics.clone(),
+            m.thresholds,
+            monitor_stop.clone(),
+        ));
+        tokio::spawn(crate::metrics::observe(
+            m.metrics,
+            repo.clone(),
+            m.conninfo,
+            m.slot,
+            refresh.clone(),
+            monitor_stop.clone(),
+        ));
+    }
+    let reporter = Reporter { metrics, refresh };
     let scheduler = backups.map(|b| {
         let (durable_tx, durable_rx) = watch::channel(Lsn::INVALID);
         plan.durable = Some(durable_tx);
@@ -70,12 +111,21 @@ pub async fn run(
             durable_rx,
             shutdown.child(),
             backup_done.clone(),
+            reporter.clone(),
         ))
     });
-    let expirer =
-        expire.map(|e| tokio::spawn(run_expire(e, repo.clone(), shutdown.child(), backup_done)));
+    let expirer = expire.map(|e| {
+        tokio::spawn(run_expire(
+            e,
+            repo.clone(),
+            shutdown.child(),
+            backup_done,
+            reporter.clone(),
+        ))
+    });
     let summary = receiver::run(stream, repo, shutdown, plan).await;
     shutdown.graceful.cancel();
+    monitor_stop.cancel();
     if let Some(task) = expirer
         && let Err(e) = task.await
     {
@@ -98,7 +148,8 @@ async fn run_schedule(
     repo: Repository,
     durable: watch::Receiver<Lsn>,
     shutdown: Shutdown,
-    backup_done: std::sync::Arc<tokio::sync::Notify>,
+    backup_done: Arc<tokio::sync::Notify>,
+    reporter: Reporter,
 ) -> ScheduleSummary {
     let mut summary = ScheduleSummary::default();
     let mut due_now = match backup::list_backups(&repo).await {
@@ -144,14 +195,17 @@ async fn run_schedule(
                     "scheduled backup complete"
                 );
                 backup_done.notify_one();
+                reporter.backup(true);
             }
             Ok(Err(e)) => {
                 summary.failed += 1;
                 error!(error = %crate::error::chain(&e), "scheduled backup failed");
+                reporter.backup(false);
             }
             Err(e) => {
                 summary.failed += 1;
                 error!(error = %e, "scheduled backup panicked");
+                reporter.backup(false);
             }
         }
     }
@@ -163,7 +217,8 @@ async fn run_expire(
     e: ExpireSchedule,
     repo: Repository,
     shutdown: Shutdown,
-    backup_done: std::sync::Arc<tokio::sync::Notify>,
+    backup_done: Arc<tokio::sync::Notify>,
+    reporter: Reporter,
 ) {
     loop {
         tokio::select! {
@@ -193,13 +248,62 @@ async fn run_expire(
                     "expire skipped"
                 );
             }
-            Ok(r) => info!(
-                backups_removed = r.removed.len(),
-                wal_objects_removed = r.wal_objects_removed,
-                floor = r.floor_lsn.as_deref().unwrap_or("-"),
-                "expire complete"
-            ),
-            Err(err) => error!(error = %crate::error::chain(&err), "expire failed"),
+            Ok(r) => {
+                info!(
+                    backups_removed = r.removed.len(),
+                    wal_objects_removed = r.wal_objects_removed,
+                    floor = r.floor_lsn.as_deref().unwrap_or("-"),
+                    "expire complete"
+                );
+                reporter.expire(Some(&r));
+            }
+            Err(err) => {
+                error!(error = %crate::error::chain(&err), "expire failed");
+                reporter.expire(None);
+            }
+        }
+    }
+}
+
+/// Tells the metrics (if any) what the schedule and expire did, and asks
+/// the observer to read the repository again.
+#[derive(Clone)]
+struct Reporter {
+    metrics: Option<Arc<Metrics>>,
+    refresh: Arc<tokio::sync::Notify>,
+}
+
+impl Reporter {
+    fn backup(&self, succeeded: bool) {
+        if let Some(m) = &self.metrics {
+            m.update(|s| {
+                if succeeded {
+                    s.backups_succeeded += 1;
+                } else {
+                    s.backups_failed += 1;
+                }
+                s.last_backup_failed = !succeeded;
+            });
+            self.refresh.notify_one();
+        }
+    }
+
+    fn expire(&self, report: Option<&crate::expire::ExpireReport>) {
+        if let Some(m) = &self.metrics {
+            m.update(|s| match report {
+                Some(r) => {
+                    s.expire_succeeded += 1;
+                    s.last_expire = Some(chrono::Utc::now());
+                    s.last_expire_failed = false;
+                    s.expire_removed_backups += r.removed.len() as u64;
+                    s.expire_removed_wal_objects += r.wal_objects_removed;
+                }
+                None => {
+                    s.expire_failed += 1;
+                    s.last_expire_failed = true;
+                }
+            });
+            self.refresh.notify_one();
         }
     }
 }

@@ -273,3 +273,147 @@ async fn mark_undoes_a_migration(major: u32) {
     );
 }
 crate::pg_test!(mark_undoes_a_migration);
+
+/// One HTTP GET on loopback: (status, body).
+async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+/// `/metrics` parsed by a Prometheus text parser: the value of `name`
+/// (with `label=value` if given).
+async fn scrape(port: u16) -> prometheus_parse::Scrape {
+    let (status, body) = http_get(port, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .unwrap_or_else(|e| panic!("not Prometheus text: {e}\n{body}"))
+}
+
+fn value(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let sample = s
+        .samples
+        .iter()
+        .find(|x| x.metric == name && label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
+        .unwrap_or_else(|| panic!("no {name} {label:?}"));
+    match sample.value {
+        prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        ref other => panic!("{name}: {other:?}"),
+    }
+}
+
+/// The sidecar's metrics and health: the backup it takes at start moves
+/// the backup metrics; under load a scrape shows the lag under the flush
+/// interval and `/health` answers 200; with the store stopped the lag
+/// grows and `/health` answers 503 naming the lag; with the store back it
+/// recovers to 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_follow_the_stream_and_the_store() {
+    let pg = PgCluster::start(15, &PgOptions::default());
+    pg.pgbench(&["-i", "-s", "1", "-q"]);
+    let s3 = S3Server::start();
+    let (env, repo) = s3_env(&s3, "metrics");
+    let port = crate::support::pg::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let stream = StreamProcess::start(
+        &env,
+        pg.port,
+        &[
+            "--flush-interval",
+            "500ms",
+            "--metrics-addr",
+            &addr,
+            "--rpo",
+            "3s",
+            "--backup-schedule",
+            "0 0 1 1 *",
+            "--backup-checkpoint",
+            "fast",
+        ],
+    );
+    // The backup at start (the repository has none) shows in the metrics.
+    crate::support::wait_for(
+        "the first backup in the metrics",
+        Duration::from_secs(60),
+        || async {
+            let s = scrape(port).await;
+            (value(&s, "walvault_backups_total", Some(("result", "success"))) == 1.0
+                && value(&s, "walvault_last_backup_timestamp_seconds", None) > 0.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let s = scrape(port).await;
+    assert!(value(&s, "walvault_last_backup_size_bytes", None) > 0.0);
+    assert!(value(&s, "walvault_earliest_restorable_timestamp_seconds", None) > 0.0);
+    assert_eq!(value(&s, "walvault_streaming", None), 1.0);
+
+    // Under load: the lag falls under the flush interval, and health is ok.
+    let load = pg.pgbench_background(20, 1);
+    crate::support::wait_for(
+        "a scrape with the lag under the flush interval",
+        Duration::from_secs(30),
+        || async {
+            let s = scrape(port).await;
+            let lag = value(&s, "walvault_lag_seconds", None);
+            (value(&s, "walvault_uploaded_objects_total", None) > 0.0 && lag < 0.5).then_some(())
+        },
+    )
+    .await;
+    crate::support::wait_for("/health 200", Duration::from_secs(30), || async {
+        let (status, _) = http_get(port, "/health").await;
+        (status == 200).then_some(())
+    })
+    .await;
+    let (_, body) = http_get(port, "/health").await;
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+
+    // The store stops: the lag grows past the RPO and health fails.
+    s3.pause();
+    let body = crate::support::wait_for("/health 503", Duration::from_secs(30), || async {
+        let (status, body) = http_get(port, "/health").await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let lag = health["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "lag")
+        .unwrap();
+    assert_eq!(lag["status"], "failing", "{health}");
+    let first = value(&scrape(port).await, "walvault_lag_seconds", None);
+    crate::support::wait_for("the lag to grow", Duration::from_secs(10), || async {
+        (value(&scrape(port).await, "walvault_lag_seconds", None) > first + 1.0).then_some(())
+    })
+    .await;
+    assert!(value(&scrape(port).await, "walvault_lag_bytes", None) > 0.0);
+
+    // The store is back: everything is stored and health recovers.
+    s3.resume();
+    crate::support::wait_for("/health 200 again", Duration::from_secs(60), || async {
+        let (status, _) = http_get(port, "/health").await;
+        (status == 200).then_some(())
+    })
+    .await;
+    let out = load.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let s = scrape(port).await;
+    assert!(value(&s, "walvault_store_requests_total", Some(("method", "PUT"))) > 0.0);
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    let _ = repo;
+}

@@ -73,6 +73,17 @@ pub struct Args {
     /// Time between expire runs (besides the run after each scheduled backup).
     #[arg(long, env = "WALVAULT_EXPIRE_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub expire_interval: Duration,
+    /// Serve Prometheus metrics on /metrics and a health verdict on /health at this address
+    /// (e.g. 127.0.0.1:9187).
+    #[arg(long, env = "WALVAULT_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+    /// The recovery point objective: a lag (unstored WAL older than this) over it makes /health
+    /// answer 503.
+    #[arg(long, env = "WALVAULT_RPO", default_value = "60s", value_parser = parse_duration)]
+    pub rpo: Duration,
+    /// A newest backup older than this makes /health answer 207 (degraded).
+    #[arg(long, env = "WALVAULT_BACKUP_MAX_AGE", default_value = "26h", value_parser = parse_duration)]
+    pub backup_max_age: Duration,
 }
 
 /// Runs the stream until SIGINT/SIGTERM.
@@ -122,6 +133,29 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }),
         None => None,
     };
+    let monitoring = match &args.metrics_addr {
+        Some(addr) => {
+            let listener = crate::metrics::http::bind(addr).await.map_err(|e| {
+                crate::config::Error::Invalid {
+                    what: "--metrics-addr",
+                    value: addr.clone(),
+                    reason: format!("cannot listen there: {e}"),
+                }
+            })?;
+            info!(addr = %listener.local_addr().map_or(addr.clone(), |a| a.to_string()), "serving /metrics and /health");
+            Some(sidecar::Monitoring {
+                metrics: crate::metrics::Metrics::new(repo.clone()),
+                listener,
+                thresholds: crate::metrics::health::Thresholds {
+                    rpo: args.rpo,
+                    backup_max_age: args.backup_max_age,
+                },
+                conninfo: opts.conninfo.clone(),
+                slot: opts.slot.clone(),
+            })
+        }
+        None => None,
+    };
     let policy = args.retention.policy();
     let expire = (!policy.is_empty()).then(|| sidecar::ExpireSchedule {
         policy,
@@ -131,7 +165,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
           synchronous = opts.synchronous, "walvault stream starting");
     let shutdown = Shutdown::new();
     shutdown.cancel_on_signals();
-    let (summary, scheduled) = sidecar::run(&opts, backups, expire, &repo, &shutdown)
+    let (summary, scheduled) = sidecar::run(&opts, backups, expire, monitoring, &repo, &shutdown)
         .await
         .context("stream WAL")?;
     info!(durable = %summary.durable, objects = summary.objects, bytes = summary.plain_bytes,

@@ -145,6 +145,12 @@ pub struct UploadStats {
     pub plain_bytes: AtomicU64,
     /// Sealed bytes stored.
     pub stored_bytes: AtomicU64,
+    /// Failed store attempts.
+    pub errors: AtomicU64,
+    /// Attempts after a failure.
+    pub retries: AtomicU64,
+    /// Whether an upload is waiting out an outage now.
+    pub unreachable: std::sync::atomic::AtomicBool,
 }
 
 /// Where the stage reports.
@@ -218,8 +224,9 @@ pub async fn run(stage: Stage, mut jobs: mpsc::Receiver<UploadJob>) -> Result<()
                         next_seq += 1;
                         let repo = stage.repo.clone();
                         let cancel = stage.cancel.clone();
+                        let stats = stage.stats.clone();
                         in_flight.push(async move {
-                            let r = store(&repo, &job, &cancel).await;
+                            let r = store(&repo, &job, &cancel, &stats).await;
                             (seq, job, r)
                         });
                     }
@@ -257,6 +264,7 @@ async fn store(
     repo: &Repository,
     job: &UploadJob,
     cancel: &CancellationToken,
+    stats: &UploadStats,
 ) -> Result<Option<(u64, u32)>, storage::Error> {
     let crc32c = match job.kind {
         ObjectKind::BackupPart { .. } => {
@@ -281,19 +289,29 @@ async fn store(
     };
     let mut outage_logged = false;
     loop {
+        let mut attempts = 0u32;
         let result = storage::retry(&job.key, cancel, || {
             let pieces = job.pieces.clone();
+            attempts += 1;
+            if attempts > 1 || outage_logged {
+                stats.retries.fetch_add(1, Relaxed);
+            }
             async move {
-                match seal {
+                let r = match seal {
                     Some(s) => repo.put_sealed_with(&job.key, pieces, s).await,
                     None => repo.put_sealed(&job.key, pieces).await,
+                };
+                if r.is_err() {
+                    stats.errors.fetch_add(1, Relaxed);
                 }
+                r
             }
         })
         .await;
         match result {
             Ok(size) => {
                 if outage_logged {
+                    stats.unreachable.store(false, Relaxed);
                     info!(
                         key = job.key,
                         "object store reachable again, upload resumed"
@@ -308,6 +326,7 @@ async fn store(
                     error!(key = job.key, error = %crate::error::chain(&e),
                         "object store unavailable; holding data in memory and retrying");
                     outage_logged = true;
+                    stats.unreachable.store(true, Relaxed);
                 }
                 tokio::select! {
                     biased;

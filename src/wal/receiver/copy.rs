@@ -40,6 +40,10 @@ impl Stream<'_> {
         let jobs_tx = self.jobs_tx.clone();
         let memory = self.memory.clone();
         self.send_status(conn, false).await?;
+        if let Some(m) = &self.metrics {
+            m.streaming
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         loop {
             let has_room = self.memory.has_room_for(MAX_XLOGDATA_BYTES);
             match (has_room, memory_full_since) {
@@ -101,12 +105,19 @@ impl Stream<'_> {
                         CopyEvent::Data(payload) => {
                             match decode_replication_message(payload)? {
                                 ReplicationMessage::XLogData(x) => {
+                                    if let Some(m) = &self.metrics {
+                                        m.server_at(x.wal_end);
+                                        m.received(x.start + x.data.len() as u64);
+                                    }
                                     self.receive(x.start, x.data)?;
                                     if self.opts.synchronous && !conn.has_buffered_message() {
                                         self.queue_delta();
                                     }
                                 }
                                 ReplicationMessage::Keepalive(k) => {
+                                    if let Some(m) = &self.metrics {
+                                        m.server_at(k.wal_end);
+                                    }
                                     if k.reply_requested {
                                         self.send_status(conn, false).await?;
                                     }

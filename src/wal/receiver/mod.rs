@@ -158,6 +158,7 @@ struct Stream<'a> {
     /// Where to go on when the server no longer has the WAL of a hole the
     /// run started at: the end of the archive's newest WAL.
     fallback_start: Option<(TimelineId, Lsn)>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Variations on the sidecar stream, for backups that need a WAL range.
@@ -173,6 +174,8 @@ pub struct StreamPlan {
     pub slot_ready: bool,
     /// Publish the durable LSN here, for others to watch.
     pub durable: Option<watch::Sender<Lsn>>,
+    /// Report to the sidecar's metrics.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Runs the stream until `shutdown.graceful` fires (then drains and
@@ -193,7 +196,13 @@ pub async fn run(
 ) -> Result<StreamSummary, Error> {
     let abort = shutdown.abort.child_token();
     let memory = Arc::new(MemoryBudget::new(opts.memory_budget_bytes));
-    let stats = Arc::new(UploadStats::default());
+    let stats = plan
+        .metrics
+        .as_ref()
+        .map_or_else(|| Arc::new(UploadStats::default()), |m| m.upload.clone());
+    if let Some(m) = &plan.metrics {
+        m.set_memory(memory.clone());
+    }
     let durable_tx = plan
         .durable
         .take()
@@ -245,6 +254,7 @@ pub async fn run(
         stop_at: plan.stop_at,
         slot_ready: plan.slot_ready,
         fallback_start: None,
+        metrics: plan.metrics.clone(),
     };
 
     let mut backoff = FIRST_RECONNECT_BACKOFF;
@@ -268,6 +278,10 @@ pub async fn run(
             match connect_checked(opts, repo, shutdown).await {
                 Ok(Some((c, size))) if size == segment_size => {
                     conn = c;
+                    if let Some(m) = &stream.metrics {
+                        m.reconnects
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     backoff = FIRST_RECONNECT_BACKOFF;
                     break;
                 }
@@ -395,7 +409,12 @@ impl Stream<'_> {
                 StartReplication::Streaming => {
                     debug!(timeline = %timeline, start = %start, "replication started");
                     // A removed segment is reported after CopyBothResponse.
-                    let ended = match self.copy_loop(conn, shutdown, status_interval).await {
+                    let copied = self.copy_loop(conn, shutdown, status_interval).await;
+                    if let Some(m) = &self.metrics {
+                        m.streaming
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let ended = match copied {
                         Err(Error::Protocol(e)) if e.sqlstate() == Some("58P01") => {
                             return self.wal_removed(e).await;
                         }

@@ -1,0 +1,470 @@
+//! What the sidecar knows about itself, for Prometheus (`/metrics`) and for
+//! `/health`. The stream, the upload stage, the backup schedule, expire and
+//! a slow observer (slot status, the repository's backups) write here; the
+//! HTTP endpoint only reads. The lag is measured against the repository:
+//! WAL received from the server but not yet stored.
+
+pub mod health;
+pub mod http;
+mod observer;
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::lsn::Lsn;
+use crate::pipeline::memory::MemoryBudget;
+use crate::pipeline::upload::UploadStats;
+use crate::storage::Repository;
+
+pub use observer::observe;
+
+/// Received WAL is grouped into steps of this length for the lag in
+/// seconds; the lag is exact to about this.
+const LAG_STEP: Duration = Duration::from_millis(100);
+/// The most steps kept; older ones merge (about 30 minutes at one step per
+/// 100 ms, far beyond any RPO worth alerting on).
+const MAX_LAG_STEPS: usize = 18_000;
+
+/// The sidecar's state, shared by its tasks.
+pub struct Metrics {
+    started: Instant,
+    repo: Repository,
+    /// Uploads of the WAL stream.
+    pub upload: Arc<UploadStats>,
+    memory: OnceLock<Arc<MemoryBudget>>,
+    /// Whether a replication connection is copying WAL now.
+    pub streaming: AtomicBool,
+    /// Replication connections made after the first.
+    pub reconnects: AtomicU64,
+    server_lsn: AtomicU64,
+    received_lsn: AtomicU64,
+    durable_lsn: AtomicU64,
+    lag: Mutex<LagSteps>,
+    /// Backup, expire, slot and repository views.
+    pub state: Mutex<State>,
+}
+
+/// The slower-changing part, updated as things happen.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    /// Scheduled backups that succeeded and failed.
+    pub backups_succeeded: u64,
+    /// Scheduled backups that failed.
+    pub backups_failed: u64,
+    /// Whether the last scheduled backup failed.
+    pub last_backup_failed: bool,
+    /// The newest backup in the repository.
+    pub newest_backup: Option<BackupFacts>,
+    /// The stop time of the oldest backup whose WAL range is whole.
+    pub earliest_restorable: Option<DateTime<Utc>>,
+    /// Expire runs that succeeded.
+    pub expire_succeeded: u64,
+    /// Expire runs that failed.
+    pub expire_failed: u64,
+    /// When expire last completed.
+    pub last_expire: Option<DateTime<Utc>>,
+    /// Whether the last expire run failed.
+    pub last_expire_failed: bool,
+    /// Backups expire removed since start.
+    pub expire_removed_backups: u64,
+    /// WAL objects expire removed since start.
+    pub expire_removed_wal_objects: u64,
+    /// The slot, as `pg_replication_slots` shows it.
+    pub slot: Option<SlotFacts>,
+    /// The newest drill recorded in the repository.
+    pub last_drill: Option<DrillFacts>,
+}
+
+/// The newest backup.
+#[derive(Clone, Debug)]
+pub struct BackupFacts {
+    /// Its id.
+    pub id: String,
+    /// When it stopped.
+    pub stop_time: DateTime<Utc>,
+    /// Database bytes.
+    pub size_bytes: u64,
+    /// Stored bytes.
+    pub stored_bytes: u64,
+    /// How long it took.
+    pub duration_seconds: f64,
+}
+
+/// The slot's status.
+#[derive(Clone, Debug)]
+pub struct SlotFacts {
+    /// `wal_status`: reserved, extended, unreserved, lost (or missing).
+    pub wal_status: String,
+    /// `safe_wal_size` in bytes (`None` without `max_slot_wal_keep_size`).
+    pub safe_wal_size: Option<i64>,
+    /// `max_slot_wal_keep_size` in bytes (`None` for unlimited).
+    pub max_keep_bytes: Option<i64>,
+}
+
+/// The newest restore drill.
+#[derive(Clone, Debug)]
+pub struct DrillFacts {
+    /// Whether it succeeded.
+    pub success: bool,
+    /// When it ended.
+    pub time: DateTime<Utc>,
+}
+
+/// Received WAL in time order: (end LSN, when received).
+#[derive(Debug, Default)]
+struct LagSteps {
+    steps: VecDeque<(u64, Instant)>,
+}
+
+impl Metrics {
+    /// Fresh metrics for a sidecar writing to `repo`.
+    pub fn new(repo: Repository) -> Arc<Self> {
+        Arc::new(Metrics {
+            started: Instant::now(),
+            repo,
+            upload: Arc::new(UploadStats::default()),
+            memory: OnceLock::new(),
+            streaming: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
+            server_lsn: AtomicU64::new(0),
+            received_lsn: AtomicU64::new(0),
+            durable_lsn: AtomicU64::new(0),
+            lag: Mutex::new(LagSteps::default()),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// The memory budget the stream counts in.
+    pub fn set_memory(&self, memory: Arc<MemoryBudget>) {
+        let _ = self.memory.set(memory);
+    }
+
+    /// The server's WAL position, from XLogData and keepalives.
+    pub fn server_at(&self, lsn: Lsn) {
+        self.server_lsn.fetch_max(lsn.0, Relaxed);
+    }
+
+    /// WAL up to `end` arrived now.
+    pub fn received(&self, end: Lsn) {
+        self.received_lsn.fetch_max(end.0, Relaxed);
+        self.server_at(end);
+        let now = Instant::now();
+        let mut lag = self.lag.lock().expect("not poisoned");
+        match lag.steps.back_mut() {
+            Some((last_end, at)) if now.duration_since(*at) < LAG_STEP => {
+                *last_end = (*last_end).max(end.0);
+            }
+            _ => lag.steps.push_back((end.0, now)),
+        }
+        if lag.steps.len() > MAX_LAG_STEPS {
+            // Merge the two oldest: the older time stays, so the lag errs long.
+            let (_, at) = lag.steps.pop_front().expect("not empty");
+            if let Some(front) = lag.steps.front_mut() {
+                front.1 = at;
+            }
+        }
+    }
+
+    /// Everything below `lsn` is stored.
+    pub fn durable(&self, lsn: Lsn) {
+        self.durable_lsn.fetch_max(lsn.0, Relaxed);
+        let mut lag = self.lag.lock().expect("not poisoned");
+        while lag.steps.front().is_some_and(|(end, _)| *end <= lsn.0) {
+            lag.steps.pop_front();
+        }
+    }
+
+    /// Bytes received (or known on the server) but not stored.
+    pub fn lag_bytes(&self) -> u64 {
+        let ahead = self
+            .server_lsn
+            .load(Relaxed)
+            .max(self.received_lsn.load(Relaxed));
+        ahead.saturating_sub(self.durable_lsn.load(Relaxed))
+    }
+
+    /// How long the oldest WAL not yet stored has waited: the data-loss
+    /// window right now.
+    pub fn lag_seconds(&self) -> f64 {
+        let lag = self.lag.lock().expect("not poisoned");
+        lag.steps
+            .front()
+            .map_or(0.0, |(_, at)| at.elapsed().as_secs_f64())
+    }
+
+    /// The store failed the last attempts of an upload and is being retried.
+    pub fn store_unreachable(&self) -> bool {
+        self.upload.unreachable.load(Relaxed)
+    }
+
+    /// A copy of the slower state.
+    pub fn snapshot(&self) -> State {
+        self.state.lock().expect("not poisoned").clone()
+    }
+
+    /// Updates the slower state.
+    pub fn update(&self, f: impl FnOnce(&mut State)) {
+        f(&mut self.state.lock().expect("not poisoned"));
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self, health: &health::Health) -> String {
+        let s = self.snapshot();
+        let mut out = String::with_capacity(4096);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+            let _ = writeln!(out, "# HELP walvault_{name} {help}");
+            let _ = writeln!(out, "# TYPE walvault_{name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "walvault_{name}{labels} {v}");
+            }
+        };
+        let ts = |t: Option<DateTime<Utc>>| t.map_or(0.0, |t| t.timestamp() as f64);
+        let b = |x: bool| if x { 1.0 } else { 0.0 };
+        metric("up", "gauge", "1 while the sidecar runs.", &[("", 1.0)]);
+        metric(
+            "uptime_seconds",
+            "gauge",
+            "Seconds since the sidecar started.",
+            &[("", self.started.elapsed().as_secs_f64())],
+        );
+        metric(
+            "streaming",
+            "gauge",
+            "1 while a replication connection copies WAL.",
+            &[("", b(self.streaming.load(Relaxed)))],
+        );
+        metric(
+            "reconnects_total",
+            "counter",
+            "Replication connections made after the first.",
+            &[("", self.reconnects.load(Relaxed) as f64)],
+        );
+        metric(
+            "server_wal_lsn",
+            "gauge",
+            "The server's WAL position as last reported, as a byte number.",
+            &[("", self.server_lsn.load(Relaxed) as f64)],
+        );
+        metric(
+            "received_lsn",
+            "gauge",
+            "End of the WAL received, as a byte number.",
+            &[("", self.received_lsn.load(Relaxed) as f64)],
+        );
+        metric(
+            "durable_lsn",
+            "gauge",
+            "End of the WAL stored in the repository without a hole, as a byte number.",
+            &[("", self.durable_lsn.load(Relaxed) as f64)],
+        );
+        metric(
+            "lag_bytes",
+            "gauge",
+            "WAL on the server or received but not stored: the data-loss window in bytes.",
+            &[("", self.lag_bytes() as f64)],
+        );
+        metric(
+            "lag_seconds",
+            "gauge",
+            "How long the oldest WAL not yet stored has waited: the data-loss window in seconds.",
+            &[("", self.lag_seconds())],
+        );
+        metric(
+            "uploaded_objects_total",
+            "counter",
+            "WAL objects stored (segments, deltas, history files).",
+            &[("", self.upload.objects.load(Relaxed) as f64)],
+        );
+        metric(
+            "uploaded_bytes_total",
+            "counter",
+            "Plaintext WAL bytes stored.",
+            &[("", self.upload.plain_bytes.load(Relaxed) as f64)],
+        );
+        metric(
+            "stored_bytes_total",
+            "counter",
+            "Sealed bytes of stored WAL objects.",
+            &[("", self.upload.stored_bytes.load(Relaxed) as f64)],
+        );
+        metric(
+            "upload_errors_total",
+            "counter",
+            "Failed store attempts of WAL uploads.",
+            &[("", self.upload.errors.load(Relaxed) as f64)],
+        );
+        metric(
+            "upload_retries_total",
+            "counter",
+            "WAL uploads tried again after a failure.",
+            &[("", self.upload.retries.load(Relaxed) as f64)],
+        );
+        metric(
+            "store_unreachable",
+            "gauge",
+            "1 while the store fails every attempt and uploads wait.",
+            &[("", b(self.store_unreachable()))],
+        );
+        let r = self.repo.requests();
+        metric(
+            "store_requests_total",
+            "counter",
+            "Requests to the object store by method.",
+            &[
+                ("{method=\"PUT\"}", r.put.load(Relaxed) as f64),
+                ("{method=\"GET\"}", r.get.load(Relaxed) as f64),
+                ("{method=\"LIST\"}", r.list.load(Relaxed) as f64),
+                ("{method=\"DELETE\"}", r.delete.load(Relaxed) as f64),
+            ],
+        );
+        let (used, limit) = self
+            .memory
+            .get()
+            .map_or((0, 0), |m| (m.used_bytes(), m.limit_bytes()));
+        metric(
+            "memory_used_bytes",
+            "gauge",
+            "WAL held in memory before it is stored.",
+            &[("", used as f64)],
+        );
+        metric(
+            "memory_budget_bytes",
+            "gauge",
+            "The memory budget (--memory-budget).",
+            &[("", limit as f64)],
+        );
+        metric(
+            "backups_total",
+            "counter",
+            "Scheduled backups by result.",
+            &[
+                ("{result=\"success\"}", s.backups_succeeded as f64),
+                ("{result=\"failure\"}", s.backups_failed as f64),
+            ],
+        );
+        metric(
+            "last_backup_failed",
+            "gauge",
+            "1 when the last scheduled backup failed.",
+            &[("", b(s.last_backup_failed))],
+        );
+        let nb = s.newest_backup.as_ref();
+        metric(
+            "last_backup_timestamp_seconds",
+            "gauge",
+            "Stop time of the newest backup in the repository (0: none).",
+            &[("", ts(nb.map(|b| b.stop_time)))],
+        );
+        metric(
+            "last_backup_size_bytes",
+            "gauge",
+            "Database size of the newest backup.",
+            &[("", nb.map_or(0.0, |b| b.size_bytes as f64))],
+        );
+        metric(
+            "last_backup_stored_bytes",
+            "gauge",
+            "Stored size of the newest backup.",
+            &[("", nb.map_or(0.0, |b| b.stored_bytes as f64))],
+        );
+        metric(
+            "last_backup_duration_seconds",
+            "gauge",
+            "How long the newest backup took.",
+            &[("", nb.map_or(0.0, |b| b.duration_seconds))],
+        );
+        metric(
+            "earliest_restorable_timestamp_seconds",
+            "gauge",
+            "Stop time of the oldest backup whose WAL range is whole (0: none).",
+            &[("", ts(s.earliest_restorable))],
+        );
+        let latest = (self.durable_lsn.load(Relaxed) > 0).then(|| {
+            Utc::now() - chrono::Duration::milliseconds((self.lag_seconds() * 1000.0) as i64)
+        });
+        metric(
+            "latest_restorable_timestamp_seconds",
+            "gauge",
+            "About the newest commit time the archive holds: now minus the lag.",
+            &[("", ts(latest))],
+        );
+        let statuses = ["reserved", "extended", "unreserved", "lost", "missing"];
+        let current = s.slot.as_ref().map(|x| x.wal_status.as_str());
+        let slot_samples: Vec<(String, f64)> = statuses
+            .iter()
+            .map(|st| (format!("{{wal_status=\"{st}\"}}"), b(current == Some(*st))))
+            .collect();
+        let slot_refs: Vec<(&str, f64)> =
+            slot_samples.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "slot_wal_status",
+            "gauge",
+            "The slot's wal_status (1 for the current one).",
+            &slot_refs,
+        );
+        metric(
+            "slot_safe_wal_size_bytes",
+            "gauge",
+            "WAL the server may still write before the slot is lost (-1: unlimited or unknown).",
+            &[(
+                "",
+                s.slot
+                    .as_ref()
+                    .and_then(|x| x.safe_wal_size)
+                    .map_or(-1.0, |v| v as f64),
+            )],
+        );
+        metric(
+            "expire_runs_total",
+            "counter",
+            "Expire runs by result.",
+            &[
+                ("{result=\"success\"}", s.expire_succeeded as f64),
+                ("{result=\"failure\"}", s.expire_failed as f64),
+            ],
+        );
+        metric(
+            "last_expire_timestamp_seconds",
+            "gauge",
+            "When expire last completed (0: never).",
+            &[("", ts(s.last_expire))],
+        );
+        metric(
+            "expire_removed_backups_total",
+            "counter",
+            "Backups expire removed.",
+            &[("", s.expire_removed_backups as f64)],
+        );
+        metric(
+            "expire_removed_wal_objects_total",
+            "counter",
+            "WAL objects expire removed.",
+            &[("", s.expire_removed_wal_objects as f64)],
+        );
+        metric(
+            "restore_test_success",
+            "gauge",
+            "1 when the newest restore drill succeeded, 0 when it failed (-1: none yet).",
+            &[("", s.last_drill.as_ref().map_or(-1.0, |d| b(d.success)))],
+        );
+        metric(
+            "restore_test_timestamp_seconds",
+            "gauge",
+            "When the newest restore drill ended (0: none).",
+            &[("", ts(s.last_drill.as_ref().map(|d| d.time)))],
+        );
+        metric(
+            "health_status",
+            "gauge",
+            "0 ok, 1 degraded, 2 failing (as /health).",
+            &[("", f64::from(health.status.level()))],
+        );
+        out
+    }
+}

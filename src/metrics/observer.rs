@@ -1,0 +1,112 @@
+//! The slow half of the metrics: the slot's status from the server and the
+//! backups the repository holds, read on an interval (and the repository
+//! again whenever asked, e.g. after a backup or an expire run).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{BackupFacts, Metrics, SlotFacts};
+use crate::protocol::{ConnInfo, ReplicationConnection};
+use crate::storage::Repository;
+use crate::wal::inventory::WalInventory;
+
+/// How often the slot is read.
+pub const SLOT_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the repository's backups are read without being asked.
+pub const REPOSITORY_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Reads the slot every [`SLOT_INTERVAL`] and the repository every
+/// [`REPOSITORY_INTERVAL`] or when `refresh` is notified, until `cancel`.
+pub async fn observe(
+    metrics: Arc<Metrics>,
+    repo: Repository,
+    conninfo: ConnInfo,
+    slot: String,
+    refresh: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let mut slot_tick = tokio::time::interval(SLOT_INTERVAL);
+    let mut repo_tick = tokio::time::interval(REPOSITORY_INTERVAL);
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            _ = slot_tick.tick() => {
+                if let Some(facts) = read_slot(&conninfo, &slot).await {
+                    metrics.update(|s| s.slot = Some(facts));
+                }
+            }
+            _ = repo_tick.tick() => read_repository(&metrics, &repo).await,
+            () = refresh.notified() => read_repository(&metrics, &repo).await,
+        }
+    }
+}
+
+async fn read_slot(conninfo: &ConnInfo, slot: &str) -> Option<SlotFacts> {
+    let mut conn = match ReplicationConnection::connect(&conninfo.for_sql()).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %crate::error::chain(&e), "cannot read the slot's status");
+            return None;
+        }
+    };
+    let quoted = slot.replace('\'', "''");
+    let q = conn
+        .simple_query(&format!(
+            "SELECT (SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{quoted}'), \
+             (SELECT safe_wal_size FROM pg_replication_slots WHERE slot_name = '{quoted}'), \
+             pg_size_bytes(nullif(current_setting('max_slot_wal_keep_size'), '-1'))"
+        ))
+        .await
+        .ok();
+    conn.terminate().await;
+    let q = q?;
+    Some(SlotFacts {
+        wal_status: q.get(0, 0).unwrap_or("missing").to_string(),
+        safe_wal_size: q.get(0, 1).and_then(|v| v.parse().ok()),
+        max_keep_bytes: q.get(0, 2).and_then(|v| v.parse().ok()),
+    })
+}
+
+/// Reads the newest backup and the oldest restorable one.
+pub async fn read_repository(metrics: &Metrics, repo: &Repository) {
+    let backups = match crate::backup::list_backups(repo).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %crate::error::chain(&e), "metrics: cannot list backups");
+            return;
+        }
+    };
+    let newest = backups.last().map(|b| BackupFacts {
+        id: b.id.clone(),
+        stop_time: b.stop_time,
+        size_bytes: b.plain_bytes,
+        stored_bytes: b.stored_bytes,
+        duration_seconds: b.duration_seconds,
+    });
+    let earliest = match backups.first() {
+        Some(first) => match WalInventory::scan(repo, first.wal_segment_size).await {
+            Ok(inv) => backups
+                .iter()
+                .find(|b| {
+                    inv.first_missing(
+                        b.wal_range.timeline,
+                        b.wal_range.start_lsn,
+                        b.wal_range.stop_lsn,
+                        b.wal_segment_size,
+                    )
+                    .is_none()
+                })
+                .map(|b| b.stop_time),
+            Err(_) => None,
+        },
+        None => None,
+    };
+    metrics.update(|s| {
+        s.newest_backup = newest;
+        s.earliest_restorable = earliest;
+    });
+}

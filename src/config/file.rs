@@ -688,6 +688,9 @@ impl<'c> Places<'c> {
     /// Help for an unknown key in `table` (`None`: the top level): where it
     /// belongs, the closest key, or the valid keys.
     fn hint(&self, key: &str, table: Option<&str>) -> String {
+        // `flush-interval` is looked up as `flush_interval`.
+        let key = key.replace('-', "_");
+        let key = key.as_str();
         if table != Some(REPOSITORY_TABLE)
             && self.keys_of(REPOSITORY_TABLE).iter().any(|k| k == key)
         {
@@ -1119,6 +1122,8 @@ mod tests {
             m.contains("unknown key slto in [stream]") && m.contains("did you mean slot?"),
             "{m}"
         );
+        let m = message("[stream]\nupload-concurrency = 2\n");
+        assert!(m.contains("did you mean upload_concurrency?"), "{m}");
         let m = message("[stream]\nsomething = 1\n");
         assert!(
             m.contains("valid keys: ") && m.contains("upload_concurrency"),

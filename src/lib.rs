@@ -8,9 +8,11 @@
 //! every byte below it is in the store.
 
 pub mod backup;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod expire;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -20,6 +22,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod protocol;
 pub mod restore;
+pub mod retention;
 pub mod schedule;
 pub mod server;
 pub mod shutdown;

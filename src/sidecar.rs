@@ -2,12 +2,16 @@
 //! one shutdown. A scheduled backup runs on its own connection while WAL
 //! keeps streaming and takes its WAL from the stream's durable LSN. A failed
 //! (or panicked) backup is logged and counted and the schedule goes on.
+//! With a retention policy, expire runs after every scheduled backup and on
+//! its own interval; it removes nothing while a backup runs.
 
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::backup::{self, BackupOptions, WalSource};
+use crate::expire::ExpireOptions;
 use crate::lsn::Lsn;
+use crate::retention::Policy;
 use crate::schedule::Schedule;
 use crate::shutdown::Shutdown;
 use crate::storage::Repository;
@@ -31,7 +35,16 @@ pub struct ScheduleSummary {
     pub failed: u64,
 }
 
-/// Runs the stream and, when given, the backup schedule until
+/// Retention in the sidecar.
+#[derive(Clone, Debug)]
+pub struct ExpireSchedule {
+    /// What to keep.
+    pub policy: Policy,
+    /// Time between runs (besides the run after each backup).
+    pub interval: std::time::Duration,
+}
+
+/// Runs the stream and, when given, the backup schedule and expire until
 /// `shutdown.graceful` fires.
 ///
 /// # Errors
@@ -42,17 +55,32 @@ pub struct ScheduleSummary {
 pub async fn run(
     stream: &StreamOptions,
     backups: Option<BackupSchedule>,
+    expire: Option<ExpireSchedule>,
     repo: &Repository,
     shutdown: &Shutdown,
 ) -> Result<(StreamSummary, ScheduleSummary), receiver::Error> {
     let mut plan = StreamPlan::default();
+    let backup_done = std::sync::Arc::new(tokio::sync::Notify::new());
     let scheduler = backups.map(|b| {
         let (durable_tx, durable_rx) = watch::channel(Lsn::INVALID);
         plan.durable = Some(durable_tx);
-        tokio::spawn(run_schedule(b, repo.clone(), durable_rx, shutdown.child()))
+        tokio::spawn(run_schedule(
+            b,
+            repo.clone(),
+            durable_rx,
+            shutdown.child(),
+            backup_done.clone(),
+        ))
     });
+    let expirer =
+        expire.map(|e| tokio::spawn(run_expire(e, repo.clone(), shutdown.child(), backup_done)));
     let summary = receiver::run(stream, repo, shutdown, plan).await;
     shutdown.graceful.cancel();
+    if let Some(task) = expirer
+        && let Err(e) = task.await
+    {
+        error!(error = %e, "the expire task panicked");
+    }
     let mut scheduled = ScheduleSummary::default();
     if let Some(task) = scheduler {
         match task.await {
@@ -70,6 +98,7 @@ async fn run_schedule(
     repo: Repository,
     durable: watch::Receiver<Lsn>,
     shutdown: Shutdown,
+    backup_done: std::sync::Arc<tokio::sync::Notify>,
 ) -> ScheduleSummary {
     let mut summary = ScheduleSummary::default();
     let mut due_now = match backup::list_backups(&repo).await {
@@ -114,6 +143,7 @@ async fn run_schedule(
                     bytes = meta.plain_bytes,
                     "scheduled backup complete"
                 );
+                backup_done.notify_one();
             }
             Ok(Err(e)) => {
                 summary.failed += 1;
@@ -123,6 +153,53 @@ async fn run_schedule(
                 summary.failed += 1;
                 error!(error = %e, "scheduled backup panicked");
             }
+        }
+    }
+}
+
+/// Runs expire every `interval` and after each scheduled backup, until
+/// shutdown. Failures are logged; the next run tries again.
+async fn run_expire(
+    e: ExpireSchedule,
+    repo: Repository,
+    shutdown: Shutdown,
+    backup_done: std::sync::Arc<tokio::sync::Notify>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.graceful.cancelled() => return,
+            () = backup_done.notified() => {}
+            () = tokio::time::sleep(e.interval) => {}
+        }
+        let segment_size = match repo.open_manifest().await {
+            Ok(Some(m)) => m.wal_segment_size,
+            Ok(None) => continue,
+            Err(err) => {
+                error!(error = %crate::error::chain(&err), "expire cannot read the repository");
+                continue;
+            }
+        };
+        let opts = ExpireOptions {
+            policy: e.policy.clone(),
+            now: chrono::Utc::now(),
+            dry_run: false,
+            orphan_grace: backup::DEFAULT_ORPHAN_GRACE,
+        };
+        match crate::expire::run(&repo, segment_size, &opts).await {
+            Ok(r) if r.skipped.is_some() => {
+                info!(
+                    reason = r.skipped.as_deref().unwrap_or_default(),
+                    "expire skipped"
+                );
+            }
+            Ok(r) => info!(
+                backups_removed = r.removed.len(),
+                wal_objects_removed = r.wal_objects_removed,
+                floor = r.floor_lsn.as_deref().unwrap_or("-"),
+                "expire complete"
+            ),
+            Err(err) => error!(error = %crate::error::chain(&err), "expire failed"),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::pg_test;
 use crate::support::archive::wait_archived;
 use crate::support::pg::{PgCluster, PgOptions};
-use crate::support::process::{KEY, RepoEnv, StreamProcess};
+use crate::support::process::{KEY, RepoEnv, StreamProcess, walvault_bin};
 use walvault::format::{Keyring, MasterKey, SealOptions};
 use walvault::storage::Repository;
 
@@ -288,7 +288,7 @@ async fn wal_fetch_runs_from_a_settings_file_alone() {
     .to_file_name(MIB);
     let dest = dir.path().join("RECOVERYXLOG");
     let fetch = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_walvault"))
+        std::process::Command::new(walvault_bin())
             .env_clear()
             .args([
                 "wal-fetch",

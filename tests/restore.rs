@@ -11,14 +11,14 @@ use walvault::lsn::Lsn;
 use crate::pg_test;
 use crate::support::archive::wait_archived;
 use crate::support::pg::{PgCluster, PgOptions};
-use crate::support::process::{KEY, RepoEnv, StreamProcess};
+use crate::support::process::{KEY, RepoEnv, StreamProcess, walvault_bin};
 use crate::support::s3::S3Server;
 use crate::support::wait_for;
 
 const MIB: u64 = 1 << 20;
 
 /// Waits until recovery on a restored cluster has ended and it was promoted.
-async fn wait_promoted(restored: &PgCluster) {
+pub(crate) async fn wait_promoted(restored: &PgCluster) {
     wait_for(
         "recovery to reach its target and promote",
         Duration::from_secs(90),
@@ -37,7 +37,7 @@ async fn wait_promoted(restored: &PgCluster) {
     .await;
 }
 
-fn text(o: &std::process::Output) -> String {
+pub(crate) fn text(o: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -46,7 +46,7 @@ fn text(o: &std::process::Output) -> String {
 }
 
 /// The repository settings for a test against the S3 server, encrypted.
-fn s3_env(s3: &S3Server, prefix: &str) -> (RepoEnv, walvault::storage::Repository) {
+pub(crate) fn s3_env(s3: &S3Server, prefix: &str) -> (RepoEnv, walvault::storage::Repository) {
     let mut env = s3.env();
     env.push(("WALVAULT_KEY".into(), KEY.into()));
     let repo = s3.repository(prefix, Keyring::single(MasterKey::from_hex(KEY).unwrap()));
@@ -59,7 +59,7 @@ fn s3_env(s3: &S3Server, prefix: &str) -> (RepoEnv, walvault::storage::Repositor
     )
 }
 
-fn conn_of(pg: &PgCluster) -> String {
+pub(crate) fn conn_of(pg: &PgCluster) -> String {
     format!(
         "host=127.0.0.1 port={} user=postgres sslmode=disable",
         pg.port
@@ -67,14 +67,14 @@ fn conn_of(pg: &PgCluster) -> String {
 }
 
 /// A restored, running cluster; its directory goes when it has stopped.
-struct Restored {
-    pg: PgCluster,
+pub(crate) struct Restored {
+    pub(crate) pg: PgCluster,
     _dir: tempfile::TempDir,
 }
 
 /// Restores with `args` into a new directory, starts the result, waits for
 /// promotion and returns the ledger's ids in order ("0,1,2,...").
-async fn restore_ledger(major: u32, env: &RepoEnv, args: &[&str]) -> (String, Restored) {
+pub(crate) async fn restore_ledger(major: u32, env: &RepoEnv, args: &[&str]) -> (String, Restored) {
     let dir = tempfile::Builder::new()
         .prefix("walvault-restore")
         .tempdir()
@@ -103,7 +103,7 @@ async fn restore_ledger(major: u32, env: &RepoEnv, args: &[&str]) -> (String, Re
     )
 }
 
-fn ids(range: std::ops::Range<i32>) -> String {
+pub(crate) fn ids(range: std::ops::Range<i32>) -> String {
     range.map(|i| i.to_string()).collect::<Vec<_>>().join(",")
 }
 
@@ -539,7 +539,7 @@ async fn restore_and_start(major: u32) {
     let pgdata = dir.path().join("data");
     let (bin, _) = pg_install(major);
     let port = free_port();
-    let mut cmd = command_as_server_user(Path::new(env!("CARGO_BIN_EXE_walvault")), major);
+    let mut cmd = command_as_server_user(&walvault_bin(), major);
     cmd.env("WALVAULT_REPO", &env.url).env("HOME", "/tmp");
     for (k, v) in &env.env {
         cmd.env(k, v);
@@ -798,7 +798,7 @@ async fn standby_pause_and_shutdown() {
     for action in ["pause", "shutdown"] {
         let pgdata = dir.path().join(action);
         let port = free_port();
-        let mut cmd = command_as_server_user(Path::new(env!("CARGO_BIN_EXE_walvault")), 15);
+        let mut cmd = command_as_server_user(&walvault_bin(), 15);
         cmd.env("WALVAULT_REPO", &env.url).env("HOME", "/tmp");
         for (k, v) in &env.env {
             cmd.env(k, v);

@@ -42,6 +42,44 @@ pub async fn list_backups(repo: &Repository) -> Result<Vec<BackupMetadata>, stor
     Ok(out)
 }
 
+/// Backups without `backup.json`, by what their objects say.
+#[derive(Debug, Default)]
+pub struct Unfinished {
+    /// Ids with an object newer than the grace period: running (or just
+    /// interrupted; either way not to be touched yet).
+    pub running: Vec<String>,
+    /// Dead ones (every object, heartbeats included, older than the grace
+    /// period): id and keys.
+    pub dead: Vec<(String, Vec<String>)>,
+}
+
+/// Sorts the backups of a `backups/` listing that never wrote
+/// `backup.json` into running and dead.
+pub fn unfinished(objects: &[storage::ObjectInfo], grace: Duration) -> Unfinished {
+    let mut by_id: BTreeMap<&str, Vec<&storage::ObjectInfo>> = BTreeMap::new();
+    for o in objects {
+        if let Some(id) = layout::backup_id_of(&o.key) {
+            by_id.entry(id).or_default().push(o);
+        }
+    }
+    let now = chrono::Utc::now();
+    let mut out = Unfinished::default();
+    for (id, objs) in by_id {
+        if objs.iter().any(|o| o.key == layout::backup_json_key(id)) {
+            continue;
+        }
+        let newest = objs.iter().map(|o| o.last_modified).max().unwrap_or(now);
+        let age = (now - newest).to_std().unwrap_or_default();
+        if age < grace {
+            out.running.push(id.to_string());
+        } else {
+            out.dead
+                .push((id.to_string(), objs.iter().map(|o| o.key.clone()).collect()));
+        }
+    }
+    out
+}
+
 /// Deletes the objects of backups that never wrote `backup.json` and whose
 /// newest object is older than `grace` (an interrupted run).
 ///
@@ -49,30 +87,14 @@ pub async fn list_backups(repo: &Repository) -> Result<Vec<BackupMetadata>, stor
 /// Store errors.
 pub async fn clean_orphans(repo: &Repository, grace: Duration) -> Result<usize, storage::Error> {
     let objects = repo.list(layout::BACKUPS_PREFIX).await?;
-    let mut by_id: BTreeMap<String, Vec<storage::ObjectInfo>> = BTreeMap::new();
-    for o in objects {
-        if let Some(id) = layout::backup_id_of(&o.key) {
-            by_id.entry(id.to_string()).or_default().push(o);
-        }
-    }
-    let now = chrono::Utc::now();
     let mut deleted = 0;
-    for (id, objs) in by_id {
-        let complete = objs.iter().any(|o| o.key == layout::backup_json_key(&id));
-        let newest = objs.iter().map(|o| o.last_modified).max().unwrap_or(now);
-        let age = (now - newest).to_std().unwrap_or_default();
-        if complete || age < grace {
-            continue;
-        }
+    for (id, keys) in unfinished(&objects, grace).dead {
         warn!(
             id,
-            objects = objs.len(),
+            objects = keys.len(),
             "deleting the parts of an interrupted backup"
         );
-        for o in objs {
-            repo.delete(&o.key).await?;
-            deleted += 1;
-        }
+        deleted += repo.delete_many(&keys).await? as usize;
     }
     Ok(deleted)
 }

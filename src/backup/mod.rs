@@ -37,7 +37,7 @@ use crate::server::{self, ServerInfo};
 use crate::storage::{self, Repository, layout};
 use crate::wal::receiver::{self, StreamOptions};
 
-pub use catalog::{clean_orphans, list_backups};
+pub use catalog::{Unfinished, clean_orphans, list_backups, unfinished};
 
 /// Default plaintext bytes per part: large enough for few objects, small
 /// enough that parts in flight stay well inside the memory budget.

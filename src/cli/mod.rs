@@ -4,6 +4,9 @@
 //! imports another.
 
 pub mod backup;
+pub mod check;
+pub mod expire;
+pub mod keep;
 pub mod keygen;
 pub mod list;
 pub mod parse;
@@ -94,8 +97,53 @@ pub enum Command {
     WalFetch(wal_fetch::Args),
     /// Show what the repository holds: backups, timelines and WAL ranges.
     List(list::Args),
+    /// Check the server, the repository, the key and the WAL; exit 0 ok, 1 warning, 2 critical.
+    Check(check::Args),
+    /// Remove backups and WAL that the retention policy no longer keeps.
+    Expire(expire::Args),
+    /// Pin a backup so that no retention policy removes it (or unpin it, or list pins).
+    Keep(keep::Args),
     /// Print a new random encryption key (64 hexadecimal characters).
     Keygen(keygen::Args),
+}
+
+/// What retention keeps (`expire` and the sidecar). Policies add up: a
+/// backup stays if any of them keeps it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RetentionArgs {
+    /// Keep the newest N full backups, and the WAL to recover to any moment since the oldest.
+    #[arg(long, env = "WALVAULT_RETAIN_FULL", value_parser = clap::value_parser!(u32).range(1..))]
+    pub retain_full: Option<u32>,
+    /// Keep every moment of this last span restorable (e.g. 7d, 30d): the backups that stopped
+    /// inside it, the newest one before it, and the WAL from there on.
+    #[arg(long, env = "WALVAULT_RETAIN_WINDOW", value_parser = crate::config::parse_duration)]
+    pub retain_window: Option<std::time::Duration>,
+    /// Keep the newest backup of each of the newest N days that have one (UTC).
+    #[arg(long, env = "WALVAULT_RETAIN_DAILY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub retain_daily: Option<u32>,
+    /// Keep the newest backup of each of the newest N ISO weeks that have one.
+    #[arg(long, env = "WALVAULT_RETAIN_WEEKLY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub retain_weekly: Option<u32>,
+    /// Keep the newest backup of each of the newest N months that have one.
+    #[arg(long, env = "WALVAULT_RETAIN_MONTHLY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub retain_monthly: Option<u32>,
+    /// Keep the newest backup of each of the newest N years that have one.
+    #[arg(long, env = "WALVAULT_RETAIN_YEARLY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub retain_yearly: Option<u32>,
+}
+
+impl RetentionArgs {
+    /// The policy these flags describe.
+    pub fn policy(&self) -> crate::retention::Policy {
+        crate::retention::Policy {
+            full: self.retain_full,
+            window: self.retain_window,
+            daily: self.retain_daily,
+            weekly: self.retain_weekly,
+            monthly: self.retain_monthly,
+            yearly: self.retain_yearly,
+        }
+    }
 }
 
 /// Where the repository is and how to read it.
@@ -272,6 +320,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(crate::restore::serve::EXIT_FAILED))
         }),
         Command::List(args) => list::run(args).await,
+        Command::Check(args) => check::run(args).await,
+        Command::Expire(args) => expire::run(args).await,
+        Command::Keep(args) => keep::run(args).await,
         Command::Keygen(args) => keygen::run(&args),
     }
 }

@@ -61,9 +61,13 @@ pub struct Args {
     /// Recover to this transaction id.
     #[arg(long, conflicts_with = "target_name")]
     pub target_xid: Option<String>,
-    /// Recover to this restore point (pg_create_restore_point).
-    #[arg(long)]
+    /// Recover to this restore point (pg_create_restore_point, walvault mark).
+    #[arg(long, conflicts_with = "target_immediate")]
     pub target_name: Option<String>,
+    /// Recover only to the backup's consistency point (recovery_target = 'immediate'): restores a
+    /// backup that retention kept without the WAL after it (a daily/weekly/monthly or pinned one).
+    #[arg(long, conflicts_with_all = ["target_time", "target_lsn", "target_xid"])]
+    pub target_immediate: bool,
     /// recovery_target_timeline: latest, current, or a number.
     #[arg(long, default_value = "latest")]
     pub target_timeline: String,
@@ -150,6 +154,9 @@ fn parse_target(args: &Args) -> Result<RecoveryTarget, crate::config::Error> {
     if let Some(n) = &args.target_name {
         return Ok(RecoveryTarget::Name(n.clone()));
     }
+    if args.target_immediate {
+        return Ok(RecoveryTarget::Immediate);
+    }
     Ok(RecoveryTarget::End)
 }
 
@@ -206,6 +213,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
             RecoveryTarget::Lsn(l) => format!("LSN {l}"),
             RecoveryTarget::Xid(x) => format!("xid {x}"),
             RecoveryTarget::Name(n) => format!("restore point {n:?}"),
+            RecoveryTarget::Immediate => "the backup's consistency point".to_string(),
         }
     );
     let tablespace_dirs = crate::restore::tablespaces::choose_dirs(b, &ts_map)?;

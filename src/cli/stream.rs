@@ -14,7 +14,7 @@ use crate::shutdown::Shutdown;
 use crate::sidecar::{self, BackupSchedule};
 use crate::wal::receiver::StreamOptions;
 
-use super::{Checkpoint, RepoArgs};
+use super::{Checkpoint, RepoArgs, RetentionArgs};
 
 /// Default memory budget for WAL held in memory.
 const DEFAULT_MEMORY_BUDGET: &str = "256MiB";
@@ -68,6 +68,11 @@ pub struct Args {
         env = "WALVAULT_BACKUP_CHECKPOINT"
     )]
     pub backup_checkpoint: Checkpoint,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    /// Time between expire runs (besides the run after each scheduled backup).
+    #[arg(long, env = "WALVAULT_EXPIRE_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub expire_interval: Duration,
 }
 
 /// Runs the stream until SIGINT/SIGTERM.
@@ -117,11 +122,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }),
         None => None,
     };
+    let policy = args.retention.policy();
+    let expire = (!policy.is_empty()).then(|| sidecar::ExpireSchedule {
+        policy,
+        interval: args.expire_interval.max(Duration::from_secs(1)),
+    });
     info!(server = %opts.conninfo.describe(), repo = repo.display(), slot = opts.slot,
           synchronous = opts.synchronous, "walvault stream starting");
     let shutdown = Shutdown::new();
     shutdown.cancel_on_signals();
-    let (summary, scheduled) = sidecar::run(&opts, backups, &repo, &shutdown)
+    let (summary, scheduled) = sidecar::run(&opts, backups, expire, &repo, &shutdown)
         .await
         .context("stream WAL")?;
     info!(durable = %summary.durable, objects = summary.objects, bytes = summary.plain_bytes,

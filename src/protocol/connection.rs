@@ -388,8 +388,14 @@ impl ReplicationConnection {
         passfile_host: &str,
         port: u16,
     ) -> Result<(), Error> {
-        let mut params: Vec<(&str, &str)> =
-            vec![("user", info.user.as_str()), ("replication", "true")];
+        let mut params: Vec<(&str, &str)> = if info.sql_session {
+            vec![
+                ("user", info.user.as_str()),
+                ("database", info.dbname.as_deref().unwrap_or("postgres")),
+            ]
+        } else {
+            vec![("user", info.user.as_str()), ("replication", "true")]
+        };
         let app = info.application_name.as_deref().unwrap_or("walvault");
         params.push(("application_name", app));
         if let Some(o) = &info.options {
@@ -975,7 +981,11 @@ fn password_from_file(info: &ConnInfo, host: &str, port: u16) -> Option<String> 
         &contents,
         passfile::host_field(host),
         &port.to_string(),
-        passfile::REPLICATION_DATABASE,
+        if info.sql_session {
+            info.dbname.as_deref().unwrap_or("postgres")
+        } else {
+            passfile::REPLICATION_DATABASE
+        },
         &info.user,
     )
 }

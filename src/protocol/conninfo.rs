@@ -305,6 +305,20 @@ pub struct ConnInfo {
     pub require_peer: Option<String>,
     /// `require_auth`: the authentication methods the server may use.
     pub require_auth: Option<RequireAuth>,
+    /// An ordinary SQL session to `dbname` instead of a physical replication
+    /// connection (for checks and restore points); set with [`ConnInfo::for_sql`].
+    pub sql_session: bool,
+}
+
+impl ConnInfo {
+    /// The same server and credentials for an ordinary SQL session (the
+    /// database from `dbname`, else `postgres`).
+    pub fn for_sql(&self) -> ConnInfo {
+        ConnInfo {
+            sql_session: true,
+            ..self.clone()
+        }
+    }
 }
 
 /// A connection string walvault cannot use. The messages never contain a
@@ -850,6 +864,7 @@ impl ConnInfo {
             connect_timeout,
             options: value("options"),
             dbname: value("dbname"),
+            sql_session: false,
             keepalives,
             tcp_user_timeout,
             target_session_attrs,

@@ -24,6 +24,9 @@ pub enum RecoveryTarget {
     Xid(String),
     /// A restore point name.
     Name(String),
+    /// The backup's consistency point, and no further (`recovery_target =
+    /// 'immediate'`): restores a backup kept without the WAL after it.
+    Immediate,
 }
 
 /// What PostgreSQL does at the target.
@@ -100,6 +103,16 @@ pub enum PlanError {
         /// Where the oldest backup ends.
         oldest: String,
     },
+    /// The target lies before the end of the backup asked for.
+    #[error(
+        "the target is before backup {backup} ends at {end}: recovery from it cannot stop there; choose an older backup or leave out --backup"
+    )]
+    TargetBeforeBackupEnd {
+        /// The backup.
+        backup: String,
+        /// Where it ends.
+        end: String,
+    },
     /// A WAL segment is missing.
     #[error(
         "WAL segment {segment} is missing from the archive (timeline {timeline}): recovery from backup {backup} cannot pass it"
@@ -163,6 +176,7 @@ impl PlanError {
             self,
             Self::UnknownBackup(_)
                 | Self::TargetBeforeOldestBackup { .. }
+                | Self::TargetBeforeBackupEnd { .. }
                 | Self::TimelineNotInArchive(_)
                 | Self::TimelineDoesNotLead { .. }
         )
@@ -185,20 +199,30 @@ pub async fn plan_restore(
         return Err(PlanError::NoBackup);
     }
     let candidates: Vec<BackupMetadata> = match backup_id {
-        Some(id) => vec![
-            backups
+        Some(id) => {
+            let b = backups
                 .into_iter()
                 .find(|b| b.id == id)
-                .ok_or_else(|| PlanError::UnknownBackup(id.to_string()))?,
-        ],
+                .ok_or_else(|| PlanError::UnknownBackup(id.to_string()))?;
+            if !ends_before(&b, target) {
+                return Err(PlanError::TargetBeforeBackupEnd {
+                    backup: b.id.clone(),
+                    end: format!(
+                        "{} ({})",
+                        crate::format::time::to_text(&b.stop_time),
+                        b.stop_lsn
+                    ),
+                });
+            }
+            vec![b]
+        }
         None => {
             let oldest = backups[0].clone();
-            let fits = |b: &BackupMetadata| match target {
-                RecoveryTarget::Time(t) => b.stop_time < *t,
-                RecoveryTarget::Lsn(l) => b.stop_lsn <= *l,
-                _ => true,
-            };
-            let fitting: Vec<_> = backups.into_iter().rev().filter(|b| fits(b)).collect();
+            let fitting: Vec<_> = backups
+                .into_iter()
+                .rev()
+                .filter(|b| ends_before(b, target))
+                .collect();
             if fitting.is_empty() {
                 return Err(PlanError::TargetBeforeOldestBackup {
                     target: match target {
@@ -232,6 +256,19 @@ pub async fn plan_restore(
         }
     }
     Err(first_refusal.expect("at least one candidate was refused"))
+}
+
+/// Whether `b` is consistent before `target`, so recovery from it can stop
+/// there. Stored stop times are whole seconds, cut down: the backup may
+/// have ended up to a second later, so a time target must be at least a
+/// second past it. Targets without a time or LSN cannot be placed before
+/// replay and fit every backup.
+fn ends_before(b: &BackupMetadata, target: &RecoveryTarget) -> bool {
+    match target {
+        RecoveryTarget::Time(t) => b.stop_time + chrono::Duration::seconds(1) <= *t,
+        RecoveryTarget::Lsn(l) => b.stop_lsn <= *l,
+        _ => true,
+    }
 }
 
 /// Reads (once) the history of `tli` from the archive.
@@ -357,6 +394,7 @@ fn check_wal(
     };
     let target_lsn = match target {
         RecoveryTarget::Lsn(l) => Some(*l),
+        RecoveryTarget::Immediate => Some(stop),
         _ => None,
     };
     let reaches_target = target_lsn.is_some_and(|l| end >= l && end >= stop);

@@ -120,6 +120,7 @@ pub fn render_auto_conf(existing: &str, s: &RecoverySettings<'_>) -> String {
         )),
         RecoveryTarget::Xid(x) => text.push_str(&format!("recovery_target_xid = {}\n", quote(x))),
         RecoveryTarget::Name(n) => text.push_str(&format!("recovery_target_name = {}\n", quote(n))),
+        RecoveryTarget::Immediate => text.push_str("recovery_target = 'immediate'\n"),
     }
     if !matches!(s.target, RecoveryTarget::End) {
         text.push_str(&format!(

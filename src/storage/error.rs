@@ -59,6 +59,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A stored document (pin, expire record) opened but does not parse.
+    #[error("object {key} is not a valid document: {reason}")]
+    BadDocument {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
     /// The repository belongs to another cluster or uses other keys.
     #[error(transparent)]
     Mismatch(#[from] MismatchError),

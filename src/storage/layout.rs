@@ -8,6 +8,9 @@
 //! backups/{id}/data/{tablespace}/{n:06}            base-backup tar stream, in parts
 //! backups/{id}/backup_manifest                     the server's backup manifest
 //! backups/{id}/backup.json                         backup metadata, written last
+//! backups/{id}/heartbeat/{n:08}                    a running backup's heartbeat
+//! retention/pins/{id}.json                         a pinned backup (`walvault keep`)
+//! retention/expire/{seq:010}                       an expire run and the retention floor
 //! ```
 
 use crate::lsn::{SegmentName, TimelineId};
@@ -23,6 +26,37 @@ pub const PROBE_PREFIX: &str = "probe/";
 
 /// The prefix of all backups.
 pub const BACKUPS_PREFIX: &str = "backups/";
+
+/// The prefix of pins (`walvault keep`).
+pub const PINS_PREFIX: &str = "retention/pins/";
+
+/// The prefix of expire records.
+pub const EXPIRE_PREFIX: &str = "retention/expire/";
+
+/// The key of a backup's pin.
+pub fn pin_key(id: &str) -> String {
+    format!("{PINS_PREFIX}{id}.json")
+}
+
+/// The backup id a pin key names.
+pub fn pin_backup_id(key: &str) -> Option<&str> {
+    key.strip_prefix(PINS_PREFIX)?
+        .strip_suffix(".json")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
+/// The key of expire record number `seq` (the highest is the newest).
+pub fn expire_record_key(seq: u64) -> String {
+    format!("{EXPIRE_PREFIX}{seq:010}")
+}
+
+/// The number of an expire record key.
+pub fn expire_record_seq(key: &str) -> Option<u64> {
+    let digits = key.strip_prefix(EXPIRE_PREFIX)?;
+    (digits.len() == 10 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
 
 /// The prefix of one backup's objects.
 pub fn backup_prefix(id: &str) -> String {

@@ -18,6 +18,7 @@ mod identity;
 pub mod layout;
 mod local;
 mod open;
+mod records;
 mod repository;
 pub mod retry;
 

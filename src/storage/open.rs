@@ -138,6 +138,7 @@ pub(super) fn open(
     };
     let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
     let mut settings = environment_options(url, vars)?;
+    let credentials = credential_source(parsed.scheme(), &settings, options);
     for (k, v) in options {
         settings.retain(|(have, _)| have != k);
         settings.push((k.clone(), v.clone()));
@@ -153,13 +154,10 @@ pub(super) fn open(
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                 .map_err(|e| bad(e.to_string()))?
                 .with_automatic_cleanup(true);
-            return Ok(Repository::from_local_dir(
-                Arc::new(fs),
-                dir,
-                display,
-                keyring,
-                seal,
-            ));
+            return Ok(
+                Repository::from_local_dir(Arc::new(fs), dir, display, keyring, seal)
+                    .with_credential_source(credentials),
+            );
         }
         "s3" | "s3a" => {
             let mut b = object_store::aws::AmazonS3Builder::new()
@@ -213,13 +211,55 @@ pub(super) fn open(
             )));
         }
     };
-    Ok(Repository::from_store(
-        store,
-        parsed.path(),
-        display,
-        keyring,
-        seal,
-    ))
+    Ok(
+        Repository::from_store(store, parsed.path(), display, keyring, seal)
+            .with_credential_source(credentials),
+    )
+}
+
+/// Where a store's credentials come from, in words an operator can act on:
+/// which option names them and whether the environment or a settings file
+/// gave it. Without any, the S3 and GCS clients ask a cloud metadata
+/// service, which `check` reports as a warning.
+fn credential_source(scheme: &str, env: &[(String, String)], file: &[(String, String)]) -> String {
+    let from = |names: &[&str]| {
+        let hit = |list: &[(String, String)]| {
+            list.iter()
+                .find(|(k, _)| names.contains(&k.as_str()))
+                .map(|(k, _)| k.clone())
+        };
+        hit(file)
+            .map(|k| format!("{k} from the settings file"))
+            .or_else(|| hit(env).map(|k| format!("{k} from the environment")))
+    };
+    let found = match scheme {
+        "file" => return "none needed (local directory)".into(),
+        "s3" | "s3a" => from(&[
+            "aws_access_key_id",
+            "aws_web_identity_token_file",
+            "aws_skip_signature",
+            "aws_container_credentials_relative_uri",
+        ]),
+        "gs" => from(&[
+            "google_service_account",
+            "google_service_account_key",
+            "google_application_credentials",
+            "google_skip_signature",
+        ]),
+        "az" | "azure" => from(&[
+            "azure_storage_account_key",
+            "azure_storage_sas_key",
+            "azure_storage_token",
+            "azure_client_secret",
+            "azure_federated_token_file",
+            "azure_storage_use_emulator",
+            "azure_skip_signature",
+        ]),
+        _ => None,
+    };
+    found.unwrap_or_else(|| {
+        "none configured: the client falls back to the cloud's instance metadata service".into()
+    })
 }
 
 /// Retries inside object_store stay short, so an outage reaches walvault's

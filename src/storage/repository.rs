@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 
@@ -108,6 +108,8 @@ pub struct Repository {
     pub(super) storage_classes: StorageClasses,
     /// Requests made, by kind.
     pub(super) requests: Arc<RequestCounts>,
+    /// Where the store's credentials come from, in words.
+    pub(super) credentials: Arc<str>,
 }
 
 /// The storage class new objects are written with, by kind (for example
@@ -174,6 +176,7 @@ impl Repository {
             create_only: Arc::new(std::sync::OnceLock::new()),
             storage_classes: StorageClasses::default(),
             requests: Arc::new(RequestCounts::default()),
+            credentials: Arc::from("given by the caller"),
         }
     }
 
@@ -278,6 +281,18 @@ impl Repository {
         self.delete(&key).await?;
         let _ = self.create_only.set(honoured);
         Ok(honoured)
+    }
+
+    /// Where the store's credentials come from (for `check`): the
+    /// environment, a settings file, or none (and what the client then does).
+    pub fn credential_source(&self) -> &str {
+        &self.credentials
+    }
+
+    /// The same repository, describing its credentials' source.
+    pub(super) fn with_credential_source(mut self, source: String) -> Self {
+        self.credentials = Arc::from(source);
+        self
     }
 
     /// The requests made so far, by kind.
@@ -526,6 +541,46 @@ impl Repository {
                 after: BASE_REQUEST_TIMEOUT,
             }),
         }
+    }
+
+    /// Deletes many objects, in batches where the store has a bulk delete
+    /// (S3 `DeleteObjects`, up to 1,000 keys a request); missing is fine.
+    /// Returns how many were deleted before the first error, if any.
+    ///
+    /// # Errors
+    /// The first store error, naming its object.
+    pub async fn delete_many(&self, keys: &[String]) -> Result<u64, Error> {
+        const BATCH: usize = 1000;
+        let mut deleted = 0u64;
+        for batch in keys.chunks(BATCH) {
+            self.requests
+                .delete
+                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let paths: Vec<object_store::Result<Path>> =
+                batch.iter().map(|k| Ok(self.path(k))).collect();
+            let stream = self
+                .store
+                .delete_stream(futures::stream::iter(paths).boxed());
+            let results =
+                tokio::time::timeout(BASE_REQUEST_TIMEOUT * 4, stream.collect::<Vec<_>>())
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        key: batch[0].clone(),
+                        after: BASE_REQUEST_TIMEOUT * 4,
+                    })?;
+            for (key, result) in batch.iter().zip(results) {
+                match result {
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                    Err(source) => {
+                        return Err(Error::Backend {
+                            key: key.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     pub(super) async fn put_create(&self, key: &str, payload: PutPayload) -> Result<(), Error> {

@@ -18,6 +18,9 @@ pub struct TimelineWal {
     pub deltas: BTreeMap<u64, Vec<(u64, u64)>>,
     /// Stored bytes of this timeline's objects.
     pub stored_bytes: u64,
+    /// Segments below this number were removed by retention (except kept
+    /// backups' own ranges): their absence is no gap.
+    pub floor_segment: u64,
 }
 
 impl TimelineWal {
@@ -39,10 +42,24 @@ impl TimelineWal {
         }
     }
 
-    /// The end of the WAL held without a hole from the first segment on:
+    /// Where the archive of this timeline begins for gap checks: the first
+    /// segment held at or above the retention floor (below it, only kept
+    /// backups' ranges remain, by design), else the first held.
+    pub fn chain_start(&self) -> Option<u64> {
+        let floor = self.floor_segment;
+        let c = self.complete.range(floor..).next().copied();
+        let d = self.deltas.range(floor..).next().map(|(n, _)| *n);
+        match (c, d) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (None, None) => self.min_segment(),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The end of the WAL held without a hole from the chain's start on:
     /// the point up to which this timeline can be replayed.
     pub fn contiguous_end(&self, segment_size_bytes: u64) -> Option<Lsn> {
-        Some(self.held_end_from(self.min_segment()?, segment_size_bytes))
+        Some(self.held_end_from(self.chain_start()?, segment_size_bytes))
     }
 
     /// The highest segment number with any object.
@@ -69,15 +86,16 @@ impl TimelineWal {
     /// crash can leave a hole only there). Older holes are history.
     pub fn resume_point(&self, segment_size_bytes: u64, window: u64) -> Option<Lsn> {
         let max = self.max_segment()?;
-        let low = max.saturating_sub(window).max(self.min_segment()?);
+        let low = max.saturating_sub(window).max(self.chain_start()?);
         Some(self.held_end_from(low, segment_size_bytes))
     }
 
-    /// Segment numbers before the last one held that are not held whole:
-    /// no object at all, or only deltas (a segment before the last must be
-    /// complete for replay to pass it). The last may be open (deltas).
+    /// Segment numbers from the chain's start to before the last one held
+    /// that are not held whole: no object at all, or only deltas (a segment
+    /// before the last must be complete for replay to pass it). The last may
+    /// be open (deltas).
     pub fn missing_segments(&self) -> Vec<u64> {
-        let (Some(first), Some(max)) = (self.min_segment(), self.max_segment()) else {
+        let (Some(first), Some(max)) = (self.chain_start(), self.max_segment()) else {
             return Vec::new();
         };
         (first..max)
@@ -106,6 +124,8 @@ pub struct WalInventory {
     pub timelines: BTreeMap<TimelineId, TimelineWal>,
     /// Timelines with a stored history file.
     pub histories: BTreeSet<TimelineId>,
+    /// The retention floor, from the newest expire record.
+    pub floor: Option<Lsn>,
 }
 
 impl WalInventory {
@@ -115,6 +135,19 @@ impl WalInventory {
     /// Store errors.
     pub async fn scan(repo: &Repository, segment_size_bytes: u64) -> Result<Self, storage::Error> {
         let objects = repo.list(layout::WAL_PREFIX).await?;
+        let floor = repo
+            .latest_expire_record()
+            .await?
+            .and_then(|(_, r)| r.floor_lsn);
+        Ok(Self::from_listing(&objects, floor, segment_size_bytes))
+    }
+
+    /// The inventory of a `wal/` listing, with the retention floor.
+    pub fn from_listing(
+        objects: &[storage::ObjectInfo],
+        floor: Option<Lsn>,
+        segment_size_bytes: u64,
+    ) -> Self {
         let mut inv = WalInventory::default();
         for o in objects {
             match layout::parse_wal_key(&o.key, segment_size_bytes) {
@@ -141,7 +174,13 @@ impl WalInventory {
                 None => {}
             }
         }
-        Ok(inv)
+        inv.floor = floor;
+        if let Some(floor) = floor {
+            for t in inv.timelines.values_mut() {
+                t.floor_segment = floor.segment_number(segment_size_bytes);
+            }
+        }
+        inv
     }
 
     /// The highest timeline holding WAL.
@@ -254,5 +293,24 @@ mod tests {
         t.complete.insert(9);
         assert_eq!(t.resume_point(sz, 4), Some(Lsn(10 * sz)));
         assert_eq!(TimelineWal::default().resume_point(sz, 4), None);
+    }
+
+    #[test]
+    fn holes_below_the_retention_floor_are_no_gaps() {
+        let sz = 16;
+        let mut t = TimelineWal::default();
+        // A pinned backup's range (2, 3), then the archive from 9 on.
+        t.complete.extend([2, 3, 9, 10, 12]);
+        t.deltas.insert(13, vec![(0, 5)]);
+        assert_eq!(t.missing_segments(), [4, 5, 6, 7, 8, 11]);
+        t.floor_segment = 9;
+        assert_eq!(t.chain_start(), Some(9));
+        assert_eq!(t.missing_segments(), [11]);
+        assert_eq!(t.contiguous_end(sz), Some(Lsn(11 * sz)));
+        t.complete.insert(11);
+        assert_eq!(t.contiguous_end(sz), Some(Lsn(13 * sz + 5)));
+        // The floor above everything held: the chain starts at the first held.
+        t.floor_segment = 20;
+        assert_eq!(t.chain_start(), Some(2));
     }
 }

@@ -10,6 +10,15 @@ use nix::unistd::Pid;
 /// A fixed test key (64 hex).
 pub const KEY: &str = "7f3c1a9e5b2d4f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
 
+/// The walvault binary under test: nextest's runtime path when set (it
+/// follows a test archive unpacked elsewhere), else the one cargo built.
+pub fn walvault_bin() -> PathBuf {
+    std::env::var_os("NEXTEST_BIN_EXE_walvault").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_walvault")),
+        PathBuf::from,
+    )
+}
+
 /// How a walvault process finds its repository.
 #[derive(Clone, Debug)]
 pub struct RepoEnv {
@@ -19,7 +28,7 @@ pub struct RepoEnv {
 
 impl RepoEnv {
     pub fn command(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_walvault"));
+        let mut c = Command::new(walvault_bin());
         c.env_clear();
         c.env("PATH", std::env::var("PATH").unwrap_or_default());
         c.env("HOME", std::env::var("HOME").unwrap_or_default());

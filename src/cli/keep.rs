@@ -1,0 +1,136 @@
+//! `walvault keep`: pin a backup against retention, unpin it, or list pins.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::format::retention::{PIN_VERSION, Pin};
+
+use super::RepoArgs;
+
+/// Arguments of `keep`.
+#[derive(Debug, clap::Args)]
+#[command(
+    long_about = "Pin a backup so that no retention policy removes it (expire keeps it and the WAL it \
+needs to be consistent), optionally with a reason and an expiry. --unkeep removes the pin. Without a backup id, \
+list the pins."
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// The backup to pin (as `walvault list` shows it); omit to list the pins.
+    pub backup: Option<String>,
+    /// Why it is kept (shown by list, info and expire).
+    #[arg(long, conflicts_with = "unkeep")]
+    pub reason: Option<String>,
+    /// The pin lapses after this long (e.g. 90d); default: never.
+    #[arg(long = "for", value_name = "DURATION", value_parser = crate::config::parse_duration, conflicts_with = "unkeep")]
+    pub for_duration: Option<std::time::Duration>,
+    /// Remove the pin.
+    #[arg(long, requires = "backup")]
+    pub unkeep: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct PinOutput {
+    backup_id: String,
+    reason: Option<String>,
+    created: String,
+    until: Option<String>,
+    holds: bool,
+}
+
+impl PinOutput {
+    fn of(p: &Pin, now: chrono::DateTime<chrono::Utc>) -> Self {
+        PinOutput {
+            backup_id: p.backup_id.clone(),
+            reason: p.reason.clone(),
+            created: crate::format::time::to_text(&p.created),
+            until: p.until.as_ref().map(crate::format::time::to_text),
+            holds: p.holds_at(now),
+        }
+    }
+}
+
+/// Pins, unpins or lists.
+///
+/// # Errors
+/// An unknown backup id (exit 2); store errors.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (repo, _) = args.repo.open_existing().await?;
+    let now = chrono::Utc::now();
+    let Some(id) = args.backup else {
+        let pins = repo.read_pins().await.context("read pins")?;
+        let out: Vec<PinOutput> = pins.iter().map(|p| PinOutput::of(p, now)).collect();
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&out).expect("serializes")
+            );
+        } else if out.is_empty() {
+            println!("no backup is pinned");
+        } else {
+            for p in &out {
+                println!(
+                    "{:<20} {}{}{}",
+                    p.backup_id,
+                    p.reason.as_deref().unwrap_or("(no reason given)"),
+                    p.until
+                        .as_ref()
+                        .map(|u| format!(", until {u}"))
+                        .unwrap_or_default(),
+                    if p.holds { "" } else { " (lapsed)" }
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let backups = crate::backup::list_backups(&repo)
+        .await
+        .context("list backups")?;
+    if args.unkeep {
+        repo.delete_pin(&id).await.context("remove the pin")?;
+        if !args.json {
+            println!("backup {id} is no longer pinned");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !backups.iter().any(|b| b.id == id) {
+        return Err(crate::config::Error::Invalid {
+            what: "backup id",
+            value: id,
+            reason: "no such backup in the repository (walvault list shows the ids)".into(),
+        }
+        .into());
+    }
+    let until = match args.for_duration {
+        Some(d) => Some(now + chrono::Duration::from_std(d).context("--for is too long")?),
+        None => None,
+    };
+    let pin = Pin {
+        version: PIN_VERSION,
+        backup_id: id.clone(),
+        reason: args.reason,
+        created: now,
+        until,
+    };
+    repo.write_pin(&pin).await.context("store the pin")?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&PinOutput::of(&pin, now)).expect("serializes")
+        );
+    } else {
+        println!(
+            "backup {id} is pinned{}",
+            pin.until
+                .map(|u| format!(" until {}", crate::format::time::to_text(&u)))
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

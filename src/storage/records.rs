@@ -1,0 +1,107 @@
+//! Retention's own objects: pins and expire records (see
+//! [`crate::format::retention`]). Sealed and bound like every object.
+
+use crate::format::retention::{ExpireRecord, Pin};
+
+use super::{Error, Repository, layout};
+
+impl Repository {
+    /// Every pin, by backup id (lapsed ones included).
+    ///
+    /// # Errors
+    /// Store errors; a pin that does not open or parse, naming it.
+    pub async fn read_pins(&self) -> Result<Vec<Pin>, Error> {
+        let mut pins = Vec::new();
+        for o in self.list(layout::PINS_PREFIX).await? {
+            let Some(id) = layout::pin_backup_id(&o.key).map(str::to_string) else {
+                continue;
+            };
+            let Some(pin) = self.read_document::<Pin>(&o.key).await? else {
+                continue;
+            };
+            if pin.backup_id != id {
+                return Err(Error::BadDocument {
+                    key: o.key,
+                    reason: format!("it pins backup {}, not {id}", pin.backup_id),
+                });
+            }
+            pins.push(pin);
+        }
+        Ok(pins)
+    }
+
+    /// Stores `pin`, replacing the backup's earlier pin.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn write_pin(&self, pin: &Pin) -> Result<(), Error> {
+        let key = layout::pin_key(&pin.backup_id);
+        self.delete(&key).await?;
+        let body = serde_json::to_vec_pretty(pin).expect("a pin serializes");
+        self.put_sealed(&key, vec![body.into()]).await?;
+        Ok(())
+    }
+
+    /// Removes a backup's pin (missing is fine).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn delete_pin(&self, backup_id: &str) -> Result<(), Error> {
+        self.delete(&layout::pin_key(backup_id)).await
+    }
+
+    /// The newest expire record and its number, if any run stored one.
+    ///
+    /// # Errors
+    /// Store errors; a record that does not open or parse, naming it.
+    pub async fn latest_expire_record(&self) -> Result<Option<(u64, ExpireRecord)>, Error> {
+        let newest = self
+            .list(layout::EXPIRE_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|o| layout::expire_record_seq(&o.key).map(|seq| (seq, o.key)))
+            .max();
+        let Some((seq, key)) = newest else {
+            return Ok(None);
+        };
+        Ok(self
+            .read_document::<ExpireRecord>(&key)
+            .await?
+            .map(|r| (seq, r)))
+    }
+
+    /// Stores the record of an expire run as number `seq` and removes the
+    /// older ones (the newest carries everything a reader needs).
+    ///
+    /// # Errors
+    /// Store errors; [`Error::Conflict`] when another run took `seq`.
+    pub async fn write_expire_record(&self, seq: u64, record: &ExpireRecord) -> Result<(), Error> {
+        let body = serde_json::to_vec_pretty(record).expect("a record serializes");
+        self.put_sealed(&layout::expire_record_key(seq), vec![body.into()])
+            .await?;
+        let older: Vec<String> = self
+            .list(layout::EXPIRE_PREFIX)
+            .await?
+            .into_iter()
+            .filter(|o| layout::expire_record_seq(&o.key).is_some_and(|s| s < seq))
+            .map(|o| o.key)
+            .collect();
+        self.delete_many(&older).await?;
+        Ok(())
+    }
+
+    async fn read_document<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, Error> {
+        let Some(bytes) = self.get_opened(key).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::BadDocument {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
+    }
+}

@@ -5,6 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use super::process::walvault_bin;
+
 /// Writes `text` to `dir/name` with mode 0600 (it may hold secrets).
 pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
@@ -15,7 +17,7 @@ pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// A walvault command whose environment holds only PATH and HOME.
 pub fn bare_command() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_walvault"));
+    let mut c = Command::new(walvault_bin());
     c.env_clear();
     c.env("PATH", std::env::var("PATH").unwrap_or_default());
     c.env("HOME", std::env::var("HOME").unwrap_or_default());

@@ -182,6 +182,14 @@ async fn flags_environment_and_file_agree() {
         assert!(repo.open_manifest().await.unwrap().is_some());
     }
 
+    // check names where the credentials came from.
+    let out = settings.run(Way::File, &prefix(Way::File), &["check", "--no-server"]);
+    assert!(
+        text(&out).contains("aws_access_key_id from the settings or configuration file"),
+        "{}",
+        text(&out)
+    );
+
     // Restore with the file alone; PostgreSQL's restore_command then runs
     // with no environment at all.
     let restore_dir = tempfile::Builder::new()

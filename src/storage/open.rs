@@ -218,8 +218,9 @@ pub(super) fn open(
 }
 
 /// Where a store's credentials come from, in words an operator can act on:
-/// which option names them and whether the environment or a settings file
-/// gave it. Without any, the S3 and GCS clients ask a cloud metadata
+/// which option names them and whether the environment or a file (the
+/// repository settings file, or the configuration file's
+/// `[repository.options]`) gave it. Without any, the S3 and GCS clients ask a cloud metadata
 /// service, which `check` reports as a warning.
 fn credential_source(scheme: &str, env: &[(String, String)], file: &[(String, String)]) -> String {
     let from = |names: &[&str]| {
@@ -229,7 +230,7 @@ fn credential_source(scheme: &str, env: &[(String, String)], file: &[(String, St
                 .map(|(k, _)| k.clone())
         };
         hit(file)
-            .map(|k| format!("{k} from the settings file"))
+            .map(|k| format!("{k} from the settings or configuration file"))
             .or_else(|| hit(env).map(|k| format!("{k} from the environment")))
     };
     let found = match scheme {

@@ -3,7 +3,7 @@
 //! built-in defaults (clap resolves all four: the file's settings become the
 //! flags' defaults); this module validates and resolves once.
 //!
-//! - [`file`] reads the configuration file (`--config`) and makes its
+//! - [`file`](mod@file) reads the configuration file (`--config`) and makes its
 //!   settings the defaults of the flags;
 //! - [`keys`] reads key files and `WALVAULT_KEY`, and draws new keys;
 //! - [`settings_file`] writes and reads the repository settings file that

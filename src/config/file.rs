@@ -343,7 +343,7 @@ impl ConfigFile {
         self.table.get(name).and_then(toml::Value::as_table)
     }
 
-    /// Checks every key of the file (values are checked as they are applied).
+    /// Checks every key and value of the file.
     fn check(&self, places: &Places<'_>, layout: &Layout<'_>) -> Result<(), Error> {
         let path = self.path.display().to_string();
         for (key, value) in &self.table {

@@ -16,8 +16,10 @@ pub mod expire;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod info;
 pub mod local_file;
 pub mod lsn;
+pub mod mark;
 pub mod pipeline;
 pub mod progress;
 pub mod protocol;

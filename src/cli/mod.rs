@@ -6,9 +6,11 @@
 pub mod backup;
 pub mod check;
 pub mod expire;
+pub mod info;
 pub mod keep;
 pub mod keygen;
 pub mod list;
+pub mod mark;
 pub mod parse;
 pub mod restore;
 pub mod stream;
@@ -101,8 +103,12 @@ pub enum Command {
     Check(check::Args),
     /// Remove backups and WAL that the retention policy no longer keeps.
     Expire(expire::Args),
+    /// Show backups, the restorable window per timeline, lag, retention, pins and marks.
+    Info(info::Args),
     /// Pin a backup so that no retention policy removes it (or unpin it, or list pins).
     Keep(keep::Args),
+    /// Create a named restore point and wait until its WAL is stored (before a migration).
+    Mark(mark::Args),
     /// Print a new random encryption key (64 hexadecimal characters).
     Keygen(keygen::Args),
 }
@@ -322,7 +328,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List(args) => list::run(args).await,
         Command::Check(args) => check::run(args).await,
         Command::Expire(args) => expire::run(args).await,
+        Command::Info(args) => info::run(args).await,
         Command::Keep(args) => keep::run(args).await,
+        Command::Mark(args) => mark::run(args).await,
         Command::Keygen(args) => keygen::run(&args),
     }
 }
@@ -339,6 +347,8 @@ pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
             || e.downcast_ref::<crate::wal::receiver::Error>()
                 .is_some_and(crate::wal::receiver::Error::is_configuration)
             || e.is::<crate::restore::tablespaces::TablespaceError>()
+            || e.downcast_ref::<crate::mark::Error>()
+                .is_some_and(crate::mark::Error::is_usage)
             || e.is::<crate::lsn::ParseWalFileError>()
             || e.downcast_ref::<crate::restore::plan::PlanError>()
                 .is_some_and(crate::restore::plan::PlanError::is_usage)

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod chunk;
 pub mod key;
 pub mod manifest;
+pub mod mark;
 pub mod retention;
 pub mod time;
 

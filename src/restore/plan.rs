@@ -198,6 +198,18 @@ pub async fn plan_restore(
     if backups.is_empty() {
         return Err(PlanError::NoBackup);
     }
+    // A restore point recorded by `walvault mark` has a known LSN: the
+    // backup and the WAL are chosen for it as for an LSN target.
+    let placed = match target {
+        RecoveryTarget::Name(name) => repo
+            .read_marks()
+            .await?
+            .into_iter()
+            .find(|m| &m.name == name)
+            .map_or_else(|| target.clone(), |m| RecoveryTarget::Lsn(m.lsn)),
+        other => other.clone(),
+    };
+    let target = &placed;
     let candidates: Vec<BackupMetadata> = match backup_id {
         Some(id) => {
             let b = backups

@@ -11,6 +11,7 @@
 //! backups/{id}/heartbeat/{n:08}                    a running backup's heartbeat
 //! retention/pins/{id}.json                         a pinned backup (`walvault keep`)
 //! retention/expire/{seq:010}                       an expire run and the retention floor
+//! marks/{name}.json                                a named restore point (`walvault mark`)
 //! ```
 
 use crate::lsn::{SegmentName, TimelineId};
@@ -29,6 +30,14 @@ pub const BACKUPS_PREFIX: &str = "backups/";
 
 /// The prefix of pins (`walvault keep`).
 pub const PINS_PREFIX: &str = "retention/pins/";
+
+/// The prefix of marks.
+pub const MARKS_PREFIX: &str = "marks/";
+
+/// The key of a mark (the name is checked by `format::mark::validate_name`).
+pub fn mark_key(name: &str) -> String {
+    format!("{MARKS_PREFIX}{name}.json")
+}
 
 /// The prefix of expire records.
 pub const EXPIRE_PREFIX: &str = "retention/expire/";

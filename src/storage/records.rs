@@ -1,6 +1,7 @@
 //! Retention's own objects: pins and expire records (see
 //! [`crate::format::retention`]). Sealed and bound like every object.
 
+use crate::format::mark::Mark;
 use crate::format::retention::{ExpireRecord, Pin};
 
 use super::{Error, Repository, layout};
@@ -87,6 +88,38 @@ impl Repository {
             .map(|o| o.key)
             .collect();
         self.delete_many(&older).await?;
+        Ok(())
+    }
+
+    /// Every mark, oldest first.
+    ///
+    /// # Errors
+    /// Store errors; a mark that does not open or parse, naming it.
+    pub async fn read_marks(&self) -> Result<Vec<Mark>, Error> {
+        let mut marks = Vec::new();
+        for o in self.list(layout::MARKS_PREFIX).await? {
+            if let Some(mark) = self.read_document::<Mark>(&o.key).await? {
+                if layout::mark_key(&mark.name) != o.key {
+                    return Err(Error::BadDocument {
+                        key: o.key,
+                        reason: format!("it describes mark {:?}", mark.name),
+                    });
+                }
+                marks.push(mark);
+            }
+        }
+        marks.sort_by_key(|m| m.lsn);
+        Ok(marks)
+    }
+
+    /// Stores a mark (create-only: a name is used once).
+    ///
+    /// # Errors
+    /// Store errors; [`Error::Conflict`] when the name is taken.
+    pub async fn write_mark(&self, mark: &Mark) -> Result<(), Error> {
+        let body = serde_json::to_vec_pretty(mark).expect("a mark serializes");
+        self.put_sealed(&layout::mark_key(&mark.name), vec![body.into()])
+            .await?;
         Ok(())
     }
 

@@ -1,0 +1,137 @@
+//! `walvault info`: the repository in one screen.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::progress::human_bytes;
+use crate::protocol::ConnInfo;
+
+use super::RepoArgs;
+
+/// Arguments of `info`.
+#[derive(Debug, clap::Args)]
+#[command(
+    long_about = "Show the repository for the operator in one screen: backups with sizes and durations, what can \
+be restored on each timeline (from the earliest backup's stop to about when the newest WAL was stored), the \
+archive's end and, with --pg, how many bytes of WAL the server holds that the archive does not, the retention in \
+force, pinned backups and marks. --json gives the same (schema version 1, docs/operations.md)."
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// The server, to show the archive's lag behind it (as for `stream`).
+    #[arg(long, env = "WALVAULT_PG")]
+    pub pg: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints the information.
+///
+/// # Errors
+/// Store errors, or an empty repository.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let repo = args.repo.open()?;
+    let conninfo = match &args.pg {
+        Some(text) => {
+            Some(ConnInfo::parse(text, &|k| std::env::var(k).ok()).context("parse --pg")?)
+        }
+        None => None,
+    };
+    let info = crate::info::gather(&repo, conninfo.as_ref())
+        .await
+        .context("read the repository")?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&info).expect("serializes")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "repository {}  (system {}, PostgreSQL {}, encryption {})",
+        info.repository, info.system_identifier, info.pg_major, info.encryption
+    );
+    println!();
+    println!(
+        "{:<20} {:<21} {:>9} {:>10} {:>10}  notes",
+        "backup", "restorable from", "took", "size", "stored"
+    );
+    for b in &info.backups {
+        let mut notes = Vec::new();
+        if !b.restorable {
+            notes.push("WAL range incomplete");
+        }
+        if b.pinned {
+            notes.push("pinned");
+        }
+        println!(
+            "{:<20} {:<21} {:>8.1}s {:>10} {:>10}  {}",
+            b.id,
+            b.stop_time,
+            b.duration_seconds,
+            human_bytes(b.size_bytes),
+            human_bytes(b.stored_bytes),
+            notes.join(", ")
+        );
+    }
+    if info.backups.is_empty() {
+        println!("(no backups: nothing can be restored)");
+    }
+    println!();
+    for t in &info.timelines {
+        match (&t.earliest_restorable_time, &t.latest_restorable_time) {
+            (Some(from), Some(to)) => println!(
+                "timeline {}: restorable from {} (backup {}) to about {}; archive end {}",
+                t.timeline,
+                from,
+                t.earliest_backup.as_deref().unwrap_or("-"),
+                to,
+                t.archive_end_lsn.as_deref().unwrap_or("-")
+            ),
+            _ => println!(
+                "timeline {}: no backup restores onto it; archive end {}",
+                t.timeline,
+                t.archive_end_lsn.as_deref().unwrap_or("-")
+            ),
+        }
+    }
+    if let Some(s) = &info.server {
+        println!(
+            "server {} at {} (timeline {}): {} behind",
+            s.target,
+            s.wal_lsn,
+            s.timeline,
+            s.lag_bytes.map_or("-".to_string(), human_bytes)
+        );
+    }
+    match &info.retention {
+        Some(r) => println!(
+            "retention: last expire {} with {}; floor {}",
+            r.last_run,
+            serde_json::to_string(&r.policy).expect("serializes"),
+            r.floor_lsn.as_deref().unwrap_or("-")
+        ),
+        None => println!("retention: expire has never run (everything is kept)"),
+    }
+    for p in &info.pins {
+        println!(
+            "pinned {}: {}{}",
+            p.backup_id,
+            p.reason.as_deref().unwrap_or("(no reason)"),
+            p.until
+                .as_ref()
+                .map(|u| format!(" until {u}"))
+                .unwrap_or_default()
+        );
+    }
+    for m in &info.marks {
+        println!(
+            "mark {} at {} (timeline {}), {}",
+            m.name, m.lsn, m.timeline, m.time
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,274 @@
+//! `info`: the repository in one screen for the person on call: backups,
+//! what can be restored (per timeline, from when to when), the archive's
+//! end and its lag behind the server, retention in force, pins and marks.
+
+use serde::Serialize;
+
+use crate::backup;
+use crate::format::time::to_text;
+use crate::protocol::ConnInfo;
+use crate::restore::plan::{RecoveryTarget, TimelineTarget, plan_restore};
+use crate::storage::{self, Repository, layout};
+use crate::wal::inventory::WalInventory;
+
+/// `info --json`, schema version 1.
+#[derive(Clone, Debug, Serialize)]
+pub struct Info {
+    /// Schema version.
+    pub version: u32,
+    /// The repository, without credentials.
+    pub repository: String,
+    /// The cluster's system identifier.
+    pub system_identifier: String,
+    /// PostgreSQL major.
+    pub pg_major: u32,
+    /// `aes-256-gcm` or `none`.
+    pub encryption: String,
+    /// Backups, oldest first.
+    pub backups: Vec<BackupInfo>,
+    /// What can be restored, per timeline with WAL.
+    pub timelines: Vec<TimelineInfo>,
+    /// The server, when `--pg` reached it.
+    pub server: Option<ServerLag>,
+    /// The newest expire run, if any.
+    pub retention: Option<RetentionInfo>,
+    /// Pinned backups.
+    pub pins: Vec<PinInfo>,
+    /// Marks (named restore points), oldest first.
+    pub marks: Vec<MarkInfo>,
+}
+
+/// One backup.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackupInfo {
+    /// Id.
+    pub id: String,
+    /// Start and stop (RFC 3339 UTC).
+    pub start_time: String,
+    /// Stop time: restorable from here.
+    pub stop_time: String,
+    /// Seconds it took.
+    pub duration_seconds: f64,
+    /// Database size (plaintext bytes of its tar streams).
+    pub size_bytes: u64,
+    /// Stored bytes.
+    pub stored_bytes: u64,
+    /// Timeline.
+    pub timeline: u32,
+    /// Whether its WAL range is whole in the archive.
+    pub restorable: bool,
+    /// Pinned by `keep`.
+    pub pinned: bool,
+}
+
+/// What can be restored on one timeline.
+#[derive(Clone, Debug, Serialize)]
+pub struct TimelineInfo {
+    /// Timeline.
+    pub timeline: u32,
+    /// The stop time of the oldest backup from which recovery reaches this
+    /// timeline's archive end without a gap (`None`: nothing restorable).
+    pub earliest_restorable_time: Option<String>,
+    /// When the newest WAL object of the timeline was stored: commits up to
+    /// about then are restorable.
+    pub latest_restorable_time: Option<String>,
+    /// The backup recovery would start from for the earliest time.
+    pub earliest_backup: Option<String>,
+    /// End of the WAL held without a hole.
+    pub archive_end_lsn: Option<String>,
+    /// Stored bytes of its WAL.
+    pub stored_bytes: u64,
+}
+
+/// The server and how far the archive is behind it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerLag {
+    /// Where it is.
+    pub target: String,
+    /// Its timeline and WAL position (flush position on a primary).
+    pub timeline: u32,
+    /// Its WAL position.
+    pub wal_lsn: String,
+    /// Bytes of WAL on the server that the archive does not hold yet.
+    pub lag_bytes: Option<u64>,
+}
+
+/// Retention in force, as the newest expire run applied it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RetentionInfo {
+    /// When it ran.
+    pub last_run: String,
+    /// The policy.
+    pub policy: crate::format::retention::PolicyRecord,
+    /// WAL below this was removed (except kept backups' ranges).
+    pub floor_lsn: Option<String>,
+}
+
+/// A pin.
+#[derive(Clone, Debug, Serialize)]
+pub struct PinInfo {
+    /// The backup.
+    pub backup_id: String,
+    /// Why.
+    pub reason: Option<String>,
+    /// When it lapses.
+    pub until: Option<String>,
+}
+
+/// A mark.
+#[derive(Clone, Debug, Serialize)]
+pub struct MarkInfo {
+    /// Name (for `restore --target-name`).
+    pub name: String,
+    /// LSN.
+    pub lsn: String,
+    /// Timeline.
+    pub timeline: u32,
+    /// Server time at creation.
+    pub time: String,
+}
+
+/// Gathers the information; with `server`, also the lag behind it.
+///
+/// # Errors
+/// Store errors, or an empty repository.
+pub async fn gather(repo: &Repository, server: Option<&ConnInfo>) -> Result<Info, storage::Error> {
+    let manifest = repo
+        .open_manifest()
+        .await?
+        .ok_or_else(|| storage::Error::BadManifest {
+            key: layout::REPOSITORY_MANIFEST.into(),
+            reason: "the repository is empty (no walvault.json)".into(),
+        })?;
+    let size = manifest.wal_segment_size;
+    let backups = backup::list_backups(repo).await?;
+    let wal_objects = repo.list(layout::WAL_PREFIX).await?;
+    let record = repo.latest_expire_record().await?;
+    let inv = WalInventory::from_listing(
+        &wal_objects,
+        record.as_ref().and_then(|(_, r)| r.floor_lsn),
+        size,
+    );
+    let now = chrono::Utc::now();
+    let pins: Vec<_> = repo
+        .read_pins()
+        .await?
+        .into_iter()
+        .filter(|p| p.holds_at(now))
+        .collect();
+    let marks = repo.read_marks().await?;
+
+    let backup_infos = backups
+        .iter()
+        .map(|b| BackupInfo {
+            id: b.id.clone(),
+            start_time: to_text(&b.start_time),
+            stop_time: to_text(&b.stop_time),
+            duration_seconds: b.duration_seconds,
+            size_bytes: b.plain_bytes,
+            stored_bytes: b.stored_bytes,
+            timeline: b.timeline.get(),
+            restorable: inv
+                .first_missing(
+                    b.wal_range.timeline,
+                    b.wal_range.start_lsn,
+                    b.wal_range.stop_lsn,
+                    size,
+                )
+                .is_none(),
+            pinned: pins.iter().any(|p| p.backup_id == b.id),
+        })
+        .collect();
+
+    let mut timelines = Vec::new();
+    for (&tli, t) in &inv.timelines {
+        let newest_stored = wal_objects
+            .iter()
+            .filter(|o| {
+                o.key
+                    .starts_with(&format!("{}{tli:08X}/", layout::WAL_PREFIX))
+            })
+            .map(|o| o.last_modified)
+            .max();
+        let mut earliest = None;
+        for b in &backups {
+            let plan = plan_restore(
+                repo,
+                vec![b.clone()],
+                None,
+                &RecoveryTarget::End,
+                TimelineTarget::Number(tli),
+            )
+            .await;
+            if plan.is_ok() {
+                earliest = Some(b);
+                break;
+            }
+        }
+        timelines.push(TimelineInfo {
+            timeline: tli.get(),
+            earliest_restorable_time: earliest.map(|b| to_text(&b.stop_time)),
+            latest_restorable_time: earliest.and(newest_stored).map(|t| to_text(&t)),
+            earliest_backup: earliest.map(|b| b.id.clone()),
+            archive_end_lsn: t.contiguous_end(size).map(|l| l.to_string()),
+            stored_bytes: t.stored_bytes,
+        });
+    }
+
+    let server = match server {
+        Some(c) => server_lag(c, &inv, size).await,
+        None => None,
+    };
+    Ok(Info {
+        version: 1,
+        repository: repo.display().to_string(),
+        system_identifier: manifest.system_identifier.clone(),
+        pg_major: manifest.pg_major,
+        encryption: manifest.encryption.clone(),
+        backups: backup_infos,
+        timelines,
+        server,
+        retention: record.map(|(_, r)| RetentionInfo {
+            last_run: to_text(&r.time),
+            policy: r.policy,
+            floor_lsn: r.floor_lsn.map(|l| l.to_string()),
+        }),
+        pins: pins
+            .into_iter()
+            .map(|p| PinInfo {
+                backup_id: p.backup_id,
+                reason: p.reason,
+                until: p.until.as_ref().map(to_text),
+            })
+            .collect(),
+        marks: marks
+            .into_iter()
+            .map(|m| MarkInfo {
+                name: m.name,
+                lsn: m.lsn.to_string(),
+                timeline: m.timeline.get(),
+                time: to_text(&m.time),
+            })
+            .collect(),
+    })
+}
+
+async fn server_lag(c: &ConnInfo, inv: &WalInventory, size: u64) -> Option<ServerLag> {
+    let (conn, info) = match crate::server::connect(c).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(error = %crate::error::chain(&e), "cannot reach the server for the lag");
+            return None;
+        }
+    };
+    conn.terminate().await;
+    let tli = info.identity.timeline;
+    let pos = info.identity.xlogpos;
+    let end = inv.timelines.get(&tli).and_then(|t| t.contiguous_end(size));
+    Some(ServerLag {
+        target: info.target,
+        timeline: tli.get(),
+        wal_lsn: pos.to_string(),
+        lag_bytes: end.map(|e| pos.0.saturating_sub(e.0)),
+    })
+}

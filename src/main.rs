@@ -2,10 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = walvault::cli::Cli::parse();
+    let cli = match walvault::cli::parse::parse_args(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(err) => return err.report(),
+    };
     walvault::telemetry::init(&cli.log_level, cli.log_format.into());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

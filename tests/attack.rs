@@ -511,7 +511,8 @@ fn assert_no_secret_in(dir: &Path) {
 }
 
 /// Every command at debug log level, with a known key, database password
-/// and store secret: none of them appears in any output, in the server's
+/// and store secret, given in the environment and in a configuration file:
+/// none of them appears in any output (errors included), in the server's
 /// log (restore_command's stderr goes there) or in any file walvault leaves
 /// in the restored data directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -574,6 +575,7 @@ async fn no_secret_in_any_output() {
     })
     .await;
     outputs.push(restored.log_text());
+    outputs.extend(config_file_outputs(&s3, &env.url, pg.port, PASSWORD));
     for (i, output) in outputs.iter().enumerate() {
         for secret in [KEY, PASSWORD, SECRET_KEY] {
             assert!(
@@ -587,6 +589,66 @@ async fn no_secret_in_any_output() {
         "nothing was logged at debug level"
     );
     assert_no_secret_in(&pgdata);
+}
+
+/// What walvault prints when a configuration file holds the key, the
+/// store's credentials and the server's password (at debug level, help
+/// included), when that file has mistakes or others may read it, and when a
+/// password is given on the command line.
+fn config_file_outputs(s3: &S3Server, url: &str, port: u16, password: &str) -> Vec<String> {
+    use crate::support::config::{bare_command, run_with_config, write_config};
+    use crate::support::s3::{ACCESS_KEY, REGION};
+    let dir = tempfile::tempdir().unwrap();
+    let conn = format!("host=127.0.0.1 port={port} user=archiver sslmode=disable");
+    let secrets = format!(
+        "log_level = \"debug\"\n\
+         [repository]\nrepo = \"{url}\"\nkey = \"{KEY}\"\n\
+         [repository.options]\naws_endpoint = \"{endpoint}\"\n\
+         aws_access_key_id = \"{ACCESS_KEY}\"\naws_secret_access_key = \"{SECRET_KEY}\"\n\
+         aws_region = \"{REGION}\"\n\
+         [backup]\npg = \"{conn} password={password}\"\ncheckpoint = \"fast\"\n",
+        endpoint = s3.endpoint(),
+    );
+    let config = write_config(dir.path(), "walvault.toml", &secrets);
+    let mut outputs = Vec::new();
+    for args in [
+        vec!["backup"],
+        vec!["list"],
+        vec!["verify"],
+        vec!["backup", "--help"],
+    ] {
+        let out = run_with_config(&config, &[], &args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        outputs.push(text(&out));
+    }
+    // Mistakes in the file name keys and places, never values.
+    for broken in [
+        format!("{secrets}[backup]\n"),
+        format!("{secrets}label = [\"x\"]\n"),
+        secrets.replace("checkpoint", "checkpiont"),
+        secrets.replace(&format!("key = \"{KEY}\""), &format!("key = \"{KEY}")),
+        secrets.replace(&format!("key = \"{KEY}\""), &format!("key = {KEY}")),
+        secrets.replace(
+            &format!("password={password}"),
+            &format!("password={password} notakey=1"),
+        ),
+    ] {
+        let path = write_config(dir.path(), "broken.toml", &broken);
+        let out = run_with_config(&path, &[], &["backup"]);
+        assert!(!out.status.success(), "{broken}: {}", text(&out));
+        outputs.push(text(&out));
+    }
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    let out = run_with_config(&config, &[], &["list"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    outputs.push(text(&out));
+    let out = bare_command()
+        .args(["backup", "--pg", &format!("{conn} password={password}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    outputs.push(text(&out));
+    outputs
 }
 
 /// A store that stops answering (frozen, not refusing) during recovery:

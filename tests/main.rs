@@ -6,6 +6,7 @@ mod support;
 mod attack;
 mod backup;
 mod cli;
+mod config_file;
 mod faults;
 mod fuzz_corpus;
 mod operations;

@@ -11,6 +11,7 @@ pub mod keep;
 pub mod keygen;
 pub mod list;
 pub mod mark;
+pub mod parse;
 pub mod restore;
 pub mod stream;
 pub mod verify;
@@ -21,6 +22,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::file::{ConfigFile, RepositorySecrets};
 use crate::format::manifest::RepositoryManifest;
 use crate::storage::Repository;
 use crate::telemetry::LogFormat;
@@ -73,6 +75,10 @@ pub struct Cli {
         default_value = "plain"
     )]
     pub log_format: LogFormatArg,
+    /// TOML file with settings for every command (see walvault.example.toml); flags and WALVAULT_*
+    /// variables win over it. Mode 0600 when it holds a key, credentials or a password.
+    #[arg(long, global = true, env = "WALVAULT_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -174,6 +180,9 @@ pub struct RepoArgs {
     /// (GLACIER, DEEP_ARCHIVE) needs the objects restored by the store first.
     #[arg(long, env = "WALVAULT_BACKUP_STORAGE_CLASS")]
     pub backup_storage_class: Option<String>,
+    /// The configuration file (`--config`), for the key and store options it may hold.
+    #[arg(from_global)]
+    pub config: Option<PathBuf>,
 }
 
 impl RepoArgs {
@@ -207,12 +216,44 @@ impl RepoArgs {
             );
         }
         let env_key = std::env::var("WALVAULT_KEY").ok();
-        let keyring = crate::config::load_keyring(self.key_file.as_ref(), env_key.as_deref())?;
+        let file = self.file_secrets()?;
+        let keyring = match self.file_key(&file, env_key.as_deref()) {
+            Some(text) => crate::format::Keyring::from_key_file_text(
+                secrecy::ExposeSecret::expose_secret(text),
+                "the configuration file's [repository] key",
+            )?,
+            None => crate::config::load_keyring(self.key_file.as_ref(), env_key.as_deref())?,
+        };
         let url = self
             .repo
             .as_deref()
             .ok_or(crate::config::Error::Missing("--repo (or WALVAULT_REPO)"))?;
-        crate::config::open_repository(url, keyring, self.compression_level)
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        let options = crate::storage::options_under_environment(url, &file.option_pairs(), &vars)?;
+        crate::config::open_repository_with(url, &options, keyring, self.compression_level)
+    }
+
+    /// The key and store options of the configuration file, if one is given.
+    fn file_secrets(&self) -> Result<RepositorySecrets, crate::config::Error> {
+        Ok(match &self.config {
+            Some(path) => ConfigFile::read(path, parse::SECRET_FLAGS)?
+                .repository()
+                .clone(),
+            None => RepositorySecrets::default(),
+        })
+    }
+
+    /// The file's key, used only when neither a key file (flag, environment
+    /// or the file's key_file) nor WALVAULT_KEY gives one: they win over it.
+    fn file_key<'a>(
+        &self,
+        file: &'a RepositorySecrets,
+        env_key: Option<&str>,
+    ) -> Option<&'a secrecy::SecretString> {
+        let env_key = env_key.filter(|k| !k.trim().is_empty());
+        file.key
+            .as_ref()
+            .filter(|_| self.key_file.is_none() && env_key.is_none())
     }
 
     /// The settings a command run without the environment (restore_command)
@@ -226,20 +267,30 @@ impl RepoArgs {
         if let Some(path) = &self.repo_config {
             return Ok(settings_file::load_repository_config(path)?);
         }
-        let key = match (&self.key_file, std::env::var("WALVAULT_KEY").ok()) {
+        let env_key = std::env::var("WALVAULT_KEY").ok();
+        let file = self.file_secrets()?;
+        let key = match (&self.key_file, self.file_key(&file, env_key.as_deref())) {
             (Some(path), _) => {
                 // Every key of the file (old objects may need an older key).
                 crate::config::keys::read_key_file(path)?;
                 Some(std::fs::read_to_string(path)?)
             }
-            (None, k) => k,
+            (None, Some(text)) => Some(secrecy::ExposeSecret::expose_secret(text).to_string()),
+            (None, None) => env_key,
         };
         let url = self
             .repo
             .as_deref()
             .ok_or(crate::config::Error::Missing("--repo (or WALVAULT_REPO)"))?;
         let vars: Vec<(String, String)> = std::env::vars().collect();
-        Ok(settings_file::from_environment(url, key, &vars)?)
+        let mut cfg = settings_file::from_environment(url, key, &vars)?;
+        cfg.options
+            .extend(crate::storage::options_under_environment(
+                url,
+                &file.option_pairs(),
+                &vars,
+            )?);
+        Ok(cfg)
     }
 
     /// Opens a repository that must exist already, checking the keys against it.

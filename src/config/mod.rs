@@ -1,11 +1,15 @@
 //! Settings shared by the commands: repository, keys, sizes and durations.
-//! Precedence is flags > `WALVAULT_*` environment > built-in defaults (clap
-//! resolves flag over environment); this module validates and resolves once.
+//! Precedence is flags > `WALVAULT_*` environment > configuration file >
+//! built-in defaults (clap resolves all four: the file's settings become the
+//! flags' defaults); this module validates and resolves once.
 //!
+//! - [`file`](mod@file) reads the configuration file (`--config`) and makes its
+//!   settings the defaults of the flags;
 //! - [`keys`] reads key files and `WALVAULT_KEY`, and draws new keys;
 //! - [`settings_file`] writes and reads the repository settings file that
 //!   `restore_command` uses instead of the environment.
 
+pub mod file;
 pub mod keys;
 pub mod settings_file;
 
@@ -39,6 +43,9 @@ pub enum Error {
     /// Repository URL problems.
     #[error(transparent)]
     Repository(#[from] crate::storage::Error),
+    /// Configuration file problems.
+    #[error(transparent)]
+    File(#[from] file::Error),
 }
 
 /// Opens the repository with the keyring and zstd level.

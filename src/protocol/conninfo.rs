@@ -949,6 +949,32 @@ impl TlsVersion {
     }
 }
 
+/// Whether the connection string `s` holds a secret (`password`,
+/// `sslpassword`, a password in a URI's user info, …), which must then not
+/// be given where others can read it, such as the command line. A string
+/// that does not parse counts as holding one when it may: when it mentions
+/// a password, or is a URI with `user:…@` before its host.
+pub fn has_secret(s: &str) -> bool {
+    let is_uri = s.starts_with("postgresql://") || s.starts_with("postgres://");
+    let pairs = if is_uri {
+        parse_uri(s)
+    } else {
+        parse_key_values(s)
+    };
+    match pairs {
+        Ok(pairs) => pairs
+            .iter()
+            .any(|p| SECRET_KEYS.contains(&p.key.as_str()) && !p.value.is_empty()),
+        Err(_) => {
+            let lower = s.to_ascii_lowercase();
+            SECRET_KEYS.iter().any(|k| lower.contains(k))
+                || (is_uri
+                    && s.rsplit_once('@')
+                        .is_some_and(|(before, _)| before.matches(':').count() > 1))
+        }
+    }
+}
+
 /// Whether a value is plain enough to show in an error: every value walvault
 /// checks is a word, number, address or list of them, so anything else (an
 /// `=`, a space, a quote: e.g. `sslmode= password=…` that swallowed the next
@@ -1581,5 +1607,29 @@ mod tests {
         let c = ConnInfo::parse(&format!("password={PW} sslpassword={PW}"), &no_env).unwrap();
         assert!(!format!("{c:?}").contains(PW));
         assert!(!c.describe().contains(PW));
+    }
+
+    #[test]
+    fn secrets_in_connection_strings_are_found() {
+        for s in [
+            "host=db password=hunter2",
+            "host=db sslpassword=x",
+            "postgresql://u:hunter2@db/x",
+            "postgres://db/x?password=hunter2",
+            // Malformed, but may hold one.
+            "host=db password='unterminated",
+            "postgres://u:p%zz@db",
+        ] {
+            assert!(has_secret(s), "{s}");
+        }
+        for s in [
+            "",
+            "host=db user=walvault",
+            "postgresql://u@db:5432/x",
+            "host=db password=",
+            "host='unterminated",
+        ] {
+            assert!(!has_secret(s), "{s}");
+        }
     }
 }

@@ -23,6 +23,8 @@ mod repository;
 pub mod retry;
 
 pub use error::Error;
-pub use open::{environment_options, store_retry_config};
+pub use open::{
+    environment_options, is_store_option, options_under_environment, store_retry_config,
+};
 pub use repository::{ObjectInfo, Repository, RequestCounts, StorageClasses};
 pub use retry::retry;

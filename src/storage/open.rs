@@ -47,24 +47,7 @@ pub fn environment_options(
         if !prefixes(scheme).iter().any(|p| name.starts_with(p)) {
             continue;
         }
-        let lower = name.to_ascii_lowercase();
-        let canonical = match scheme {
-            "s3" | "s3a" => lower
-                .parse::<object_store::aws::AmazonS3ConfigKey>()
-                .ok()
-                .map(|k| k.as_ref().to_string()),
-            "gs" if name == "SERVICE_ACCOUNT" => Some("google_service_account".to_string()),
-            "gs" => lower
-                .parse::<object_store::gcp::GoogleConfigKey>()
-                .ok()
-                .map(|k| k.as_ref().to_string()),
-            "az" | "azure" => lower
-                .parse::<object_store::azure::AzureConfigKey>()
-                .ok()
-                .map(|k| k.as_ref().to_string()),
-            _ => None,
-        };
-        if let Some(key) = canonical {
+        if let Some(key) = canonical_option(scheme, name) {
             // Several variables can name one option (AWS_ENDPOINT and
             // AWS_ENDPOINT_URL): the first one set wins, in sorted order.
             if !out.iter().any(|(k, _)| *k == key) {
@@ -74,6 +57,63 @@ pub fn environment_options(
     }
     out.sort();
     Ok(out)
+}
+
+/// The canonical name of the store option `name` (any case) for URL
+/// `scheme`, if that store knows it: `AWS_ENDPOINT_URL` and `endpoint` are
+/// both `aws_endpoint` for `s3://`.
+fn canonical_option(scheme: &str, name: &str) -> Option<String> {
+    let lower = name.to_ascii_lowercase();
+    match scheme {
+        "s3" | "s3a" => lower
+            .parse::<object_store::aws::AmazonS3ConfigKey>()
+            .ok()
+            .map(|k| k.as_ref().to_string()),
+        "gs" if lower == "service_account" => Some("google_service_account".to_string()),
+        "gs" => lower
+            .parse::<object_store::gcp::GoogleConfigKey>()
+            .ok()
+            .map(|k| k.as_ref().to_string()),
+        "az" | "azure" => lower
+            .parse::<object_store::azure::AzureConfigKey>()
+            .ok()
+            .map(|k| k.as_ref().to_string()),
+        _ => None,
+    }
+}
+
+/// Whether some store (S3, GCS or Azure) knows the option `name`.
+pub fn is_store_option(name: &str) -> bool {
+    ["s3", "gs", "az"]
+        .iter()
+        .any(|scheme| canonical_option(scheme, name).is_some())
+}
+
+/// Store options from a lower layer (the configuration file) that the
+/// environment `vars` does not set for a repository at `url`, with canonical
+/// names: given as explicit options they then sit under the environment.
+/// Names the store does not know are kept, for [`Repository::open_with`] to
+/// refuse.
+///
+/// # Errors
+/// [`Error::Url`] when the URL does not parse.
+pub fn options_under_environment(
+    url: &str,
+    lower: &[(String, String)],
+    vars: &[(String, String)],
+) -> Result<Vec<(String, String)>, Error> {
+    let environment = environment_options(url, vars)?;
+    let scheme = url::Url::parse(url)
+        .map(|u| u.scheme().to_string())
+        .unwrap_or_default();
+    Ok(lower
+        .iter()
+        .map(|(name, value)| {
+            let key = canonical_option(&scheme, name).unwrap_or_else(|| name.clone());
+            (key, value.clone())
+        })
+        .filter(|(key, _)| !environment.iter().any(|(have, _)| have == key))
+        .collect())
 }
 
 /// Opens the repository at `url`: `file:///path`, `s3://bucket/prefix`,
@@ -178,8 +218,9 @@ pub(super) fn open(
 }
 
 /// Where a store's credentials come from, in words an operator can act on:
-/// which option names them and whether the environment or a settings file
-/// gave it. Without any, the S3 and GCS clients ask a cloud metadata
+/// which option names them and whether the environment or a file (the
+/// repository settings file, or the configuration file's
+/// `[repository.options]`) gave it. Without any, the S3 and GCS clients ask a cloud metadata
 /// service, which `check` reports as a warning.
 fn credential_source(scheme: &str, env: &[(String, String)], file: &[(String, String)]) -> String {
     let from = |names: &[&str]| {
@@ -189,7 +230,7 @@ fn credential_source(scheme: &str, env: &[(String, String)], file: &[(String, St
                 .map(|(k, _)| k.clone())
         };
         hit(file)
-            .map(|k| format!("{k} from the settings file"))
+            .map(|k| format!("{k} from the settings or configuration file"))
             .or_else(|| hit(env).map(|k| format!("{k} from the environment")))
     };
     let found = match scheme {
@@ -286,5 +327,23 @@ mod tests {
         assert!(environment_options("file:///x", &env).unwrap().is_empty());
         assert!(is_loopback_http("http://127.0.0.1:9000"));
         assert!(!is_loopback_http("http://10.0.0.1:9000"));
+    }
+
+    #[test]
+    fn file_options_sit_under_the_environment() {
+        let file = vars(&[
+            ("access_key_id", "from-file"),
+            ("aws_region", "eu-west-1"),
+            ("aws_no_such_option", "x"),
+        ]);
+        let env = vars(&[("AWS_ACCESS_KEY_ID", "from-env")]);
+        assert_eq!(
+            options_under_environment("s3://b/p", &file, &env).unwrap(),
+            vars(&[("aws_region", "eu-west-1"), ("aws_no_such_option", "x")])
+        );
+        assert!(is_store_option("aws_secret_access_key"));
+        assert!(is_store_option("google_service_account"));
+        assert!(is_store_option("azure_storage_account_name"));
+        assert!(!is_store_option("aws_secret_acess_key"));
     }
 }

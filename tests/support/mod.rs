@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod azurite;
+pub mod config;
 pub mod faulty;
 pub mod gcs;
 pub mod http;

@@ -36,6 +36,8 @@ pub struct Info {
     pub pins: Vec<PinInfo>,
     /// Marks (named restore points), oldest first.
     pub marks: Vec<MarkInfo>,
+    /// The newest restore drill.
+    pub last_drill: Option<crate::format::drill::DrillRecord>,
 }
 
 /// One backup.
@@ -157,6 +159,7 @@ pub async fn gather(repo: &Repository, server: Option<&ConnInfo>) -> Result<Info
         .filter(|p| p.holds_at(now))
         .collect();
     let marks = repo.read_marks().await?;
+    let last_drill = repo.latest_drill().await?;
 
     let backup_infos = backups
         .iter()
@@ -250,6 +253,7 @@ pub async fn gather(repo: &Repository, server: Option<&ConnInfo>) -> Result<Info
                 time: to_text(&m.time),
             })
             .collect(),
+        last_drill,
     })
 }
 

@@ -11,6 +11,7 @@ pub mod backup;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod drill;
 pub mod error;
 pub mod expire;
 pub mod format;

@@ -48,6 +48,15 @@ pub struct ExpireSchedule {
     pub interval: std::time::Duration,
 }
 
+/// Restore drills in the sidecar.
+#[derive(Clone, Debug)]
+pub struct DrillSchedule {
+    /// When (cron, UTC).
+    pub schedule: Schedule,
+    /// How.
+    pub options: crate::drill::DrillOptions,
+}
+
 /// The metrics and health endpoint, and what it observes.
 pub struct Monitoring {
     /// Shared with every task of the sidecar.
@@ -74,6 +83,7 @@ pub async fn run(
     stream: &StreamOptions,
     backups: Option<BackupSchedule>,
     expire: Option<ExpireSchedule>,
+    drills: Option<DrillSchedule>,
     monitoring: Option<Monitoring>,
     repo: &Repository,
     shutdown: &Shutdown,
@@ -123,9 +133,22 @@ pub async fn run(
             reporter.clone(),
         ))
     });
+    let driller = drills.map(|d| {
+        tokio::spawn(run_drills(
+            d,
+            repo.clone(),
+            shutdown.child(),
+            reporter.clone(),
+        ))
+    });
     let summary = receiver::run(stream, repo, shutdown, plan).await;
     shutdown.graceful.cancel();
     monitor_stop.cancel();
+    if let Some(task) = driller
+        && let Err(e) = task.await
+    {
+        error!(error = %e, "the drill task panicked");
+    }
     if let Some(task) = expirer
         && let Err(e) = task.await
     {
@@ -262,6 +285,52 @@ async fn run_expire(
                 reporter.expire(None);
             }
         }
+    }
+}
+
+/// Runs a restore drill at every time the schedule fires, until shutdown.
+async fn run_drills(d: DrillSchedule, repo: Repository, shutdown: Shutdown, reporter: Reporter) {
+    loop {
+        let Some(next) = d.schedule.next_after(chrono::Utc::now()) else {
+            warn!("the drill schedule never fires again");
+            return;
+        };
+        info!(next = %next.to_rfc3339(), "next restore drill");
+        let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            biased;
+            () = shutdown.graceful.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        // The drill's future is not Send (it holds borrows across awaits in
+        // the start supervision): it runs on a blocking thread of its own.
+        let (repo2, options) = (repo.clone(), d.options.clone());
+        let handle = tokio::runtime::Handle::current();
+        let record = match tokio::task::spawn_blocking(move || {
+            handle.block_on(crate::drill::run(&repo2, &options))
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "restore drill panicked");
+                continue;
+            }
+        };
+        if record.success {
+            info!(
+                backup = record.backup_id.as_deref().unwrap_or("-"),
+                rto_seconds = record.rto_seconds,
+                "restore drill succeeded"
+            );
+        } else {
+            error!(
+                backup = record.backup_id.as_deref().unwrap_or("-"),
+                reason = record.message,
+                "restore drill failed"
+            );
+        }
+        reporter.refresh.notify_one();
     }
 }
 

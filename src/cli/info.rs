@@ -127,6 +127,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default()
         );
     }
+    match &info.last_drill {
+        Some(d) => println!(
+            "last drill {}: {} (backup {}, RTO {:.1}s): {}",
+            crate::format::time::to_text(&d.time),
+            if d.success { "succeeded" } else { "FAILED" },
+            d.backup_id.as_deref().unwrap_or("-"),
+            d.rto_seconds,
+            d.message
+        ),
+        None => println!("last drill: none (walvault drill tests a restore)"),
+    }
     for m in &info.marks {
         println!(
             "mark {} at {} (timeline {}), {}",

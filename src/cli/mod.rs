@@ -5,6 +5,7 @@
 
 pub mod backup;
 pub mod check;
+pub mod drill;
 pub mod expire;
 pub mod info;
 pub mod keep;
@@ -101,6 +102,8 @@ pub enum Command {
     List(list::Args),
     /// Check the server, the repository, the key and the WAL; exit 0 ok, 1 warning, 2 critical.
     Check(check::Args),
+    /// Test a restore into a scratch directory, check it, record the outcome and the RTO.
+    Drill(drill::Args),
     /// Remove backups and WAL that the retention policy no longer keeps.
     Expire(expire::Args),
     /// Show backups, the restorable window per timeline, lag, retention, pins and marks.
@@ -327,6 +330,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }),
         Command::List(args) => list::run(args).await,
         Command::Check(args) => check::run(args).await,
+        Command::Drill(args) => drill::run(args).await,
         Command::Expire(args) => expire::run(args).await,
         Command::Info(args) => info::run(args).await,
         Command::Keep(args) => keep::run(args).await,

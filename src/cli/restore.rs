@@ -129,16 +129,9 @@ fn usage(what: &'static str, value: &str, reason: impl Into<String>) -> crate::c
 
 fn parse_target(args: &Args) -> Result<RecoveryTarget, crate::config::Error> {
     if let Some(t) = &args.target_time {
-        let parsed = chrono::DateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f%#z")
-            .or_else(|_| chrono::DateTime::parse_from_rfc3339(t))
-            .map_err(|e| {
-                usage(
-                    "--target-time",
-                    t,
-                    format!("{e}; give a time with its UTC offset, e.g. 2026-11-21 10:15:00+00"),
-                )
-            })?;
-        return Ok(RecoveryTarget::Time(parsed.with_timezone(&chrono::Utc)));
+        let parsed =
+            crate::restore::plan::parse_target_time(t).map_err(|e| usage("--target-time", t, e))?;
+        return Ok(RecoveryTarget::Time(parsed));
     }
     if let Some(l) = &args.target_lsn {
         return Ok(RecoveryTarget::Lsn(l.parse().map_err(
@@ -271,6 +264,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
         socket_dir: args.socket_dir.clone(),
         user: args.user.clone(),
         action: args.target_action.into(),
+        settings: Vec::new(),
     };
     let outcome = crate::restore::start::start_and_wait(&start, b.pg_major, |s| {
         println!(

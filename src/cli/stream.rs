@@ -84,6 +84,16 @@ pub struct Args {
     /// A newest backup older than this makes /health answer 207 (degraded).
     #[arg(long, env = "WALVAULT_BACKUP_MAX_AGE", default_value = "26h", value_parser = parse_duration)]
     pub backup_max_age: Duration,
+    /// Run a restore drill (walvault drill) on this cron schedule, e.g. monthly "0 4 1 * *";
+    /// off unless given. The sidecar must run as a user that can run PostgreSQL.
+    #[arg(long, env = "WALVAULT_DRILL_SCHEDULE")]
+    pub drill_schedule: Option<String>,
+    /// Where drills make their scratch directory (room for the database).
+    #[arg(long, env = "WALVAULT_DRILL_SCRATCH")]
+    pub drill_scratch: Option<std::path::PathBuf>,
+    /// Directory of pg_ctl and pg_amcheck for drills.
+    #[arg(long, env = "WALVAULT_PG_BIN")]
+    pub pg_bin: Option<std::path::PathBuf>,
 }
 
 /// Runs the stream until SIGINT/SIGTERM.
@@ -156,6 +166,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let drills = match &args.drill_schedule {
+        Some(text) => Some(sidecar::DrillSchedule {
+            schedule: Schedule::parse(text).map_err(|e| crate::config::Error::Invalid {
+                what: "--drill-schedule",
+                value: text.clone(),
+                reason: e.to_string(),
+            })?,
+            options: crate::drill::DrillOptions {
+                backup: None,
+                target: crate::restore::plan::RecoveryTarget::End,
+                scratch_parent: std::path::absolute(
+                    args.drill_scratch
+                        .clone()
+                        .unwrap_or_else(std::env::temp_dir),
+                )
+                .context("resolve --drill-scratch")?,
+                pg_bin: args.pg_bin.clone(),
+                port: 5432,
+                user: "postgres".into(),
+                check_sql: None,
+                settings: args.repo.settings()?,
+                walvault: std::env::current_exe().context("find the walvault binary")?,
+            },
+        }),
+        None => None,
+    };
     let policy = args.retention.policy();
     let expire = (!policy.is_empty()).then(|| sidecar::ExpireSchedule {
         policy,
@@ -165,9 +201,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
           synchronous = opts.synchronous, "walvault stream starting");
     let shutdown = Shutdown::new();
     shutdown.cancel_on_signals();
-    let (summary, scheduled) = sidecar::run(&opts, backups, expire, monitoring, &repo, &shutdown)
-        .await
-        .context("stream WAL")?;
+    let (summary, scheduled) =
+        sidecar::run(&opts, backups, expire, drills, monitoring, &repo, &shutdown)
+            .await
+            .context("stream WAL")?;
     info!(durable = %summary.durable, objects = summary.objects, bytes = summary.plain_bytes,
           backups = scheduled.completed, failed_backups = scheduled.failed,
           requests = repo.requests().summary(), "walvault stream stopped");

@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod chunk;
+pub mod drill;
 pub mod key;
 pub mod manifest;
 pub mod mark;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{BackupFacts, Metrics, SlotFacts};
+use super::{BackupFacts, DrillFacts, Metrics, SlotFacts};
 use crate::protocol::{ConnInfo, ReplicationConnection};
 use crate::storage::Repository;
 use crate::wal::inventory::WalInventory;
@@ -105,8 +105,19 @@ pub async fn read_repository(metrics: &Metrics, repo: &Repository) {
         },
         None => None,
     };
+    let drill = match repo.latest_drill().await {
+        Ok(d) => d.map(|d| DrillFacts {
+            success: d.success,
+            time: d.time,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %crate::error::chain(&e), "metrics: cannot read the newest drill");
+            None
+        }
+    };
     metrics.update(|s| {
         s.newest_backup = newest;
         s.earliest_restorable = earliest;
+        s.last_drill = drill;
     });
 }

@@ -29,6 +29,18 @@ pub enum RecoveryTarget {
     Immediate,
 }
 
+/// Parses a target time: `2026-11-21 10:15:00+00` (PostgreSQL's form) or
+/// RFC 3339; the UTC offset is required.
+///
+/// # Errors
+/// Why the text is not such a time.
+pub fn parse_target_time(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
+        .or_else(|_| DateTime::parse_from_rfc3339(text))
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{e}; give a time with its UTC offset, e.g. 2026-11-21 10:15:00+00"))
+}
+
 /// What PostgreSQL does at the target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TargetAction {

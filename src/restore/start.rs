@@ -31,6 +31,9 @@ pub struct StartOptions {
     pub user: String,
     /// What recovery does at the target.
     pub action: TargetAction,
+    /// Settings given on the server's command line (`-c name=value`),
+    /// e.g. no TCP listener and no archiving for a drill.
+    pub settings: Vec<(String, String)>,
 }
 
 /// How the started server ended recovery.
@@ -116,7 +119,10 @@ pub async fn start_and_wait(
         .clone()
         .unwrap_or_else(|| args.pgdata.clone());
     let log = args.pgdata.join("walvault-start.log");
-    let options = format!("-p {} -k '{}'", args.port, socket_dir.display());
+    let mut options = format!("-p {} -k '{}'", args.port, socket_dir.display());
+    for (name, value) in &args.settings {
+        options.push_str(&format!(" -c {name}='{value}'"));
+    }
     let out = tokio::process::Command::new(&pg_ctl)
         .arg("-D")
         .arg(&args.pgdata)

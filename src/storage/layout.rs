@@ -12,6 +12,7 @@
 //! retention/pins/{id}.json                         a pinned backup (`walvault keep`)
 //! retention/expire/{seq:010}                       an expire run and the retention floor
 //! marks/{name}.json                                a named restore point (`walvault mark`)
+//! drills/{id}.json                                 a restore drill's record
 //! ```
 
 use crate::lsn::{SegmentName, TimelineId};
@@ -30,6 +31,14 @@ pub const BACKUPS_PREFIX: &str = "backups/";
 
 /// The prefix of pins (`walvault keep`).
 pub const PINS_PREFIX: &str = "retention/pins/";
+
+/// The prefix of drill records.
+pub const DRILLS_PREFIX: &str = "drills/";
+
+/// The key of a drill record (`id` is its UTC end time, `YYYYMMDDTHHMMSSZ`).
+pub fn drill_key(id: &str) -> String {
+    format!("{DRILLS_PREFIX}{id}.json")
+}
 
 /// The prefix of marks.
 pub const MARKS_PREFIX: &str = "marks/";

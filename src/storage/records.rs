@@ -1,6 +1,7 @@
 //! Retention's own objects: pins and expire records (see
 //! [`crate::format::retention`]). Sealed and bound like every object.
 
+use crate::format::drill::DrillRecord;
 use crate::format::mark::Mark;
 use crate::format::retention::{ExpireRecord, Pin};
 
@@ -120,6 +121,48 @@ impl Repository {
         let body = serde_json::to_vec_pretty(mark).expect("a mark serializes");
         self.put_sealed(&layout::mark_key(&mark.name), vec![body.into()])
             .await?;
+        Ok(())
+    }
+
+    /// The newest drill record, if any (ids sort by time).
+    ///
+    /// # Errors
+    /// Store errors; a record that does not open or parse, naming it.
+    pub async fn latest_drill(&self) -> Result<Option<DrillRecord>, Error> {
+        let newest = self
+            .list(layout::DRILLS_PREFIX)
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| k.ends_with(".json"))
+            .max();
+        match newest {
+            Some(key) => self.read_document(&key).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a drill record under a new id from its time.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn write_drill(&self, record: &DrillRecord) -> Result<(), Error> {
+        let body = serde_json::to_vec_pretty(record).expect("a record serializes");
+        let base = record.time.format("%Y%m%dT%H%M%SZ").to_string();
+        for n in 0..100 {
+            let id = if n == 0 {
+                base.clone()
+            } else {
+                format!("{base}_{n:02}")
+            };
+            match self
+                .put_sealed(&layout::drill_key(&id), vec![body.clone().into()])
+                .await
+            {
+                Err(Error::Conflict { .. }) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
         Ok(())
     }
 

@@ -31,7 +31,11 @@ impl Stream<'_> {
         let mut status_tick = tokio::time::interval(DRAIN_STATUS_INTERVAL);
         let jobs_tx = self.jobs_tx.clone();
         loop {
-            if self.pending.is_empty() && *self.durable_rx.borrow() >= target {
+            // Everything before the stream's start counts as stored (as in
+            // the status updates): a stream stopped before it received
+            // anything has nothing to wait for.
+            let durable = (*self.durable_rx.borrow()).max(self.last_reported);
+            if self.pending.is_empty() && durable >= target {
                 break;
             }
             tokio::select! {

@@ -22,6 +22,7 @@ pub mod local_file;
 pub mod lsn;
 pub mod mark;
 pub mod metrics;
+pub mod notify;
 pub mod pipeline;
 pub mod progress;
 pub mod protocol;

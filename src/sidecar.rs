@@ -61,8 +61,11 @@ pub struct DrillSchedule {
 pub struct Monitoring {
     /// Shared with every task of the sidecar.
     pub metrics: Arc<Metrics>,
-    /// Bound at start, so a taken address fails before streaming.
-    pub listener: tokio::net::TcpListener,
+    /// The endpoint, bound at start so a taken address fails before
+    /// streaming (`None`: no endpoint, only notifications).
+    pub listener: Option<tokio::net::TcpListener>,
+    /// Post incidents to this webhook.
+    pub webhook: Option<String>,
     /// Limits for `/health`.
     pub thresholds: Thresholds,
     /// The server, for the slot's status (over an SQL session).
@@ -96,12 +99,22 @@ pub async fn run(
     // The endpoint answers until the stream has drained.
     let monitor_stop = tokio_util::sync::CancellationToken::new();
     if let Some(m) = monitoring {
-        tokio::spawn(crate::metrics::http::serve(
-            m.listener,
-            m.metrics.clone(),
-            m.thresholds,
-            monitor_stop.clone(),
-        ));
+        if let Some(listener) = m.listener {
+            tokio::spawn(crate::metrics::http::serve(
+                listener,
+                m.metrics.clone(),
+                m.thresholds,
+                monitor_stop.clone(),
+            ));
+        }
+        if let Some(url) = m.webhook {
+            tokio::spawn(crate::notify::run(
+                url,
+                m.metrics.clone(),
+                m.thresholds,
+                monitor_stop.clone(),
+            ));
+        }
         tokio::spawn(crate::metrics::observe(
             m.metrics,
             repo.clone(),

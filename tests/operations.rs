@@ -534,3 +534,129 @@ async fn drill_tests_a_restore(major: u32) {
     assert_eq!(code, Some(0), "{log}");
 }
 crate::pg_test!(drill_tests_a_restore);
+
+/// A webhook receiver on loopback: every JSON body posted to it.
+struct Hook {
+    port: u16,
+    received: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Hook {
+    async fn start() -> Hook {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = received.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let n = s.read(&mut chunk).await.unwrap();
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                            continue;
+                        };
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() < length {
+                            continue;
+                        }
+                        sink.lock()
+                            .unwrap()
+                            .push(serde_json::from_str(&body[..length]).unwrap());
+                        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .unwrap();
+                        return;
+                    }
+                });
+            }
+        });
+        Hook { port, received }
+    }
+
+    fn messages(&self, incident: &str, status: &str) -> usize {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m["walvault"]["incident"] == incident && m["walvault"]["status"] == status)
+            .count()
+    }
+}
+
+/// Notifications: with the store stopped long past the RPO, the lag
+/// incident is announced exactly once (with Slack's `text`), however many
+/// uploads are retried meanwhile, and once more when it is resolved.
+/// A webhook URL on the command line is refused (it is a credential).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_per_incident() {
+    let pg = PgCluster::start(15, &PgOptions::default());
+    pg.pgbench(&["-i", "-s", "1", "-q"]);
+    let s3 = S3Server::start();
+    let (env, repo) = s3_env(&s3, "notify");
+    let hook = Hook::start().await;
+    let url = format!("http://127.0.0.1:{}/hook", hook.port);
+    let out = env.run(&["stream", "--notify-webhook", &url]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("webhook"), "{}", text(&out));
+    assert!(
+        !text(&out).contains("/hook"),
+        "the URL was echoed: {}",
+        text(&out)
+    );
+
+    let mut with_hook = env.clone();
+    with_hook.env.push(("WALVAULT_NOTIFY_WEBHOOK".into(), url));
+    let stream = StreamProcess::start(
+        &with_hook,
+        pg.port,
+        &["--flush-interval", "200ms", "--rpo", "2s"],
+    );
+    let end = pg.switch_wal().await;
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(30)).await;
+    let load = pg.pgbench_background(30, 1);
+    s3.pause();
+    crate::support::wait_for("the lag incident", Duration::from_secs(40), || async {
+        (hook.messages("lag", "failing") > 0).then_some(())
+    })
+    .await;
+    s3.resume();
+    crate::support::wait_for(
+        "the lag incident to resolve",
+        Duration::from_secs(60),
+        || async { (hook.messages("lag", "resolved") > 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        hook.messages("lag", "failing"),
+        1,
+        "{:?}",
+        hook.received.lock().unwrap()
+    );
+    assert_eq!(hook.messages("lag", "resolved"), 1);
+    let first = hook.received.lock().unwrap()[0].clone();
+    assert!(
+        first["text"].as_str().unwrap().contains("walvault on"),
+        "{first}"
+    );
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    let out = load.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}

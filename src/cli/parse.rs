@@ -33,6 +33,13 @@ pub const SECRET_FLAGS: &[SecretFlag] = &[
         instead: "give the store's credentials in its environment variables (AWS_SECRET_ACCESS_KEY, \
                   …) or in [repository.options] of the configuration file (--config, mode 0600)",
     },
+    SecretFlag {
+        id: "notify_webhook",
+        what: "a webhook URL (its path is the credential)",
+        holds_secret: |_| true,
+        instead: "give it in WALVAULT_NOTIFY_WEBHOOK or as notify_webhook in [stream] of the \
+                  configuration file (--config, mode 0600)",
+    },
 ];
 
 /// The id of the global flag naming the configuration file.

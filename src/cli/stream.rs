@@ -84,6 +84,12 @@ pub struct Args {
     /// A newest backup older than this makes /health answer 207 (degraded).
     #[arg(long, env = "WALVAULT_BACKUP_MAX_AGE", default_value = "26h", value_parser = parse_duration)]
     pub backup_max_age: Duration,
+    /// Post a JSON message (Slack-compatible "text") to this URL when an incident opens and when
+    /// it resolves: a failed backup, a stalled stream, lag over the RPO, an unreachable store, a
+    /// failed drill, a slot at risk, a failed expire. One message per incident, not per retry.
+    /// The URL is a credential: give it in the environment or the configuration file, not here.
+    #[arg(long, env = "WALVAULT_NOTIFY_WEBHOOK")]
+    pub notify_webhook: Option<String>,
     /// Run a restore drill (walvault drill) on this cron schedule, e.g. monthly "0 4 1 * *";
     /// off unless given. The sidecar must run as a user that can run PostgreSQL.
     #[arg(long, env = "WALVAULT_DRILL_SCHEDULE")]
@@ -143,7 +149,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }),
         None => None,
     };
-    let monitoring = match &args.metrics_addr {
+    let listener = match &args.metrics_addr {
         Some(addr) => {
             let listener = crate::metrics::http::bind(addr).await.map_err(|e| {
                 crate::config::Error::Invalid {
@@ -153,19 +159,31 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             })?;
             info!(addr = %listener.local_addr().map_or(addr.clone(), |a| a.to_string()), "serving /metrics and /health");
-            Some(sidecar::Monitoring {
-                metrics: crate::metrics::Metrics::new(repo.clone()),
-                listener,
-                thresholds: crate::metrics::health::Thresholds {
-                    rpo: args.rpo,
-                    backup_max_age: args.backup_max_age,
-                },
-                conninfo: opts.conninfo.clone(),
-                slot: opts.slot.clone(),
-            })
+            Some(listener)
         }
         None => None,
     };
+    if let Some(url) = &args.notify_webhook
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        anyhow::bail!(crate::config::Error::Invalid {
+            what: "--notify-webhook",
+            value: url.clone(),
+            reason: "give an http:// or https:// URL".into(),
+        });
+    }
+    let monitoring =
+        (listener.is_some() || args.notify_webhook.is_some()).then(|| sidecar::Monitoring {
+            metrics: crate::metrics::Metrics::new(repo.clone()),
+            listener,
+            webhook: args.notify_webhook.clone(),
+            thresholds: crate::metrics::health::Thresholds {
+                rpo: args.rpo,
+                backup_max_age: args.backup_max_age,
+            },
+            conninfo: opts.conninfo.clone(),
+            slot: opts.slot.clone(),
+        });
     let drills = match &args.drill_schedule {
         Some(text) => Some(sidecar::DrillSchedule {
             schedule: Schedule::parse(text).map_err(|e| crate::config::Error::Invalid {

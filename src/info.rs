@@ -38,6 +38,21 @@ pub struct Info {
     pub marks: Vec<MarkInfo>,
     /// The newest restore drill.
     pub last_drill: Option<crate::format::drill::DrillRecord>,
+    /// The keys `walvault.json` lists, with what each seals when counted.
+    pub keys: Vec<KeyInfo>,
+}
+
+/// One key.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyInfo {
+    /// Its id (8 hex digits).
+    pub id: String,
+    /// Whether it seals new objects (first in the key file).
+    pub seals_new_objects: bool,
+    /// Objects sealed with it (`None` unless counted, `info --keys`).
+    pub objects: Option<u64>,
+    /// Their stored bytes.
+    pub bytes: Option<u64>,
 }
 
 /// One backup.
@@ -134,7 +149,11 @@ pub struct MarkInfo {
 ///
 /// # Errors
 /// Store errors, or an empty repository.
-pub async fn gather(repo: &Repository, server: Option<&ConnInfo>) -> Result<Info, storage::Error> {
+pub async fn gather(
+    repo: &Repository,
+    server: Option<&ConnInfo>,
+    count_keys: bool,
+) -> Result<Info, storage::Error> {
     let manifest = repo
         .open_manifest()
         .await?
@@ -160,6 +179,32 @@ pub async fn gather(repo: &Repository, server: Option<&ConnInfo>) -> Result<Info
         .collect();
     let marks = repo.read_marks().await?;
     let last_drill = repo.latest_drill().await?;
+    let usage = if count_keys {
+        Some(repo.key_usage().await?)
+    } else {
+        None
+    };
+    let write_key = repo
+        .keyring()
+        .write_key()
+        .map(|k| format!("{:08x}", k.id()));
+    let keys = manifest
+        .key_ids
+        .iter()
+        .map(|id| {
+            let u = usage.as_ref().map(|u| {
+                u.get(&u32::from_str_radix(id, 16).ok())
+                    .copied()
+                    .unwrap_or_default()
+            });
+            KeyInfo {
+                id: id.clone(),
+                seals_new_objects: write_key.as_ref() == Some(id),
+                objects: u.map(|u| u.objects),
+                bytes: u.map(|u| u.bytes),
+            }
+        })
+        .collect();
 
     let backup_infos = backups
         .iter()
@@ -254,6 +299,7 @@ pub async fn gather(repo: &Repository, server: Option<&ConnInfo>) -> Result<Info
             })
             .collect(),
         last_drill,
+        keys,
     })
 }
 

@@ -23,6 +23,9 @@ pub struct Args {
     /// The server, to show the archive's lag behind it (as for `stream`).
     #[arg(long, env = "WALVAULT_PG")]
     pub pg: Option<String>,
+    /// Count the objects and bytes each key seals (reads every object's header).
+    #[arg(long)]
+    pub keys: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -40,7 +43,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let info = crate::info::gather(&repo, conninfo.as_ref())
+    let info = crate::info::gather(&repo, conninfo.as_ref(), args.keys)
         .await
         .context("read the repository")?;
     if args.json {
@@ -137,6 +140,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             d.message
         ),
         None => println!("last drill: none (walvault drill tests a restore)"),
+    }
+    for k in &info.keys {
+        println!(
+            "key {}{}{}",
+            k.id,
+            if k.seals_new_objects {
+                " (seals new objects)"
+            } else {
+                ""
+            },
+            match (k.objects, k.bytes) {
+                (Some(o), Some(b)) => format!(": {o} objects, {}", human_bytes(b)),
+                _ => String::new(),
+            }
+        );
     }
     for m in &info.marks {
         println!(

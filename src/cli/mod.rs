@@ -9,6 +9,7 @@ pub mod drill;
 pub mod expire;
 pub mod info;
 pub mod keep;
+pub mod key;
 pub mod keygen;
 pub mod list;
 pub mod mark;
@@ -112,6 +113,8 @@ pub enum Command {
     Keep(keep::Args),
     /// Create a named restore point and wait until its WAL is stored (before a migration).
     Mark(mark::Args),
+    /// Rotate keys: list what each key seals, add the key file's new key, retire an old one.
+    Key(key::Args),
     /// Print a new random encryption key (64 hexadecimal characters).
     Keygen(keygen::Args),
 }
@@ -334,6 +337,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Expire(args) => expire::run(args).await,
         Command::Info(args) => info::run(args).await,
         Command::Keep(args) => keep::run(args).await,
+        Command::Key(args) => key::run(args).await,
         Command::Mark(args) => mark::run(args).await,
         Command::Keygen(args) => keygen::run(&args),
     }

@@ -153,6 +153,22 @@ impl Keyring {
         Ok(Keyring { keys })
     }
 
+    /// The keys of this keyring whose ids are in `ids` (8 hex digits), in
+    /// the keyring's order.
+    pub fn only(&self, ids: &[String]) -> Keyring {
+        Keyring {
+            keys: self
+                .keys
+                .iter()
+                .filter(|k| ids.contains(&format!("{:08x}", k.id)))
+                .map(|k| MasterKey {
+                    id: k.id,
+                    bytes: SecretBox::new(Box::new(*k.bytes.expose_secret())),
+                })
+                .collect(),
+        }
+    }
+
     /// The key new objects are sealed with, if any.
     pub fn write_key(&self) -> Option<&MasterKey> {
         self.keys.first()

@@ -59,6 +59,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A new key list names keys the keyring does not hold.
+    #[error(
+        "the keyring lacks keys walvault.json would list ({missing}); give a key file holding every key to keep"
+    )]
+    KeysMissing {
+        /// Their ids.
+        missing: String,
+    },
     /// A stored document (pin, expire record) opened but does not parse.
     #[error("object {key} is not a valid document: {reason}")]
     BadDocument {
@@ -75,7 +83,10 @@ pub enum Error {
 impl Error {
     /// Whether the user must change settings (URL, keys, repository) to fix it.
     pub fn is_configuration(&self) -> bool {
-        matches!(self, Error::Url { .. } | Error::Mismatch(_))
+        matches!(
+            self,
+            Error::Url { .. } | Error::Mismatch(_) | Error::KeysMissing { .. }
+        )
     }
 
     /// Whether the same request may succeed later (network, timeouts, 5xx).

@@ -15,6 +15,7 @@
 
 mod error;
 mod identity;
+mod keys;
 pub mod layout;
 mod local;
 mod open;
@@ -23,6 +24,7 @@ mod repository;
 pub mod retry;
 
 pub use error::Error;
+pub use keys::KeyUsage;
 pub use open::{
     environment_options, is_store_option, options_under_environment, store_retry_config,
 };

@@ -62,7 +62,7 @@ pub struct RequestCounts {
 }
 
 impl RequestCounts {
-    fn count(counter: &std::sync::atomic::AtomicU64) {
+    pub(super) fn count(counter: &std::sync::atomic::AtomicU64) {
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 

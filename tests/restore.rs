@@ -321,6 +321,27 @@ async fn restore_follows_a_promotion(major: u32) {
         .await;
     assert_eq!(timeline, "00000003");
     assert_eq!(restored.query_one("SHOW primary_conninfo").await, "");
+
+    // Retention keeps the timeline that leads to the kept backup: with only
+    // the backup on timeline 2 kept, its history and WAL stay, and a restore
+    // to the end of the archive still plans without a gap.
+    let out = env.run(&["expire", "--retain-full", "1", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["removed"][0]["id"], first.as_str(), "{report}");
+    assert!(
+        repo.get_opened("wal/00000002.history").await.unwrap().is_some(),
+        "the history file of timeline 2 was removed"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = env.run(&[
+        "restore",
+        "--pgdata",
+        dir.path().join("data").to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("backup {second}")), "{}", text(&out));
 }
 pg_test!(restore_follows_a_promotion);
 

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Retention at scale: `expire` over an archive of --objects WAL objects on
+the S3 server (s3s-fs on loopback), and the fixed cost of `list` and
+`restore --dry-run` on the same archive.
+
+A throwaway PostgreSQL 15 (1 MiB WAL segments) has its WAL position moved
+past the objects (pg_resetwal), so one real base backup, taken with its WAL,
+lies after --objects old WAL segment objects placed in the bucket under the
+keys the sidecar would use. `expire --retain-full 1` must remove every one
+of them (they are below the backup's start and no backup needs them):
+
+  - list:        `walvault list --json`
+  - dry run:     `walvault restore --dry-run` (plan: listing + gap walk)
+  - expire plan: `walvault expire --retain-full 1 --dry-run --json`
+  - expire:      `walvault expire --retain-full 1 --json` (batched deletes)
+
+Prints seconds for each and the objects left. Run as root (PostgreSQL runs
+as the `postgres` user).
+
+Usage: scripts/bench-expire.py [--objects 100000] [--walvault target/release/walvault]
+"""
+import argparse, json, os, shutil, socket, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PGBIN = "/usr/lib/postgresql/15/bin"
+KEY = "7f3c1a9e5b2d4f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8"
+SEGMENTS_PER_XLOGID = 4096  # with 1 MiB segments
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def demote():
+    if os.geteuid() != 0:
+        return {}
+    import pwd
+    pw = pwd.getpwnam("postgres")
+    return {"user": pw.pw_uid, "group": pw.pw_gid}
+
+
+def timed(cmd, env):
+    t0 = time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    elapsed = time.monotonic() - t0
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{out.stdout}{out.stderr}")
+    return elapsed, out.stdout
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--objects", type=int, default=100_000)
+    ap.add_argument("--walvault", default=os.path.join(ROOT, "target/release/walvault"))
+    args = ap.parse_args()
+    if args.walvault.endswith("target/release/walvault"):
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    work = tempfile.mkdtemp(prefix="walvault-bench-expire-")
+    os.chmod(work, 0o755)
+    procs = []
+    try:
+        # The store.
+        s3root = os.path.join(work, "s3")
+        os.makedirs(os.path.join(s3root, "walvault"))
+        s3port = free_port()
+        s3s = shutil.which("s3s-fs") or os.path.expanduser("~/.cargo/bin/s3s-fs")
+        procs.append(subprocess.Popen([s3s, "--host", "127.0.0.1", "--port", str(s3port),
+                                       "--access-key", "bench", "--secret-key", "benchsecret", s3root],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{s3port}", AWS_ACCESS_KEY_ID="bench",
+                   AWS_SECRET_ACCESS_KEY="benchsecret", AWS_REGION="us-east-1",
+                   WALVAULT_REPO="s3://walvault/bench", WALVAULT_KEY=KEY)
+
+        # The server, its WAL moved past the fake objects.
+        pgdir = os.path.join(work, "pg")
+        os.makedirs(pgdir)
+        if os.geteuid() == 0:
+            shutil.chown(pgdir, "postgres")
+        data, sock = os.path.join(pgdir, "data"), pgdir
+        subprocess.run([f"{PGBIN}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync",
+                        "--wal-segsize=1"], check=True, capture_output=True, **demote())
+        first_real = args.objects + 2 * SEGMENTS_PER_XLOGID
+        start_file = "00000001%08X%08X" % (first_real // SEGMENTS_PER_XLOGID, 0)
+        subprocess.run([f"{PGBIN}/pg_resetwal", "-l", start_file, data], check=True, capture_output=True, **demote())
+        port = free_port()
+        with open(os.path.join(data, "postgresql.conf"), "a") as f:
+            f.write(f"port={port}\nlisten_addresses=''\nunix_socket_directories='{sock}'\n"
+                    "wal_level=replica\nmax_wal_senders=10\n")
+        log = open(os.path.join(pgdir, "server.log"), "w")
+        procs.append(subprocess.Popen([f"{PGBIN}/postgres", "-D", data], stdout=log, stderr=log, **demote()))
+        for _ in range(200):
+            if subprocess.run([f"{PGBIN}/pg_isready", "-h", sock, "-p", str(port)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        conn = f"host={sock} port={port} user=postgres"
+        timed([args.walvault, "backup", "--pg", conn, "--checkpoint", "fast"], env)
+
+        # The old WAL: one object per segment below the backup, as the sidecar names them.
+        waldir = os.path.join(s3root, "walvault", "bench", "wal", "00000001")
+        body = os.urandom(1024)
+        t0 = time.monotonic()
+        for n in range(1, args.objects + 1):
+            name = "00000001%08X%08X" % (n // SEGMENTS_PER_XLOGID, n % SEGMENTS_PER_XLOGID)
+            with open(os.path.join(waldir, name), "wb") as f:
+                f.write(body)
+        placed = time.monotonic() - t0
+
+        results = {}
+        results["list"], _ = timed([args.walvault, "list", "--json"], env)
+        results["restore --dry-run"], _ = timed([args.walvault, "restore", "--pgdata",
+                                                  os.path.join(work, "restored"), "--dry-run"], env)
+        results["expire --dry-run"], plan = timed([args.walvault, "expire", "--retain-full", "1",
+                                                   "--dry-run", "--json"], env)
+        planned = json.loads(plan)["wal_objects_removed"]
+        results["expire"], done = timed([args.walvault, "expire", "--retain-full", "1", "--json"], env)
+        removed = json.loads(done)["wal_objects_removed"]
+        left = len(os.listdir(waldir))
+        print(f"archive: {args.objects} old WAL objects placed in {placed:.1f}s, then the real backup's WAL")
+        for k, v in results.items():
+            print(f"{k:<20} {v:6.2f} s")
+        print(f"expire removed {removed} WAL objects (planned {planned}); {left} objects left under wal/00000001/")
+        if removed < args.objects:
+            sys.exit("expire did not remove every old object")
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            p.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

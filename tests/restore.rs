@@ -330,7 +330,10 @@ async fn restore_follows_a_promotion(major: u32) {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["removed"][0]["id"], first.as_str(), "{report}");
     assert!(
-        repo.get_opened("wal/00000002.history").await.unwrap().is_some(),
+        repo.get_opened("wal/00000002.history")
+            .await
+            .unwrap()
+            .is_some(),
         "the history file of timeline 2 was removed"
     );
     let dir = tempfile::tempdir().unwrap();
@@ -341,7 +344,11 @@ async fn restore_follows_a_promotion(major: u32) {
         "--dry-run",
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains(&format!("backup {second}")), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("backup {second}")),
+        "{}",
+        text(&out)
+    );
 }
 pg_test!(restore_follows_a_promotion);
 

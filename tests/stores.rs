@@ -334,31 +334,133 @@ fn assert_listed(out: &std::process::Output) {
     assert_eq!(listing["system_identifier"], SYSTEM_ID);
 }
 
-/// `walvault stream`, given only the URL and the server's environment,
-/// archives WAL that matches the server's own segments, and stops cleanly.
-async fn binary_streams(url: String, mut env: Vec<(String, String)>, repo: Repository) {
+/// How a test stops and restarts a store (SIGSTOP/SIGCONT).
+type Outage<'a> = (&'a dyn Fn(), &'a dyn Fn());
+
+/// The core story on one store, with the walvault binary given only the URL
+/// and the store's environment: `stream` with deltas (the archive reaches
+/// the server's flush position inside a segment), a base backup, an outage
+/// of the store while commits go on (when `outage` is given: the stream
+/// holds the WAL and stores it once the store is back), WAL that matches
+/// the server's own segments, `verify --wal`, and a restore to a time
+/// through `wal-fetch` with prefetch that holds exactly the rows committed
+/// by then.
+async fn core_story(
+    url: String,
+    mut env: Vec<(String, String)>,
+    repo: Repository,
+    outage: Option<Outage<'_>>,
+) {
+    use std::time::Duration;
     env.push(("WALVAULT_KEY".into(), KEY.into()));
-    let pg = PgCluster::start(STREAM_PG_MAJOR, &PgOptions::default());
-    let segment_size = 1 << 20;
-    let stream = StreamProcess::start(
-        &RepoEnv { url, env },
-        pg.port,
-        &["--flush-interval", "200ms"],
+    let env = RepoEnv { url, env };
+    let pg = PgCluster::start(
+        STREAM_PG_MAJOR,
+        &PgOptions {
+            extra_conf: vec!["track_commit_timestamp = on".into()],
+            ..Default::default()
+        },
     );
+    let segment_size = 1 << 20;
+    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    pg.execute("CREATE TABLE ledger (id int PRIMARY KEY, note text)")
+        .await;
     pg.pgbench(&["-i", "-s", "1", "-q"]);
-    let end = pg.switch_wal().await;
-    wait_archived(
-        &repo,
-        segment_size,
-        1,
-        end,
-        std::time::Duration::from_secs(60),
+    let conn = format!(
+        "host=127.0.0.1 port={} user=postgres sslmode=disable",
+        pg.port
+    );
+    let out = env.run(&["backup", "--pg", &conn, "--checkpoint", "fast"]);
+    assert!(out.status.success(), "backup: {}", text(&out));
+    for i in 0..10 {
+        pg.execute(&format!("INSERT INTO ledger VALUES ({i}, 'before')"))
+            .await;
+    }
+    // Deltas: the archive reaches a flush position inside a segment.
+    let flushed = pg.flush_lsn().await;
+    assert!(!flushed.is_segment_start(segment_size));
+    wait_archived(&repo, segment_size, 1, flushed, Duration::from_secs(60)).await;
+    if let Some((stop, start)) = outage {
+        stop();
+        for i in 10..20 {
+            pg.execute(&format!(
+                "INSERT INTO ledger VALUES ({i}, 'during the outage')"
+            ))
+            .await;
+        }
+        crate::support::wait_for("an upload to fail", Duration::from_secs(120), || async {
+            stream
+                .log_text()
+                .contains("object store request failed, retrying")
+                .then_some(())
+        })
+        .await;
+        start();
+    } else {
+        for i in 10..20 {
+            pg.execute(&format!("INSERT INTO ledger VALUES ({i}, 'no outage')"))
+                .await;
+        }
+    }
+    // Stored stop times are whole seconds: a time target is placed only a
+    // full second after the backup's stop.
+    let stop = walvault::backup::list_backups(&repo).await.unwrap()[0].stop_time;
+    let after = walvault::format::time::to_text(&(stop + chrono::Duration::seconds(1)));
+    let sql = format!("SELECT clock_timestamp() > '{after}'");
+    crate::support::wait_for(
+        "the server clock to pass the backup's stop",
+        Duration::from_secs(5),
+        || {
+            let (pg, sql) = (&pg, &sql);
+            async move { (pg.query_one(sql).await == "t").then_some(()) }
+        },
     )
     .await;
+    for i in 20..30 {
+        pg.execute(&format!("INSERT INTO ledger VALUES ({i}, 'after')"))
+            .await;
+    }
+    let t = pg
+        .query_one(
+            "SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM ledger WHERE id = 25",
+        )
+        .await;
+    for i in 30..40 {
+        pg.execute(&format!("INSERT INTO ledger VALUES ({i}, 'later')"))
+            .await;
+    }
+    let end = pg.switch_wal().await;
+    wait_archived(&repo, segment_size, 1, end, Duration::from_secs(120)).await;
     let compared = assert_segments_match(&repo, &pg, segment_size, 1).await;
     assert!(compared >= 2, "only {compared} segments compared");
     let (code, log) = stream.terminate();
     assert_eq!(code, Some(0), "{log}");
+    if outage.is_some() {
+        assert!(
+            log.contains("succeeded after retries") || log.contains("reachable again"),
+            "{log}"
+        );
+    }
+    let out = env.run(&["verify", "--wal"]);
+    assert!(out.status.success(), "verify: {}", text(&out));
+    drop(pg);
+    let target = format!("{t}+00");
+    let (got, restored) =
+        crate::restore::restore_ledger(STREAM_PG_MAJOR, &env, &["--target-time", &target]).await;
+    assert_eq!(
+        got,
+        crate::restore::ids(0..26),
+        "{}",
+        restored.pg.log_text()
+    );
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// moto (S3): create-only writes honoured (`If-None-Match: *` answered 412),
@@ -391,28 +493,44 @@ async fn moto() {
     ));
 }
 
-/// `walvault stream` into moto.
+/// The core story on moto, with an outage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn moto_stream() {
+async fn moto_core_story() {
     let server = MotoServer::start();
-    binary_streams(
+    let (stop, start) = (|| server.pause(), || server.resume());
+    core_story(
         server.url(PREFIX),
         server.env(),
         server.repository(PREFIX, keyring()),
+        Some((&stop, &start)),
     )
     .await;
 }
 
-/// `walvault stream` into Azurite.
+/// The core story on Azurite, with an outage; `restore_command` reaches
+/// the emulator through the settings file alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn azurite_stream() {
+async fn azurite_core_story() {
     let server = AzuriteServer::start();
-    binary_streams(
+    let (stop, start) = (|| server.pause(), || server.resume());
+    core_story(
         server.url(PREFIX),
         server.env(),
         server.repository(PREFIX, keyring()),
+        Some((&stop, &start)),
     )
     .await;
+}
+
+/// The core story on a local directory (no store process to stop: its
+/// faults are the fault wrapper's tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_core_story() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::pg::give_to_server_user(dir.path());
+    let url = format!("file://{}", dir.path().display());
+    let repo = Repository::open(&url, keyring(), seal_options()).unwrap();
+    core_story(url, Vec::new(), repo, None).await;
 }
 
 /// s3s-fs (S3), for comparison with moto.

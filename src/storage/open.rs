@@ -55,8 +55,49 @@ pub fn environment_options(
             }
         }
     }
+    if matches!(scheme, "az" | "azure") {
+        azurite_endpoint(&mut out, vars);
+    }
     out.sort();
     Ok(out)
+}
+
+/// Azurite's address is read by object_store's emulator mode from
+/// `AZURITE_BLOB_STORAGE_URL` in the process environment, which a settings
+/// file (`restore_command`) cannot carry: the emulator setting becomes the
+/// explicit endpoint, account and key it stands for, so the environment and
+/// a settings file written from it reach the same server.
+fn azurite_endpoint(out: &mut Vec<(String, String)>, vars: &[(String, String)]) {
+    /// The emulator's well-known development account and key.
+    const DEV_ACCOUNT: &str = "devstoreaccount1";
+    const DEV_KEY: &str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+    let get = |k: &str| out.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let emulator =
+        get("azure_storage_use_emulator").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let Some(base) = vars
+        .iter()
+        .find(|(k, _)| k == "AZURITE_BLOB_STORAGE_URL")
+        .map(|(_, v)| v.trim_end_matches('/').to_string())
+    else {
+        return;
+    };
+    if !emulator || get("azure_storage_endpoint").is_some() {
+        return;
+    }
+    let account = get("azure_storage_account_name").unwrap_or_else(|| DEV_ACCOUNT.into());
+    let key = get("azure_storage_account_key").unwrap_or_else(|| DEV_KEY.into());
+    out.retain(|(k, _)| {
+        !matches!(
+            k.as_str(),
+            "azure_storage_use_emulator"
+                | "azure_storage_account_name"
+                | "azure_storage_account_key"
+        )
+    });
+    out.push(("azure_storage_endpoint".into(), format!("{base}/{account}")));
+    out.push(("azure_storage_account_name".into(), account));
+    out.push(("azure_storage_account_key".into(), key));
 }
 
 /// The canonical name of the store option `name` (any case) for URL

@@ -152,6 +152,18 @@ impl AzuriteServer {
     }
 
     /// The Blob endpoint of the development account (path style).
+    /// Freezes the server (SIGSTOP): requests hang instead of failing.
+    pub fn pause(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.as_ref().expect("running").id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    }
+
+    /// Thaws a paused server.
+    pub fn resume(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.as_ref().expect("running").id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    }
+
     pub fn blob_endpoint(&self) -> String {
         format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 
@@ -498,19 +498,29 @@ impl Repository {
             Some(self.path(folder))
         };
         RequestCounts::count(&self.requests.list);
-        let fut = self.store.list(path.as_ref()).try_collect::<Vec<_>>();
-        let metas = match tokio::time::timeout(READ_TIMEOUT, fut).await {
-            Ok(r) => r.map_err(|source| Error::Backend {
-                key: prefix.to_string(),
-                source,
-            })?,
-            Err(_) => {
-                return Err(Error::Timeout {
-                    key: prefix.to_string(),
-                    after: READ_TIMEOUT,
-                });
+        // A listing of many pages may take long as a whole; what must not
+        // happen is a store that stops answering: the limit is per item (in
+        // practice per page, as items arrive a page at a time).
+        let mut stream = self.store.list(path.as_ref());
+        let mut metas = Vec::new();
+        loop {
+            match tokio::time::timeout(READ_TIMEOUT, stream.next()).await {
+                Ok(Some(Ok(m))) => metas.push(m),
+                Ok(Some(Err(source))) => {
+                    return Err(Error::Backend {
+                        key: prefix.to_string(),
+                        source,
+                    });
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        key: prefix.to_string(),
+                        after: READ_TIMEOUT,
+                    });
+                }
             }
-        };
+        }
         let mut out: Vec<ObjectInfo> = metas
             .into_iter()
             .map(|m| ObjectInfo {

@@ -273,6 +273,26 @@ mod tests {
         );
     }
 
+    /// The configuration files shipped under packaging/ load: a flag
+    /// renamed or removed shows up here, not on an operator's machine.
+    #[test]
+    fn the_packaged_files_are_valid() {
+        for (name, text) in [
+            (
+                "packaging/walvault.toml",
+                include_str!("../../packaging/walvault.toml"),
+            ),
+            (
+                "packaging/docker/walvault.toml",
+                include_str!("../../packaging/docker/walvault.toml"),
+            ),
+        ] {
+            apply(text)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .debug_assert();
+        }
+    }
+
     #[test]
     fn the_file_fills_in_flags_wherever_config_is_given() {
         let (dir, path) = config(

@@ -141,12 +141,23 @@ pub async fn create(
         .map_err(|_| Error::Answer(time_text.clone()))?
         .with_timezone(&chrono::Utc);
     let started = Instant::now();
+    let size = manifest.wal_segment_size;
+    // The mark counts as stored once the WAL up to it is held without a
+    // hole from where a restore to it would start: the newest backup on its
+    // timeline that began before it (an older gap, e.g. after a lost slot,
+    // does not matter), else the start of the timeline's archive.
+    let from = crate::backup::list_backups(repo)
+        .await?
+        .into_iter()
+        .rev()
+        .find(|b| b.wal_range.timeline == timeline && b.wal_range.start_lsn < lsn)
+        .map(|b| b.wal_range.start_lsn.segment_number(size));
     loop {
-        let inv = WalInventory::scan(repo, manifest.wal_segment_size).await?;
-        let end = inv
-            .timelines
-            .get(&timeline)
-            .and_then(|t| t.contiguous_end(manifest.wal_segment_size));
+        let inv = WalInventory::scan(repo, size).await?;
+        let end = inv.timelines.get(&timeline).and_then(|t| match from {
+            Some(first) => Some(t.held_end_from(first, size)),
+            None => t.contiguous_end(size),
+        });
         if end.is_some_and(|e| e >= lsn) {
             break;
         }

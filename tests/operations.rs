@@ -772,3 +772,47 @@ async fn keys_rotate_end_to_end() {
         restored.pg.log_text()
     );
 }
+
+/// A hole older than the newest backup (as a lost slot leaves) does not
+/// keep a mark from counting as stored: it waits only for the WAL from the
+/// newest backup before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mark_waits_only_for_the_wal_after_the_newest_backup() {
+    let pg = PgCluster::start(15, &PgOptions::default());
+    let s3 = S3Server::start();
+    let (env, repo) = s3_env(&s3, "mark-hole");
+    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    pg.execute("CREATE TABLE t (x int)").await;
+    let mut end = pg.current_lsn().await;
+    for _ in 0..3 {
+        pg.execute("INSERT INTO t VALUES (1)").await;
+        end = pg.switch_wal().await;
+    }
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(30)).await;
+    let conn = conn_of(&pg);
+    let out = env.run(&["backup", "--pg", &conn, "--checkpoint", "fast"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let b1 = walvault::backup::list_backups(&repo)
+        .await
+        .unwrap()
+        .remove(0);
+    let before: Vec<String> = repo
+        .list(layout::WAL_PREFIX)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|o| match layout::parse_wal_key(&o.key, MIB) {
+            Some(WalObject::Segment { segment }) => {
+                segment.to_file_name(MIB) < b1.wal_range.first_segment
+            }
+            _ => false,
+        })
+        .map(|o| o.key)
+        .collect();
+    assert!(before.len() >= 2, "{before:?}");
+    repo.delete(&before[before.len() - 1]).await.unwrap();
+    let out = env.run(&["mark", "after-the-hole", "--pg", &conn, "--timeout", "30s"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}

@@ -15,6 +15,8 @@ use crate::wal::inventory::WalInventory;
 
 /// How often the slot is read.
 pub const SLOT_INTERVAL: Duration = Duration::from_secs(30);
+/// The first slot read waits this long, for the stream to create the slot.
+const SLOT_FIRST_DELAY: Duration = Duration::from_secs(5);
 /// How often the repository's backups are read without being asked.
 pub const REPOSITORY_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -28,14 +30,23 @@ pub async fn observe(
     refresh: Arc<Notify>,
     cancel: CancellationToken,
 ) {
-    let mut slot_tick = tokio::time::interval(SLOT_INTERVAL);
+    let mut slot_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + SLOT_FIRST_DELAY,
+        SLOT_INTERVAL,
+    );
     let mut repo_tick = tokio::time::interval(REPOSITORY_INTERVAL);
     loop {
         tokio::select! {
             biased;
             () = cancel.cancelled() => return,
             _ = slot_tick.tick() => {
-                if let Some(facts) = read_slot(&conninfo, &slot).await {
+                // Before the stream first connects, the slot may not exist
+                // yet: that is no finding.
+                let streamed = metrics.streaming.load(std::sync::atomic::Ordering::Relaxed)
+                    || metrics.reconnects.load(std::sync::atomic::Ordering::Relaxed) > 0;
+                if let Some(facts) = read_slot(&conninfo, &slot).await
+                    && (facts.wal_status != "missing" || streamed)
+                {
                     metrics.update(|s| s.slot = Some(facts));
                 }
             }

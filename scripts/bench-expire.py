@@ -17,7 +17,11 @@ of them (they are below the backup's start and no backup needs them):
 Prints seconds for each and the objects left. Run as root (PostgreSQL runs
 as the `postgres` user).
 
-Usage: scripts/bench-expire.py [--objects 100000] [--walvault target/release/walvault]
+With --store file the same runs against a local-directory repository, which
+separates walvault's own cost from the S3 server's.
+
+Usage: scripts/bench-expire.py [--objects 100000] [--store s3s-fs|file]
+                               [--walvault target/release/walvault]
 """
 import argparse, json, os, shutil, socket, subprocess, sys, tempfile, time
 
@@ -47,6 +51,7 @@ def timed(cmd, env):
     elapsed = time.monotonic() - t0
     if out.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{out.stdout}{out.stderr}")
+    print(f"{' '.join(cmd[1:4]):<40} {elapsed:8.2f} s", flush=True)
     return elapsed, out.stdout
 
 
@@ -54,6 +59,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", type=int, default=100_000)
     ap.add_argument("--walvault", default=os.path.join(ROOT, "target/release/walvault"))
+    ap.add_argument("--store", choices=["s3s-fs", "file"], default="s3s-fs")
     args = ap.parse_args()
     if args.walvault.endswith("target/release/walvault"):
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
@@ -64,14 +70,17 @@ def main():
         # The store.
         s3root = os.path.join(work, "s3")
         os.makedirs(os.path.join(s3root, "walvault"))
-        s3port = free_port()
-        s3s = shutil.which("s3s-fs") or os.path.expanduser("~/.cargo/bin/s3s-fs")
-        procs.append(subprocess.Popen([s3s, "--host", "127.0.0.1", "--port", str(s3port),
-                                       "--access-key", "bench", "--secret-key", "benchsecret", s3root],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{s3port}", AWS_ACCESS_KEY_ID="bench",
-                   AWS_SECRET_ACCESS_KEY="benchsecret", AWS_REGION="us-east-1",
-                   WALVAULT_REPO="s3://walvault/bench", WALVAULT_KEY=KEY)
+        if args.store == "s3s-fs":
+            s3port = free_port()
+            s3s = shutil.which("s3s-fs") or os.path.expanduser("~/.cargo/bin/s3s-fs")
+            procs.append(subprocess.Popen([s3s, "--host", "127.0.0.1", "--port", str(s3port),
+                                           "--access-key", "bench", "--secret-key", "benchsecret", s3root],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{s3port}", AWS_ACCESS_KEY_ID="bench",
+                       AWS_SECRET_ACCESS_KEY="benchsecret", AWS_REGION="us-east-1",
+                       WALVAULT_REPO="s3://walvault/bench", WALVAULT_KEY=KEY)
+        else:
+            env = dict(os.environ, WALVAULT_REPO=f"file://{s3root}/walvault/bench", WALVAULT_KEY=KEY)
 
         # The server, its WAL moved past the fake objects.
         pgdir = os.path.join(work, "pg")
@@ -118,8 +127,6 @@ def main():
         removed = json.loads(done)["wal_objects_removed"]
         left = len(os.listdir(waldir))
         print(f"archive: {args.objects} old WAL objects placed in {placed:.1f}s, then the real backup's WAL")
-        for k, v in results.items():
-            print(f"{k:<20} {v:6.2f} s")
         print(f"expire removed {removed} WAL objects (planned {planned}); {left} objects left under wal/00000001/")
         if removed < args.objects:
             sys.exit("expire did not remove every old object")

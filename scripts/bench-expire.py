@@ -17,8 +17,9 @@ of them (they are below the backup's start and no backup needs them):
 Prints seconds for each and the objects left. Run as root (PostgreSQL runs
 as the `postgres` user).
 
-With --store file the same runs against a local-directory repository, which
-separates walvault's own cost from the S3 server's.
+With --store moto the S3 server is moto (the objects are put through its S3
+API), and with --store file a local-directory repository, which separates
+walvault's own cost from the S3 server's.
 
 Usage: scripts/bench-expire.py [--objects 100000] [--store s3s-fs|file]
                                [--walvault target/release/walvault]
@@ -29,6 +30,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PGBIN = "/usr/lib/postgresql/15/bin"
 KEY = "7f3c1a9e5b2d4f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8"
 SEGMENTS_PER_XLOGID = 4096  # with 1 MiB segments
+VENV = os.environ.get("WALVAULT_TEST_HOME", "/opt/walvault-test") + "/venv"
+MOTO_BUCKET = """
+import boto3, os
+boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket="walvault")
+"""
+MOTO_FILL = """
+import boto3, os, sys
+from concurrent.futures import ThreadPoolExecutor
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+body = os.urandom(1024)
+def put(n):
+    name = "00000001%08X%08X" % (n // 4096, n % 4096)
+    s3.put_object(Bucket="walvault", Key="bench/wal/00000001/" + name, Body=body)
+with ThreadPoolExecutor(16) as pool:
+    list(pool.map(put, range(1, int(sys.argv[1]) + 1)))
+"""
 
 
 def free_port():
@@ -59,7 +76,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", type=int, default=100_000)
     ap.add_argument("--walvault", default=os.path.join(ROOT, "target/release/walvault"))
-    ap.add_argument("--store", choices=["s3s-fs", "file"], default="s3s-fs")
+    ap.add_argument("--store", choices=["s3s-fs", "moto", "file"], default="s3s-fs")
     args = ap.parse_args()
     if args.walvault.endswith("target/release/walvault"):
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
@@ -79,6 +96,19 @@ def main():
             env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{s3port}", AWS_ACCESS_KEY_ID="bench",
                        AWS_SECRET_ACCESS_KEY="benchsecret", AWS_REGION="us-east-1",
                        WALVAULT_REPO="s3://walvault/bench", WALVAULT_KEY=KEY)
+        elif args.store == "moto":
+            motoport = free_port()
+            procs.append(subprocess.Popen([os.path.join(VENV, "bin", "moto_server"), "--host", "127.0.0.1",
+                                           "--port", str(motoport)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{motoport}", AWS_ACCESS_KEY_ID="bench",
+                       AWS_SECRET_ACCESS_KEY="benchsecret", AWS_REGION="us-east-1",
+                       WALVAULT_REPO="s3://walvault/bench", WALVAULT_KEY=KEY)
+            for _ in range(100):
+                if subprocess.run([os.path.join(VENV, "bin", "python"), "-c", MOTO_BUCKET], env=env,
+                                  capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.2)
         else:
             env = dict(os.environ, WALVAULT_REPO=f"file://{s3root}/walvault/bench", WALVAULT_KEY=KEY)
 
@@ -108,12 +138,17 @@ def main():
 
         # The old WAL: one object per segment below the backup, as the sidecar names them.
         waldir = os.path.join(s3root, "walvault", "bench", "wal", "00000001")
-        body = os.urandom(1024)
+        names = ["00000001%08X%08X" % (n // SEGMENTS_PER_XLOGID, n % SEGMENTS_PER_XLOGID)
+                 for n in range(1, args.objects + 1)]
         t0 = time.monotonic()
-        for n in range(1, args.objects + 1):
-            name = "00000001%08X%08X" % (n // SEGMENTS_PER_XLOGID, n % SEGMENTS_PER_XLOGID)
-            with open(os.path.join(waldir, name), "wb") as f:
-                f.write(body)
+        if args.store == "moto":
+            subprocess.run([os.path.join(VENV, "bin", "python"), "-c", MOTO_FILL, str(args.objects)],
+                           env=env, check=True)
+        else:
+            body = os.urandom(1024)
+            for name in names:
+                with open(os.path.join(waldir, name), "wb") as f:
+                    f.write(body)
         placed = time.monotonic() - t0
 
         results = {}
@@ -125,7 +160,7 @@ def main():
         planned = json.loads(plan)["wal_objects_removed"]
         results["expire"], done = timed([args.walvault, "expire", "--retain-full", "1", "--json"], env)
         removed = json.loads(done)["wal_objects_removed"]
-        left = len(os.listdir(waldir))
+        left = len(os.listdir(waldir)) if args.store != "moto" else "(not counted on moto)"
         print(f"archive: {args.objects} old WAL objects placed in {placed:.1f}s, then the real backup's WAL")
         print(f"expire removed {removed} WAL objects (planned {planned}); {left} objects left under wal/00000001/")
         if removed < args.objects:

@@ -64,6 +64,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = crate::expire::run(&repo, manifest.wal_segment_size, &opts)
         .await
         .context("expire")?;
+    tracing::info!(requests = repo.requests().summary(), "store requests");
     if args.json {
         println!(
             "{}",

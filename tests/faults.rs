@@ -342,3 +342,54 @@ async fn damaged_reads_are_named() {
     faults.corrupt_reads.store(false, SeqCst);
     assert_eq!(repo.get_opened(key).await.unwrap().unwrap().len(), 100_000);
 }
+
+/// A local directory that stops answering (every request hangs) while WAL
+/// flows: the stream holds the WAL, and once the directory answers again
+/// it stores everything; the archive then matches the server's segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_directory_outage_loses_nothing() {
+    let pg = PgCluster::start(15, &PgOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let local = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+    let store = FaultyStore::new(Arc::new(local));
+    let faults = store.faults.clone();
+    let repo = Repository::from_store(
+        Arc::new(store),
+        "",
+        format!("faulty file://{}", dir.path().display()),
+        Keyring::single(MasterKey::from_hex(KEY).unwrap()),
+        SealOptions::default(),
+    );
+    let shutdown = Shutdown::new();
+    let opts = options(&pg, Duration::from_secs(60));
+    let stream = {
+        let (repo, shutdown) = (repo.clone(), shutdown.clone());
+        tokio::spawn(
+            async move { receiver::run(&opts, &repo, &shutdown, StreamPlan::default()).await },
+        )
+    };
+    crate::support::wait_for("the stream to write", Duration::from_secs(30), || async {
+        (faults.writes.load(SeqCst) > 0).then_some(())
+    })
+    .await;
+    faults.stalled.store(true, SeqCst);
+    pg.pgbench(&["-i", "-s", "1", "-q"]);
+    let end = pg.switch_wal().await;
+    // The WAL reached the stream while the directory hangs, and none of it
+    // was reported flushed.
+    pg.wait_sent("walvault", end).await;
+    let flushed = pg
+        .query_one(
+            "SELECT flush_lsn::text FROM pg_stat_replication WHERE application_name = 'walvault'",
+        )
+        .await;
+    assert!(
+        flushed.parse::<walvault::lsn::Lsn>().unwrap() < end,
+        "{flushed} reported during the outage"
+    );
+    faults.release();
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(120)).await;
+    assert_segments_match(&repo, &pg, MIB, 1).await;
+    shutdown.graceful.cancel();
+    stream.await.unwrap().unwrap();
+}

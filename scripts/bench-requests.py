@@ -94,7 +94,7 @@ class Setup:
                                "-c", sql, "postgres"], check=True, capture_output=True, text=True).stdout.strip()
 
     def lsn(self):
-        hi, lo = self.psql("SELECT pg_current_wal_lsn()").split("/")
+        hi, lo = self.psql("SELECT pg_current_wal_insert_lsn()").split("/")
         return int(hi, 16) << 32 | int(lo, 16)
 
     def wal_bytes_per_row(self):

@@ -356,7 +356,9 @@ pub struct Expect<'a> {
 /// # Errors
 /// On any damage, truncation, unknown or missing key; see [`Error`].
 pub fn open(input: &[u8], keyring: &Keyring) -> Result<Vec<u8>, Error> {
-    open_object(input, keyring, None, true, false)
+    let mut out = Vec::new();
+    open_object(input, keyring, None, true, false, &mut out)?;
+    Ok(out)
 }
 
 /// Opens an object read from the repository key `expect.key`.
@@ -369,13 +371,53 @@ pub fn open_expected(
     keyring: &Keyring,
     expect: Expect<'_>,
 ) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    open_expected_into(input, keyring, expect, &mut out)?;
+    Ok(out)
+}
+
+/// [`open_expected`] into `out` (cleared first), so a caller that opens
+/// many objects reuses one allocation.
+///
+/// # Errors
+/// As [`open_expected`]; `out` then holds no usable plaintext.
+pub fn open_expected_into(
+    input: &[u8],
+    keyring: &Keyring,
+    expect: Expect<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
     open_object(
         input,
         keyring,
         Some(expect.key),
         expect.allow_unbound,
         expect.require_cipher,
+        out,
     )
+}
+
+/// The plaintext length the frame headers of `input` announce (capped at
+/// what the input could hold), to size the output once. Only a hint: the
+/// frames are checked as they are opened.
+fn plaintext_len_hint(input: &[u8], frame_size: usize) -> usize {
+    let mut pos = HEADER_LEN;
+    let mut total = 0usize;
+    while input.len().saturating_sub(pos) >= FRAME_HEADER_LEN {
+        let fh = &input[pos..pos + FRAME_HEADER_LEN];
+        let plain_len = u32::from_be_bytes(fh[5..9].try_into().expect("4")) as usize;
+        let payload_len = u32::from_be_bytes(fh[9..13].try_into().expect("4")) as usize;
+        total += plain_len.min(frame_size);
+        pos = pos
+            .saturating_add(FRAME_HEADER_LEN)
+            .saturating_add(payload_len);
+        if fh[0] & FLAG_LAST != 0 {
+            break;
+        }
+    }
+    // A forged header cannot make us allocate more than a frame per
+    // input byte of frame header.
+    total.min(input.len() / FRAME_HEADER_LEN * frame_size)
 }
 
 fn open_object(
@@ -384,7 +426,9 @@ fn open_object(
     key: Option<&str>,
     allow_unbound: bool,
     require_cipher: bool,
-) -> Result<Vec<u8>, Error> {
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    out.clear();
     let header = parse_header(input, key)?;
     if header.version == VERSION_UNBOUND && !allow_unbound {
         return Err(Error::Unbound);
@@ -422,7 +466,10 @@ fn open_object(
     let frame_size = header.frame_size_bytes as usize;
     let max_payload = zstd::zstd_safe::compress_bound(frame_size).max(frame_size) + TAG_LEN;
     let mut decompressor = zstd::bulk::Decompressor::new().expect("zstd context");
-    let mut out = Vec::new();
+    // One allocation of the whole plaintext, frames decompressed straight
+    // into it; one buffer for every frame's ciphertext.
+    out.reserve(plaintext_len_hint(input, frame_size));
+    let mut payload = Vec::new();
     let mut pos = HEADER_LEN;
     let mut expected_index: u32 = 0;
     loop {
@@ -448,7 +495,8 @@ fn open_object(
         if input.len() - pos < payload_len {
             return Err(Error::Truncated);
         }
-        let mut payload = input[pos..pos + payload_len].to_vec();
+        payload.clear();
+        payload.extend_from_slice(&input[pos..pos + payload_len]);
         pos += payload_len;
         if let Some(cipher) = &cipher {
             if payload.len() < TAG_LEN {
@@ -469,16 +517,14 @@ fn open_object(
             }
             out.extend_from_slice(&payload);
         } else {
-            let plain = decompressor
-                .decompress(&payload, plain_len)
-                .map_err(|_| Error::Decompress { frame: index })?;
-            if plain.len() != plain_len {
+            out.reserve(plain_len);
+            let mut cursor = std::io::Cursor::new(std::mem::take(out));
+            cursor.set_position(start as u64);
+            let written = decompressor.decompress_to_buffer(&payload, &mut cursor);
+            *out = cursor.into_inner();
+            let written = written.map_err(|_| Error::Decompress { frame: index })?;
+            if written != plain_len || out.len() != start + plain_len {
                 return Err(Error::Corrupt("decompressed frame length mismatch"));
-            }
-            if out.is_empty() {
-                out = plain;
-            } else {
-                out.extend_from_slice(&plain);
             }
         }
         if frame_crc(&fh[..13], &out[start..]) != crc {
@@ -497,7 +543,7 @@ fn open_object(
     if pos != input.len() {
         return Err(Error::Corrupt("bytes after the last frame"));
     }
-    Ok(out)
+    Ok(())
 }
 
 fn encode_header(

@@ -6,6 +6,7 @@
 //!   anything is written;
 //! - [`tablespaces`]: where each tablespace goes;
 //! - [`unpack`]: parallel fetch, in-order untar, sync;
+//! - [`writer`]: the threads that write the restored files;
 //! - [`recovery`] (pure): `postgresql.auto.conf` and the signal file; this
 //!   is where the recovery configuration is written;
 //! - [`start`]: `--start`, PostgreSQL supervised to the target;
@@ -23,6 +24,7 @@ pub mod spool;
 pub mod start;
 pub mod tablespaces;
 pub mod unpack;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

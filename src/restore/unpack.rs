@@ -15,6 +15,7 @@ use futures::StreamExt;
 
 use std::collections::BTreeMap;
 
+use super::writer::{CHUNK_BYTES, FileWriter, default_writer_threads};
 use crate::backup::tar::{TarFile, TarWalker};
 use crate::format::backup::{
     BackupMetadata, ManifestFile, check_against_manifest, parse_server_manifest,
@@ -78,11 +79,17 @@ pub enum UnpackError {
     },
 }
 
+/// Part buffers kept for reuse: one per part in flight, the one being
+/// unpacked and the one waiting for it. Reusing them keeps the process from
+/// asking the kernel for fresh pages (and faulting them in) for every part.
+type PartBuffers = std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
 /// Reads the chunks a channel delivers as one stream.
 struct ChannelReader {
     rx: std::sync::mpsc::Receiver<Vec<u8>>,
     current: Vec<u8>,
     pos: usize,
+    buffers: PartBuffers,
 }
 
 impl Read for ChannelReader {
@@ -90,7 +97,11 @@ impl Read for ChannelReader {
         while self.pos == self.current.len() {
             match self.rx.recv() {
                 Ok(next) => {
-                    self.current = next;
+                    let used = std::mem::replace(&mut self.current, next);
+                    let mut buffers = self.buffers.lock().expect("not poisoned");
+                    if buffers.len() < FETCH_WINDOW + 2 {
+                        buffers.push(used);
+                    }
                     self.pos = 0;
                 }
                 Err(_) => return Ok(0),
@@ -132,6 +143,7 @@ pub async fn unpack_backup(
         .map(|f| (f.path.clone(), f))
         .collect();
     let mut done: u64 = 0;
+    let buffers = PartBuffers::default();
     for ts in &meta.tablespaces {
         let dir = if ts.oid.is_none() {
             pgdata.to_path_buf()
@@ -150,11 +162,13 @@ pub async fn unpack_backup(
         let server_zstd = meta.server_compression.as_deref() == Some("zstd");
         let target = dir.clone();
         let is_main = ts.oid.is_none();
+        let reader_buffers = buffers.clone();
         let unpacker = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<TarFile>> {
             let reader = ChannelReader {
                 rx,
                 current: Vec::new(),
                 pos: 0,
+                buffers: reader_buffers,
             };
             let reader: Box<dyn Read> = if server_zstd {
                 Box::new(zstd::stream::read::Decoder::new(reader)?)
@@ -177,9 +191,15 @@ pub async fn unpack_backup(
         let mut parts = futures::stream::iter(ts.parts.iter().map(|p| {
             let key = layout::backup_part_key(&meta.id, &ts.name, p.index);
             let (want, want_crc) = (p.plain_bytes, p.crc32c.clone());
+            let buffers = buffers.clone();
             async move {
+                let buffer = buffers
+                    .lock()
+                    .expect("not poisoned")
+                    .pop()
+                    .unwrap_or_default();
                 let bytes = repo
-                    .get_opened(&key)
+                    .get_opened_into(&key, buffer)
                     .await?
                     .ok_or_else(|| UnpackError::MissingPart(key.clone()))?;
                 let (bytes, crc) = tokio::task::spawn_blocking(move || {
@@ -278,19 +298,15 @@ impl<R: Read> Read for Tee<R> {
     }
 }
 
-/// Buffer for writing restored files: large writes, few system calls.
-const WRITE_BUFFER_BYTES: usize = 1 << 20;
-
 /// Unpacks a tar stream into `target`, refusing anything that could write
 /// outside it: a path with `..`, an absolute path, a hard link, a device or
 /// FIFO, and any symbolic link but `pg_tblspc/<oid>` in the main data
 /// directory (PostgreSQL's own tablespace links, which nothing is written
-/// through: files beneath them are refused). Regular files are written
-/// through a large buffer (the tar crate writes 8 KiB at a time) and are
-/// created new, never opened over something already there.
+/// through: files beneath them are refused). Regular files are created new,
+/// never opened over something already there, and their contents are
+/// written by a pool of threads ([`FileWriter`]) in 1 MiB chunks.
 fn unpack_tar(reader: impl Read, target: &Path, is_main: bool) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    let writer = FileWriter::new(default_writer_threads(), true);
     let refuse = |rel: &Path, why: &str| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -358,22 +374,22 @@ fn unpack_tar(reader: impl Read, target: &Path, is_main: bool) -> std::io::Resul
             std::fs::create_dir_all(parent)?;
         }
         let size = entry.size();
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&dst)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("create {}: {e}", dst.display())))?;
-        let mut w = std::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
-        let written = std::io::copy(&mut entry, &mut w)?;
-        w.flush()?;
-        if written != size {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("{} ends after {written} of {size} bytes", rel.display()),
-            ));
+        let file = writer.create(&dst, mode, size)?;
+        let mut offset = 0u64;
+        while offset < size {
+            let want = (size - offset).min(CHUNK_BYTES as u64);
+            let mut chunk = writer.buffer();
+            entry.read_exact(chunk.fill(want as usize)).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("{} ends before its {size} bytes: {e}", rel.display()),
+                )
+            })?;
+            writer.write(&file, offset, chunk)?;
+            offset += want;
         }
     }
+    writer.finish()?;
     Ok(())
 }
 

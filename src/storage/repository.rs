@@ -438,6 +438,19 @@ impl Repository {
     /// # Errors
     /// [`Error::Corrupt`] naming the object when it does not open; store errors.
     pub async fn get_opened(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.get_opened_into(key, Vec::new()).await
+    }
+
+    /// [`Repository::get_opened`] into `buffer` (its allocation is reused:
+    /// callers that read many large objects keep a few buffers).
+    ///
+    /// # Errors
+    /// As [`Repository::get_opened`].
+    pub async fn get_opened_into(
+        &self,
+        key: &str,
+        mut buffer: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, Error> {
         let Some(raw) = self.get_raw(key).await? else {
             return Ok(None);
         };
@@ -450,7 +463,7 @@ impl Repository {
                 allow_unbound: !policy.bound,
                 require_cipher: policy.require_cipher,
             };
-            chunk::open_expected(&raw, &keyring, expect)
+            chunk::open_expected_into(&raw, &keyring, expect, &mut buffer).map(|()| buffer)
         })
         .await
         .expect("opening does not panic");

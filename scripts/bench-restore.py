@@ -20,9 +20,15 @@ walvault sidecar streaming from the start (as in production):
 
 Writes target/bench/restore.md and prints it.
 
-Usage: scripts/bench-restore.py [--scale 100] [--rounds 3] [--load-seconds 60]
+--dataset entropy replaces pgbench's tables by one of realistic entropy
+(words, addresses, short random tokens and numbers; zstd about 3x) of the
+same size. --load-seconds 0 skips the replay part. The restore table also
+gives each tool's peak RSS (the largest of its processes).
+
+Usage: scripts/bench-restore.py [--scale 100] [--rounds 3] [--load-seconds 60] [--dataset pgbench|entropy]
+                               [--walvault BINARY]
 """
-import argparse, os, pwd, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, os, pwd, resource, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 PGBIN = "/usr/lib/postgresql/15/bin"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +67,26 @@ def timed(cmd, **kw):
     return time.monotonic() - t0
 
 
+def child_maxrss_mib(cmd, **kw):
+    """Runs cmd in a fresh Python child so RUSAGE_CHILDREN is its own; returns (seconds, peak MiB)."""
+    code = ("import resource, subprocess, sys, time, json, os\n"
+            "t0 = time.monotonic(); p = subprocess.run(json.loads(sys.argv[1]), capture_output=True, text=True)\n"
+            "t = time.monotonic() - t0\n"
+            "sys.stderr.write(p.stdout[-2000:] + p.stderr[-2000:]) if p.returncode else None\n"
+            "print(json.dumps([p.returncode, t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]))\n")
+    import json
+    # The system interpreter: the child runs as the postgres user, which may
+    # not reach a per-user Python.
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    p = subprocess.run([python, "-c", code, json.dumps(cmd)], capture_output=True, text=True, **kw)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {p.stderr[-2000:]}")
+    rc, t, rss = json.loads(p.stdout.strip().splitlines()[-1])
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
+    return t, rss
+
+
 def psql(sock, port, sql):
     return run([f"{PGBIN}/psql", "-h", sock, "-p", str(port), "-U", "postgres", "-qAtX", "-c", sql, "postgres"]).strip()
 
@@ -86,16 +112,30 @@ def start_until_promoted(data, sock, log):
         subprocess.run([f"{PGBIN}/pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, **as_postgres())
 
 
+def finish(lines):
+    text = "\n".join(lines)
+    os.makedirs(os.path.join(ROOT, "target/bench"), exist_ok=True)
+    with open(os.path.join(ROOT, "target/bench/restore.md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--load-seconds", type=int, default=60)
+    ap.add_argument("--dataset", choices=["pgbench", "entropy"], default="pgbench")
+    ap.add_argument("--walvault", help="a walvault binary to use instead of building the release one")
     args = ap.parse_args()
     if not shutil.which("pgbackrest"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "pgbackrest"], check=True, capture_output=True)
-    subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
-    walvault = os.path.join(ROOT, "target/release/walvault")
+    if args.walvault:
+        walvault = os.path.abspath(args.walvault)
+    else:
+        subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
+        walvault = os.path.join(ROOT, "target/release/walvault")
     work = tempfile.mkdtemp(prefix="walvault-rsbench-")
     os.chmod(work, 0o755)
     chown_postgres(work)
@@ -133,6 +173,19 @@ def main():
         stream = subprocess.Popen([walvault, "stream", "--pg", conn, "--repo", f"file://{wrepo}"],
                                   env=env, stdout=stream_log, stderr=stream_log)
         run([f"{PGBIN}/pgbench", "-h", sock, "-p", str(port), "-U", "postgres", "-i", "-s", str(args.scale), "-q", "postgres"])
+        if args.dataset == "entropy":
+            # pgbench's tables (blank filler, ~20x with zstd) give way to one
+            # of realistic entropy of about the same size (~3x).
+            rows = int(psql(sock, port, "SELECT pg_total_relation_size('pgbench_accounts')")) // 200
+            psql(sock, port, "DROP TABLE pgbench_accounts")
+            psql(sock, port, "CREATE TABLE events AS SELECT g AS id, substr(md5(random()::text), 1, 12) AS token, "
+                 "'user-' || (random()*50000)::int || '@example.com' AS email, "
+                 "(ARRAY['login','logout','purchase','refund','view','search','update','delete'])[1 + (random()*7)::int] "
+                 "|| ' from ' || (ARRAY['web','ios','android','api','batch'])[1 + (random()*4)::int] "
+                 "|| ' in ' || (ARRAY['eu-west','us-east','ap-south','sa-east'])[1 + (random()*3)::int] AS note, "
+                 "(random() * 1e6)::bigint AS amount, (random() * 100)::int AS qty, "
+                 f"now() - random() * interval '1000 days' AS at FROM generate_series(1, {rows}) g")
+            psql(sock, port, "CREATE INDEX ON events (id)")
         psql(sock, port, "CHECKPOINT")
         size = int(psql(sock, port, "SELECT sum(pg_database_size(oid)) FROM pg_database"))
         run([walvault, "backup", "--pg", conn, "--repo", f"file://{wrepo}", "--checkpoint", "fast"], env=env)
@@ -141,23 +194,39 @@ def main():
         def restore_walvault(target, prefetch=None):
             extra = [] if prefetch is None else ["--prefetch", str(prefetch)]
             renv = dict(env, HOME="/tmp")
-            return timed([walvault, "restore", "--pgdata", target, "--repo", f"file://{wrepo}"] + extra,
-                         env=renv, **as_postgres())
+            return child_maxrss_mib([walvault, "restore", "--pgdata", target, "--repo", f"file://{wrepo}"] + extra,
+                                    env=renv, **as_postgres())
 
         def restore_pgbackrest(target):
             os.makedirs(target, mode=0o700); chown_postgres(target)
-            return timed(["pgbackrest", f"--config={brconf}", "--stanza=bench", f"--pg1-path={target}",
-                          "--type=immediate", "--target-action=promote", "restore"], **as_postgres())
+            return child_maxrss_mib(["pgbackrest", f"--config={brconf}", "--stanza=bench", f"--pg1-path={target}",
+                                     "--type=immediate", "--target-action=promote", "restore"], **as_postgres())
 
         restore_t = {"walvault": [], "pgbackrest": []}
         ready_t = {"walvault": [], "pgbackrest": []}
+        rss = {"walvault": [], "pgbackrest": []}
         for r in range(args.rounds):
             for tool in (("walvault", "pgbackrest") if r % 2 == 0 else ("pgbackrest", "walvault")):
                 target = os.path.join(work, f"restore-{tool}-{r}")
-                t = restore_walvault(target) if tool == "walvault" else restore_pgbackrest(target)
+                t, peak = restore_walvault(target) if tool == "walvault" else restore_pgbackrest(target)
                 restore_t[tool].append(t)
+                rss[tool].append(peak)
                 ready_t[tool].append(start_until_promoted(target, sock, os.path.join(work, f"restore-{tool}-{r}.log")))
                 shutil.rmtree(target)
+
+        med = statistics.median
+        lines += [f"PostgreSQL 15, {args.dataset} data from pgbench scale {args.scale} ({size / 2**20:.0f} MiB), local disk, "
+                  f"{args.rounds} rounds, median.", "",
+                  "| tool | restore s | runs (s) | MiB/s | peak RSS MiB | start to promoted s | runs (s) | total s | ratio (total vs walvault) |",
+                  "|---|---:|---|---:|---:|---:|---|---:|---:|"]
+        wv_total = med(restore_t["walvault"]) + med(ready_t["walvault"])
+        for tool in restore_t:
+            rt, st = med(restore_t[tool]), med(ready_t[tool])
+            lines.append(f"| {tool} | {rt:.2f} | {', '.join(f'{t:.2f}' for t in restore_t[tool])} | {size / 2**20 / rt:.0f} | "
+                         f"{max(rss[tool]):.0f} | {st:.1f} | {', '.join(f'{t:.1f}' for t in ready_t[tool])} | {rt + st:.2f} | "
+                         f"{(rt + st) / wv_total:.2f} |")
+        if args.load_seconds <= 0:
+            return finish(lines)
 
         # Replay: WAL after the backup, streamed by the sidecar.
         lsn0 = psql(sock, port, "SELECT pg_current_wal_lsn()")
@@ -178,15 +247,6 @@ def main():
                 replay_t[label].append(start_until_promoted(target, sock, os.path.join(work, f"replay-{r}-{prefetch}.log")))
                 shutil.rmtree(target)
 
-        med = statistics.median
-        lines += [f"PostgreSQL 15, pgbench scale {args.scale} ({size / 2**20:.0f} MiB), local disk, {args.rounds} rounds, median.", "",
-                  "| tool | restore s | runs (s) | MiB/s | start to promoted s | runs (s) | total s | ratio (total vs walvault) |",
-                  "|---|---:|---|---:|---:|---|---:|---:|"]
-        wv_total = med(restore_t["walvault"]) + med(ready_t["walvault"])
-        for tool in restore_t:
-            rt, st = med(restore_t[tool]), med(ready_t[tool])
-            lines.append(f"| {tool} | {rt:.1f} | {', '.join(f'{t:.1f}' for t in restore_t[tool])} | {size / 2**20 / rt:.0f} | "
-                         f"{st:.1f} | {', '.join(f'{t:.1f}' for t in ready_t[tool])} | {rt + st:.1f} | {(rt + st) / wv_total:.2f} |")
         lines += ["", f"Replay of {wal_bytes / 2**20:.0f} MiB of WAL (pgbench -N -c 4 for {args.load_seconds} s after the backup), "
                   "from starting the server to promotion:", "",
                   "| restore_command | median s | runs (s) | WAL MiB/s | ratio vs prefetch |", "|---|---:|---|---:|---:|"]
@@ -194,11 +254,7 @@ def main():
         for label, ts in replay_t.items():
             lines.append(f"| walvault wal-fetch, {label} | {med(ts):.1f} | {', '.join(f'{t:.1f}' for t in ts)} | "
                          f"{wal_bytes / 2**20 / med(ts):.0f} | {med(ts) / base:.2f} |")
-        text = "\n".join(lines)
-        os.makedirs(os.path.join(ROOT, "target/bench"), exist_ok=True)
-        with open(os.path.join(ROOT, "target/bench/restore.md"), "w") as f:
-            f.write(text + "\n")
-        print(text)
+        return finish(lines)
     finally:
         if stream is not None:
             stream.kill()

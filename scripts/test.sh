@@ -29,3 +29,5 @@ cargo nextest run --locked --all-targets --no-fail-fast "$@"
 echo "== benchmark smoke run"
 python3 scripts/bench-compare.py --baseline target/debug/walvault \
   --candidate target/debug/walvault --scale 1 --rounds 1 --wal-mib 16
+python3 scripts/bench-restore.py --walvault target/debug/walvault --scale 1 --rounds 1 \
+  --load-seconds 5

@@ -265,12 +265,22 @@ pub async fn plan_restore(
         }
     };
     let size = candidates[0].wal_segment_size;
-    let inv = WalInventory::scan(repo, size).await?;
+    // The WAL from the newest candidate on; the whole archive only when an
+    // older candidate has to be tried.
+    let newest_start = SegmentName::from_lsn(candidates[0].timeline, candidates[0].start_lsn, size);
+    let mut inv = WalInventory::scan_from(repo, size, newest_start).await?;
+    let mut scanned_whole = false;
     let mut histories = BTreeMap::new();
     // The newest backup that lies on the path to the target timeline; a
     // backup of a timeline the target did not come from is passed over.
     let mut first_refusal = None;
     for backup in candidates {
+        if !scanned_whole
+            && SegmentName::from_lsn(backup.timeline, backup.start_lsn, size) != newest_start
+        {
+            inv = WalInventory::scan(repo, size).await?;
+            scanned_whole = true;
+        }
         match timeline_path(repo, &inv, &mut histories, &backup, timeline).await {
             Ok(path) => return check_wal(&inv, backup, path, target, size),
             Err(e @ PlanError::TimelineDoesNotLead { .. }) => {

@@ -142,6 +142,59 @@ impl WalInventory {
         Ok(Self::from_listing(&objects, floor, segment_size_bytes))
     }
 
+    /// What a restore from a backup that starts in segment `start` needs,
+    /// without listing the whole archive: the history files, `start`'s
+    /// timeline from that segment on, and each later timeline. One listing
+    /// of the `wal/` folder (history files and timeline folders), then one
+    /// listing per timeline that starts at a key (S3's `StartAfter`): its
+    /// cost follows the WAL after the backup, not the archive's size.
+    /// Earlier timelines and WAL before `start` are left out.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn scan_from(
+        repo: &Repository,
+        segment_size_bytes: u64,
+        start: SegmentName,
+    ) -> Result<Self, storage::Error> {
+        let (folders, mut objects) = repo.list_folders(layout::WAL_PREFIX).await?;
+        let mut earlier = Vec::new();
+        for folder in folders {
+            let Some(timeline) = folder
+                .strip_prefix(layout::WAL_PREFIX)
+                .and_then(|t| t.strip_suffix('/'))
+                .and_then(|t| TimelineId::from_hex(t).ok())
+            else {
+                continue;
+            };
+            if timeline < start.timeline {
+                // Known to hold WAL, not listed.
+                earlier.push(timeline);
+                continue;
+            }
+            // Keys after the previous segment's: `start` and its deltas on.
+            let after = (timeline == start.timeline && start.number > 0).then(|| {
+                layout::segment_key(
+                    SegmentName {
+                        timeline,
+                        number: start.number - 1,
+                    },
+                    segment_size_bytes,
+                )
+            });
+            objects.extend(repo.list_after(&folder, after.as_deref()).await?);
+        }
+        let floor = repo
+            .latest_expire_record()
+            .await?
+            .and_then(|(_, r)| r.floor_lsn);
+        let mut inv = Self::from_listing(&objects, floor, segment_size_bytes);
+        for timeline in earlier {
+            inv.timelines.entry(timeline).or_default();
+        }
+        Ok(inv)
+    }
+
     /// The inventory of a `wal/` listing, with the retention floor.
     pub fn from_listing(
         objects: &[storage::ObjectInfo],

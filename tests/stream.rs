@@ -374,6 +374,98 @@ async fn synchronous_holds_commits(major: u32) {
 }
 pg_test!(synchronous_holds_commits);
 
+/// With --synchronous, commits that arrive while uploads are on their way
+/// share the next upload (group commit), instead of one upload each queued
+/// behind the others: 16 clients commit while the store is stopped; once it
+/// answers again every commit returns, and their WAL went out in a handful
+/// of deltas, not one per commit.
+async fn synchronous_commits_share_uploads(major: u32) {
+    const CLIENTS: usize = 16;
+    let pg = PgCluster::start(
+        major,
+        &PgOptions {
+            extra_conf: vec!["synchronous_standby_names = 'walvault'".into()],
+            ..Default::default()
+        },
+    );
+    let s3 = S3Server::start();
+    let (env, repo) = s3_repo(&s3, "group");
+    let stream = StreamProcess::start(&env, pg.port, &["--synchronous"]);
+    wait_for("walvault to be the synchronous standby", Duration::from_secs(30), || async {
+        let state = pg
+            .query_one("SELECT coalesce(max(sync_state), '') FROM pg_stat_replication WHERE application_name = 'walvault'")
+            .await;
+        (state == "sync").then_some(())
+    })
+    .await;
+    pg.execute("CREATE TABLE t (id int)").await;
+    // Start a fresh segment, stored whole: the burst's deltas are the only
+    // ones under the next segment's prefix.
+    let switched: Lsn = pg
+        .query_one("SELECT pg_switch_wal()")
+        .await
+        .parse()
+        .unwrap();
+    wait_archived(&repo, MIB, 1, switched, Duration::from_secs(60)).await;
+    let deltas = || async {
+        repo.list("wal/00000001/")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.key.contains(".d/"))
+            .count()
+    };
+    let before = deltas().await;
+
+    s3.pause();
+    let mut commits = Vec::new();
+    for i in 0..CLIENTS {
+        let client = pg.client().await;
+        commits.push(tokio::spawn(async move {
+            client
+                .batch_execute(&format!("INSERT INTO t VALUES ({i})"))
+                .await
+        }));
+    }
+    wait_for(
+        "every commit to wait for walvault",
+        Duration::from_secs(30),
+        || async {
+            let waiting: usize = pg
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+                .await
+                .parse()
+                .unwrap();
+            (waiting == CLIENTS).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        commits.iter().all(|c| !c.is_finished()),
+        "a commit returned while the store was stopped"
+    );
+    s3.resume();
+    for c in commits {
+        tokio::time::timeout(Duration::from_secs(60), c)
+            .await
+            .expect("every commit returns once the store answers")
+            .unwrap()
+            .unwrap();
+    }
+    let made = deltas().await - before;
+    assert!(
+        made <= 4 + 2,
+        "{CLIENTS} commits made {made} deltas: more than the 4 uploads in flight plus the one that carries the rest"
+    );
+    assert_eq!(
+        pg.query_one("SELECT count(*) FROM t").await,
+        CLIENTS.to_string()
+    );
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+pg_test!(synchronous_commits_share_uploads);
+
 fn rss_kib(pid: nix::unistd::Pid, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status

@@ -171,6 +171,9 @@ pub struct Stage {
     pub cancel: CancellationToken,
 }
 
+/// Deletions of superseded deltas running at once.
+const MAX_CLEANUPS: usize = 8;
+
 /// Runs the stage until `jobs` closes and every job is stored, or until
 /// `cancel` fires (then queued and running jobs are dropped; for WAL the slot
 /// keeps their bytes on the server).
@@ -189,9 +192,16 @@ pub async fn run(stage: Stage, mut jobs: mpsc::Receiver<UploadJob>) -> Result<()
     let mut completed: BTreeMap<u64, Option<Lsn>> = BTreeMap::new();
     let mut durable_seq: u64 = 0;
     let mut input_open = true;
+    // Deletions of superseded deltas, off the path that makes WAL durable.
+    let mut cleanup = tokio::task::JoinSet::new();
     loop {
         if !input_open && in_flight.is_empty() {
+            while cleanup.join_next().await.is_some() {}
             return Ok(());
+        }
+        // A store that deletes slowly holds a bounded number of these.
+        while cleanup.len() >= MAX_CLEANUPS {
+            cleanup.join_next().await;
         }
         tokio::select! {
             biased;
@@ -202,7 +212,9 @@ pub async fn run(stage: Stage, mut jobs: mpsc::Receiver<UploadJob>) -> Result<()
                     return Ok(());
                 };
                 let job: UploadJob = job;
-                after_stored(&stage, &job, stored_bytes).await;
+                if let Some(prefix) = after_stored(&stage, &job, stored_bytes) {
+                    cleanup.spawn(delete_deltas(stage.repo.clone(), prefix));
+                }
                 completed.insert(seq, job.durable_after);
                 while let Some(durable_after) = completed.remove(&durable_seq) {
                     durable_seq += 1;
@@ -237,8 +249,9 @@ pub async fn run(stage: Stage, mut jobs: mpsc::Receiver<UploadJob>) -> Result<()
     }
 }
 
-/// Counts, logs and follows up a stored job.
-async fn after_stored(stage: &Stage, job: &UploadJob, stored_bytes: u64) {
+/// Counts and logs a stored job; returns the delta prefix a stored segment
+/// supersedes, to be deleted.
+fn after_stored(stage: &Stage, job: &UploadJob, stored_bytes: u64) -> Option<String> {
     let plain: u64 = job.pieces.iter().map(|p| p.len() as u64).sum();
     stage.stats.objects.fetch_add(1, Relaxed);
     stage.stats.plain_bytes.fetch_add(plain, Relaxed);
@@ -249,12 +262,13 @@ async fn after_stored(stage: &Stage, job: &UploadJob, stored_bytes: u64) {
     match &job.kind {
         ObjectKind::Segment { deltas, .. } => {
             info!(key = job.key, bytes = stored_bytes, "segment archived");
-            delete_deltas(&stage.repo, deltas).await;
+            return Some(deltas.clone());
         }
         ObjectKind::Delta => debug!(key = job.key, bytes = stored_bytes, "delta archived"),
         ObjectKind::History(timeline) => info!(%timeline, "timeline history archived"),
         ObjectKind::BackupPart { .. } => debug!(key = job.key, bytes = stored_bytes, "part stored"),
     }
+    None
 }
 
 /// Seals and stores one job: the retry policy's attempts, then, while the
@@ -339,14 +353,15 @@ async fn store(
 }
 
 /// Deletes the deltas of a segment that is now stored whole (best effort:
-/// a leftover delta is harmless, the complete segment wins on read).
-async fn delete_deltas(repo: &Repository, prefix: &str) {
-    match repo.list(prefix).await {
+/// a leftover delta is harmless, the complete segment wins on read), in
+/// batches where the store has a bulk delete. It runs beside the uploads:
+/// a segment's hundreds of deltas never hold up the WAL behind it.
+async fn delete_deltas(repo: Repository, prefix: String) {
+    match repo.list(&prefix).await {
         Ok(objects) => {
-            for o in objects {
-                if let Err(e) = repo.delete(&o.key).await {
-                    warn!(key = o.key, error = %crate::error::chain(&e), "could not delete a superseded delta");
-                }
+            let keys: Vec<String> = objects.into_iter().map(|o| o.key).collect();
+            if let Err(e) = repo.delete_many(&keys).await {
+                warn!(prefix, error = %crate::error::chain(&e), "could not delete superseded deltas");
             }
         }
         Err(e) => {

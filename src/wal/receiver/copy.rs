@@ -96,6 +96,10 @@ impl Stream<'_> {
                         return Err(Error::UploaderStopped);
                     }
                     self.send_status(conn, false).await?;
+                    if self.opts.synchronous {
+                        // An upload ended: what waited for a slot goes now.
+                        self.queue_group_delta();
+                    }
                 }
                 _ = status_tick.tick() => self.send_status(conn, false).await?,
                 _ = flush_tick.tick(), if !self.opts.synchronous => self.queue_delta(),
@@ -111,7 +115,7 @@ impl Stream<'_> {
                                     }
                                     self.receive(x.start, x.data)?;
                                     if self.opts.synchronous && !conn.has_buffered_message() {
-                                        self.queue_delta();
+                                        self.queue_group_delta();
                                     }
                                 }
                                 ReplicationMessage::Keepalive(k) => {
@@ -173,6 +177,32 @@ impl Stream<'_> {
             self.queue(job, Some(end), self.segment_size);
         }
         Ok(())
+    }
+
+    /// Synchronous mode's group commit: queues the open segment's new bytes
+    /// as a delta unless `upload_concurrency` deltas are already on their
+    /// way. Then the bytes wait, and every commit that arrives meanwhile
+    /// goes out in one delta when an upload ends, instead of one upload per
+    /// commit queued behind the others.
+    pub(super) fn queue_group_delta(&mut self) {
+        let durable = *self.durable_rx.borrow();
+        while self
+            .sync_outstanding
+            .front()
+            .is_some_and(|end| *end <= durable)
+        {
+            self.sync_outstanding.pop_front();
+        }
+        if self.sync_outstanding.len() >= self.opts.upload_concurrency.max(1) {
+            return;
+        }
+        let seg = self.segmenter.as_mut().expect("streaming has a segmenter");
+        if let Some(d) = seg.take_delta() {
+            let end = d.segment.start_lsn(self.segment_size) + d.end;
+            let job = UploadJob::delta(d.segment, d.start, d.end, d.pieces, self.segment_size);
+            self.queue(job, Some(end), 0);
+            self.sync_outstanding.push_back(end);
+        }
     }
 
     /// Queues the open segment's new bytes as a delta, if there are any.

@@ -159,6 +159,10 @@ struct Stream<'a> {
     /// run started at: the end of the archive's newest WAL.
     fallback_start: Option<(TimelineId, Lsn)>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Synchronous mode: the ends of the deltas queued and not yet durable.
+    /// While `upload_concurrency` of them are outstanding, new WAL waits in
+    /// the segmenter and goes out in the next delta (group commit).
+    sync_outstanding: VecDeque<Lsn>,
 }
 
 /// Variations on the sidecar stream, for backups that need a WAL range.
@@ -255,6 +259,7 @@ pub async fn run(
         slot_ready: plan.slot_ready,
         fallback_start: None,
         metrics: plan.metrics.clone(),
+        sync_outstanding: VecDeque::new(),
     };
 
     let mut backoff = FIRST_RECONNECT_BACKOFF;
@@ -379,6 +384,7 @@ impl Stream<'_> {
             let held: u64 = prefix.iter().map(|p| p.len() as u64).sum();
             self.memory.add(held);
             self.segmenter = Some(Segmenter::new(timeline, start, self.segment_size, prefix));
+            self.sync_outstanding.clear();
             // Everything before the start is stored (or deliberately not archived).
             self.last_reported = start;
         }
@@ -470,6 +476,7 @@ impl Stream<'_> {
         self.memory.release(old);
         self.memory.add(held);
         self.segmenter = Some(Segmenter::new(tli, start, self.segment_size, prefix));
+        self.sync_outstanding.clear();
         self.last_reported = start;
         Err(Error::Reconnect)
     }

@@ -45,6 +45,7 @@ impl Stream<'_> {
             self.segment_size,
             Vec::new(),
         ));
+        self.sync_outstanding.clear();
     }
 
     /// Stores the history files of timelines 2..=current not yet stored and

@@ -16,7 +16,10 @@ walvault sidecar streaming from the start (as in production):
    sidecar streams. A walvault restore to the end of the archive is started
    and timed until promotion, with the default prefetch (8 segments) and
    with --prefetch 0 (restore_command fetches each segment when asked),
-   alternating, --rounds times each.
+   and the floor: the same restore with every segment of the archive put
+   in pg_wal beforehand (untimed), without restore_command, so PostgreSQL
+   only redoes; alternating, --rounds times each. The time recovery spent
+   in restore_command, as the end of recovery logs it, is listed too.
 
 Writes target/bench/restore.md and prints it.
 
@@ -28,7 +31,7 @@ gives each tool's peak RSS (the largest of its processes).
 Usage: scripts/bench-restore.py [--scale 100] [--rounds 3] [--load-seconds 60] [--dataset pgbench|entropy]
                                [--walvault BINARY]
 """
-import argparse, os, pwd, resource, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, pwd, resource, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 PGBIN = "/usr/lib/postgresql/15/bin"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -236,24 +239,51 @@ def main():
         wal_bytes = int(psql(sock, port, f"SELECT pg_wal_lsn_diff('{lsn1}', '{lsn0}')"))
         time.sleep(3)
         stream.terminate(); stream.wait(timeout=120); stream = None
-        replay_t = {"prefetch 8 (default)": [], "prefetch 0": []}
+        listing = json.loads(run([walvault, "list", "--json", "--repo", f"file://{wrepo}"], env=env))
+        tl = listing["wal"]["timelines"][-1]
+        first, last = int(tl["first_segment"][8:], 16), int(tl["last_segment"][8:], 16)
+        seg_size = listing["wal"]["wal_segment_size"]
+        per_id = 2**32 // seg_size
+
+        def floor_setup(target):
+            """The replay floor: every segment already in pg_wal, no
+            restore_command, recovery from the backup label to the end of
+            pg_wal (as after pg_basebackup -X stream)."""
+            for n in range(first, last + 1):
+                name = f"{tl['first_segment'][:8]}{n // per_id:08X}{n % per_id:08X}"
+                run([walvault, "wal-fetch", "--repo", f"file://{wrepo}", name, os.path.join(target, "pg_wal", name)],
+                    env=env, **as_postgres())
+            os.remove(os.path.join(target, "recovery.signal"))
+            auto = os.path.join(target, "postgresql.auto.conf")
+            kept = [l for l in open(auto) if not l.startswith(("restore_command", "recovery_end_command", "recovery_target"))]
+            with open(auto, "w") as f:
+                f.writelines(kept)
+
+        replay_t = {"prefetch 8 (default)": [], "prefetch 0": [], "floor: segments in pg_wal": []}
+        waited = []
         for r in range(args.rounds):
-            order = [("prefetch 8 (default)", None), ("prefetch 0", 0)]
+            order = [("prefetch 8 (default)", None), ("prefetch 0", 0), ("floor: segments in pg_wal", "floor")]
             if r % 2:
                 order.reverse()
             for label, prefetch in order:
                 target = os.path.join(work, f"replay-{r}-{prefetch}")
-                restore_walvault(target, prefetch)
-                replay_t[label].append(start_until_promoted(target, sock, os.path.join(work, f"replay-{r}-{prefetch}.log")))
+                restore_walvault(target, 0 if prefetch == "floor" else prefetch)
+                if prefetch == "floor":
+                    floor_setup(target)
+                log = os.path.join(work, f"replay-{r}-{prefetch}.log")
+                replay_t[label].append(start_until_promoted(target, sock, log))
+                if prefetch is None:
+                    waited += [l.split("walvault wal-fetch: ", 1)[1].strip() for l in open(log) if "recovery ran restore_command" in l]
                 shutil.rmtree(target)
 
         lines += ["", f"Replay of {wal_bytes / 2**20:.0f} MiB of WAL (pgbench -N -c 4 for {args.load_seconds} s after the backup), "
                   "from starting the server to promotion:", "",
-                  "| restore_command | median s | runs (s) | WAL MiB/s | ratio vs prefetch |", "|---|---:|---|---:|---:|"]
-        base = med(replay_t["prefetch 8 (default)"])
+                  "| restore_command | median s | runs (s) | WAL MiB/s | ratio vs floor |", "|---|---:|---|---:|---:|"]
+        base = med(replay_t["floor: segments in pg_wal"])
         for label, ts in replay_t.items():
-            lines.append(f"| walvault wal-fetch, {label} | {med(ts):.1f} | {', '.join(f'{t:.1f}' for t in ts)} | "
-                         f"{wal_bytes / 2**20 / med(ts):.0f} | {med(ts) / base:.2f} |")
+            lines.append(f"| {'walvault wal-fetch, ' if 'floor' not in label else ''}{label} | {med(ts):.2f} | "
+                         f"{', '.join(f'{t:.2f}' for t in ts)} | {wal_bytes / 2**20 / med(ts):.0f} | {med(ts) / base:.3f} |")
+        lines += ["", "PostgreSQL's log at the end of each default-prefetch recovery:", ""] + [f"- {w}" for w in waited]
         return finish(lines)
     finally:
         if stream is not None:

@@ -725,7 +725,24 @@ async fn wal_fetch_prefetches_into_a_bounded_spool() {
     assert_eq!(std::fs::read(&dest).unwrap(), pg.wal_file(&name(c[1])));
     assert!(!spooled(&spool).contains(&name(c[1])));
 
-    fetch(&spool, &["--clean-spool"], "unused");
+    // The end of recovery says how long restore_command ran, in
+    // PostgreSQL's log (recovery_end_command's stderr).
+    let out = env.run(&[
+        "wal-fetch",
+        "--spool",
+        spool.to_str().unwrap(),
+        "--clean-spool",
+        "unused",
+        dest_s,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("recovery ran restore_command 2 times for")
+            && text(&out).contains("1 from the repository in")
+            && text(&out).contains("1 from the prefetch spool in"),
+        "{}",
+        text(&out)
+    );
     assert!(!spool.exists(), "--clean-spool left the spool");
 
     // The size cap: 2 MiB holds two 1 MiB segments.

@@ -62,6 +62,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 /// # Errors
 /// Store or integrity errors; a missing file is exit code 1, not an error.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
     let spool = args
         .spool
         .as_ref()
@@ -69,6 +70,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(Spool::new);
     if args.clean_spool {
         let spool = spool.expect("--clean-spool requires --spool");
+        if let Some(summary) = spool.served_summary() {
+            // recovery_end_command's stderr goes to PostgreSQL's log.
+            eprintln!("walvault wal-fetch: {summary}");
+        }
         tokio::task::spawn_blocking(move || spool.clean(SPOOL_WAIT))
             .await
             .expect("cleaning does not panic")
@@ -96,6 +101,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(spool) = &spool
         && serve_from_spool(&name, &dest, spool).await
     {
+        spool.record_served(&name, "spool", started.elapsed());
         return Ok(ExitCode::SUCCESS);
     }
     // Opening the repository reads walvault.json: it counts against the
@@ -123,9 +129,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     .await?
     {
         Served::NotInArchive => {
+            if let Some(spool) = &spool {
+                spool.record_served(&name, "missing", started.elapsed());
+            }
             eprintln!("walvault wal-fetch: {name} is not in the archive");
             Ok(ExitCode::from(1))
         }
-        Served::Fetched => Ok(ExitCode::SUCCESS),
+        Served::Fetched => {
+            if let Some(spool) = &spool {
+                spool.record_served(&name, "repository", started.elapsed());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -7,7 +7,10 @@
 //! - `.lock` is held (flock) by the one running worker;
 //! - `<name>.fetching` marks a segment being fetched, `<name>` a complete
 //!   one (written to a temporary name and renamed, so never seen half-made);
-//! - `.stop` asks the worker to quit; the spool is removed after it has.
+//! - `.stop` asks the worker to quit; the spool is removed after it has;
+//! - `.served` gets a line per file `wal-fetch` served (name, where from,
+//!   microseconds): at the end of recovery `--clean-spool` sums it up in
+//!   PostgreSQL's log, the time recovery spent in `restore_command`.
 //!
 //! Only complete segments are spooled: a segment held as deltas may still
 //! grow in the archive, so it is always fetched fresh.
@@ -92,6 +95,62 @@ impl Spool {
         if let Err(e) = started {
             warn!(spool = %self.dir.display(), error = %e, "could not start prefetching");
         }
+    }
+
+    /// Appends what one `wal-fetch` did to the spool's record (best effort:
+    /// the record only informs). `from` is one word: `spool`, `repository`
+    /// or `missing`.
+    pub fn record_served(&self, name: &str, from: &str, took: Duration) {
+        use std::io::Write;
+        if self.create().is_err() {
+            return;
+        }
+        if let Ok(mut f) = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.path(".served"))
+        {
+            let _ = writeln!(f, "{name} {from} {}", took.as_micros());
+        }
+    }
+
+    /// The record of what `wal-fetch` served, summed up: one line for
+    /// PostgreSQL's log, or `None` if nothing was recorded.
+    pub fn served_summary(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.path(".served")).ok()?;
+        let mut counts: BTreeMap<String, (u64, u128)> = BTreeMap::new();
+        for line in text.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(_), Some(from), Some(us)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            let Ok(us) = us.parse::<u128>() else { continue };
+            let e = counts.entry(from.to_string()).or_default();
+            e.0 += 1;
+            e.1 += us;
+        }
+        if counts.is_empty() {
+            return None;
+        }
+        let files: u64 = counts.values().map(|c| c.0).sum();
+        let total_us: u128 = counts.values().map(|c| c.1).sum();
+        let parts: Vec<String> = counts
+            .iter()
+            .map(|(from, (n, us))| {
+                let what = match from.as_str() {
+                    "spool" => "from the prefetch spool",
+                    "repository" => "from the repository",
+                    "missing" => "not in the archive",
+                    other => other,
+                };
+                format!("{n} {what} in {:.3} s", *us as f64 / 1e6)
+            })
+            .collect();
+        Some(format!(
+            "recovery ran restore_command {files} times for {:.3} s in all ({})",
+            total_us as f64 / 1e6,
+            parts.join(", ")
+        ))
     }
 
     /// Whether the spool is being shut down (recovery has ended).
@@ -371,6 +430,38 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn served_files_are_summed_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(dir.path().join("spool"));
+        assert_eq!(spool.served_summary(), None);
+        spool.record_served(
+            "000000010000000000000003",
+            "repository",
+            Duration::from_millis(40),
+        );
+        spool.record_served(
+            "000000010000000000000004",
+            "spool",
+            Duration::from_millis(2),
+        );
+        spool.record_served(
+            "000000010000000000000005",
+            "spool",
+            Duration::from_millis(3),
+        );
+        spool.record_served(
+            "000000010000000000000006",
+            "missing",
+            Duration::from_millis(5),
+        );
+        assert_eq!(
+            spool.served_summary().unwrap(),
+            "recovery ran restore_command 4 times for 0.050 s in all (1 not in the archive in 0.005 s, \
+             1 from the repository in 0.040 s, 2 from the prefetch spool in 0.005 s)"
+        );
+    }
 
     #[test]
     fn take_moves_a_spooled_file_and_misses_otherwise() {

@@ -234,28 +234,19 @@ fn seal_object(
     loop {
         let is_last = reader.remaining <= frame_size;
         let frame = reader.take(frame_size, &mut scratch);
-        // The frame header's place, filled once the payload's length is
-        // known; the payload is compressed and encrypted where it lies.
-        let fh_at = out.len();
-        out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
-        let payload_at = out.len();
-        let mut stored = true;
-        if let Some(c) = compressor.as_mut() {
-            out.reserve(zstd::zstd_safe::compress_bound(frame.len()));
-            let mut cursor = std::io::Cursor::new(std::mem::take(&mut out));
-            cursor.set_position(payload_at as u64);
-            let written = c.compress_to_buffer(frame, &mut cursor);
-            out = cursor.into_inner();
-            written.expect("zstd compression into a buffer of its bound");
-            if out.len() - payload_at < frame.len() {
-                stored = false;
-            } else {
-                out.truncate(payload_at);
+        let (mut payload, stored) = match compressor.as_mut() {
+            Some(c) => {
+                let compressed = c
+                    .compress(frame)
+                    .expect("zstd compression of a bounded frame");
+                if compressed.len() < frame.len() {
+                    (compressed, false)
+                } else {
+                    (frame.to_vec(), true)
+                }
             }
-        }
-        if stored {
-            out.extend_from_slice(frame);
-        }
+            None => (frame.to_vec(), true),
+        };
         let mut flags = 0;
         if is_last {
             flags |= FLAG_LAST;
@@ -263,7 +254,7 @@ fn seal_object(
         if stored {
             flags |= FLAG_STORED;
         }
-        let payload_len = out.len() - payload_at + if cipher.is_some() { TAG_LEN } else { 0 };
+        let payload_len = payload.len() + if cipher.is_some() { TAG_LEN } else { 0 };
         let mut fh = [0u8; FRAME_HEADER_LEN];
         fh[0] = flags;
         fh[1..5].copy_from_slice(&index.to_be_bytes());
@@ -271,14 +262,15 @@ fn seal_object(
         fh[9..13].copy_from_slice(&(payload_len as u32).to_be_bytes());
         let crc = frame_crc(&fh[..13], frame);
         fh[13..17].copy_from_slice(&crc.to_be_bytes());
-        out[fh_at..payload_at].copy_from_slice(&fh);
         if let Some(cipher) = &cipher {
             let aad = associated_data(&header, &fh, bound_to);
             let tag = cipher
-                .encrypt_in_place_detached(&nonce(index), &aad, &mut out[payload_at..])
+                .encrypt_in_place_detached(&nonce(index), &aad, &mut payload)
                 .expect("AES-GCM encryption of a bounded frame");
-            out.extend_from_slice(&tag);
+            payload.extend_from_slice(&tag);
         }
+        out.extend_from_slice(&fh);
+        out.extend_from_slice(&payload);
         if is_last {
             break;
         }

@@ -17,8 +17,8 @@ walvault sidecar streaming from the start (as in production):
    and timed until promotion, with the default prefetch (8 segments) and
    with --prefetch 0 (restore_command fetches each segment when asked),
    and the floor: the same restore with every segment of the archive put
-   in pg_wal beforehand (untimed), without restore_command, so PostgreSQL
-   only redoes; alternating, --rounds times each. The time recovery spent
+   in pg_wal beforehand (untimed) and `restore_command = 'false'`, so
+   PostgreSQL reads every segment from pg_wal and only redoes; alternating, --rounds times each. The time recovery spent
    in restore_command, as the end of recovery logs it, is listed too.
 
 Writes target/bench/restore.md and prints it.
@@ -246,18 +246,18 @@ def main():
         per_id = 2**32 // seg_size
 
         def floor_setup(target):
-            """The replay floor: every segment already in pg_wal, no
-            restore_command, recovery from the backup label to the end of
-            pg_wal (as after pg_basebackup -X stream)."""
+            """The replay floor: the same archive recovery and promotion,
+            with every segment already in pg_wal and a restore_command that
+            fails at once (`false`), so PostgreSQL reads each segment from
+            pg_wal and only redoes."""
             for n in range(first, last + 1):
                 name = f"{tl['first_segment'][:8]}{n // per_id:08X}{n % per_id:08X}"
                 run([walvault, "wal-fetch", "--repo", f"file://{wrepo}", name, os.path.join(target, "pg_wal", name)],
                     env=env, **as_postgres())
-            os.remove(os.path.join(target, "recovery.signal"))
             auto = os.path.join(target, "postgresql.auto.conf")
-            kept = [l for l in open(auto) if not l.startswith(("restore_command", "recovery_end_command", "recovery_target"))]
+            kept = [l for l in open(auto) if not l.startswith(("restore_command", "recovery_end_command"))]
             with open(auto, "w") as f:
-                f.writelines(kept)
+                f.writelines(kept + ["restore_command = 'false'\n"])
 
         replay_t = {"prefetch 8 (default)": [], "prefetch 0": [], "floor: segments in pg_wal": []}
         waited = []

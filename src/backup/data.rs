@@ -25,8 +25,6 @@ use super::parts::{BufferPool, Part, PartCutter};
 use super::protocol::{self, BackupEnd, BackupEvent, BaseBackupOptions, TablespaceInfo};
 use super::{BackupOptions, Error};
 
-/// Backup events buffered between the socket and the part cutter.
-const EVENT_QUEUE_DEPTH: usize = 64;
 /// Parts waiting for an upload slot: one, so the parts held are those in
 /// flight, this one and the one filling.
 const PART_QUEUE_DEPTH: usize = 1;
@@ -65,18 +63,13 @@ pub(super) async fn store_data(
     mut conn: ReplicationConnection,
     major: u32,
     cancel: &CancellationToken,
-    mut on_start: impl FnMut(Lsn, TimelineId),
+    on_start: impl FnMut(Lsn, TimelineId) + Send,
 ) -> Result<DataStored, Error> {
-    let (events_tx, mut events_rx) = mpsc::channel(EVENT_QUEUE_DEPTH);
     let bb_opts = BaseBackupOptions {
         label: label.to_string(),
         fast_checkpoint: opts.fast_checkpoint,
         server_zstd_level: opts.server_zstd_level,
     };
-    let base_backup = tokio::spawn(async move {
-        let r = protocol::run_base_backup(&mut conn, major, &bb_opts, events_tx).await;
-        (r, conn)
-    });
 
     let concurrency = opts.upload_concurrency.max(1);
     let pool = BufferPool::new(opts.part_size_bytes as usize, concurrency + 2);
@@ -97,84 +90,34 @@ pub(super) async fn store_data(
     ));
     let collector = tokio::spawn(collect_records(stored_rx, pool.clone()));
 
-    let progress = Progress::new(&format!("backup {id}"), 0);
-    let compress = opts.server_zstd_level.is_none();
-    let mut tablespaces: Vec<TablespaceInfo> = Vec::new();
-    let mut plain_by_tablespace: Vec<u64> = Vec::new();
-    let mut cutter: Option<(usize, PartCutter)> = None;
-    let mut manifest: Vec<u8> = Vec::new();
-    let mut start: Option<(Lsn, TimelineId)> = None;
-    let mut received: u64 = 0;
-    let send_part = |ts: usize, name: String, part: Part| {
-        let jobs_tx = jobs_tx.clone();
-        async move {
-            let mut job = UploadJob::new(
-                layout::backup_part_key(id, &name, part.index),
-                vec![part.data],
-                ObjectKind::BackupPart {
-                    tablespace: ts,
-                    index: part.index,
-                },
-            );
-            job.compress = compress;
-            jobs_tx
-                .send(job)
-                .await
-                .map_err(|_| Error::Unsupported("the upload stage stopped".into()))
-        }
+    let mut sink = Cutter {
+        id,
+        compress: opts.server_zstd_level.is_none(),
+        pool: pool.clone(),
+        jobs: jobs_tx,
+        progress: Progress::new(&format!("backup {id}"), 0),
+        tablespaces: Vec::new(),
+        plain_by_tablespace: Vec::new(),
+        cutter: None,
+        manifest: Vec::new(),
+        start: None,
+        received: 0,
+        on_start,
+        cancel,
     };
-
-    let consume = async {
-        while let Some(ev) = events_rx.recv().await {
-            match ev {
-                BackupEvent::Started {
-                    start_lsn,
-                    timeline,
-                } => {
-                    info!(start = %start_lsn, timeline = %timeline, "backup checkpoint done");
-                    start = Some((start_lsn, timeline));
-                    on_start(start_lsn, timeline);
-                }
-                BackupEvent::Tablespaces(list) => {
-                    let total: u64 = list.iter().filter_map(|t| t.size_kib).sum::<u64>() * 1024;
-                    progress.set_total(total);
-                    plain_by_tablespace = vec![0; list.len()];
-                    tablespaces = list;
-                }
-                BackupEvent::ArchiveStart(i) => cutter = Some((i, PartCutter::new(pool.clone()))),
-                BackupEvent::ArchiveData(data) => {
-                    let (i, c) = cutter
-                        .as_mut()
-                        .ok_or_else(|| Error::Unsupported("data before an archive".into()))?;
-                    let i = *i;
-                    received += data.len() as u64;
-                    plain_by_tablespace[i] += data.len() as u64;
-                    for part in c.push(&data) {
-                        send_part(i, tablespaces[i].name(), part).await?;
-                    }
-                    progress.set_done(received);
-                }
-                BackupEvent::ArchiveEnd => {
-                    if let Some((i, c)) = cutter.take()
-                        && let Some(part) = c.finish()
-                    {
-                        send_part(i, tablespaces[i].name(), part).await?;
-                    }
-                }
-                BackupEvent::Progress(n) => progress.set_done(n.max(received)),
-                BackupEvent::ManifestData(d) => manifest.extend_from_slice(&d),
-            }
-            if cancel.is_cancelled() {
-                return Err(Error::Cancelled);
-            }
-        }
-        Ok::<(), Error>(())
-    };
-    let consumed = consume.await;
-    drop(events_rx);
-    drop(jobs_tx);
-    let (bb_result, conn) = base_backup.await.expect("base backup task does not panic");
-    if consumed.is_err() || bb_result.is_err() {
+    let bb_result = protocol::run_base_backup(&mut conn, major, &bb_opts, &mut sink).await;
+    let Cutter {
+        progress,
+        tablespaces,
+        plain_by_tablespace,
+        manifest,
+        start,
+        received,
+        jobs,
+        ..
+    } = sink;
+    drop(jobs);
+    if bb_result.is_err() {
         stage_cancel.cancel();
     }
     let staged = stage
@@ -183,7 +126,6 @@ pub(super) async fn store_data(
     let parts = collector
         .await
         .map_err(|e| Error::Unsupported(format!("recording stored parts panicked: {e}")))?;
-    consumed?;
     let end = bb_result?;
     staged?;
     conn.terminate().await;
@@ -198,6 +140,96 @@ pub(super) async fn store_data(
         manifest,
         received,
     })
+}
+
+/// Cuts the tar streams into parts and hands them to the upload stage, in
+/// the task that reads the socket.
+struct Cutter<'a, F> {
+    id: &'a str,
+    compress: bool,
+    pool: BufferPool,
+    jobs: mpsc::Sender<UploadJob>,
+    progress: Progress,
+    tablespaces: Vec<TablespaceInfo>,
+    plain_by_tablespace: Vec<u64>,
+    cutter: Option<(usize, PartCutter)>,
+    manifest: Vec<u8>,
+    start: Option<(Lsn, TimelineId)>,
+    received: u64,
+    on_start: F,
+    cancel: &'a CancellationToken,
+}
+
+impl<F: FnMut(Lsn, TimelineId) + Send> Cutter<'_, F> {
+    async fn send_part(&mut self, ts: usize, part: Part) -> Result<(), Error> {
+        let name = self.tablespaces[ts].name();
+        let mut job = UploadJob::new(
+            layout::backup_part_key(self.id, &name, part.index),
+            vec![part.data],
+            ObjectKind::BackupPart {
+                tablespace: ts,
+                index: part.index,
+            },
+        );
+        job.compress = self.compress;
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| Error::Unsupported("the upload stage stopped".into()))
+    }
+}
+
+impl<F: FnMut(Lsn, TimelineId) + Send> protocol::BackupSink for Cutter<'_, F> {
+    type Error = Error;
+
+    async fn event(&mut self, ev: BackupEvent) -> Result<(), Error> {
+        match ev {
+            BackupEvent::Started {
+                start_lsn,
+                timeline,
+            } => {
+                info!(start = %start_lsn, timeline = %timeline, "backup checkpoint done");
+                self.start = Some((start_lsn, timeline));
+                (self.on_start)(start_lsn, timeline);
+            }
+            BackupEvent::Tablespaces(list) => {
+                let total: u64 = list.iter().filter_map(|t| t.size_kib).sum::<u64>() * 1024;
+                self.progress.set_total(total);
+                self.plain_by_tablespace = vec![0; list.len()];
+                self.tablespaces = list;
+            }
+            BackupEvent::ArchiveStart(i) => {
+                self.cutter = Some((i, PartCutter::new(self.pool.clone())));
+            }
+            BackupEvent::ArchiveData(data) => {
+                let (i, c) = self
+                    .cutter
+                    .as_mut()
+                    .ok_or_else(|| Error::Unsupported("data before an archive".into()))?;
+                let i = *i;
+                let parts = c.push(&data);
+                self.received += data.len() as u64;
+                self.plain_by_tablespace[i] += data.len() as u64;
+                for part in parts {
+                    self.send_part(i, part).await?;
+                }
+                self.progress.set_done(self.received);
+            }
+            BackupEvent::ArchiveEnd => {
+                if let Some((i, c)) = self.cutter.take()
+                    && let Some(part) = c.finish()
+                {
+                    self.send_part(i, part).await?;
+                }
+            }
+            BackupEvent::Progress(n) => self.progress.set_done(n.max(self.received)),
+            BackupEvent::ManifestData(d) => self.manifest.extend_from_slice(&d),
+        }
+        if self.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        Ok(())
+    }
 }
 
 /// Records each stored part and gives its buffer back to the pool.

@@ -8,7 +8,6 @@
 //! [`BackupEvent`]s.
 
 use bytes::{Buf, Bytes};
-use tokio::sync::mpsc;
 
 use crate::lsn::{Lsn, TimelineId};
 use crate::protocol::connection::{ResponseEvent, Row};
@@ -157,37 +156,40 @@ async fn drain_to_ready(conn: &mut ReplicationConnection) {
     }
 }
 
-/// Runs BASE_BACKUP and sends its events to `events` (bounded: a slow
-/// consumer stops the socket reads, and the server waits).
+/// Where [`run_base_backup`] hands its events.
+pub trait BackupSink: Send {
+    /// The error that stops the backup.
+    type Error: From<protocol::Error> + Send;
+    /// Takes one event; an error ends the backup with it.
+    fn event(
+        &mut self,
+        ev: BackupEvent,
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Runs BASE_BACKUP and hands its events to `on_event`, in the same task:
+/// while it works the socket is not read, and the server waits (no queue
+/// between the two, and no wake-up per message).
 ///
 /// # Errors
 /// Server errors (with SQLSTATE; a checksum failure is XX001), protocol
-/// errors, or a consumer that went away.
+/// errors, or the first error of `on_event`.
 ///
 /// # Cancel safety
 /// Not cancel safe: drop the connection.
-pub async fn run_base_backup(
+pub async fn run_base_backup<S: BackupSink>(
     conn: &mut ReplicationConnection,
     major: u32,
     opts: &BaseBackupOptions,
-    events: mpsc::Sender<BackupEvent>,
-) -> Result<BackupEnd, protocol::Error> {
-    let send = |ev: BackupEvent| {
-        let events = events.clone();
-        async move {
-            events
-                .send(ev)
-                .await
-                .map_err(|_| bad("backup consumer stopped"))
-        }
-    };
+    sink: &mut S,
+) -> Result<BackupEnd, S::Error> {
     conn.send_query(&base_backup_command(major, opts)).await?;
     let start = read_result_set(conn).await?;
     let (start_lsn, timeline) = lsn_tli(
         start.first().ok_or_else(|| bad("no start position"))?,
         "start",
     )?;
-    send(BackupEvent::Started {
+    sink.event(BackupEvent::Started {
         start_lsn,
         timeline,
     })
@@ -210,12 +212,13 @@ pub async fn run_base_backup(
         })
         .collect();
     let count = tablespaces.len();
-    send(BackupEvent::Tablespaces(tablespaces.clone())).await?;
+    sink.event(BackupEvent::Tablespaces(tablespaces.clone()))
+        .await?;
 
     if major >= 15 {
-        read_copy_stream_v15(conn, &tablespaces, &send).await?;
+        read_copy_stream_v15(conn, &tablespaces, sink).await?;
     } else {
-        read_copy_streams_v14(conn, count, &send).await?;
+        read_copy_streams_v14(conn, count, sink).await?;
     }
 
     let end_rows = read_result_set(conn).await?;
@@ -233,7 +236,7 @@ pub async fn run_base_backup(
         }
     }
     if let Some(e) = error {
-        return Err(protocol::Error::Server(e));
+        return Err(protocol::Error::Server(e).into());
     }
     Ok(BackupEnd {
         end_lsn,
@@ -252,15 +255,11 @@ async fn expect_copy_out(conn: &mut ReplicationConnection) -> Result<(), protoco
     }
 }
 
-async fn read_copy_stream_v15<F, Fut>(
+async fn read_copy_stream_v15<S: BackupSink>(
     conn: &mut ReplicationConnection,
     tablespaces: &[TablespaceInfo],
-    send: &F,
-) -> Result<(), protocol::Error>
-where
-    F: Fn(BackupEvent) -> Fut,
-    Fut: std::future::Future<Output = Result<(), protocol::Error>>,
-{
+    sink: &mut S,
+) -> Result<(), S::Error> {
     expect_copy_out(conn).await?;
     let mut in_archive = false;
     let mut in_manifest = false;
@@ -269,99 +268,104 @@ where
         match conn.next_response_event().await? {
             ResponseEvent::CopyData(mut d) => {
                 if d.is_empty() {
-                    return Err(bad("empty CopyData in BASE_BACKUP"));
+                    return Err(S::Error::from(bad("empty CopyData in BASE_BACKUP")));
                 }
                 match d.get_u8() {
                     b'n' => {
                         if in_archive {
-                            send(BackupEvent::ArchiveEnd).await?;
+                            sink.event(BackupEvent::ArchiveEnd).await?;
                         }
                         // Archives arrive in tablespace row order.
                         if next_archive >= tablespaces.len() {
-                            return Err(bad("more archives than tablespaces"));
+                            return Err(S::Error::from(bad("more archives than tablespaces")));
                         }
-                        send(BackupEvent::ArchiveStart(next_archive)).await?;
+                        sink.event(BackupEvent::ArchiveStart(next_archive)).await?;
                         next_archive += 1;
                         in_archive = true;
                     }
-                    b'd' if in_manifest => send(BackupEvent::ManifestData(d)).await?,
-                    b'd' if in_archive => send(BackupEvent::ArchiveData(d)).await?,
-                    b'd' => return Err(bad("data before any archive")),
+                    b'd' if in_manifest => sink.event(BackupEvent::ManifestData(d)).await?,
+                    b'd' if in_archive => sink.event(BackupEvent::ArchiveData(d)).await?,
+                    b'd' => return Err(S::Error::from(bad("data before any archive"))),
                     b'p' => {
                         if d.len() < 8 {
-                            return Err(bad("short progress message"));
+                            return Err(S::Error::from(bad("short progress message")));
                         }
-                        send(BackupEvent::Progress(d.get_u64())).await?;
+                        sink.event(BackupEvent::Progress(d.get_u64())).await?;
                     }
                     b'm' => {
                         if in_archive {
-                            send(BackupEvent::ArchiveEnd).await?;
+                            sink.event(BackupEvent::ArchiveEnd).await?;
                             in_archive = false;
                         }
                         in_manifest = true;
                     }
                     other => {
-                        return Err(bad(format!(
+                        return Err(S::Error::from(bad(format!(
                             "unknown BASE_BACKUP message type {:?}",
                             char::from(other)
-                        )));
+                        ))));
                     }
                 }
             }
             ResponseEvent::CopyDone => {
                 if in_archive {
-                    send(BackupEvent::ArchiveEnd).await?;
+                    sink.event(BackupEvent::ArchiveEnd).await?;
                 }
                 return Ok(());
             }
             ResponseEvent::Error(e) => {
                 drain_to_ready(conn).await;
-                return Err(protocol::Error::Server(e));
+                return Err(protocol::Error::Server(e).into());
             }
-            other => return Err(bad(format!("unexpected {other:?} in the backup stream"))),
+            other => {
+                return Err(S::Error::from(bad(format!(
+                    "unexpected {other:?} in the backup stream"
+                ))));
+            }
         }
     }
 }
 
-async fn read_copy_streams_v14<F, Fut>(
+async fn read_copy_streams_v14<S: BackupSink>(
     conn: &mut ReplicationConnection,
     count: usize,
-    send: &F,
-) -> Result<(), protocol::Error>
-where
-    F: Fn(BackupEvent) -> Fut,
-    Fut: std::future::Future<Output = Result<(), protocol::Error>>,
-{
+    sink: &mut S,
+) -> Result<(), S::Error> {
     let mut received: u64 = 0;
     for index in 0..=count {
         let is_manifest = index == count;
         expect_copy_out(conn).await?;
         if !is_manifest {
-            send(BackupEvent::ArchiveStart(index)).await?;
+            sink.event(BackupEvent::ArchiveStart(index)).await?;
         }
         loop {
             match conn.next_response_event().await? {
                 ResponseEvent::CopyData(d) => {
                     if is_manifest {
-                        send(BackupEvent::ManifestData(d)).await?;
+                        sink.event(BackupEvent::ManifestData(d)).await?;
                     } else {
                         received += d.len() as u64;
-                        send(BackupEvent::ArchiveData(d)).await?;
+                        sink.event(BackupEvent::ArchiveData(d)).await?;
                     }
                 }
                 ResponseEvent::CopyDone => break,
                 ResponseEvent::Error(e) => {
                     drain_to_ready(conn).await;
-                    return Err(protocol::Error::Server(e));
+                    return Err(protocol::Error::Server(e).into());
                 }
-                other => return Err(bad(format!("unexpected {other:?} in the backup stream"))),
+                other => {
+                    return Err(S::Error::from(bad(format!(
+                        "unexpected {other:?} in the backup stream"
+                    ))));
+                }
             }
         }
         if !is_manifest {
             // PostgreSQL 14 leaves out the two zero blocks that end a tar archive.
-            send(BackupEvent::ArchiveData(Bytes::from_static(&[0u8; 1024]))).await?;
-            send(BackupEvent::ArchiveEnd).await?;
-            send(BackupEvent::Progress(received)).await?;
+            sink.event(BackupEvent::ArchiveData(Bytes::from_static(&[0u8; 1024])))
+                .await?;
+            sink.event(BackupEvent::ArchiveEnd).await?;
+            sink.event(BackupEvent::Progress(received)).await?;
         }
     }
     Ok(())

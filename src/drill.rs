@@ -221,7 +221,7 @@ async fn amcheck(opts: &DrillOptions, scratch: &Path, major: u32) -> Result<Stri
     else {
         return amcheck_sql(opts, scratch).await;
     };
-    let out = tokio::process::Command::new(&program)
+    let out = crate::malloc::child_command(&program)
         .args([
             "--all",
             "--install-missing",
@@ -324,7 +324,7 @@ async fn stop_server(opts: &DrillOptions, pgdata: &Path) {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     let pg_ctl = bin_dir(opts, major).map_or_else(|| PathBuf::from("pg_ctl"), |b| b.join("pg_ctl"));
-    let _ = tokio::process::Command::new(pg_ctl)
+    let _ = crate::malloc::child_command(pg_ctl)
         .arg("-D")
         .arg(pgdata)
         .args(["-m", "immediate", "-w", "stop"])

@@ -20,6 +20,7 @@ pub mod fuzzing;
 pub mod info;
 pub mod local_file;
 pub mod lsn;
+pub mod malloc;
 pub mod mark;
 pub mod metrics;
 pub mod notify;

@@ -7,6 +7,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return err.report(),
     };
+    if cli.command.holds_large_buffers() {
+        walvault::malloc::use_fixed_thresholds();
+    }
     walvault::telemetry::init(&cli.log_level, cli.log_format.into());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

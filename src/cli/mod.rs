@@ -119,6 +119,22 @@ pub enum Command {
     Keygen(keygen::Args),
 }
 
+impl Command {
+    /// Whether the command runs long with buffers of many MiB (streams,
+    /// backups, restores), where malloc's thresholds matter
+    /// ([`crate::malloc`]).
+    pub fn holds_large_buffers(&self) -> bool {
+        matches!(
+            self,
+            Command::Stream(_)
+                | Command::Backup(_)
+                | Command::Restore(_)
+                | Command::Verify(_)
+                | Command::Drill(_)
+        )
+    }
+}
+
 /// What retention keeps (`expire` and the sidecar). Policies add up: a
 /// backup stays if any of them keeps it.
 #[derive(Debug, Clone, Default, Args)]

@@ -207,6 +207,22 @@ pub fn seal_bound(
     }
 }
 
+/// What sealing keeps from one object to the next: the compressor's
+/// context and the buffers of one frame, so that it does not take fresh
+/// memory (page faults, and memory the allocator keeps) per object.
+#[derive(Default)]
+struct SealScratch {
+    compressor: Option<(i32, zstd::bulk::Compressor<'static>)>,
+    gather: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+/// Scratch kept between objects, for this many objects sealed at once (the
+/// default upload concurrency); more at once take their own.
+const SEAL_SCRATCH_KEPT: usize = 4;
+
+static SEAL_SCRATCH: std::sync::Mutex<Vec<SealScratch>> = std::sync::Mutex::new(Vec::new());
+
 fn seal_object(
     plaintext: &[Bytes],
     options: &SealOptions,
@@ -219,63 +235,94 @@ fn seal_object(
     let header = encode_header(options, key, &salt, frame_size as u32, bound_to);
     let cipher =
         key.map(|k| Aes256Gcm::new_from_slice(&k.derive_object_key(&salt)).expect("32-byte key"));
-    let mut compressor = match options.compression {
-        Compression::Zstd { level } => {
-            Some(zstd::bulk::Compressor::new(level).expect("valid zstd level"))
-        }
-        Compression::None => None,
-    };
-
     let mut out = Vec::with_capacity(HEADER_LEN + total / 2 + 64);
     out.extend_from_slice(&header);
-    let mut reader = PieceReader::new(plaintext);
-    let mut scratch = Vec::new();
-    let mut index: u32 = 0;
-    loop {
-        let is_last = reader.remaining <= frame_size;
-        let frame = reader.take(frame_size, &mut scratch);
-        let (mut payload, stored) = match compressor.as_mut() {
-            Some(c) => {
-                let compressed = c
-                    .compress(frame)
-                    .expect("zstd compression of a bounded frame");
-                if compressed.len() < frame.len() {
-                    (compressed, false)
-                } else {
-                    (frame.to_vec(), true)
+    let mut scratch = SEAL_SCRATCH
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .pop()
+        .unwrap_or_default();
+    {
+        let SealScratch {
+            compressor,
+            gather,
+            payload,
+        } = &mut scratch;
+        let mut compressor = match options.compression {
+            Compression::Zstd { level } => {
+                if compressor.as_ref().is_none_or(|(l, _)| *l != level) {
+                    *compressor = Some((
+                        level,
+                        zstd::bulk::Compressor::new(level).expect("valid zstd level"),
+                    ));
                 }
+                compressor.as_mut().map(|(_, c)| c)
             }
-            None => (frame.to_vec(), true),
+            Compression::None => None,
         };
-        let mut flags = 0;
-        if is_last {
-            flags |= FLAG_LAST;
+        let mut reader = PieceReader::new(plaintext);
+        let mut index: u32 = 0;
+        loop {
+            let is_last = reader.remaining <= frame_size;
+            let frame = reader.take(frame_size, gather);
+            payload.clear();
+            let stored = match compressor.as_deref_mut() {
+                Some(c) => {
+                    payload.reserve(zstd::zstd_safe::compress_bound(frame.len()));
+                    c.compress_to_buffer(frame, payload)
+                        .expect("zstd compression of a bounded frame");
+                    if payload.len() < frame.len() {
+                        false
+                    } else {
+                        payload.clear();
+                        payload.extend_from_slice(frame);
+                        true
+                    }
+                }
+                None => {
+                    payload.extend_from_slice(frame);
+                    true
+                }
+            };
+            let mut flags = 0;
+            if is_last {
+                flags |= FLAG_LAST;
+            }
+            if stored {
+                flags |= FLAG_STORED;
+            }
+            let payload_len = payload.len() + if cipher.is_some() { TAG_LEN } else { 0 };
+            let mut fh = [0u8; FRAME_HEADER_LEN];
+            fh[0] = flags;
+            fh[1..5].copy_from_slice(&index.to_be_bytes());
+            fh[5..9].copy_from_slice(&(frame.len() as u32).to_be_bytes());
+            fh[9..13].copy_from_slice(&(payload_len as u32).to_be_bytes());
+            let crc = frame_crc(&fh[..13], frame);
+            fh[13..17].copy_from_slice(&crc.to_be_bytes());
+            out.extend_from_slice(&fh);
+            if let Some(cipher) = &cipher {
+                let aad = associated_data(&header, &fh, bound_to);
+                let tag = cipher
+                    .encrypt_in_place_detached(&nonce(index), &aad, payload)
+                    .expect("AES-GCM encryption of a bounded frame");
+                out.extend_from_slice(payload);
+                out.extend_from_slice(&tag);
+            } else {
+                out.extend_from_slice(payload);
+            }
+            if is_last {
+                break;
+            }
+            index += 1;
         }
-        if stored {
-            flags |= FLAG_STORED;
-        }
-        let payload_len = payload.len() + if cipher.is_some() { TAG_LEN } else { 0 };
-        let mut fh = [0u8; FRAME_HEADER_LEN];
-        fh[0] = flags;
-        fh[1..5].copy_from_slice(&index.to_be_bytes());
-        fh[5..9].copy_from_slice(&(frame.len() as u32).to_be_bytes());
-        fh[9..13].copy_from_slice(&(payload_len as u32).to_be_bytes());
-        let crc = frame_crc(&fh[..13], frame);
-        fh[13..17].copy_from_slice(&crc.to_be_bytes());
-        if let Some(cipher) = &cipher {
-            let aad = associated_data(&header, &fh, bound_to);
-            let tag = cipher
-                .encrypt_in_place_detached(&nonce(index), &aad, &mut payload)
-                .expect("AES-GCM encryption of a bounded frame");
-            payload.extend_from_slice(&tag);
-        }
-        out.extend_from_slice(&fh);
-        out.extend_from_slice(&payload);
-        if is_last {
-            break;
-        }
-        index += 1;
     }
+    let mut kept = SEAL_SCRATCH
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if kept.len() < SEAL_SCRATCH_KEPT {
+        kept.push(scratch);
+    }
+    drop(kept);
     out
 }
 

@@ -3,6 +3,11 @@
 //! Receivers add what they hold and wait for room before reading more; the
 //! uploader releases what it has stored. The budget is a soft limit checked
 //! before each read, so the overshoot is at most one message.
+//!
+//! Part of the budget is headroom that WAL never takes: the sealed copies
+//! of the uploads in flight and the process's fixed buffers (see
+//! [`upload_headroom`]), so that what the process holds in all stays
+//! within the configured figure.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,8 +17,24 @@ use tokio::sync::Notify;
 #[derive(Debug)]
 pub struct MemoryBudget {
     limit_bytes: u64,
+    headroom_bytes: AtomicU64,
     used_bytes: AtomicU64,
     released: Notify,
+}
+
+/// Memory the process holds besides WAL: the program's own pages, the
+/// runtime, the socket's read buffer, logging.
+const FIXED_BYTES: u64 = 24 << 20;
+/// What one upload holds besides its plaintext and sealed copy at most: a
+/// compressor's context and two frames of scratch.
+const PER_UPLOAD_BYTES: u64 = 4 << 20;
+
+/// The headroom of a budget whose WAL is sealed by `concurrency` uploads of
+/// objects up to `object_bytes` each: their sealed copies (never larger than
+/// the plaintext plus frame headers), their working memory, and the fixed
+/// part.
+pub fn upload_headroom(concurrency: usize, object_bytes: u64) -> u64 {
+    FIXED_BYTES + concurrency.max(1) as u64 * (object_bytes + PER_UPLOAD_BYTES)
 }
 
 impl MemoryBudget {
@@ -21,6 +42,7 @@ impl MemoryBudget {
     pub fn new(limit_bytes: u64) -> Self {
         MemoryBudget {
             limit_bytes,
+            headroom_bytes: AtomicU64::new(0),
             used_bytes: AtomicU64::new(0),
             released: Notify::new(),
         }
@@ -51,9 +73,19 @@ impl MemoryBudget {
         self.limit_bytes
     }
 
-    /// Whether `n` more bytes fit.
+    /// Keeps `headroom` bytes of the limit out of reach of
+    /// [`MemoryBudget::has_room_for`], but never so much that fewer than
+    /// `floor` bytes remain for WAL. Returns the bytes left for WAL.
+    pub fn set_headroom(&self, headroom: u64, floor: u64) -> u64 {
+        let wal = self.limit_bytes.saturating_sub(headroom).max(floor);
+        self.headroom_bytes
+            .store(self.limit_bytes.saturating_sub(wal), Ordering::Relaxed);
+        wal
+    }
+
+    /// Whether `n` more bytes fit beside the headroom.
     pub fn has_room_for(&self, n: u64) -> bool {
-        self.used_bytes() + n <= self.limit_bytes
+        self.used_bytes() + n + self.headroom_bytes.load(Ordering::Relaxed) <= self.limit_bytes
     }
 
     /// Waits until something is released.

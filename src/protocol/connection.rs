@@ -5,7 +5,7 @@
 //! [`BytesMut`]; a message is consumed only once it is complete, so every read
 //! method is cancel safe.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,8 +32,15 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest message accepted from the server; bounds what a broken peer can
 /// make us buffer (BASE_BACKUP and XLogData messages are far smaller).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-/// Initial read buffer: a few XLogData messages (each at most 128 KiB).
+/// Room made for a read: a few XLogData messages (each at most 128 KiB).
 const READ_BUFFER_BYTES: usize = 512 * 1024;
+/// The size of a read buffer: room for a read beside a message begun.
+const READ_SLAB_BYTES: usize = 1024 * 1024;
+/// Read buffers nothing points into that are kept for reuse: two segments'
+/// worth, as a stored segment gives back 16 at once. A new buffer is taken
+/// only when none is idle, so this never adds to the buffers held at the
+/// peak.
+const IDLE_READ_BUFFERS: usize = 32;
 
 /// The transport under a connection.
 enum Transport {
@@ -142,6 +149,10 @@ pub enum ResponseEvent {
 pub struct ReplicationConnection {
     transport: Transport,
     read_buf: BytesMut,
+    /// Earlier read buffers, oldest first, that messages may still point
+    /// into (XLogData payloads held until their segment is stored): each
+    /// is read into again once they are gone ([`make_room`]).
+    retired: VecDeque<BytesMut>,
     write_buf: BytesMut,
     parameters: HashMap<String, String>,
     target: String,
@@ -342,7 +353,8 @@ impl ReplicationConnection {
         };
         let mut conn = ReplicationConnection {
             transport,
-            read_buf: BytesMut::with_capacity(READ_BUFFER_BYTES),
+            read_buf: BytesMut::with_capacity(READ_SLAB_BYTES),
+            retired: VecDeque::new(),
             write_buf: BytesMut::new(),
             parameters: HashMap::new(),
             target,
@@ -843,9 +855,10 @@ impl ReplicationConnection {
                 if self.read_buf.len() >= len {
                     return Ok(header);
                 }
-                self.read_buf.reserve(len - self.read_buf.len());
+                let missing = len - self.read_buf.len();
+                make_room(&mut self.read_buf, &mut self.retired, missing);
             } else if self.read_buf.capacity() - self.read_buf.len() < 4096 {
-                self.read_buf.reserve(READ_BUFFER_BYTES);
+                make_room(&mut self.read_buf, &mut self.retired, READ_BUFFER_BYTES);
             }
             let n = self.transport.read_buf(&mut self.read_buf).await?;
             if n == 0 {
@@ -1015,4 +1028,88 @@ fn server_error(body: &backend::ErrorResponseBody) -> Result<ServerError, Error>
         }
     }
     Ok(e)
+}
+
+/// Makes room in `buf` for `additional` more bytes, reusing memory: the
+/// buffer itself when nothing points into it any more, else a retired
+/// buffer nothing points into, else a new one of [`READ_SLAB_BYTES`]; the
+/// buffer left is retired. A stream holding WAL in memory so reads into
+/// the same buffers over and over, instead of the allocator handing out
+/// fresh pages (a page fault each) or keeping freed ones it does not reuse
+/// (memory above the budget). Beyond [`IDLE_READ_BUFFERS`], buffers nothing
+/// points into are given back.
+fn make_room(buf: &mut BytesMut, retired: &mut VecDeque<BytesMut>, additional: usize) {
+    if buf.try_reclaim(additional) {
+        return;
+    }
+    let need = buf.len() + additional;
+    let mut next: Option<BytesMut> = None;
+    let mut idle = 0;
+    retired.retain_mut(|b| {
+        // Every buffer holds at least a slab: this fails only while
+        // something points into it.
+        if !b.try_reclaim(READ_SLAB_BYTES) {
+            return true;
+        }
+        if next.is_none() && b.try_reclaim(need) {
+            next = Some(std::mem::take(b));
+            return false;
+        }
+        idle += 1;
+        idle <= IDLE_READ_BUFFERS
+    });
+    let mut next = next.unwrap_or_else(|| BytesMut::with_capacity(need.max(READ_SLAB_BYTES)));
+    next.extend_from_slice(buf);
+    let mut old = std::mem::replace(buf, next);
+    old.clear();
+    retired.push_back(old);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_buffers_are_reused_once_released() {
+        let mut buf = BytesMut::with_capacity(READ_SLAB_BYTES);
+        let mut retired = VecDeque::new();
+        buf.extend_from_slice(&vec![1u8; READ_SLAB_BYTES - 10]);
+        let held = buf.split_to(READ_SLAB_BYTES - 20).freeze();
+        let first = held.as_ptr();
+        // Ten bytes of a message wait, and a view into the buffer is held:
+        // a new buffer, holding the ten bytes.
+        make_room(&mut buf, &mut retired, READ_BUFFER_BYTES);
+        assert_eq!(&buf[..], &[1u8; 10][..]);
+        assert_ne!(buf.as_ptr(), first);
+        assert_eq!(retired.len(), 1);
+        assert_eq!(&held[..3], &[1, 1, 1]);
+        // Once the view is gone, the retired buffer is read into again.
+        drop(held);
+        let room = buf.capacity() - buf.len();
+        buf.extend_from_slice(&vec![2u8; room]);
+        let second = buf.split().freeze();
+        make_room(&mut buf, &mut retired, READ_BUFFER_BYTES);
+        assert_eq!(buf.as_ptr(), first);
+        assert_eq!(retired.len(), 1);
+        // A buffer nothing points into is reclaimed in place.
+        drop(second);
+        let here = buf.as_ptr();
+        let room = buf.capacity();
+        buf.extend_from_slice(&vec![3u8; room]);
+        drop(buf.split());
+        make_room(&mut buf, &mut retired, READ_BUFFER_BYTES);
+        assert_eq!(buf.as_ptr(), here);
+        // Idle buffers beyond a few are given back.
+        let mut views = Vec::new();
+        for _ in 0..IDLE_READ_BUFFERS + 10 {
+            let room = buf.capacity() - buf.len();
+            buf.extend_from_slice(&vec![4u8; room]);
+            views.push(buf.split().freeze());
+            make_room(&mut buf, &mut retired, READ_BUFFER_BYTES);
+        }
+        assert_eq!(retired.len(), IDLE_READ_BUFFERS + 10);
+        drop(views);
+        make_room(&mut buf, &mut retired, READ_SLAB_BYTES + 1);
+        assert_eq!(retired.len(), IDLE_READ_BUFFERS + 1);
+    }
 }

@@ -123,7 +123,7 @@ pub async fn start_and_wait(
     for (name, value) in &args.settings {
         options.push_str(&format!(" -c {name}='{value}'"));
     }
-    let out = tokio::process::Command::new(&pg_ctl)
+    let out = crate::malloc::child_command(&pg_ctl)
         .arg("-D")
         .arg(&args.pgdata)
         .arg("-l")
@@ -151,7 +151,7 @@ pub async fn start_and_wait(
         args.user
     );
     let pg_status = || async {
-        tokio::process::Command::new(&pg_ctl)
+        crate::malloc::child_command(&pg_ctl)
             .arg("-D")
             .arg(&args.pgdata)
             .arg("status")

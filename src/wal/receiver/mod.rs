@@ -231,6 +231,24 @@ pub async fn run(
             opts.memory_budget_bytes, segment_size
         )));
     }
+    let headroom = crate::pipeline::memory::upload_headroom(opts.upload_concurrency, segment_size);
+    let wal_bytes = memory.set_headroom(headroom, 2 * segment_size);
+    if wal_bytes + headroom > opts.memory_budget_bytes {
+        warn!(
+            budget = opts.memory_budget_bytes,
+            wal = wal_bytes,
+            uploads = headroom,
+            "the memory budget is smaller than two WAL segments plus what the uploads in flight need: \
+             the process may hold more than it; raise --memory-budget or lower --upload-concurrency"
+        );
+    } else {
+        debug!(
+            budget = opts.memory_budget_bytes,
+            wal = wal_bytes,
+            uploads = headroom,
+            "memory budget: WAL held, and headroom for the uploads in flight"
+        );
+    }
     let uploader = tokio::spawn(upload::run(
         Stage {
             repo: repo.clone(),

@@ -241,9 +241,10 @@ def main():
         stream.terminate(); stream.wait(timeout=120); stream = None
         listing = json.loads(run([walvault, "list", "--json", "--repo", f"file://{wrepo}"], env=env))
         tl = listing["wal"]["timelines"][-1]
-        first, last = int(tl["first_segment"][8:], 16), int(tl["last_segment"][8:], 16)
         seg_size = listing["wal"]["wal_segment_size"]
         per_id = 2**32 // seg_size
+        # A segment's number from its name: log id, then the segment in it.
+        first, last = (int(tl[k][8:16], 16) * per_id + int(tl[k][16:], 16) for k in ("first_segment", "last_segment"))
 
         def floor_setup(target):
             """The replay floor: the same archive recovery and promotion,

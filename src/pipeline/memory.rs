@@ -96,3 +96,27 @@ impl MemoryBudget {
         self.released.notified().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headroom_is_kept_out_of_the_wal_part() {
+        const MIB: u64 = 1 << 20;
+        // The defaults: 4 uploads of 16 MiB segments in a 256 MiB budget.
+        let headroom = upload_headroom(4, 16 * MIB);
+        assert_eq!(headroom, 104 * MIB);
+        let budget = MemoryBudget::new(256 * MIB);
+        assert_eq!(budget.set_headroom(headroom, 32 * MIB), 152 * MIB);
+        budget.add(150 * MIB);
+        assert!(budget.has_room_for(2 * MIB));
+        assert!(!budget.has_room_for(2 * MIB + 1));
+        budget.release(150 * MIB);
+        // Too small a budget still leaves two segments for WAL.
+        let small = MemoryBudget::new(64 * MIB);
+        assert_eq!(small.set_headroom(headroom, 32 * MIB), 32 * MIB);
+        assert!(small.has_room_for(32 * MIB));
+        assert!(!small.has_room_for(32 * MIB + 1));
+    }
+}

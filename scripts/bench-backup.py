@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Base-backup benchmark: walvault vs pg_basebackup vs pgBackRest, same run.
 
-On PostgreSQL 15 (pg_basebackup 15 refuses servers of 16+), two datasets:
+On PostgreSQL 15 (pg_basebackup 15 refuses servers of 16+), three datasets:
   - pgbench at --scale (blank filler: compresses ~20x),
   - a table of realistic entropy (hex digests, words, numbers, timestamps:
-    zstd compresses it only about 3-4x) of about the same size.
+    zstd compresses it only about 3-4x) of about the same size,
+  - the mix: pgbench at --scale with the entropy table beside it.
 Each tool backs up each dataset --rounds times, alternating:
   - walvault backup (zstd level 1 + AES-256-GCM, local-directory repository),
   - the same with the server compressing (--server-zstd 1), to choose the default,
   - pg_basebackup -Ft --compress=client-zstd (no encryption) into a directory,
-  - pgbackrest backup --type=full (compress-type=zst, aes-256-cbc, posix repo).
+  - pgbackrest backup --type=full (compress-type=zst, aes-256-cbc, posix repo),
+  - and the ceiling: the walsender's uncompressed tar stream read by
+    pg_basebackup into /dev/null (-D - -Ft -X none), what the server can
+    send at all.
 All use a fast checkpoint. Reports the median wall time, throughput
 (database bytes / second), stored size, the ratio to walvault, and
 walvault's peak RSS per dataset. Also measures walvault's peak RSS at two
@@ -118,17 +122,22 @@ def main():
         target = pgb.size()
         ent = Cluster(work, "entropy")
         clusters["entropy"] = ent
+        mix = Cluster(work, "mix")
+        clusters["mix"] = mix
+        subprocess.run([f"{PGBIN}/pgbench", "-h", mix.sock, "-p", str(mix.port), "-U", "postgres", "-i", "-s", str(args.scale), "-q", "postgres"],
+                       check=True, capture_output=True)
         rows = max(100000, int(target / 200))
         # Mostly low-entropy text (words from small vocabularies, repeated
         # prefixes) with one short random token and random numbers: about
         # 3-4x with zstd, like typical application data.
-        ent.psql("CREATE TABLE events AS SELECT g AS id, substr(md5(random()::text), 1, 12) AS token, "
-                 "'user-' || (random()*50000)::int || '@example.com' AS email, "
-                 "(ARRAY['login','logout','purchase','refund','view','search','update','delete'])[1 + (random()*7)::int] "
-                 "|| ' from ' || (ARRAY['web','ios','android','api','batch'])[1 + (random()*4)::int] "
-                 "|| ' in ' || (ARRAY['eu-west','us-east','ap-south','sa-east'])[1 + (random()*3)::int] AS note, "
-                 "(random() * 1e6)::bigint AS amount, (random() * 100)::int AS qty, "
-                 f"now() - random() * interval '1000 days' AS at FROM generate_series(1, {rows}) g")
+        for c in (ent, mix):
+            c.psql("CREATE TABLE events AS SELECT g AS id, substr(md5(random()::text), 1, 12) AS token, "
+                     "'user-' || (random()*50000)::int || '@example.com' AS email, "
+                     "(ARRAY['login','logout','purchase','refund','view','search','update','delete'])[1 + (random()*7)::int] "
+                     "|| ' from ' || (ARRAY['web','ios','android','api','batch'])[1 + (random()*4)::int] "
+                     "|| ' in ' || (ARRAY['eu-west','us-east','ap-south','sa-east'])[1 + (random()*3)::int] AS note, "
+                     "(random() * 1e6)::bigint AS amount, (random() * 100)::int AS qty, "
+                     f"now() - random() * interval '1000 days' AS at FROM generate_series(1, {rows}) g")
         for c in clusters.values():
             c.psql("CHECKPOINT")
 
@@ -149,7 +158,8 @@ def main():
                         f"[bench]\npg1-path={c.data}\npg1-port={c.port}\npg1-socket-path={c.sock}\npg1-user=postgres\n")
             subprocess.run(["pgbackrest", f"--config={brconf}", "--stanza=bench", "stanza-create"], check=True, capture_output=True)
             env = dict(os.environ, WALVAULT_KEY=KEY, WALVAULT_LOG_LEVEL="warn")
-            times = {"walvault": [], "walvault --server-zstd 1": [], "pg_basebackup": [], "pgbackrest": []}
+            times = {"walvault": [], "walvault --server-zstd 1": [], "pg_basebackup": [], "pgbackrest": [],
+                     "ceiling: walsender, uncompressed, to /dev/null": []}
             stored = {}
             for r in range(args.rounds):
                 t, out, peak = run_with_rss([walvault, "backup", "--pg", f"host={c.sock} port={c.port} user=postgres",
@@ -167,6 +177,12 @@ def main():
                 shutil.rmtree(bdir)
                 t, _ = timed(["pgbackrest", f"--config={brconf}", "--stanza=bench", "--type=full", "backup"])
                 times["pgbackrest"].append(t); stored["pgbackrest"] = dir_size(brrepo) // (r + 1)
+                t0 = time.monotonic()
+                with open(os.devnull, "wb") as null:
+                    subprocess.run([f"{PGBIN}/pg_basebackup", "-h", c.sock, "-p", str(c.port), "-U", "postgres", "-D", "-", "-Ft",
+                                    "-c", "fast", "-X", "none"], stdout=null, stderr=subprocess.DEVNULL, check=True)
+                times["ceiling: walsender, uncompressed, to /dev/null"].append(time.monotonic() - t0)
+                stored["ceiling: walsender, uncompressed, to /dev/null"] = 0
             results[name] = (size, times, stored)
 
         # Peak RSS at a smaller size of the same kind.
@@ -192,7 +208,8 @@ def main():
             lines.append("")
         lines.append(f"walvault peak RSS: pgbench {small_size / 2**20:.0f} MiB -> {small_peak:.0f} MiB; "
                      f"pgbench {results['pgbench'][0] / 2**20:.0f} MiB -> {rss['pgbench']:.0f} MiB; "
-                     f"entropy {results['entropy'][0] / 2**20:.0f} MiB -> {rss['entropy']:.0f} MiB")
+                     f"entropy {results['entropy'][0] / 2**20:.0f} MiB -> {rss['entropy']:.0f} MiB; "
+                     f"mix {results['mix'][0] / 2**20:.0f} MiB -> {rss['mix']:.0f} MiB")
         text = "\n".join(lines)
         os.makedirs(os.path.join(ROOT, "target/bench"), exist_ok=True)
         with open(os.path.join(ROOT, "target/bench/backup.md"), "w") as f:

@@ -2,7 +2,9 @@
 """End-to-end WAL ingest benchmark.
 
 In one run, on one PostgreSQL 15 server (16 MiB segments, fsync on), measure
-`pgbench -N` TPS:
+the TPS of a load (--load pgbench: `pgbench -N`; --load bulk: --clients
+clients each inserting 5,000-row batches with INSERT ... SELECT, as fast as
+the server writes WAL):
   - with no archiver,
   - with `walvault stream` (zstd level 3 + AES-256-GCM) into the s3s-fs S3
     server on loopback,
@@ -10,10 +12,13 @@ In one run, on one PostgreSQL 15 server (16 MiB segments, fsync on), measure
 in rotating order for --rounds rounds (each run starts after VACUUM and
 CHECKPOINT, each archiver with a fresh slot and repository). Reports the
 median TPS of each, the median of the per-round TPS ratios against no
-archiver (so a drift of the machine over the run cancels out), walvault's
-CPU seconds per GiB of WAL and its peak RSS. Writes a markdown table to target/bench/ingest.md and stdout.
+archiver (so a drift of the machine over the run cancels out), and for
+each archiver its CPU seconds per GiB of WAL, its peak RSS and how long it
+took after the load to have received everything (catch-up). Writes a
+markdown table to target/bench/ingest.md and stdout.
 
-Usage: scripts/bench-ingest.py [--seconds 30] [--rounds 3] [--scale 10] [--clients 4]
+Usage: scripts/bench-ingest.py [--load pgbench|bulk] [--seconds 30] [--rounds 3]
+           [--scale 10] [--clients 4] [--walvault BIN]
 """
 import argparse, os, pwd, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -60,8 +65,13 @@ def peak_rss_mib(pid):
     return 0.0
 
 
-def pgbench_tps(port, seconds, clients):
-    out = subprocess.run([f"{PGBIN}/pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-N", "-T", str(seconds),
+BULK_SQL = ("INSERT INTO bulk SELECT g, md5(g::text) || md5((g * 7)::text), 'event ' || (g % 97), now() "
+            "FROM generate_series(1, 5000) g;\n")
+
+
+def pgbench_tps(port, seconds, clients, script=None):
+    load = ["-n", "-f", script] if script else ["-N"]
+    out = subprocess.run([f"{PGBIN}/pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", *load, "-T", str(seconds),
                           "-c", str(clients), "-j", str(min(clients, 2)), "postgres"], check=True, capture_output=True, text=True)
     for line in out.stdout.splitlines():
         if line.startswith("tps ="):
@@ -75,10 +85,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--load", choices=["pgbench", "bulk"], default="pgbench")
+    ap.add_argument("--walvault", help="walvault binary (default: build target/release/walvault)")
     args = ap.parse_args()
 
-    subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
-    walvault = os.path.join(ROOT, "target/release/walvault")
+    walvault = args.walvault
+    if not walvault:
+        subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
+        walvault = os.path.join(ROOT, "target/release/walvault")
     s3s = shutil.which("s3s-fs") or os.path.expanduser("~/.cargo/bin/s3s-fs")
 
     work = tempfile.mkdtemp(prefix="walvault-bench-")
@@ -113,38 +127,56 @@ def main():
                               capture_output=True, text=True)
         if init.returncode != 0:
             raise RuntimeError(f"pgbench -i failed: {init.stderr}")
+        script = None
+        if args.load == "bulk":
+            psql(port, "CREATE TABLE bulk (id bigint, payload text, note text, at timestamptz)")
+            script = os.path.join(work, "bulk.sql")
+            with open(script, "w") as f:
+                f.write(BULK_SQL)
         psql(port, "CHECKPOINT")
         env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{s3port}", AWS_ACCESS_KEY_ID="bench",
                    AWS_SECRET_ACCESS_KEY="benchsecret", AWS_REGION="us-east-1", WALVAULT_KEY=KEY, WALVAULT_LOG_LEVEL="warn")
         results = {"none": [], "walvault": [], "pg_receivewal": []}
         ratios = {"walvault": [], "pg_receivewal": []}
-        wal_bytes = 0; cpu = 0.0; rss = 0.0
-        pgbench_tps(port, 5, args.clients)  # warm-up
+        # Per archiver: WAL bytes, CPU seconds, peak RSS, catch-up seconds.
+        usage = {k: {"wal": 0, "cpu": 0.0, "rss": 0.0, "catchup": []} for k in ratios}
+        pgbench_tps(port, 5, args.clients, script)  # warm-up
 
         def settle():
+            if script:
+                psql(port, "TRUNCATE bulk")
             psql(port, "VACUUM"); psql(port, "CHECKPOINT")
 
         def run_none(r):
             settle()
-            return pgbench_tps(port, args.seconds, args.clients)
+            return pgbench_tps(port, args.seconds, args.clients, script)
 
-        def run_walvault(r):
-            nonlocal wal_bytes, cpu, rss
-            settle()
-            wv = subprocess.Popen([walvault, "stream", "--pg", f"host=127.0.0.1 port={port} user=postgres sslmode=disable",
-                                   "--repo", f"s3://bench/round{r}", "--slot", f"walvault{r}"], env=env, stderr=subprocess.DEVNULL)
+        def measure(name, pid, app):
+            """Runs the load while `pid` archives; waits until the archiver
+            reports all of it written (walvault reports only what is stored
+            in the repository; pg_receivewal fsyncs at segment ends, so its
+            write position is what it has received); records its usage."""
             time.sleep(2)
-            c0 = proc_cpu_seconds(wv.pid); l0 = lsn(psql(port, "SELECT pg_current_wal_lsn()"))
-            tps = pgbench_tps(port, args.seconds, args.clients)
+            c0 = proc_cpu_seconds(pid); l0 = lsn(psql(port, "SELECT pg_current_wal_lsn()"))
+            tps = pgbench_tps(port, args.seconds, args.clients, script)
             l1 = lsn(psql(port, "SELECT pg_current_wal_lsn()"))
-            # Let it catch up before reading its CPU time.
-            for _ in range(300):
-                sent = psql(port, "SELECT coalesce(max(flush_lsn)::text, '0/0') FROM pg_stat_replication WHERE application_name='walvault'")
+            t0 = time.monotonic()
+            for _ in range(3000):
+                sent = psql(port, f"SELECT coalesce(max(write_lsn)::text, '0/0') FROM pg_stat_replication WHERE application_name='{app}'")
                 if sent and lsn(sent) >= l1:
                     break
                 time.sleep(0.1)
-            cpu += proc_cpu_seconds(wv.pid) - c0; wal_bytes += l1 - l0
-            rss = max(rss, peak_rss_mib(wv.pid))
+            u = usage[name]
+            u["catchup"].append(time.monotonic() - t0)
+            u["cpu"] += proc_cpu_seconds(pid) - c0; u["wal"] += l1 - l0
+            u["rss"] = max(u["rss"], peak_rss_mib(pid))
+            return tps
+
+        def run_walvault(r):
+            settle()
+            wv = subprocess.Popen([walvault, "stream", "--pg", f"host=127.0.0.1 port={port} user=postgres sslmode=disable",
+                                   "--repo", f"s3://bench/round{r}", "--slot", f"walvault{r}"], env=env, stderr=subprocess.DEVNULL)
+            tps = measure("walvault", wv.pid, "walvault")
             wv.send_signal(signal.SIGTERM); wv.wait(timeout=120)
             psql(port, f"SELECT pg_drop_replication_slot('walvault{r}')")
             return tps
@@ -156,8 +188,7 @@ def main():
                            check=True, capture_output=True)
             rw = subprocess.Popen([f"{PGBIN}/pg_receivewal", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-S", f"receivewal{r}",
                                    "-D", rdir, "-n"], stderr=subprocess.DEVNULL)
-            time.sleep(2)
-            tps = pgbench_tps(port, args.seconds, args.clients)
+            tps = measure("pg_receivewal", rw.pid, "pg_receivewal")
             rw.send_signal(signal.SIGINT); rw.wait(timeout=60)
             shutil.rmtree(rdir)
             psql(port, f"SELECT pg_drop_replication_slot('receivewal{r}')")
@@ -173,9 +204,9 @@ def main():
             for k in ratios:
                 ratios[k].append(this[k] / this["none"])
         med = {k: statistics.median(v) for k, v in results.items()}
-        gib = wal_bytes / (1 << 30)
+        what = "pgbench -N" if args.load == "pgbench" else "bulk INSERT ... SELECT of 5,000 rows per transaction"
         lines = [
-            f"pgbench -N, scale {args.scale}, {args.clients} clients, {args.seconds} s per run, {args.rounds} rounds (median TPS):",
+            f"{what}, scale {args.scale}, {args.clients} clients, {args.seconds} s per run, {args.rounds} rounds (median TPS):",
             "",
             "| archiver | median TPS | runs (TPS) | median per-round TPS ratio vs none |",
             "|---|---:|---|---:|",
@@ -184,7 +215,12 @@ def main():
             runs = ", ".join(f"{t:.0f}" for t in results[k])
             ratio = statistics.median(ratios[k]) if k in ratios else 1.0
             lines.append(f"| {k} | {med[k]:.0f} | {runs} | {ratio:.3f} |")
-        lines += ["", f"walvault: {cpu:.1f} CPU s for {gib:.2f} GiB of WAL = {cpu / gib if gib else 0:.1f} CPU s/GiB; peak RSS {rss:.0f} MiB"]
+        lines += ["", "| archiver | GiB of WAL | CPU s | CPU s per GiB | peak RSS MiB | catch-up after the load, s (per run) |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for k, u in usage.items():
+            gib = u["wal"] / (1 << 30)
+            catchup = ", ".join(f"{c:.1f}" for c in u["catchup"])
+            lines.append(f"| {k} | {gib:.2f} | {u['cpu']:.1f} | {u['cpu'] / gib if gib else 0:.1f} | {u['rss']:.0f} | {catchup} |")
         text = "\n".join(lines)
         os.makedirs(os.path.join(ROOT, "target/bench"), exist_ok=True)
         with open(os.path.join(ROOT, "target/bench/ingest.md"), "w") as f:

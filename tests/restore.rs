@@ -600,6 +600,28 @@ async fn restore_and_start(major: u32) {
     }
     assert!(report.contains("recovery promoted: final LSN"), "{report}");
     assert!(report.contains("timeline 2"), "{report}");
+    // The restore put the first segments into the spool: recovery did not
+    // start by waiting on the repository. Only the last segment, held as
+    // deltas (the stream stopped in it), comes from the repository.
+    let server_log = std::fs::read_to_string(pgdata.join("walvault-start.log")).unwrap_or_default();
+    let summary = server_log
+        .lines()
+        .find(|l| l.contains("recovery ran restore_command"))
+        .unwrap_or_default()
+        .to_string();
+    let count = |what: &str| -> u32 {
+        summary
+            .split(&format!(" {what} in"))
+            .next()
+            .filter(|head| head.len() < summary.len())
+            .and_then(|head| head.rsplit(['(', ' ']).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    if count("from the prefetch spool") < 2 || count("from the repository") > 1 {
+        stop();
+        panic!("the first segments were not served from the spool: {summary:?}\n{server_log}");
+    }
     let (client, conn) = tokio_postgres::connect(
         &format!(
             "host={} port={port} user=postgres dbname=postgres",

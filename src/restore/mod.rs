@@ -154,14 +154,72 @@ async fn restore_into(
     let mut dirs = vec![req.pgdata.clone()];
     dirs.extend(req.tablespace_dirs.iter().map(|(_, d)| d.clone()));
     let unpacked = started.elapsed();
-    tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|d| unpack::sync_tree(d)))
-        .await
+    let sync =
+        tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|d| unpack::sync_tree(d)));
+    // While the files sync, the first segments recovery asks for go into
+    // the spool, so that it does not start by waiting on the repository.
+    if req.prefetch > 0 {
+        prefill_spool(repo, plan, &req.pgdata.join(SPOOL_DIR), req.prefetch).await;
+    }
+    sync.await
         .expect("sync does not panic")
         .map_err(io("sync the restored files"))?;
     Ok(Restored {
         unpacked,
         synced: started.elapsed() - unpacked,
     })
+}
+
+/// Segments put in the spool before recovery starts, at most.
+const PREFILL_SEGMENTS: u64 = 4;
+
+/// Puts the first segments recovery will ask for (complete ones, on the
+/// backup's timeline) into the spool. The spool is only a shortcut: what
+/// cannot be fetched here, `wal-fetch` fetches when asked, so failures are
+/// logged, not returned.
+async fn prefill_spool(repo: &Repository, plan: &RestorePlan, dir: &Path, prefetch: u64) {
+    let size = plan.backup.wal_segment_size;
+    let Ok(first) = crate::lsn::SegmentName::parse(&plan.first_segment, size) else {
+        return;
+    };
+    let spool = spool::Spool::new(dir);
+    if let Err(e) = spool.create() {
+        tracing::warn!(error = %e, "could not create the prefetch spool");
+        return;
+    }
+    let count = prefetch.min(PREFILL_SEGMENTS);
+    let fetches = (first.number..first.number + count).map(|number| {
+        let seg = crate::lsn::SegmentName {
+            timeline: first.timeline,
+            number,
+        };
+        async move {
+            let fetched = crate::wal::fetch::fetch_wal_file(
+                repo,
+                crate::lsn::WalFileName::Segment(seg),
+                size,
+            )
+            .await;
+            (seg.to_file_name(size), fetched)
+        }
+    });
+    for (name, fetched) in futures::future::join_all(fetches).await {
+        match fetched {
+            Ok(Some(crate::wal::fetch::FetchedWal::Complete(bytes))) => {
+                if let Err(e) = spool.put(&name, bytes).await {
+                    tracing::warn!(segment = name, error = %e, "could not spool a segment");
+                    return;
+                }
+            }
+            // Not complete in the archive (or not there): wal-fetch asks
+            // the repository when recovery gets there.
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(segment = name, error = %crate::error::chain(&e), "could not prefetch a segment");
+                return;
+            }
+        }
+    }
 }
 
 /// Writes the signal file, the repository settings for restore_command and

@@ -153,6 +153,24 @@ impl Spool {
         ))
     }
 
+    /// Puts a complete segment into the spool (written under a temporary
+    /// name and renamed). Direct I/O: on two cores, copying each segment
+    /// into the page cache took CPU from the replay it runs beside; the
+    /// disk reads it back to PostgreSQL as fast.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub async fn put(&self, name: &str, bytes: Vec<u8>) -> std::io::Result<()> {
+        let (dest, tmp) = (self.path(name), self.dir.join(format!("{name}.part")));
+        tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_file(&tmp);
+            super::writer::write_new_file_direct(&tmp, &bytes)?;
+            std::fs::rename(&tmp, &dest)
+        })
+        .await
+        .expect("spool writes do not panic")
+    }
+
     /// Whether the spool is being shut down (recovery has ended).
     pub fn is_stopping(&self) -> bool {
         self.path(".stop").exists()
@@ -396,17 +414,7 @@ impl Spool {
             let seg = SegmentName::parse(&name, segment_size_bytes).expect("spooled name");
             match result {
                 Ok(Some(FetchedWal::Complete(bytes))) => {
-                    let (dest, tmp) = (self.path(&name), self.dir.join(format!("{name}.part")));
-                    // Direct I/O: on two cores, copying each segment into the
-                    // page cache took CPU from the replay it runs beside;
-                    // the disk reads it back to PostgreSQL as fast.
-                    tokio::task::spawn_blocking(move || {
-                        let _ = std::fs::remove_file(&tmp);
-                        super::writer::write_new_file_direct(&tmp, &bytes)?;
-                        std::fs::rename(&tmp, &dest)
-                    })
-                    .await
-                    .expect("spool writes do not panic")?;
+                    self.put(&name, bytes).await?;
                     spooled += 1;
                     debug!(segment = name, "prefetched");
                 }

@@ -88,7 +88,7 @@ pub(crate) async fn restore_ledger(major: u32, env: &RepoEnv, args: &[&str]) -> 
     wait_promoted(&restored).await;
     // recovery_end_command removed the prefetch spool.
     assert!(
-        !pgdata.join("walvault-spool").exists(),
+        !pgdata.join("pg_wal/walvault-spool").exists(),
         "the spool outlived recovery"
     );
     let ids = restored
@@ -853,7 +853,7 @@ async fn standby_pause_and_shutdown() {
     standby.promote();
     wait_promoted(&standby).await;
     crate::support::wait_for("the spool to go", Duration::from_secs(30), || async {
-        (!standby_dir.join("walvault-spool").exists()).then_some(())
+        (!standby_dir.join("pg_wal/walvault-spool").exists()).then_some(())
     })
     .await;
     let (code, log) = stream.terminate();
@@ -904,7 +904,7 @@ async fn standby_pause_and_shutdown() {
             assert!(report.contains("shut down as asked"), "{report}");
             assert!(!pgdata.join("postmaster.pid").exists(), "{report}");
             assert!(
-                !pgdata.join("walvault-spool").exists(),
+                !pgdata.join("pg_wal/walvault-spool").exists(),
                 "the spool outlived recovery"
             );
             continue;
@@ -943,7 +943,7 @@ async fn standby_pause_and_shutdown() {
         )
         .await;
         crate::support::wait_for("the spool to go", Duration::from_secs(30), || async {
-            (!pgdata.join("walvault-spool").exists()).then_some(())
+            (!pgdata.join("pg_wal/walvault-spool").exists()).then_some(())
         })
         .await;
         stop();

@@ -86,7 +86,7 @@ pub struct Args {
     /// WAL segments restore_command fetches ahead of replay, in parallel (0: none).
     #[arg(long, default_value_t = 8)]
     pub prefetch: u64,
-    /// Most bytes the prefetch spool (walvault-spool in the data directory) may hold.
+    /// Most bytes the prefetch spool (pg_wal/walvault-spool in the data directory) may hold.
     #[arg(long, default_value = "512MiB")]
     pub spool_max: String,
     /// How long restore_command retries a store that fails or does not answer before
@@ -279,8 +279,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
         StartOutcome::ShutDown { log } => {
             // recovery_end_command does not run when recovery shuts down at
             // its target: the prefetch spool goes here.
-            let spool =
-                crate::restore::spool::Spool::new(args.pgdata.join(crate::restore::SPOOL_DIR));
+            let spool = crate::restore::spool::Spool::new(crate::restore::spool_dir(&args.pgdata));
             tokio::task::spawn_blocking(move || spool.clean(crate::restore::serve::SPOOL_WAIT))
                 .await
                 .expect("cleaning does not panic")

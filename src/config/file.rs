@@ -1238,7 +1238,7 @@ mod tests {
             m.contains("holds secrets (pg in [stream])") && m.contains("chmod 600"),
             "{m}"
         );
-        assert!(!m.contains("pw"), "{m}");
+        assert!(!m.contains("password=pw"), "{m}");
         assert!(read(plain, 0o644).is_ok());
         let m = read(plain, 0o664).unwrap_err().to_string();
         assert!(m.contains("writable by group or others"), "{m}");

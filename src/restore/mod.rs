@@ -35,8 +35,16 @@ use crate::config::settings_file::{RepositoryConfigFile, write_repository_config
 use crate::progress::Progress;
 use crate::storage::Repository;
 
-/// The prefetch spool, inside the data directory.
+/// The prefetch spool's name; it lives in `pg_wal` ([`spool_dir`]).
 pub const SPOOL_DIR: &str = "walvault-spool";
+
+/// The prefetch spool of the data directory `pgdata`: in `pg_wal`, which
+/// `pg_verifybackup` and base backups leave out and PostgreSQL only scans
+/// for WAL file names, and on the same file system as the segments
+/// recovery renames out of it.
+pub fn spool_dir(pgdata: &Path) -> PathBuf {
+    pgdata.join("pg_wal").join(SPOOL_DIR)
+}
 /// The repository settings file `restore_command` reads, by default beside
 /// the data directory (never inside it: it holds the key and credentials,
 /// and everything in the data directory reaches later base backups,
@@ -154,12 +162,17 @@ async fn restore_into(
     let mut dirs = vec![req.pgdata.clone()];
     dirs.extend(req.tablespace_dirs.iter().map(|(_, d)| d.clone()));
     let unpacked = started.elapsed();
-    let sync =
-        tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|d| unpack::sync_tree(d)));
+    // The spool is filled meanwhile, and holds copies: not synced.
+    let spool = spool_dir(&req.pgdata);
+    let skip = spool.clone();
+    let sync = tokio::task::spawn_blocking(move || {
+        dirs.iter()
+            .try_for_each(|d| unpack::sync_tree(d, Some(&skip)))
+    });
     // While the files sync, the first segments recovery asks for go into
     // the spool, so that it does not start by waiting on the repository.
     if req.prefetch > 0 {
-        prefill_spool(repo, plan, &req.pgdata.join(SPOOL_DIR), req.prefetch).await;
+        prefill_spool(repo, plan, &spool, req.prefetch).await;
     }
     sync.await
         .expect("sync does not panic")
@@ -234,7 +247,7 @@ fn write_recovery_config(req: &RestoreRequest) -> Result<(), RestoreError> {
     let settings_file = &req.settings_file;
     write_repository_config(settings_file, &req.settings)
         .map_err(io(format!("create {}", settings_file.display())))?;
-    let spool = dir.join(SPOOL_DIR);
+    let spool = spool_dir(dir);
     let auto = dir.join("postgresql.auto.conf");
     let existing = std::fs::read_to_string(&auto).unwrap_or_default();
     let text = recovery::render_auto_conf(

@@ -401,17 +401,21 @@ fn is_tablespace_link(rel: &Path) -> bool {
         && c.next().is_none()
 }
 
-/// fsyncs every file and directory under `root` (and `root` itself).
+/// fsyncs every file and directory under `root` (and `root` itself), except
+/// the directory `skip` and what it holds.
 ///
 /// # Errors
 /// File system errors.
-pub fn sync_tree(root: &Path) -> std::io::Result<()> {
+pub fn sync_tree(root: &Path, skip: Option<&Path>) -> std::io::Result<()> {
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
             let ft = entry.file_type()?;
             if ft.is_dir() {
+                if skip == Some(entry.path().as_path()) {
+                    continue;
+                }
                 stack.push(entry.path());
             } else if ft.is_file() {
                 std::fs::File::open(entry.path())?.sync_all()?;

@@ -48,7 +48,9 @@ fn options(pg: &PgCluster, shutdown_timeout: Duration) -> StreamOptions {
         slot: "walvault".into(),
         flush_interval: Duration::from_millis(200),
         synchronous: false,
-        memory_budget_bytes: 64 * MIB,
+        // Room for all the WAL these tests write while the store hangs
+        // (about 20 MiB), beside the headroom for 4 uploads in flight.
+        memory_budget_bytes: 128 * MIB,
         upload_concurrency: 4,
         shutdown_timeout,
     }

@@ -288,6 +288,23 @@ async fn standby_promotion_follows_timeline(major: u32) {
         .await;
     let end = standby.switch_wal().await;
     wait_archived(&repo, MIB, 2, end, Duration::from_secs(60)).await;
+    // The timeline's first segment (from the switch point) may still be on
+    // its way when later ones are stored: wait for it too.
+    crate::support::wait_for(
+        "timeline 2 without a gap",
+        Duration::from_secs(60),
+        || async {
+            let inv = walvault::wal::inventory::WalInventory::scan(&repo, MIB)
+                .await
+                .unwrap();
+            walvault::wal::summary::summarize(&inv, MIB)
+                .timelines
+                .iter()
+                .any(|t| t.timeline.get() == 2 && t.missing_segments.is_empty())
+                .then_some(())
+        },
+    )
+    .await;
 
     let history = repo
         .get_opened("wal/00000002.history")

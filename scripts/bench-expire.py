@@ -14,6 +14,14 @@ of them (they are below the backup's start and no backup needs them):
   - expire plan: `walvault expire --retain-full 1 --dry-run --json`
   - expire:      `walvault expire --retain-full 1 --json` (batched deletes)
 
+Then the same number of objects is placed after the backup's WAL, where
+retention keeps them, and timed:
+
+  - expire (kept): `walvault expire --retain-full 1 --json` (removes nothing,
+                   stores the WAL index)
+  - list (index):  `walvault list --json`, the WAL index and a listing after it
+  - list --full:   `walvault list --json --full`, every object
+
 Prints seconds for each and the objects left. Run as root (PostgreSQL runs
 as the `postgres` user).
 
@@ -43,8 +51,9 @@ body = os.urandom(1024)
 def put(n):
     name = "00000001%08X%08X" % (n // 4096, n % 4096)
     s3.put_object(Bucket="walvault", Key="bench/wal/00000001/" + name, Body=body)
+first = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 with ThreadPoolExecutor(16) as pool:
-    list(pool.map(put, range(1, int(sys.argv[1]) + 1)))
+    list(pool.map(put, range(first, first + int(sys.argv[1]))))
 """
 
 
@@ -165,6 +174,33 @@ def main():
         print(f"expire removed {removed} WAL objects (planned {planned}); {left} objects left under wal/00000001/")
         if removed < args.objects:
             sys.exit("expire did not remove every old object")
+
+        # The same number after the backup's WAL, where retention keeps them.
+        _, listing = timed([args.walvault, "list", "--json"], env)
+        last = json.loads(listing)["backups"][0]["wal_last_segment"]
+        after = int(last[8:16], 16) * SEGMENTS_PER_XLOGID + int(last[16:24], 16) + 1
+        t0 = time.monotonic()
+        if args.store == "moto":
+            subprocess.run([os.path.join(VENV, "bin", "python"), "-c", MOTO_FILL, str(args.objects), str(after)],
+                           env=env, check=True)
+        else:
+            body = os.urandom(1024)
+            for n in range(after, after + args.objects):
+                name = "00000001%08X%08X" % (n // SEGMENTS_PER_XLOGID, n % SEGMENTS_PER_XLOGID)
+                with open(os.path.join(waldir, name), "wb") as f:
+                    f.write(body)
+        placed = time.monotonic() - t0
+        results["expire (kept)"], done = timed([args.walvault, "expire", "--retain-full", "1", "--json"], env)
+        if json.loads(done)["wal_objects_removed"] != 0:
+            sys.exit("expire removed WAL the backup needs")
+        results["list (index)"], fast = timed([args.walvault, "list", "--json"], env)
+        results["list --full"], full = timed([args.walvault, "list", "--json", "--full"], env)
+        fast, full = json.loads(fast), json.loads(full)
+        if fast["wal"] != full["wal"]:
+            sys.exit("list from the index differs from list --full")
+        print(f"{args.objects} kept WAL objects placed after the backup in {placed:.1f}s; "
+              f"list read the index ({fast['wal_listing']['source']}) and listed "
+              f"{fast['wal_listing']['listed_objects']} objects, --full {full['wal_listing']['listed_objects']}")
     finally:
         for p in reversed(procs):
             p.terminate()

@@ -8,12 +8,12 @@
 //! parts, so a half-removed backup is an interrupted one that the next run
 //! collects.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::backup::{self, unfinished};
 use crate::format::backup::BackupMetadata;
@@ -22,6 +22,7 @@ use crate::lsn::SegmentName;
 use crate::retention::{self, BackupFacts, Policy, WalRemoval};
 use crate::storage::layout::{self, WalObject};
 use crate::storage::{self, Repository};
+use crate::wal::index;
 use crate::wal::inventory::WalInventory;
 
 /// How one run goes.
@@ -126,6 +127,7 @@ pub async fn run(
         return Ok(report);
     }
     let backups = backup::list_backups(repo).await?;
+    let listed_at = Utc::now();
     let wal_objects = repo.list(layout::WAL_PREFIX).await?;
     let previous = repo.latest_expire_record().await?;
     let old_floor = previous.as_ref().and_then(|(_, r)| r.floor_lsn);
@@ -243,6 +245,18 @@ pub async fn run(
     }
     for id in &report.pins_removed {
         repo.delete_pin(id).await?;
+    }
+    // The listing as it stands now, for `list`. Without it (a failed write),
+    // `list` lists every object, as it does before the first run.
+    let gone: BTreeSet<&str> = wal_keys.iter().map(String::as_str).collect();
+    let remaining: Vec<storage::ObjectInfo> = wal_objects
+        .iter()
+        .filter(|o| !gone.contains(o.key.as_str()))
+        .cloned()
+        .collect();
+    let wal_index = index::build(&remaining, seq, listed_at, segment_size_bytes);
+    if let Err(e) = repo.write_wal_index(&wal_index).await {
+        warn!(error = %e, "could not store the WAL index: `list` lists every WAL object until the next run stores one");
     }
     Ok(report)
 }

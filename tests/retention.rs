@@ -424,3 +424,146 @@ async fn expire_waits_for_running_backups_and_collects_dead_ones() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("no such backup"), "{}", text(&out));
 }
+
+/// Puts sealed stand-ins for WAL segments `numbers` of timeline 1 (`list`
+/// reads keys and sizes, not contents), 16 at a time.
+async fn put_segments(repo: &Repository, numbers: &[u64], segment_size: u64) {
+    for chunk in numbers.chunks(16) {
+        let mut set = tokio::task::JoinSet::new();
+        for &number in chunk {
+            let repo = repo.clone();
+            let key = layout::segment_key(
+                SegmentName {
+                    timeline: walvault::lsn::TimelineId::FIRST,
+                    number,
+                },
+                segment_size,
+            );
+            set.spawn(async move { repo.put_sealed(&key, vec![b"wal".to_vec().into()]).await });
+        }
+        while let Some(r) = set.join_next().await {
+            r.unwrap().unwrap();
+        }
+    }
+}
+
+/// `list`'s WAL part (what a script reads), and where it came from.
+fn list_wal(env: &RepoEnv, full: bool) -> (serde_json::Value, serde_json::Value) {
+    let mut args = vec!["list", "--json"];
+    if full {
+        args.push("--full");
+    }
+    let out = json(&env.run(&args));
+    (out["wal"].clone(), out["wal_listing"].clone())
+}
+
+/// After an expire run, `list` reads the WAL index that run stored and
+/// lists only the WAL after it, with the answer `--full` gives; WAL stored
+/// since shows. An index older than the newest expire record (rolled back
+/// in the bucket) is not used; a forged, truncated or swapped one is
+/// refused, naming it and `--full`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_reads_the_index_of_the_last_expire_run() {
+    const SEG: u64 = 16 * MIB;
+    let pg = PgCluster::start(
+        15,
+        &PgOptions {
+            wal_segsize_mib: 16,
+            ..Default::default()
+        },
+    );
+    let s3 = S3Server::start();
+    let (env, repo) = s3_env(&s3, "index");
+    let id = backup(&env, &pg);
+    let last = SegmentName::parse(&metadata(&repo, &id).await.wal_range.last_segment, SEG)
+        .unwrap()
+        .number;
+    // 300 segments after the backup's, one of them missing.
+    let hole = last + 20;
+    let numbers: Vec<u64> = (last + 1..=last + 300).filter(|n| *n != hole).collect();
+    put_segments(&repo, &numbers, SEG).await;
+    let hole_name = SegmentName {
+        timeline: walvault::lsn::TimelineId::FIRST,
+        number: hole,
+    }
+    .to_file_name(SEG);
+
+    let (before, how) = list_wal(&env, false);
+    assert_eq!(how["source"], "full", "{how}");
+    assert_eq!(
+        before["timelines"][0]["missing_segments"],
+        serde_json::json!([hole_name])
+    );
+    let done = json(&env.run(&["expire", "--retain-full", "1", "--json"]));
+    assert_eq!(done["wal_objects_removed"], 0, "{done}");
+
+    // The index covers all but the newest 64 segments (1 GiB).
+    let (indexed, how) = list_wal(&env, false);
+    assert_eq!(how["source"], "index", "{how}");
+    assert!(how["index_time"].is_string(), "{how}");
+    assert_eq!(how["listed_objects"], 64, "{how}");
+    assert_eq!(indexed, before);
+    let (full, how) = list_wal(&env, true);
+    assert_eq!(how["source"], "full", "{how}");
+    assert_eq!(full, indexed);
+
+    // WAL stored since the run shows; a segment removed from the covered
+    // part shows to --full at once, and to list after the next run.
+    put_segments(&repo, &[last + 301, last + 302], SEG).await;
+    let gone = last + 5;
+    let gone_key = layout::segment_key(
+        SegmentName {
+            timeline: walvault::lsn::TimelineId::FIRST,
+            number: gone,
+        },
+        SEG,
+    );
+    repo.delete(&gone_key).await.unwrap();
+    let (indexed, _) = list_wal(&env, false);
+    let (full, _) = list_wal(&env, true);
+    assert_eq!(
+        indexed["timelines"][0]["last_segment"],
+        full["timelines"][0]["last_segment"]
+    );
+    let missing = full["timelines"][0]["missing_segments"].clone();
+    assert_eq!(missing.as_array().unwrap().len(), 2, "{full}");
+    let old_index = std::fs::read(s3.object_path("index", layout::WAL_INDEX)).unwrap();
+    json(&env.run(&["expire", "--retain-full", "1", "--json"]));
+    let (indexed, how) = list_wal(&env, false);
+    assert_eq!(how["source"], "index", "{how}");
+    assert_eq!(indexed, full);
+
+    // The first run's index put back: it belongs to an older run, unused.
+    let index_path = s3.object_path("index", layout::WAL_INDEX);
+    std::fs::write(&index_path, &old_index).unwrap();
+    let (listed, how) = list_wal(&env, false);
+    assert_eq!(how["source"], "full", "{how}");
+    assert_eq!(listed, full);
+
+    // Edited, truncated, or another sealed object in its place: refused.
+    json(&env.run(&["expire", "--retain-full", "1", "--json"]));
+    let good = std::fs::read(&index_path).unwrap();
+    let mut edited = good.clone();
+    let at = edited.len() - 20;
+    edited[at] ^= 1;
+    let record = repo
+        .list(layout::EXPIRE_PREFIX)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .key;
+    let swapped = std::fs::read(s3.object_path("index", &record)).unwrap();
+    for bad in [edited, good[..good.len() / 2].to_vec(), swapped] {
+        std::fs::write(&index_path, &bad).unwrap();
+        let out = env.run(&["list", "--json"]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let said = text(&out);
+        assert!(
+            said.contains(layout::WAL_INDEX) && said.contains("--full"),
+            "{said}"
+        );
+        let (listed, _) = list_wal(&env, true);
+        assert_eq!(listed, full);
+    }
+}

@@ -6,6 +6,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::progress::human_bytes;
+use crate::storage::{Repository, layout};
 use crate::wal::inventory::WalInventory;
 use crate::wal::summary::{WalSummary, summarize};
 
@@ -15,11 +16,17 @@ use super::RepoArgs;
 #[derive(Debug, clap::Args)]
 #[command(
     long_about = "Show the repository's identity, its timelines and the WAL range held on each, \
-including the end of the newest delta (the newest WAL stored). --json gives a stable schema (version 1)."
+including the end of the newest delta (the newest WAL stored). --json gives a stable schema (version 1).\n\n\
+The WAL older than the last expire run is read from the WAL index that run stored (index/wal.json, \
+sealed), and only the WAL written since is listed: the answer costs a few requests however large the \
+archive. --full lists every WAL object instead, and so sees what changed in the store since that run."
 )]
 pub struct Args {
     #[command(flatten)]
     pub repo: RepoArgs,
+    /// List every WAL object instead of reading the WAL index for the older ones.
+    #[arg(long)]
+    pub full: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -35,6 +42,18 @@ struct ListOutput {
     encryption: String,
     backups: Vec<BackupSummary>,
     wal: WalSummary,
+    wal_listing: WalListing,
+}
+
+/// How `list` learned the WAL part.
+#[derive(Debug, Serialize)]
+struct WalListing {
+    /// `index` (the index of the last expire run, and a listing after it) or `full`.
+    source: &'static str,
+    /// When the expire run that stored the index listed `wal/`.
+    index_time: Option<String>,
+    /// WAL objects listed from the store (the rest came from the index).
+    listed_objects: usize,
 }
 
 /// One backup in `list --json`.
@@ -63,9 +82,7 @@ struct BackupSummary {
 /// Store errors, or an empty repository.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (repo, manifest) = args.repo.open_existing().await?;
-    let inv = WalInventory::scan(&repo, manifest.wal_segment_size)
-        .await
-        .context("list WAL")?;
+    let (inv, wal_listing) = scan_wal(&repo, manifest.wal_segment_size, args.full).await?;
     let backups = crate::backup::list_backups(&repo)
         .await
         .context("list backups")?;
@@ -97,6 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         encryption: manifest.encryption.clone(),
         backups,
         wal: summarize(&inv, manifest.wal_segment_size),
+        wal_listing,
     };
     if args.json {
         println!(
@@ -156,5 +174,63 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if out.wal.timelines.is_empty() {
         println!("(no WAL yet)");
     }
+    if let Some(time) = &out.wal_listing.index_time {
+        println!();
+        println!(
+            "WAL before the last expire run ({time}) from its index; {} objects listed after it (--full lists all)",
+            out.wal_listing.listed_objects
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The WAL inventory: from the WAL index of the newest expire run and a
+/// listing after it, or from a listing of everything (`full`, or no index
+/// of that run).
+async fn scan_wal(
+    repo: &Repository,
+    segment_size_bytes: u64,
+    full: bool,
+) -> anyhow::Result<(WalInventory, WalListing)> {
+    let record = repo
+        .latest_expire_record()
+        .await
+        .context("read the newest expire record")?;
+    let floor = record.as_ref().and_then(|(_, r)| r.floor_lsn);
+    let index = match &record {
+        Some((seq, _)) if !full => repo
+            .read_wal_index(*seq, segment_size_bytes)
+            .await
+            .with_context(|| {
+                format!(
+                    "the WAL index ({}) is unusable: `walvault list --full` lists every WAL object \
+                     without it, and the next expire run replaces it",
+                    layout::WAL_INDEX
+                )
+            })?,
+        _ => None,
+    };
+    if let Some(index) = index {
+        let (inv, listed) = WalInventory::scan_indexed(repo, segment_size_bytes, &index, floor)
+            .await
+            .context("list WAL")?;
+        return Ok((
+            inv,
+            WalListing {
+                source: "index",
+                index_time: Some(crate::format::time::to_text(&index.time)),
+                listed_objects: listed,
+            },
+        ));
+    }
+    let objects = repo.list(layout::WAL_PREFIX).await.context("list WAL")?;
+    let inv = WalInventory::from_listing(&objects, floor, segment_size_bytes);
+    Ok((
+        inv,
+        WalListing {
+            source: "full",
+            index_time: None,
+            listed_objects: objects.len(),
+        },
+    ))
 }

@@ -9,6 +9,7 @@ pub mod manifest;
 pub mod mark;
 pub mod retention;
 pub mod time;
+pub mod wal_index;
 
 pub use chunk::{Compression, SealOptions, open, seal};
 pub use key::{Keyring, MasterKey};

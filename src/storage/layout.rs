@@ -63,6 +63,9 @@ pub fn pin_backup_id(key: &str) -> Option<&str> {
         .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
+/// The WAL index: a cache of `wal/` for `list`, replaced by each expire run.
+pub const WAL_INDEX: &str = "index/wal.json";
+
 /// The key of expire record number `seq` (the highest is the newest).
 pub fn expire_record_key(seq: u64) -> String {
     format!("{EXPIRE_PREFIX}{seq:010}")

@@ -4,6 +4,7 @@
 use crate::format::drill::DrillRecord;
 use crate::format::mark::Mark;
 use crate::format::retention::{ExpireRecord, Pin};
+use crate::format::wal_index::WalIndex;
 
 use super::{Error, Repository, layout};
 
@@ -89,6 +90,40 @@ impl Repository {
             .map(|o| o.key)
             .collect();
         self.delete_many(&older).await?;
+        Ok(())
+    }
+
+    /// The WAL index written with expire record `seq`; `None` when there is
+    /// none, or it belongs to another run (an interrupted or older one).
+    ///
+    /// # Errors
+    /// Store errors; an index that does not open, parse or hold together.
+    pub async fn read_wal_index(
+        &self,
+        seq: u64,
+        segment_size_bytes: u64,
+    ) -> Result<Option<WalIndex>, Error> {
+        let Some(index) = self.read_document::<WalIndex>(layout::WAL_INDEX).await? else {
+            return Ok(None);
+        };
+        index
+            .check(segment_size_bytes)
+            .map_err(|reason| Error::BadDocument {
+                key: layout::WAL_INDEX.to_string(),
+                reason,
+            })?;
+        Ok((index.expire_seq == seq).then_some(index))
+    }
+
+    /// Stores `index`, replacing the previous one.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn write_wal_index(&self, index: &WalIndex) -> Result<(), Error> {
+        self.delete(layout::WAL_INDEX).await?;
+        let body = serde_json::to_vec(index).expect("an index serializes");
+        self.put_sealed(layout::WAL_INDEX, vec![body.into()])
+            .await?;
         Ok(())
     }
 

@@ -227,13 +227,18 @@ impl WalInventory {
                 None => {}
             }
         }
-        inv.floor = floor;
+        inv.set_floor(floor, segment_size_bytes);
+        inv
+    }
+
+    /// Sets the retention floor on the inventory and each timeline.
+    pub fn set_floor(&mut self, floor: Option<Lsn>, segment_size_bytes: u64) {
+        self.floor = floor;
         if let Some(floor) = floor {
-            for t in inv.timelines.values_mut() {
+            for t in self.timelines.values_mut() {
                 t.floor_segment = floor.segment_number(segment_size_bytes);
             }
         }
-        inv
     }
 
     /// The highest timeline holding WAL.

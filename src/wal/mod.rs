@@ -8,10 +8,12 @@
 //! - [`inventory`]: what WAL a repository holds and the one walk that finds
 //!   where it stops;
 //! - [`fetch`]: reading segments and history files back;
-//! - [`summary`]: the WAL part of `walvault list`.
+//! - [`summary`]: the WAL part of `walvault list`;
+//! - [`index`]: the WAL index expire writes and `list` reads.
 
 pub mod fetch;
 pub mod history;
+pub mod index;
 pub mod inventory;
 pub mod receiver;
 pub mod segmenter;

@@ -155,8 +155,10 @@ impl Spool {
 
     /// Puts a complete segment into the spool (written under a temporary
     /// name and renamed). Direct I/O: on two cores, copying each segment
-    /// into the page cache took CPU from the replay it runs beside; the
-    /// disk reads it back to PostgreSQL as fast.
+    /// into the page cache took CPU from the replay it runs beside. The
+    /// kernel is then asked to read it back into the page cache in the
+    /// background (the disk does the copy), so PostgreSQL reads it from
+    /// memory, as it reads the segments already in `pg_wal`.
     ///
     /// # Errors
     /// I/O errors.
@@ -165,7 +167,12 @@ impl Spool {
         tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_file(&tmp);
             super::writer::write_new_file_direct(&tmp, &bytes)?;
-            std::fs::rename(&tmp, &dest)
+            std::fs::rename(&tmp, &dest)?;
+            if let Ok(f) = std::fs::File::open(&dest) {
+                // Advisory: a segment it does not bring in is read from disk.
+                let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::WillNeed);
+            }
+            Ok(())
         })
         .await
         .expect("spool writes do not panic")

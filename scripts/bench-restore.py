@@ -20,6 +20,9 @@ walvault sidecar streaming from the start (as in production):
    in pg_wal beforehand (untimed) and `restore_command = 'false'`, so
    PostgreSQL reads every segment from pg_wal and only redoes; alternating, --rounds times each. The time recovery spent
    in restore_command, as the end of recovery logs it, is listed too.
+   The source server is stopped (its shutdown checkpoint written) and the
+   page cache synced before the replay rounds, so its background work does
+   not fall on the first ones.
 
 Writes target/bench/restore.md and prints it.
 
@@ -239,6 +242,10 @@ def main():
         wal_bytes = int(psql(sock, port, f"SELECT pg_wal_lsn_diff('{lsn1}', '{lsn0}')"))
         time.sleep(3)
         stream.terminate(); stream.wait(timeout=120); stream = None
+        # The source's checkpoint, autovacuum and the load's dirty pages
+        # would otherwise fall on the first rounds.
+        run([f"{PGBIN}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], **as_postgres())
+        run(["sync"])
         listing = json.loads(run([walvault, "list", "--json", "--repo", f"file://{wrepo}"], env=env))
         tl = listing["wal"]["timelines"][-1]
         seg_size = listing["wal"]["wal_segment_size"]

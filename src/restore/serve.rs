@@ -122,12 +122,17 @@ pub async fn serve_from_repository(
         FetchedWal::Partial { bytes, .. } => bytes,
     };
     // Not synced: the file is a copy of the archive, and PostgreSQL syncs
-    // what it keeps.
-    write_atomically(dest, &bytes, Durability::Replaceable).map_err(|source| {
-        ServeError::Write {
-            dest: dest.display().to_string(),
-            source,
-        }
+    // what it keeps. Segments go the way spooled ones do (direct I/O, then
+    // read back by the kernel); history files are small.
+    let written = if matches!(file, WalFileName::Segment(_)) {
+        let tmp = dest.with_file_name(format!(".{name}.walvault-direct"));
+        super::writer::place_direct(dest, &tmp, &bytes)
+    } else {
+        write_atomically(dest, &bytes, Durability::Replaceable)
+    };
+    written.map_err(|source| ServeError::Write {
+        dest: dest.display().to_string(),
+        source,
     })?;
     if let Some(spool) = spool.filter(|_| matches!(file, WalFileName::Segment(_))) {
         spool.start_worker(name);

@@ -158,24 +158,16 @@ impl Spool {
     /// into the page cache took CPU from the replay it runs beside. The
     /// kernel is then asked to read it back into the page cache in the
     /// background (the disk does the copy), so PostgreSQL reads it from
-    /// memory, as it reads the segments already in `pg_wal`.
+    /// memory, as it reads the segments already in `pg_wal`
+    /// ([`super::writer::place_direct`]).
     ///
     /// # Errors
     /// I/O errors.
     pub async fn put(&self, name: &str, bytes: Vec<u8>) -> std::io::Result<()> {
         let (dest, tmp) = (self.path(name), self.dir.join(format!("{name}.part")));
-        tokio::task::spawn_blocking(move || {
-            let _ = std::fs::remove_file(&tmp);
-            super::writer::write_new_file_direct(&tmp, &bytes)?;
-            std::fs::rename(&tmp, &dest)?;
-            if let Ok(f) = std::fs::File::open(&dest) {
-                // Advisory: a segment it does not bring in is read from disk.
-                let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::WillNeed);
-            }
-            Ok(())
-        })
-        .await
-        .expect("spool writes do not panic")
+        tokio::task::spawn_blocking(move || super::writer::place_direct(&dest, &tmp, &bytes))
+            .await
+            .expect("spool writes do not panic")
     }
 
     /// Whether the spool is being shut down (recovery has ended).

@@ -769,7 +769,8 @@ mod tests {
             let pieces: Vec<&Bytes> = payload.iter().collect();
             assert_eq!(pieces.len(), len.div_ceil(PAYLOAD_PIECE), "{len}");
             assert!(pieces.iter().all(|p| p.len() <= PAYLOAD_PIECE));
-            assert_eq!(pieces.concat(), sealed);
+            let joined: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+            assert_eq!(joined, sealed);
         }
     }
 

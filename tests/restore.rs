@@ -243,6 +243,24 @@ async fn restore_follows_a_promotion(major: u32) {
     standby.wait_replayed(on_primary).await;
     drop(primary);
     standby.promote();
+    // Stored stop times are whole seconds: a time target is placed only a
+    // full second after the first backup's stop, so the rows come after it.
+    let list: serde_json::Value =
+        serde_json::from_slice(&env.run(&["list", "--json"]).stdout).unwrap();
+    let stop = list["backups"][0]["stop_time"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sql = format!("SELECT clock_timestamp() > '{stop}'::timestamptz + interval '1 second'");
+    crate::support::wait_for(
+        "the server clock to pass the first backup's stop",
+        Duration::from_secs(5),
+        || {
+            let (standby, sql) = (&standby, &sql);
+            async move { (standby.query_one(sql).await == "t").then_some(()) }
+        },
+    )
+    .await;
     // Rows 20 ms apart, so each has its own commit time.
     let mut pace = tokio::time::interval(Duration::from_millis(20));
     for i in 10..20 {

@@ -126,7 +126,7 @@ pub async fn serve_from_repository(
     // read back by the kernel); history files are small.
     let written = if matches!(file, WalFileName::Segment(_)) {
         let tmp = dest.with_file_name(format!(".{name}.walvault-direct"));
-        super::writer::place_direct(dest, &tmp, &bytes)
+        crate::local_file::place_direct(dest, &tmp, &bytes)
     } else {
         write_atomically(dest, &bytes, Durability::Replaceable)
     };

@@ -159,13 +159,13 @@ impl Spool {
     /// kernel is then asked to read it back into the page cache in the
     /// background (the disk does the copy), so PostgreSQL reads it from
     /// memory, as it reads the segments already in `pg_wal`
-    /// ([`super::writer::place_direct`]).
+    /// ([`crate::local_file::place_direct`]).
     ///
     /// # Errors
     /// I/O errors.
     pub async fn put(&self, name: &str, bytes: Vec<u8>) -> std::io::Result<()> {
         let (dest, tmp) = (self.path(name), self.dir.join(format!("{name}.part")));
-        tokio::task::spawn_blocking(move || super::writer::place_direct(&dest, &tmp, &bytes))
+        tokio::task::spawn_blocking(move || crate::local_file::place_direct(&dest, &tmp, &bytes))
             .await
             .expect("spool writes do not panic")
     }

@@ -15,11 +15,12 @@ use futures::StreamExt;
 
 use std::collections::BTreeMap;
 
-use super::writer::{CHUNK_BYTES, FileWriter, default_writer_threads};
+use super::writer::{FileWriter, default_writer_threads};
 use crate::backup::tar::{TarFile, TarWalker};
 use crate::format::backup::{
     BackupMetadata, ManifestFile, check_against_manifest, parse_server_manifest,
 };
+use crate::local_file::CHUNK_BYTES;
 use crate::progress::Progress;
 use crate::storage::{self, Repository, layout};
 

@@ -26,12 +26,11 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-/// Bytes the reader hands to a writer at a time: large writes, few
-/// system calls, and a 1 GiB relation file spread over every writer.
-pub const CHUNK_BYTES: usize = 1 << 20;
+use crate::local_file::{ChunkBuf, DIRECT_ALIGN, direct_flag};
 
-/// Chunks waiting for each writer. With [`CHUNK_BYTES`], this bounds the
-/// memory between the reader and a writer to this many MiB.
+/// Chunks waiting for each writer. With chunks of
+/// [`CHUNK_BYTES`](crate::local_file::CHUNK_BYTES), this bounds the memory
+/// between the reader and a writer to this many MiB.
 const QUEUE_CHUNKS: usize = 4;
 
 /// Writer threads: at least four, so small files are copied on every core
@@ -48,43 +47,8 @@ const WRITEBACK_MIN_BYTES: usize = 256 << 10;
 /// files (1 GiB segments, in 8 KiB pages) are where the bytes are.
 pub const DIRECT_MIN_BYTES: u64 = 1 << 20;
 
-/// Alignment of direct I/O: buffer addresses, offsets and lengths are
-/// multiples of it (the page size; disks' logical blocks are 512 or 4096).
-const DIRECT_ALIGN: usize = 4096;
-
 /// Buffers kept for reuse: the queue, one per writer, one for the reader.
 const POOL_SPARE: usize = 2;
-
-/// One aligned block; a buffer is a vector of them, so its start is aligned.
-#[repr(C, align(4096))]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Block([u8; DIRECT_ALIGN]);
-
-/// A chunk's buffer: [`CHUNK_BYTES`], page-aligned.
-pub struct ChunkBuf {
-    blocks: Vec<Block>,
-    len: usize,
-}
-
-impl ChunkBuf {
-    fn new() -> Self {
-        ChunkBuf {
-            blocks: vec![Block([0; DIRECT_ALIGN]); CHUNK_BYTES / DIRECT_ALIGN],
-            len: 0,
-        }
-    }
-
-    /// The first `len` bytes, to be filled; they become the chunk.
-    pub fn fill(&mut self, len: usize) -> &mut [u8] {
-        assert!(len <= CHUNK_BYTES, "a chunk holds at most CHUNK_BYTES");
-        self.len = len;
-        &mut bytemuck::cast_slice_mut(&mut self.blocks)[..len]
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &bytemuck::cast_slice(&self.blocks)[..self.len]
-    }
-}
 
 /// A file being restored, shared by the reader and its writer; closed when
 /// the last chunk is written.
@@ -199,7 +163,8 @@ impl FileWriter {
     }
 
     /// Queues `data` to be written at `offset` of `file` (a multiple of
-    /// [`CHUNK_BYTES`]); waits while the queue is full.
+    /// [`CHUNK_BYTES`](crate::local_file::CHUNK_BYTES)); waits while the
+    /// queue is full.
     ///
     /// # Errors
     /// The first error any writer met (the restore stops there).
@@ -301,78 +266,6 @@ fn write_job(job: &Job, shared: &Shared) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes `data` as the new file `path` (which must not exist), with direct
-/// I/O where the file system takes it: the bytes go from an aligned buffer
-/// to the disk without a copy into the page cache. A tail that is not a
-/// whole number of blocks, and a file system that refuses direct I/O, go
-/// through the page cache. Not synced.
-///
-/// # Errors
-/// I/O errors; the file may then be left partly written.
-pub fn write_new_file_direct(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::File::options()
-        .write(true)
-        .create_new(true)
-        .open(path)?;
-    let direct = std::fs::File::options()
-        .write(true)
-        .custom_flags(direct_flag())
-        .open(path)
-        .ok();
-    let mut done = 0;
-    if let Some(direct) = direct {
-        let mut buf = ChunkBuf::new();
-        let whole = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-        while done < whole {
-            let n = (whole - done).min(CHUNK_BYTES);
-            buf.fill(n).copy_from_slice(&data[done..done + n]);
-            match direct.write_all_at(buf.bytes(), done as u64) {
-                Ok(()) => done += n,
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    file.write_all_at(&data[done..], done as u64)
-}
-
-/// Places `data` at `dest` for a reader that comes soon (PostgreSQL asking
-/// for a WAL segment): written with direct I/O under `tmp` (mode 0600),
-/// renamed into place, then handed to the kernel's readahead
-/// (`POSIX_FADV_WILLNEED`), which reads it back into the page cache by DMA.
-/// On this kind of machine the copy into the page cache is the slow part
-/// of a buffered write (at times 16 MiB took over 100 ms of kernel CPU);
-/// the disk's own copy costs no CPU. Not synced.
-///
-/// # Errors
-/// I/O errors; `tmp` is removed on failure.
-pub fn place_direct(dest: &Path, tmp: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::remove_file(tmp);
-    let placed = (|| {
-        write_new_file_direct(tmp, data)?;
-        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::rename(tmp, dest)
-    })();
-    if placed.is_err() {
-        let _ = std::fs::remove_file(tmp);
-        return placed;
-    }
-    if let Ok(f) = File::open(dest) {
-        // Advisory: a file it does not bring in is read from disk.
-        let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::WillNeed);
-    }
-    Ok(())
-}
-
-/// `O_DIRECT`.
-fn direct_flag() -> i32 {
-    i32::try_from(rustix::fs::OFlags::DIRECT.bits()).expect("O_DIRECT fits an int")
-}
-
 /// Asks the kernel to start writing a range to disk, without waiting:
 /// on Linux, `POSIX_FADV_DONTNEED` starts writeback of the range's dirty
 /// pages and drops the ones already clean. Advisory: a failure here is
@@ -389,43 +282,7 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn whole_files_are_written_direct_with_any_tail() {
-        let dir = tempfile::tempdir().unwrap();
-        // A WAL segment's size, and sizes with a tail of part of a block.
-        for len in [CHUNK_BYTES * 3, CHUNK_BYTES + 4096 * 3 + 100, 700, 0] {
-            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
-            let path = dir.path().join(format!("f{len}"));
-            write_new_file_direct(&path, &data).unwrap();
-            assert_eq!(std::fs::read(&path).unwrap(), data, "{len} bytes");
-            // Never over a file that is there.
-            let err = write_new_file_direct(&path, b"other").unwrap_err();
-            assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
-            assert_eq!(std::fs::read(&path).unwrap(), data);
-        }
-    }
-
-    #[test]
-    fn placed_files_replace_the_destination_and_leave_no_temporary() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let (dest, tmp) = (dir.path().join("RECOVERYXLOG"), dir.path().join(".tmp"));
-        let segment: Vec<u8> = (0..CHUNK_BYTES * 16).map(|i| (i % 253) as u8).collect();
-        // A leftover temporary and an earlier file at the destination.
-        std::fs::write(&tmp, b"leftover").unwrap();
-        std::fs::write(&dest, b"the previous segment").unwrap();
-        place_direct(&dest, &tmp, &segment).unwrap();
-        assert_eq!(std::fs::read(&dest).unwrap(), segment);
-        let mode = std::fs::metadata(&dest).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert!(!tmp.exists());
-        // A destination that cannot be made: the error, and no temporary.
-        let nowhere = dir.path().join("missing").join("RECOVERYXLOG");
-        assert!(place_direct(&nowhere, &tmp, &segment).is_err());
-        assert!(!tmp.exists());
-        assert_eq!(std::fs::read(&dest).unwrap(), segment);
-    }
+    use crate::local_file::CHUNK_BYTES;
 
     fn write_file(w: &FileWriter, path: &Path, data: &[u8]) {
         let f = w.create(path, 0o600, data.len() as u64).unwrap();

@@ -406,7 +406,7 @@ impl Repository {
         .await
         .expect("sealing does not panic");
         let size = sealed.len() as u64;
-        match self.put_create(key, payload_of(sealed)).await {
+        match self.put_create(key, PutPayload::from(sealed)).await {
             Ok(()) => Ok(size),
             Err(Error::Backend {
                 source: object_store::Error::AlreadyExists { .. },
@@ -700,6 +700,10 @@ impl Repository {
         }
         let path = self.path(key);
         RequestCounts::count(&self.requests.put);
+        if let Some(written) = self.put_local_create(key, payload.clone()).await {
+            written?;
+            return self.sync_local(key).await;
+        }
         match tokio::time::timeout(after, self.store.put_opts(&path, payload.clone(), opts)).await {
             Ok(Ok(_)) => self.sync_local(key).await,
             // Stores without conditional writes: check for an existing object, then write.
@@ -742,37 +746,9 @@ fn first_difference(ours: &[Bytes], theirs: &[u8]) -> Option<String> {
     (total != theirs.len()).then(|| format!("{} bytes stored, {total} to store", theirs.len()))
 }
 
-/// Bytes written to a file in one `write` call at most. The local store
-/// writes each piece of a payload with its own call; on Linux one call of
-/// 16 MiB into the page cache took about 25 times the kernel CPU of the
-/// same bytes in 1 MiB calls (`scripts/bench-backup.py`, docs/benchmarks.md).
-const PAYLOAD_PIECE: usize = 1 << 20;
-
-/// `sealed` as a payload of [`PAYLOAD_PIECE`]-sized views (no copy).
-fn payload_of(sealed: Vec<u8>) -> PutPayload {
-    let all = Bytes::from(sealed);
-    (0..all.len())
-        .step_by(PAYLOAD_PIECE)
-        .map(|at| all.slice(at..(at + PAYLOAD_PIECE).min(all.len())))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn payloads_are_pieces_of_at_most_a_mebibyte() {
-        for len in [1, PAYLOAD_PIECE, PAYLOAD_PIECE + 1, 16 * PAYLOAD_PIECE + 77] {
-            let sealed: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let payload = payload_of(sealed.clone());
-            let pieces: Vec<&Bytes> = payload.iter().collect();
-            assert_eq!(pieces.len(), len.div_ceil(PAYLOAD_PIECE), "{len}");
-            assert!(pieces.iter().all(|p| p.len() <= PAYLOAD_PIECE));
-            let joined: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
-            assert_eq!(joined, sealed);
-        }
-    }
 
     #[test]
     fn differences_are_located() {

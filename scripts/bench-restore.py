@@ -9,9 +9,16 @@ walvault sidecar streaming from the start (as in production):
    aes-256-cbc into a posix repository, process-max 2). Then, --rounds times,
    alternating, each tool restores into an empty directory (as the postgres
    user, which runs the server) and the server is started on it until it is
-   promoted. Reported: the restore command's wall time, and the time from
-   starting the server to promotion (replaying the backup's WAL through each
-   tool's restore_command).
+   promoted. Both recover to the backup's consistency point (walvault
+   --target-immediate, pgBackRest --type=immediate). Reported: the restore
+   command's wall time, and the time from starting the server to promotion
+   (replaying the backup's WAL through each tool's restore_command). The
+   tables are vacuumed before the backups, so autovacuum does not run
+   beside the rounds, and the restored directories are removed only after
+   the last round: on ext4 without a journal, creating files within a
+   minute or more of deleting many costs a scan of the deleted inodes per
+   file (`recently_deleted` in the kernel's inode allocator), which would
+   fall on whichever restore came next.
 2. Replay. After the backups, pgbench -N runs for --load-seconds while the
    sidecar streams. A walvault restore to the end of the archive is started
    and timed until promotion, with the default prefetch (8 segments) and
@@ -192,13 +199,15 @@ def main():
                  "(random() * 1e6)::bigint AS amount, (random() * 100)::int AS qty, "
                  f"now() - random() * interval '1000 days' AS at FROM generate_series(1, {rows}) g")
             psql(sock, port, "CREATE INDEX ON events (id)")
+        psql(sock, port, "VACUUM ANALYZE")
         psql(sock, port, "CHECKPOINT")
         size = int(psql(sock, port, "SELECT sum(pg_database_size(oid)) FROM pg_database"))
         run([walvault, "backup", "--pg", conn, "--repo", f"file://{wrepo}", "--checkpoint", "fast"], env=env)
         run(["pgbackrest", f"--config={brconf}", "--stanza=bench", "--type=full", "backup"], **as_postgres())
 
-        def restore_walvault(target, prefetch=None):
+        def restore_walvault(target, prefetch=None, immediate=False):
             extra = [] if prefetch is None else ["--prefetch", str(prefetch)]
+            extra += ["--target-immediate"] if immediate else []
             renv = dict(env, HOME="/tmp")
             return child_maxrss_mib([walvault, "restore", "--pgdata", target, "--repo", f"file://{wrepo}"] + extra,
                                     env=renv, **as_postgres())
@@ -214,11 +223,13 @@ def main():
         for r in range(args.rounds):
             for tool in (("walvault", "pgbackrest") if r % 2 == 0 else ("pgbackrest", "walvault")):
                 target = os.path.join(work, f"restore-{tool}-{r}")
-                t, peak = restore_walvault(target) if tool == "walvault" else restore_pgbackrest(target)
+                t, peak = restore_walvault(target, immediate=True) if tool == "walvault" else restore_pgbackrest(target)
                 restore_t[tool].append(t)
                 rss[tool].append(peak)
                 ready_t[tool].append(start_until_promoted(target, sock, os.path.join(work, f"restore-{tool}-{r}.log")))
-                shutil.rmtree(target)
+        for r in range(args.rounds):
+            for tool in ("walvault", "pgbackrest"):
+                shutil.rmtree(os.path.join(work, f"restore-{tool}-{r}"))
 
         med = statistics.median
         lines += [f"PostgreSQL 15, {args.dataset} data from pgbench scale {args.scale} ({size / 2**20:.0f} MiB), local disk, "

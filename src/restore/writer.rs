@@ -2,9 +2,11 @@
 //!
 //! The tar stream is read on one thread, in order. The reader copies the
 //! contents of each file, in 1 MiB chunks, into page-aligned buffers and
-//! hands them to a small pool of writer threads that write them at their
-//! offsets (`pwrite`), so a large relation file is written by several
-//! threads at once.
+//! hands them to a small pool of writer threads. Each file goes to one
+//! writer, in turn, which creates it, writes its chunks at their offsets
+//! (`pwrite`) and fsyncs it once its last byte is written: creating and
+//! syncing a data directory's thousand-odd files happen on the writers,
+//! beside the reader, not after it.
 //!
 //! Files of at least [`DIRECT_MIN_BYTES`] (relation files) are written with
 //! direct I/O (`O_DIRECT`): the kernel sends the buffer to the disk without
@@ -15,8 +17,10 @@
 //! system that refuses direct I/O go through the page cache; for those,
 //! chunks of [`WRITEBACK_MIN_BYTES`] or more start their own writeback at
 //! once (`posix_fadvise(POSIX_FADV_DONTNEED)`, which on Linux starts it
-//! without waiting). The final `fsync` of every file (in
-//! [`super::unpack::sync_tree`]) is still what makes the restore durable.
+//! without waiting). The final pass over the tree
+//! ([`super::unpack::sync_tree`]), which fsyncs every file again (cheap for
+//! one already synced) and every directory, is what the restore's
+//! durability rests on.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -50,24 +54,39 @@ pub const DIRECT_MIN_BYTES: u64 = 1 << 20;
 /// Buffers kept for reuse: the queue, one per writer, one for the reader.
 const POOL_SPARE: usize = 2;
 
-/// A file being restored, shared by the reader and its writer; closed when
-/// the last chunk is written.
+/// A file being restored, shared by the reader and its writer. Its writer
+/// creates it (the first job on its queue), writes its chunks, and fsyncs
+/// and closes it when the last byte is written, so creating and syncing
+/// files happen on the writers, beside the reader's walk of the archive.
 pub struct OutFile {
     /// The writer that writes every chunk of this file: one file is never
     /// written by two threads at once, which on ext4 would make them queue
     /// (spinning) on the file's lock.
     writer: usize,
+    path: PathBuf,
+    mode: u32,
+    size: u64,
+    /// Bytes not yet written.
+    remaining: std::sync::atomic::AtomicU64,
+    /// Set by the writer when it creates the file; taken (closed) once the
+    /// file is synced.
+    handles: Mutex<Option<Handles>>,
+}
+
+/// An open file being restored.
+struct Handles {
     file: File,
     /// The same file opened for direct I/O, when it is large and the file
     /// system takes it.
     direct: Option<File>,
-    path: PathBuf,
 }
 
+/// What a writer does next: create a file, or write a chunk of one.
 struct Job {
     file: Arc<OutFile>,
     offset: u64,
-    data: ChunkBuf,
+    /// `None` creates the file.
+    data: Option<ChunkBuf>,
 }
 
 /// What the writers share.
@@ -119,37 +138,24 @@ impl FileWriter {
         }
     }
 
-    /// Creates `path` (it must not exist) with `mode`, for `size` bytes.
+    /// Queues the creation of `path` (it must not exist) with `mode`, for
+    /// `size` bytes, on the next writer in turn.
     ///
     /// # Errors
-    /// The creation's error, naming the file.
+    /// The first error any writer met (a failed creation names the file).
     pub fn create(&self, path: &Path, mode: u32, size: u64) -> std::io::Result<Arc<OutFile>> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)
-            .map_err(|e| {
-                std::io::Error::new(e.kind(), format!("create {}: {e}", path.display()))
-            })?;
-        let direct = (size >= DIRECT_MIN_BYTES && self.shared.direct_ok.load(Ordering::Relaxed))
-            .then(|| {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(direct_flag())
-                    .open(path)
-                    .ok()
-            })
-            .flatten();
         let n = self.created.get();
         self.created.set(n + 1);
-        Ok(Arc::new(OutFile {
+        let file = Arc::new(OutFile {
             writer: n % self.queues.len(),
-            file,
-            direct,
             path: path.to_path_buf(),
-        }))
+            mode,
+            size,
+            remaining: std::sync::atomic::AtomicU64::new(size),
+            handles: Mutex::new(None),
+        });
+        self.send(&file, 0, None)?;
+        Ok(file)
     }
 
     /// A buffer for the next chunk (reused once written).
@@ -169,6 +175,10 @@ impl FileWriter {
     /// # Errors
     /// The first error any writer met (the restore stops there).
     pub fn write(&self, file: &Arc<OutFile>, offset: u64, data: ChunkBuf) -> std::io::Result<()> {
+        self.send(file, offset, Some(data))
+    }
+
+    fn send(&self, file: &Arc<OutFile>, offset: u64, data: Option<ChunkBuf>) -> std::io::Result<()> {
         self.check()?;
         let job = Job {
             file: file.clone(),
@@ -220,32 +230,76 @@ fn write_jobs(rx: &Receiver<Job>, shared: &Shared) {
     while let Ok(job) = rx.recv() {
         // After a failure the queue is drained without writing.
         if !shared.failed.load(Ordering::Acquire)
-            && let Err(e) = write_job(&job, shared)
+            && let Err(e) = run_job(&job, shared)
         {
             let mut slot = shared.failure.lock().expect("not poisoned");
             if slot.is_none() {
-                *slot = Some(std::io::Error::new(
-                    e.kind(),
-                    format!("write {}: {e}", job.file.path.display()),
-                ));
+                *slot = Some(e);
             }
             shared.failed.store(true, Ordering::Release);
         }
-        let mut pool = shared.pool.lock().expect("not poisoned");
-        if pool.len() < shared.pool_max {
-            pool.push(job.data);
+        if let Some(data) = job.data {
+            let mut pool = shared.pool.lock().expect("not poisoned");
+            if pool.len() < shared.pool_max {
+                pool.push(data);
+            }
         }
     }
 }
 
-fn write_job(job: &Job, shared: &Shared) -> std::io::Result<()> {
-    let data = job.data.bytes();
+/// Runs one job; the error names the file and what failed.
+fn run_job(job: &Job, shared: &Shared) -> std::io::Result<()> {
+    let file = &job.file;
+    let context = |what: &str, e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("{what} {}: {e}", file.path.display()))
+    };
+    let mut handles = file.handles.lock().expect("not poisoned");
+    let written = match &job.data {
+        None => {
+            *handles = Some(open(file, shared).map_err(|e| context("create", e))?);
+            0
+        }
+        Some(data) => {
+            let h = handles.as_ref().expect("a file is created before its chunks");
+            write_chunk(h, job.offset, data.bytes(), shared).map_err(|e| context("write", e))?;
+            data.bytes().len() as u64
+        }
+    };
+    let left = file.remaining.fetch_sub(written, Ordering::AcqRel) - written;
+    if left == 0
+        && let Some(h) = handles.take()
+    {
+        h.file.sync_all().map_err(|e| context("fsync", e))?;
+    }
+    Ok(())
+}
+
+fn open(file: &OutFile, shared: &Shared) -> std::io::Result<Handles> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(file.mode)
+        .open(&file.path)?;
+    let direct = (file.size >= DIRECT_MIN_BYTES && shared.direct_ok.load(Ordering::Relaxed))
+        .then(|| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(direct_flag())
+                .open(&file.path)
+                .ok()
+        })
+        .flatten();
+    Ok(Handles { file: f, direct })
+}
+
+fn write_chunk(h: &Handles, offset: u64, data: &[u8], shared: &Shared) -> std::io::Result<()> {
     let mut done = 0;
-    if let Some(direct) = &job.file.direct
+    if let Some(direct) = &h.direct
         && shared.direct_ok.load(Ordering::Relaxed)
     {
         let whole = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-        match direct.write_all_at(&data[..whole], job.offset) {
+        match direct.write_all_at(&data[..whole], offset) {
             Ok(()) => done = whole,
             // A file system that takes O_DIRECT at open but not these
             // writes: everything goes through the page cache from now on.
@@ -257,10 +311,10 @@ fn write_job(job: &Job, shared: &Shared) -> std::io::Result<()> {
     }
     let rest = &data[done..];
     if !rest.is_empty() {
-        let at = job.offset + done as u64;
-        job.file.file.write_all_at(rest, at)?;
+        let at = offset + done as u64;
+        h.file.write_all_at(rest, at)?;
         if rest.len() >= WRITEBACK_MIN_BYTES {
-            start_writeback(&job.file.file, at, rest.len() as u64);
+            start_writeback(&h.file, at, rest.len() as u64);
         }
     }
     Ok(())
@@ -322,9 +376,13 @@ mod tests {
                 assert_eq!(std::fs::read(&path).unwrap(), data, "{}", path.display());
             }
         }
-        // Created new, never over an existing file.
+        // Created new, never over an existing file: the error names it.
         let w = FileWriter::new(1, true);
-        assert!(w.create(&dir.path().join("f-true-0"), 0o600, 0).is_err());
+        let existing = dir.path().join("f-true-0");
+        w.create(&existing, 0o600, 0).unwrap();
+        let err = w.finish().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert!(err.to_string().contains("f-true-0"), "{err}");
     }
 
     #[test]
@@ -333,12 +391,17 @@ mod tests {
         let w = FileWriter::new(2, false);
         let full = Arc::new(OutFile {
             writer: 0,
-            file: std::fs::OpenOptions::new()
-                .write(true)
-                .open("/dev/full")
-                .unwrap(),
-            direct: None,
             path: PathBuf::from("/dev/full"),
+            mode: 0o600,
+            size: 1 << 20,
+            remaining: std::sync::atomic::AtomicU64::new(1 << 20),
+            handles: Mutex::new(Some(Handles {
+                file: std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+                direct: None,
+            })),
         });
         let mut buf = w.buffer();
         buf.fill(10).copy_from_slice(b"0123456789");

@@ -36,15 +36,24 @@ pub struct ChunkBuf {
 
 impl ChunkBuf {
     pub fn new() -> Self {
+        Self::with_capacity(CHUNK_BYTES)
+    }
+
+    /// A buffer for chunks of up to `len` bytes (whole blocks, at most
+    /// [`CHUNK_BYTES`]).
+    fn with_capacity(len: usize) -> Self {
         ChunkBuf {
-            blocks: vec![Block([0; DIRECT_ALIGN]); CHUNK_BYTES / DIRECT_ALIGN],
+            blocks: vec![Block([0; DIRECT_ALIGN]); len.min(CHUNK_BYTES).div_ceil(DIRECT_ALIGN)],
             len: 0,
         }
     }
 
     /// The first `len` bytes, to be filled; they become the chunk.
     pub fn fill(&mut self, len: usize) -> &mut [u8] {
-        assert!(len <= CHUNK_BYTES, "a chunk holds at most CHUNK_BYTES");
+        assert!(
+            len <= self.blocks.len() * DIRECT_ALIGN,
+            "a chunk holds at most its buffer's size"
+        );
         self.len = len;
         &mut bytemuck::cast_slice_mut(&mut self.blocks)[..len]
     }
@@ -77,16 +86,21 @@ pub fn direct_flag() -> i32 {
 pub fn write_new_file_direct(path: &Path, pieces: &[&[u8]]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = File::options().write(true).create_new(true).open(path)?;
-    let direct = File::options()
-        .write(true)
-        .custom_flags(direct_flag())
-        .open(path)
-        .ok();
     let total: usize = pieces.iter().map(|p| p.len()).sum();
+    let whole = total / DIRECT_ALIGN * DIRECT_ALIGN;
+    // Less than a block (a small WAL delta) is written through the page cache.
+    let direct = (whole > 0)
+        .then(|| {
+            File::options()
+                .write(true)
+                .custom_flags(direct_flag())
+                .open(path)
+                .ok()
+        })
+        .flatten();
     let mut done = 0;
     if let Some(direct) = direct {
-        let mut buf = ChunkBuf::new();
-        let whole = total / DIRECT_ALIGN * DIRECT_ALIGN;
+        let mut buf = ChunkBuf::with_capacity(whole);
         while done < whole {
             let n = (whole - done).min(CHUNK_BYTES);
             copy_range(pieces, done, buf.fill(n));

@@ -21,6 +21,9 @@ retention keeps them, and timed:
                    stores the WAL index)
   - list (index):  `walvault list --json`, the WAL index and a listing after it
   - list --full:   `walvault list --json --full`, every object
+  - wal-fetch:     `walvault wal-fetch` of the backup's last segment, and of
+                   a segment past the archive's end (answered "not in the
+                   archive", as recovery asks at its end)
 
 Prints seconds for each and the objects left. Run as root (PostgreSQL runs
 as the `postgres` user).
@@ -198,6 +201,16 @@ def main():
         fast, full = json.loads(fast), json.loads(full)
         if fast["wal"] != full["wal"]:
             sys.exit("list from the index differs from list --full")
+        results["wal-fetch"], _ = timed([args.walvault, "wal-fetch", last, os.path.join(work, "fetched")], env)
+        n = after + args.objects + 16
+        missing = "00000001%08X%08X" % (n // SEGMENTS_PER_XLOGID, n % SEGMENTS_PER_XLOGID)
+        t0 = time.monotonic()
+        out = subprocess.run([args.walvault, "wal-fetch", missing, os.path.join(work, "missing")],
+                             capture_output=True, text=True, env=env)
+        results["wal-fetch (not archived)"] = time.monotonic() - t0
+        if out.returncode == 0 or os.path.exists(os.path.join(work, "missing")):
+            sys.exit(f"wal-fetch of {missing}, past the archive's end, did not say it is missing")
+        print(f"{'wal-fetch (not archived)':<40} {results['wal-fetch (not archived)']:8.2f} s", flush=True)
         print(f"{args.objects} kept WAL objects placed after the backup in {placed:.1f}s; "
               f"list read the index ({fast['wal_listing']['source']}) and listed "
               f"{fast['wal_listing']['listed_objects']} objects, --full {full['wal_listing']['listed_objects']}")

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::progress::human_bytes;
 use crate::storage::{Repository, layout};
+use crate::wal::index::ScanError;
 use crate::wal::inventory::WalInventory;
 use crate::wal::summary::{WalSummary, summarize};
 
@@ -184,53 +185,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The WAL inventory: from the WAL index of the newest expire run and a
-/// listing after it, or from a listing of everything (`full`, or no index
-/// of that run).
+/// The archive's inventory: from the WAL index of the last expire run
+/// unless `full` (see [`WalInventory::scan_latest`]).
 async fn scan_wal(
     repo: &Repository,
     segment_size_bytes: u64,
     full: bool,
 ) -> anyhow::Result<(WalInventory, WalListing)> {
-    let record = repo
-        .latest_expire_record()
-        .await
-        .context("read the newest expire record")?;
-    let floor = record.as_ref().and_then(|(_, r)| r.floor_lsn);
-    let index = match &record {
-        Some((seq, _)) if !full => repo
-            .read_wal_index(*seq, segment_size_bytes)
-            .await
-            .with_context(|| {
-                format!(
-                    "the WAL index ({}) is unusable: `walvault list --full` lists every WAL object \
-                     without it, and the next expire run replaces it",
-                    layout::WAL_INDEX
-                )
-            })?,
-        _ => None,
+    let (inv, source) = match WalInventory::scan_latest(repo, segment_size_bytes, !full).await {
+        Ok(scanned) => scanned,
+        Err(ScanError::Index(e)) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "the WAL index ({}) is unusable: `walvault list --full` lists every WAL object \
+                 without it, and the next expire run replaces it",
+                layout::WAL_INDEX
+            )));
+        }
+        Err(ScanError::Store(e)) => return Err(anyhow::Error::new(e).context("list WAL")),
     };
-    if let Some(index) = index {
-        let (inv, listed) = WalInventory::scan_indexed(repo, segment_size_bytes, &index, floor)
-            .await
-            .context("list WAL")?;
-        return Ok((
-            inv,
-            WalListing {
-                source: "index",
-                index_time: Some(crate::format::time::to_text(&index.time)),
-                listed_objects: listed,
-            },
-        ));
-    }
-    let objects = repo.list(layout::WAL_PREFIX).await.context("list WAL")?;
-    let inv = WalInventory::from_listing(&objects, floor, segment_size_bytes);
-    Ok((
-        inv,
-        WalListing {
-            source: "full",
-            index_time: None,
-            listed_objects: objects.len(),
+    let listing = WalListing {
+        source: if source.index_time.is_some() {
+            "index"
+        } else {
+            "full"
         },
-    ))
+        index_time: source.index_time.map(|t| crate::format::time::to_text(&t)),
+        listed_objects: source.listed_objects,
+    };
+    Ok((inv, listing))
 }

@@ -165,7 +165,7 @@ impl FileWriter {
             .lock()
             .expect("not poisoned")
             .pop()
-            .unwrap_or_else(ChunkBuf::new)
+            .unwrap_or_default()
     }
 
     /// Queues `data` to be written at `offset` of `file` (a multiple of
@@ -178,7 +178,12 @@ impl FileWriter {
         self.send(file, offset, Some(data))
     }
 
-    fn send(&self, file: &Arc<OutFile>, offset: u64, data: Option<ChunkBuf>) -> std::io::Result<()> {
+    fn send(
+        &self,
+        file: &Arc<OutFile>,
+        offset: u64,
+        data: Option<ChunkBuf>,
+    ) -> std::io::Result<()> {
         self.check()?;
         let job = Job {
             file: file.clone(),
@@ -260,7 +265,9 @@ fn run_job(job: &Job, shared: &Shared) -> std::io::Result<()> {
             0
         }
         Some(data) => {
-            let h = handles.as_ref().expect("a file is created before its chunks");
+            let h = handles
+                .as_ref()
+                .expect("a file is created before its chunks");
             write_chunk(h, job.offset, data.bytes(), shared).map_err(|e| context("write", e))?;
             data.bytes().len() as u64
         }

@@ -1,6 +1,6 @@
-//! Building the WAL index from a listing, and the inventory `list` makes of
-//! the index and a listing of what came after it (see
-//! [`crate::format::wal_index`]).
+//! Building the WAL index from a listing, and the inventory `list` and the
+//! metrics observer make of the index and a listing of what came after it
+//! (see [`crate::format::wal_index`]).
 
 use std::collections::BTreeMap;
 
@@ -171,6 +171,74 @@ impl WalInventory {
         }
         inv.set_floor(floor, segment_size_bytes);
         Ok((inv, listed))
+    }
+}
+
+/// How [`WalInventory::scan_latest`] read the archive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanSource {
+    /// When the expire run whose index was used listed `wal/`; `None` for
+    /// a full listing.
+    pub index_time: Option<DateTime<Utc>>,
+    /// WAL objects listed from the store (the rest came from the index).
+    pub listed_objects: usize,
+}
+
+/// Which step of [`WalInventory::scan_latest`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The newest expire run's index is there but does not open, parse or
+    /// hold together.
+    #[error("the WAL index ({}) is unusable", layout::WAL_INDEX)]
+    Index(#[source] storage::Error),
+    /// Reading the expire record or listing failed.
+    #[error(transparent)]
+    Store(#[from] storage::Error),
+}
+
+impl WalInventory {
+    /// The whole archive's inventory, with the newest expire run's floor:
+    /// from that run's WAL index and a listing after it when `use_index`
+    /// and the index belongs to that run (an index of an interrupted run,
+    /// or an older copy put back, is ignored), else from a listing of every
+    /// WAL object.
+    ///
+    /// # Errors
+    /// [`ScanError::Index`] for an index that is there and unusable; store
+    /// errors.
+    pub async fn scan_latest(
+        repo: &Repository,
+        segment_size_bytes: u64,
+        use_index: bool,
+    ) -> Result<(Self, ScanSource), ScanError> {
+        let record = repo.latest_expire_record().await?;
+        let floor = record.as_ref().and_then(|(_, r)| r.floor_lsn);
+        let index = match &record {
+            Some((seq, _)) if use_index => repo
+                .read_wal_index(*seq, segment_size_bytes)
+                .await
+                .map_err(ScanError::Index)?,
+            _ => None,
+        };
+        if let Some(index) = index {
+            let (inv, listed) = Self::scan_indexed(repo, segment_size_bytes, &index, floor).await?;
+            return Ok((
+                inv,
+                ScanSource {
+                    index_time: Some(index.time),
+                    listed_objects: listed,
+                },
+            ));
+        }
+        let objects = repo.list(layout::WAL_PREFIX).await?;
+        let inv = Self::from_listing(&objects, floor, segment_size_bytes);
+        Ok((
+            inv,
+            ScanSource {
+                index_time: None,
+                listed_objects: objects.len(),
+            },
+        ))
     }
 }
 

@@ -204,13 +204,10 @@ async fn raw_listing<S: ObjectStore>(store: &S, prefix: &str) -> Vec<String> {
         .unwrap()
 }
 
-/// The Repository API end to end on a store that takes writes.
-async fn exercise<S: ObjectStore + PaginatedListStore>(
-    store: Arc<S>,
-    repo: Repository,
-    expected: Expected,
-) {
-    // Sealed round trip.
+/// A sealed round trip to `wal/one`; then create-only: the same content
+/// again is a retry, other content is an integrity error, and the stored
+/// object stays as it was.
+async fn sealed_round_trip_create_only(repo: &Repository) {
     let plain = vec![Bytes::from_static(b"hello "), Bytes::from_static(b"store")];
     repo.put_sealed("wal/one", plain.clone()).await.unwrap();
     assert_eq!(
@@ -218,9 +215,6 @@ async fn exercise<S: ObjectStore + PaginatedListStore>(
         Some(&b"hello store"[..])
     );
     assert_eq!(repo.get_opened("wal/missing").await.unwrap(), None);
-
-    // Create-only: the same content again is a retry; other content is an
-    // integrity error, and the stored object stays as it was.
     repo.put_sealed("wal/one", plain.clone()).await.unwrap();
     let err = repo
         .put_sealed("wal/one", vec![Bytes::from_static(b"other")])
@@ -234,6 +228,15 @@ async fn exercise<S: ObjectStore + PaginatedListStore>(
         repo.get_opened("wal/one").await.unwrap().as_deref(),
         Some(&b"hello store"[..])
     );
+}
+
+/// The Repository API end to end on a store that takes writes.
+async fn exercise<S: ObjectStore + PaginatedListStore>(
+    store: Arc<S>,
+    repo: Repository,
+    expected: Expected,
+) {
+    sealed_round_trip_create_only(&repo).await;
     let create_only = probe_create_only(&*store, &Path::from(format!("{PREFIX}/raw/create"))).await;
     assert_eq!(create_only, expected.create_only);
 
@@ -542,21 +545,7 @@ async fn local_directory_writes() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}", dir.path().display());
     let repo = Repository::open(&url, keyring(), seal_options()).unwrap();
-    let plain = vec![Bytes::from_static(b"hello "), Bytes::from_static(b"store")];
-    repo.put_sealed("wal/one", plain.clone()).await.unwrap();
-    repo.put_sealed("wal/one", plain.clone()).await.unwrap();
-    let err = repo
-        .put_sealed("wal/one", vec![Bytes::from_static(b"other")])
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, storage::Error::Conflict { ref key, .. } if key == "wal/one"),
-        "{err:?}"
-    );
-    assert_eq!(
-        repo.get_opened("wal/one").await.unwrap().as_deref(),
-        Some(&b"hello store"[..])
-    );
+    sealed_round_trip_create_only(&repo).await;
     // Sizes around the direct-I/O block and chunk, in a new directory.
     for (i, len) in [0, 4095, 4096, 4097, (1 << 20) + 1, LARGE_OBJECT_BYTES]
         .into_iter()

@@ -8,32 +8,25 @@
 //! every byte below it is in the store.
 
 pub mod backup;
-pub mod check;
 pub mod cli;
 pub mod config;
-pub mod drill;
 pub mod error;
-pub mod expire;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod info;
+pub mod inspect;
 pub mod local_file;
 pub mod lsn;
 pub mod malloc;
-pub mod mark;
 pub mod metrics;
-pub mod notify;
 pub mod pipeline;
 pub mod progress;
 pub mod protocol;
 pub mod restore;
 pub mod retention;
 pub mod schedule;
-pub mod server;
 pub mod shutdown;
 pub mod sidecar;
 pub mod storage;
 pub mod telemetry;
-pub mod verify;
 pub mod wal;

@@ -1,15 +1,41 @@
 //! Integration tests: one binary, modules per area, real PostgreSQL 14-18
 //! servers and real object stores on loopback.
+//!
+//! Where a behaviour is tested: one file per command, and the files named
+//! after a promise for what crosses commands.
+//!
+//! | behaviour | file |
+//! |---|---|
+//! | `stream`: byte-exact segments, the data-loss window, restarts, outages, timeline switches, synchronous mode | `stream.rs` |
+//! | `backup` and `verify`: tablespaces, backups beside the sidecar, interrupted backups, damage named | `backup.rs` |
+//! | `restore` and `wal-fetch`: every target kind, timelines, prefetch, `--start` | `restore.rs` |
+//! | `expire` and `keep`: what a policy keeps stays restorable | `retention.rs` |
+//! | `check`: one finding per part, healthy and broken | `check.rs` |
+//! | `mark` and `info`: restore points before a migration | `mark.rs` |
+//! | `drill`: restore tests recorded in the repository | `drill.rs` |
+//! | `key add`, `key list`, `key retire`: rotation end to end | `keys.rs` |
+//! | `/metrics`, `/health`, webhook notifications | `metrics.rs` |
+//! | the command line: exit codes and messages for bad input | `cli.rs` |
+//! | the configuration file and its precedence | `config_file.rs` |
+//! | the replication connection: TLS, authentication, server errors | `protocol.rs` |
+//! | every store kind on a real server (s3s-fs, moto, Azurite, fake-gcs-server, local) | `stores.rs` |
+//! | objects moved, swapped, forged or truncated in the bucket: refused by name | `attack.rs` |
+//! | a store that fails or stalls, a server killed mid-operation | `faults.rs` |
+//! | every kept fuzz input replayed through its property | `fuzz_corpus.rs` |
 
 mod support;
 
 mod attack;
 mod backup;
+mod check;
 mod cli;
 mod config_file;
+mod drill;
 mod faults;
 mod fuzz_corpus;
-mod operations;
+mod keys;
+mod mark;
+mod metrics;
 mod protocol;
 mod restore;
 mod retention;

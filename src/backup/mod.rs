@@ -32,8 +32,8 @@ use crate::format::backup::{
     BACKUP_METADATA_VERSION, BackupMetadata, BackupSource, TablespaceRecord, WalRange,
 };
 use crate::lsn::{Lsn, SegmentName};
+use crate::protocol::server::{self, ServerInfo};
 use crate::protocol::{ConnInfo, ReplicationConnection};
-use crate::server::{self, ServerInfo};
 use crate::storage::{self, Repository, layout};
 use crate::wal::receiver::{self, StreamOptions};
 

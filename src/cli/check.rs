@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use crate::check::{self, Check, Status};
+use crate::inspect::check::{self, Check, Status};
 use crate::protocol::ConnInfo;
 
 use super::RepoArgs;

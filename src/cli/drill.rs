@@ -68,7 +68,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, None) => RecoveryTarget::End,
     };
     let (repo, _) = args.repo.open_existing().await?;
-    let opts = crate::drill::DrillOptions {
+    let opts = crate::restore::drill::DrillOptions {
         backup: args.backup.clone(),
         target,
         scratch_parent: std::path::absolute(
@@ -82,7 +82,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         settings: args.repo.settings()?,
         walvault: std::env::current_exe().context("find the walvault binary")?,
     };
-    let record = crate::drill::run(&repo, &opts).await;
+    let record = crate::restore::drill::run(&repo, &opts).await;
     if args.json {
         println!(
             "{}",

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::expire::{ExpireOptions, ExpireReport};
 use crate::progress::human_bytes;
+use crate::retention::expire::{ExpireOptions, ExpireReport};
 
 use super::{RepoArgs, RetentionArgs};
 
@@ -61,7 +61,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         dry_run: args.dry_run,
         orphan_grace: crate::backup::DEFAULT_ORPHAN_GRACE,
     };
-    let report = crate::expire::run(&repo, manifest.wal_segment_size, &opts)
+    let report = crate::retention::expire::run(&repo, manifest.wal_segment_size, &opts)
         .await
         .context("expire")?;
     tracing::info!(requests = repo.requests().summary(), "store requests");

@@ -43,7 +43,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let info = crate::info::gather(&repo, conninfo.as_ref(), args.keys)
+    let info = crate::inspect::info::gather(&repo, conninfo.as_ref(), args.keys)
         .await
         .context("read the repository")?;
     if args.json {

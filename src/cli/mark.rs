@@ -59,7 +59,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     })?;
     let repo = args.repo.open()?;
-    let mark = crate::mark::create(&conninfo, &repo, &args.name, args.timeout)
+    let mark = crate::wal::mark::create(&conninfo, &repo, &args.name, args.timeout)
         .await
         .context("mark")?;
     let out = Output {

@@ -5,6 +5,7 @@
 
 pub mod backup;
 pub mod check;
+pub mod config_file;
 pub mod drill;
 pub mod expire;
 pub mod info;
@@ -24,7 +25,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::file::{ConfigFile, RepositorySecrets};
+use crate::cli::config_file::{ConfigFile, RepositorySecrets};
 use crate::format::manifest::RepositoryManifest;
 use crate::storage::Repository;
 use crate::telemetry::LogFormat;
@@ -162,8 +163,8 @@ pub struct RetentionArgs {
 
 impl RetentionArgs {
     /// The policy these flags describe.
-    pub fn policy(&self) -> crate::retention::Policy {
-        crate::retention::Policy {
+    pub fn policy(&self) -> crate::retention::policy::Policy {
+        crate::retention::policy::Policy {
             full: self.retain_full,
             window: self.retain_window,
             daily: self.retain_daily,
@@ -371,8 +372,8 @@ pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
             || e.downcast_ref::<crate::wal::receiver::Error>()
                 .is_some_and(crate::wal::receiver::Error::is_configuration)
             || e.is::<crate::restore::tablespaces::TablespaceError>()
-            || e.downcast_ref::<crate::mark::Error>()
-                .is_some_and(crate::mark::Error::is_usage)
+            || e.downcast_ref::<crate::wal::mark::Error>()
+                .is_some_and(crate::wal::mark::Error::is_usage)
             || e.is::<crate::lsn::ParseWalFileError>()
             || e.downcast_ref::<crate::restore::plan::PlanError>()
                 .is_some_and(crate::restore::plan::PlanError::is_usage)

@@ -1,6 +1,6 @@
 //! Reading the command line with the configuration file under it: find
 //! `--config` (or `WALVAULT_CONFIG`), make the file's settings the defaults
-//! of their flags (see [`crate::config::file`]), parse, and refuse secrets
+//! of their flags (see [`crate::cli::config_file`]), parse, and refuse secrets
 //! given as flags. Nothing here names a command or a flag other than the
 //! secret-bearing ones, so commands added later are covered.
 
@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Args as _, CommandFactory, FromArgMatches};
 
-use crate::config::file::{ConfigFile, Layout, SecretFlag};
+use crate::cli::config_file::{ConfigFile, Layout, SecretFlag};
 
 use super::{Cli, RepoArgs};
 
@@ -109,7 +109,7 @@ where
     // First, so that a secret on the command line is refused whatever else
     // is wrong there.
     if let Some(m) = &lenient {
-        crate::config::file::check_command_line(m, SECRET_FLAGS)
+        crate::cli::config_file::check_command_line(m, SECRET_FLAGS)
             .map_err(|e| config_error(e.into(), command.clone()))?;
     }
     let config = lenient.and_then(|m| m.get_one::<PathBuf>(CONFIG_FLAG).cloned());
@@ -138,7 +138,7 @@ where
     let matches = root
         .try_get_matches_from_mut(&argv)
         .map_err(ParseError::Clap)?;
-    crate::config::file::check_command_line(&matches, SECRET_FLAGS)
+    crate::cli::config_file::check_command_line(&matches, SECRET_FLAGS)
         .map_err(|e| config_error(e.into(), matches.subcommand_name().map(str::to_string)))?;
     Cli::from_arg_matches(&matches).map_err(|e| ParseError::Clap(e.format(&mut root)))
 }
@@ -188,7 +188,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::config::file::setting_names;
+    use crate::cli::config_file::setting_names;
 
     const EXAMPLE: &str = include_str!("../../walvault.example.toml");
     const KEY: &str = "7f3c1a9e5b2d4f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
@@ -202,7 +202,7 @@ mod tests {
         (dir, path)
     }
 
-    fn apply(text: &str) -> Result<clap::Command, crate::config::file::Error> {
+    fn apply(text: &str) -> Result<clap::Command, crate::cli::config_file::Error> {
         let (_dir, path) = config(text);
         let repository = repository_flags();
         let layout = Layout {

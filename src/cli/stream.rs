@@ -191,7 +191,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 value: text.clone(),
                 reason: e.to_string(),
             })?,
-            options: crate::drill::DrillOptions {
+            options: crate::restore::drill::DrillOptions {
                 backup: None,
                 target: crate::restore::plan::RecoveryTarget::End,
                 scratch_parent: std::path::absolute(

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::backup::list_backups;
+use crate::inspect::verify::{verify_backup, verify_wal};
 use crate::progress::Progress;
-use crate::verify::{verify_backup, verify_wal};
 
 use super::RepoArgs;
 

@@ -9,7 +9,6 @@
 //! - [`settings_file`] writes and reads the repository settings file that
 //!   `restore_command` uses instead of the environment.
 
-pub mod file;
 pub mod keys;
 pub mod settings_file;
 
@@ -45,7 +44,7 @@ pub enum Error {
     Repository(#[from] crate::storage::Error),
     /// Configuration file problems.
     #[error(transparent)]
-    File(#[from] file::Error),
+    File(#[from] crate::cli::config_file::Error),
 }
 
 /// Opens the repository with the keyring and zstd level.

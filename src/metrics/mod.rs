@@ -6,6 +6,7 @@
 
 pub mod health;
 pub mod http;
+pub mod notify;
 mod observer;
 
 use std::collections::VecDeque;

@@ -11,6 +11,7 @@ pub mod connection;
 pub mod conninfo;
 pub mod message;
 pub mod passfile;
+pub mod server;
 mod tls;
 
 pub use connection::ReplicationConnection;

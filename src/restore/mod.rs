@@ -17,6 +17,7 @@
 //! keys, a backup before the target, WAL without a gap on the timeline);
 //! files are synced before success is reported.
 
+pub mod drill;
 pub mod plan;
 pub mod recovery;
 pub mod serve;

@@ -15,6 +15,7 @@ pub mod fetch;
 pub mod history;
 pub mod index;
 pub mod inventory;
+pub mod mark;
 pub mod receiver;
 pub mod segmenter;
 pub mod summary;

@@ -27,8 +27,8 @@ use crate::lsn::{Lsn, TimelineId};
 use crate::pipeline::memory::MemoryBudget;
 use crate::pipeline::upload::{self, Stage, UploadJob, UploadStats};
 use crate::protocol::command::StartReplication;
+use crate::protocol::server;
 use crate::protocol::{self, ConnInfo, ReplicationConnection};
-use crate::server;
 use crate::shutdown::Shutdown;
 use crate::storage::{self, Repository};
 

@@ -11,11 +11,11 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::backup::{self, BackupOptions, WalSource};
-use crate::expire::ExpireOptions;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::metrics::health::Thresholds;
-use crate::retention::Policy;
+use crate::retention::expire::ExpireOptions;
+use crate::retention::policy::Policy;
 use crate::schedule::Schedule;
 use crate::shutdown::Shutdown;
 use crate::storage::Repository;
@@ -54,7 +54,7 @@ pub struct DrillSchedule {
     /// When (cron, UTC).
     pub schedule: Schedule,
     /// How.
-    pub options: crate::drill::DrillOptions,
+    pub options: crate::restore::drill::DrillOptions,
 }
 
 /// The metrics and health endpoint, and what it observes.
@@ -108,7 +108,7 @@ pub async fn run(
             ));
         }
         if let Some(url) = m.webhook {
-            tokio::spawn(crate::notify::run(
+            tokio::spawn(crate::metrics::notify::run(
                 url,
                 m.metrics.clone(),
                 m.thresholds,
@@ -277,7 +277,7 @@ async fn run_expire(
             dry_run: false,
             orphan_grace: backup::DEFAULT_ORPHAN_GRACE,
         };
-        match crate::expire::run(&repo, segment_size, &opts).await {
+        match crate::retention::expire::run(&repo, segment_size, &opts).await {
             Ok(r) if r.skipped.is_some() => {
                 info!(
                     reason = r.skipped.as_deref().unwrap_or_default(),
@@ -320,7 +320,7 @@ async fn run_drills(d: DrillSchedule, repo: Repository, shutdown: Shutdown, repo
         let (repo2, options) = (repo.clone(), d.options.clone());
         let handle = tokio::runtime::Handle::current();
         let record = match tokio::task::spawn_blocking(move || {
-            handle.block_on(crate::drill::run(&repo2, &options))
+            handle.block_on(crate::restore::drill::run(&repo2, &options))
         })
         .await
         {
@@ -370,7 +370,7 @@ impl Reporter {
         }
     }
 
-    fn expire(&self, report: Option<&crate::expire::ExpireReport>) {
+    fn expire(&self, report: Option<&crate::retention::expire::ExpireReport>) {
         if let Some(m) = &self.metrics {
             m.update(|s| match report {
                 Some(r) => {

@@ -67,7 +67,7 @@ impl Check {
 /// `max_wal_senders`, and the slot's `wal_status` and `safe_wal_size`.
 pub async fn check_server(conninfo: &ConnInfo, slot: &str) -> Vec<Check> {
     let mut out = Vec::new();
-    let (mut conn, info) = match crate::server::connect(conninfo).await {
+    let (mut conn, info) = match crate::protocol::server::connect(conninfo).await {
         Ok(c) => c,
         Err(e) => {
             out.push(Check::new(

@@ -1,5 +1,5 @@
 //! `expire`: applies a retention policy to a repository. It gathers the
-//! facts (backups, pins, WAL objects), asks [`crate::retention`] what goes,
+//! facts (backups, pins, WAL objects), asks [`super::policy`] what goes,
 //! records the decision (with the new retention floor) and deletes.
 //!
 //! Order matters for a run that is cut short: the expire record (and its
@@ -15,11 +15,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tracing::{info, warn};
 
+use super::policy::{self as retention, BackupFacts, Policy, WalRemoval};
 use crate::backup::{self, unfinished};
 use crate::format::backup::BackupMetadata;
 use crate::format::retention::{EXPIRE_RECORD_VERSION, ExpireRecord, PolicyRecord};
 use crate::lsn::SegmentName;
-use crate::retention::{self, BackupFacts, Policy, WalRemoval};
 use crate::storage::layout::{self, WalObject};
 use crate::storage::{self, Repository};
 use crate::wal::index;

@@ -304,7 +304,7 @@ pub async fn gather(
 }
 
 async fn server_lag(c: &ConnInfo, inv: &WalInventory, size: u64) -> Option<ServerLag> {
-    let (conn, info) = match crate::server::connect(c).await {
+    let (conn, info) = match crate::protocol::server::connect(c).await {
         Ok(x) => x,
         Err(e) => {
             tracing::warn!(error = %crate::error::chain(&e), "cannot reach the server for the lag");

@@ -1,0 +1,125 @@
+//! Key rotation end to end: `key add`, `key list`, `key retire`.
+
+use std::time::Duration;
+
+use walvault::format::{Keyring, MasterKey};
+
+use crate::restore::{conn_of, text};
+use crate::support::archive::wait_archived;
+use crate::support::pg::{PgCluster, PgOptions};
+use crate::support::process::{KEY, RepoEnv, StreamProcess};
+use crate::support::s3::S3Server;
+
+const MIB: u64 = 1 << 20;
+
+/// Key rotation end to end: stream and back up under key A; put key B
+/// first and `key add`; more WAL and a backup, now sealed with B; A cannot
+/// be retired while objects need it; expire removes the old backup and its
+/// WAL; A is retired; a restore with B alone gives exactly the rows, and A
+/// alone is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_end_to_end() {
+    let pg = PgCluster::start(15, &PgOptions::default());
+    let s3 = S3Server::start();
+    let keys = tempfile::tempdir().unwrap();
+    let key_b = "5".repeat(64);
+    let write_keys = |name: &str, lines: &[&str]| {
+        let path = keys.path().join(name);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (only_a, b_then_a, only_b) = (
+        write_keys("a", &[KEY]),
+        write_keys("ba", &[&key_b, KEY]),
+        write_keys("b", &[&key_b]),
+    );
+    let env_with = |file: &str| {
+        let mut env = s3.env();
+        env.push(("WALVAULT_KEY_FILE".into(), file.to_string()));
+        RepoEnv {
+            url: s3.url("rotate"),
+            env,
+        }
+    };
+    let (env_a, env_ba, env_b) = (env_with(&only_a), env_with(&b_then_a), env_with(&only_b));
+    let repo = s3.repository(
+        "rotate",
+        Keyring::from_key_file_text(&format!("{key_b}\n{KEY}\n"), "test").unwrap(),
+    );
+    pg.execute("CREATE TABLE ledger (id int PRIMARY KEY, note text)")
+        .await;
+    let stream = StreamProcess::start(&env_a, pg.port, &["--flush-interval", "200ms"]);
+    pg.execute("INSERT INTO ledger SELECT g, 'a' FROM generate_series(0, 9) g")
+        .await;
+    let out = env_a.run(&["backup", "--pg", &conn_of(&pg), "--checkpoint", "fast"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let end = pg.switch_wal().await;
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(30)).await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+
+    // B first, A kept: walvault.json lists both.
+    let out = env_ba.run(&["key", "add"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let id_of = |hex: &str| format!("{:08x}", MasterKey::from_hex(hex).unwrap().id());
+    let (id_a, id_b) = (id_of(KEY), id_of(&key_b));
+    let stream = StreamProcess::start(&env_ba, pg.port, &["--flush-interval", "200ms"]);
+    pg.execute("INSERT INTO ledger SELECT g, 'b' FROM generate_series(10, 19) g")
+        .await;
+    let out = env_ba.run(&["backup", "--pg", &conn_of(&pg), "--checkpoint", "fast"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let end = pg.switch_wal().await;
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(30)).await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+
+    let out = env_ba.run(&["info", "--keys", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let count = |id: &str| {
+        info["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == id)
+            .map(|k| k["objects"].as_u64().unwrap())
+            .unwrap_or_else(|| panic!("no key {id}: {info}"))
+    };
+    assert!(count(&id_a) > 0 && count(&id_b) > 0, "{info}");
+    let out = env_ba.run(&["key", "retire", &id_a]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("still sealed with it"),
+        "{}",
+        text(&out)
+    );
+
+    let out = env_ba.run(&["expire", "--retain-full", "1", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = env_ba.run(&["key", "list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id_a.as_str())
+        .unwrap();
+    assert_eq!(a["objects"], 0, "{listed}");
+    let out = env_ba.run(&["key", "retire", &id_a]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // B alone restores exactly the rows; A alone is refused.
+    let out = env_a.run(&["list"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    drop(pg);
+    let (got, restored) = crate::restore::restore_ledger(15, &env_b, &[]).await;
+    assert_eq!(
+        got,
+        crate::restore::ids(0..20),
+        "{}",
+        restored.pg.log_text()
+    );
+}

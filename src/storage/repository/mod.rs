@@ -1,0 +1,268 @@
+//! The repository type: sealed objects under a prefix of one store.
+//!
+//! Every object goes through [`crate::format::chunk`]: `put_sealed` seals on
+//! the blocking pool and writes create-only; `get_opened` reads and opens.
+//! A retry that finds an object already there with the same plaintext counts
+//! as success; different plaintext is an integrity error.
+//!
+//! Files: `write` (sealing, create-only writes, what an existing object
+//! means), `read` (reading and opening), `list`, `delete`; the type, its
+//! settings and its request counts live here.
+
+mod delete;
+mod list;
+mod read;
+mod write;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::ObjectStore;
+use object_store::path::Path;
+
+use crate::format::chunk::SealOptions;
+use crate::format::key::Keyring;
+use crate::format::manifest::RepositoryManifest;
+
+use super::Error;
+
+/// Limit for one store request, plus [`TIMEOUT_PER_MIB`] per MiB of payload.
+const BASE_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Extra time allowed per MiB of payload (a slow link still finishes).
+const TIMEOUT_PER_MIB: Duration = Duration::from_secs(2);
+/// Limit for reading one object or listing a prefix.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How objects of this repository are sealed and which ones open: set from
+/// `walvault.json` once it is read; before that (a new repository), bound
+/// objects only, encrypted whenever a key is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectPolicy {
+    /// Objects are bound to their keys (envelope version 2).
+    pub bound: bool,
+    /// Objects without a cipher are refused.
+    pub require_cipher: bool,
+}
+
+impl ObjectPolicy {
+    /// The policy `walvault.json` sets.
+    pub fn of(manifest: &RepositoryManifest) -> Self {
+        ObjectPolicy {
+            bound: manifest.binds_objects(),
+            require_cipher: manifest.is_encrypted(),
+        }
+    }
+}
+
+/// Requests made to the store, by kind, since the repository was opened
+/// (object_store's own retries of a request are not counted apart).
+#[derive(Debug, Default)]
+pub struct RequestCounts {
+    /// Object writes.
+    pub put: std::sync::atomic::AtomicU64,
+    /// Object reads.
+    pub get: std::sync::atomic::AtomicU64,
+    /// Listings (one per prefix listed; a listing of many pages counts once).
+    pub list: std::sync::atomic::AtomicU64,
+    /// Deletions.
+    pub delete: std::sync::atomic::AtomicU64,
+}
+
+impl RequestCounts {
+    pub(super) fn count(counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `PUT n GET n LIST n DELETE n`, for logs.
+    pub fn summary(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        format!(
+            "PUT {} GET {} LIST {} DELETE {}",
+            self.put.load(Relaxed),
+            self.get.load(Relaxed),
+            self.list.load(Relaxed),
+            self.delete.load(Relaxed)
+        )
+    }
+}
+
+/// An object's key and stored size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Key relative to the repository prefix.
+    pub key: String,
+    /// Stored (sealed) size in bytes.
+    pub size: u64,
+    /// When the object was last written.
+    pub last_modified: chrono::DateTime<chrono::Utc>,
+}
+
+/// A repository of sealed objects.
+#[derive(Clone)]
+pub struct Repository {
+    pub(super) store: Arc<dyn ObjectStore>,
+    pub(super) prefix: Path,
+    pub(super) display: String,
+    pub(super) keyring: Arc<Keyring>,
+    pub(super) seal: SealOptions,
+    /// For `file://` repositories: the directory, so writes can be fsynced.
+    pub(super) local_root: Option<std::path::PathBuf>,
+    /// Set once `walvault.json` is read.
+    pub(super) policy: Arc<std::sync::OnceLock<ObjectPolicy>>,
+    /// Whether the store honours create-only writes, once probed.
+    pub(super) create_only: Arc<std::sync::OnceLock<bool>>,
+    /// Storage classes of new objects (S3, GCS), by kind.
+    pub(super) storage_classes: StorageClasses,
+    /// Requests made, by kind.
+    pub(super) requests: Arc<RequestCounts>,
+    /// Where the store's credentials come from, in words.
+    pub(super) credentials: Arc<str>,
+}
+
+/// The storage class new objects are written with, by kind (for example
+/// `STANDARD` for WAL and `STANDARD_IA` for backups on S3); `None` leaves
+/// the store's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StorageClasses {
+    /// WAL segments, deltas and history files.
+    pub wal: Option<String>,
+    /// Backup parts, manifests and `backup.json`.
+    pub backup: Option<String>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repository({})", self.display)
+    }
+}
+
+impl Repository {
+    /// Opens the repository at `url` with store settings from the process
+    /// environment (see [`super::environment_options`]).
+    ///
+    /// # Errors
+    /// [`Error::Url`] for an unknown scheme or a store that cannot be built.
+    pub fn open(url: &str, keyring: Keyring, seal: SealOptions) -> Result<Self, Error> {
+        Self::open_with(url, &[], keyring, seal)
+    }
+
+    /// [`Repository::open`] with store options given explicitly
+    /// (object_store configuration keys such as `aws_endpoint`); they win over
+    /// the environment. This is how `restore_command` reaches the store
+    /// without the user's environment.
+    ///
+    /// # Errors
+    /// [`Error::Url`] for an unknown scheme, an unknown option, or a store
+    /// that cannot be built.
+    pub fn open_with(
+        url: &str,
+        options: &[(String, String)],
+        keyring: Keyring,
+        seal: SealOptions,
+    ) -> Result<Self, Error> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        super::open::open(url, options, &vars, keyring, seal)
+    }
+
+    /// A repository over any store (tests wrap stores to inject faults).
+    pub fn from_store(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        display: String,
+        keyring: Keyring,
+        seal: SealOptions,
+    ) -> Self {
+        Repository {
+            store,
+            prefix: Path::from(prefix.trim_matches('/')),
+            display,
+            keyring: Arc::new(keyring),
+            seal,
+            local_root: None,
+            policy: Arc::new(std::sync::OnceLock::new()),
+            create_only: Arc::new(std::sync::OnceLock::new()),
+            storage_classes: StorageClasses::default(),
+            requests: Arc::new(RequestCounts::default()),
+            credentials: Arc::from("given by the caller"),
+        }
+    }
+
+    /// A repository in a local directory, whose writes are fsynced.
+    pub(super) fn from_local_dir(
+        store: Arc<dyn ObjectStore>,
+        dir: std::path::PathBuf,
+        display: String,
+        keyring: Keyring,
+        seal: SealOptions,
+    ) -> Self {
+        let mut repo = Self::from_store(store, "", display, keyring, seal);
+        repo.local_root = Some(dir);
+        repo
+    }
+
+    /// Where the store's credentials come from (for `check`): the
+    /// environment, a settings file, or none (and what the client then does).
+    pub fn credential_source(&self) -> &str {
+        &self.credentials
+    }
+
+    /// The same repository, describing its credentials' source.
+    pub(super) fn with_credential_source(mut self, source: String) -> Self {
+        self.credentials = Arc::from(source);
+        self
+    }
+
+    /// The requests made so far, by kind.
+    pub fn requests(&self) -> &RequestCounts {
+        &self.requests
+    }
+
+    /// The same repository, writing new objects with these storage classes.
+    pub fn with_storage_classes(mut self, classes: StorageClasses) -> Self {
+        self.storage_classes = classes;
+        self
+    }
+
+    /// How objects are sealed and opened.
+    pub fn policy(&self) -> ObjectPolicy {
+        self.policy.get().copied().unwrap_or(ObjectPolicy {
+            bound: true,
+            require_cipher: !self.keyring.is_empty(),
+        })
+    }
+
+    /// Sets the policy `walvault.json` gives (once; later calls agree).
+    pub(super) fn set_policy(&self, policy: ObjectPolicy) {
+        let _ = self.policy.set(policy);
+    }
+
+    /// The URL, without credentials, for messages.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// The keys this repository reads with.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    pub(super) fn path(&self, key: &str) -> Path {
+        if self.prefix.as_ref().is_empty() {
+            Path::from(key)
+        } else {
+            Path::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    fn relative(&self, path: &Path) -> String {
+        let p = path.as_ref();
+        let pre = self.prefix.as_ref();
+        if pre.is_empty() {
+            p.to_string()
+        } else {
+            p.strip_prefix(pre)
+                .map_or(p, |r| r.trim_start_matches('/'))
+                .to_string()
+        }
+    }
+}

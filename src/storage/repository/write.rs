@@ -1,0 +1,278 @@
+//! Writing objects: sealing on the blocking pool, create-only writes, and
+//! what a write that meets an existing object means (the same plaintext is
+//! a retry and succeeds; different plaintext is [`Error::Conflict`]). Also
+//! the probe of whether the store honours create-only writes, and the
+//! check-then-write fallback for stores that do not.
+//!
+//! It does not make writes to a local directory durable (`storage::local`
+//! does) and builds no keys (`storage::layout` does).
+
+use bytes::Bytes;
+use object_store::{PutMode, PutOptions, PutPayload};
+
+use crate::format::chunk::{self, Binding, SealOptions};
+use crate::storage::{Error, layout};
+
+use super::{BASE_REQUEST_TIMEOUT, Repository, RequestCounts, TIMEOUT_PER_MIB};
+
+impl Repository {
+    /// Seals `plaintext` and stores it at `key`, create-only. Returns the
+    /// stored size.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when the key holds other content; store errors.
+    ///
+    /// # Cancel safety
+    /// Safe: the object is either written whole or not at all.
+    pub async fn put_sealed(&self, key: &str, plaintext: Vec<Bytes>) -> Result<u64, Error> {
+        self.put_sealed_with(key, plaintext, self.seal).await
+    }
+
+    /// [`Repository::put_sealed`] with other seal options (e.g. no compression
+    /// for data the server already compressed).
+    ///
+    /// # Errors
+    /// As [`Repository::put_sealed`].
+    ///
+    /// # Cancel safety
+    /// Safe: the object is either written whole or not at all.
+    pub async fn put_sealed_with(
+        &self,
+        key: &str,
+        plaintext: Vec<Bytes>,
+        seal: SealOptions,
+    ) -> Result<u64, Error> {
+        let keyring = self.keyring.clone();
+        let for_seal = plaintext.clone();
+        let salt: chunk::Salt = if keyring.write_key().is_some() {
+            rand::random()
+        } else {
+            [0; chunk::SALT_LEN]
+        };
+        let bound = self.policy().bound;
+        let object_key = key.to_string();
+        let sealed = tokio::task::spawn_blocking(move || {
+            let binding = if bound {
+                Binding::Key(&object_key)
+            } else {
+                Binding::Unbound
+            };
+            chunk::seal_bound(&for_seal, &seal, keyring.write_key(), salt, binding)
+        })
+        .await
+        .expect("sealing does not panic");
+        let size = sealed.len() as u64;
+        match self.put_create(key, PutPayload::from(sealed)).await {
+            Ok(()) => Ok(size),
+            Err(Error::Backend {
+                source: object_store::Error::AlreadyExists { .. },
+                ..
+            }) => {
+                let existing = self.get_opened(key).await?;
+                match existing.map(|e| first_difference(&plaintext, &e)) {
+                    Some(None) => {
+                        // A retry of a write whose sync failed: sync again.
+                        self.sync_local(key).await?;
+                        Ok(size)
+                    }
+                    Some(Some(difference)) => Err(Error::Conflict {
+                        key: key.to_string(),
+                        difference,
+                    }),
+                    None => Err(Error::Conflict {
+                        key: key.to_string(),
+                        difference: "it vanished after the store said it exists".into(),
+                    }),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the store refuses a create-only write over an existing
+    /// object, as walvault's integrity checks need: probed once per
+    /// repository (a probe object written twice, then deleted). `false`
+    /// means the store ignored the condition; from then on every write
+    /// checks for an existing object first, and the caller should say so.
+    ///
+    /// # Errors
+    /// Store errors while probing.
+    pub async fn probe_create_only(&self) -> Result<bool, Error> {
+        if let Some(honoured) = self.create_only.get() {
+            return Ok(*honoured);
+        }
+        let key = format!("{}{:016x}", layout::PROBE_PREFIX, rand::random::<u64>());
+        let path = self.path(&key);
+        let create = || PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        RequestCounts::count(&self.requests.put);
+        let first = self
+            .store
+            .put_opts(&path, PutPayload::from_static(b"1"), create())
+            .await;
+        let second = match first {
+            Err(object_store::Error::NotImplemented) => None,
+            Err(source) => return Err(Error::Backend { key, source }),
+            Ok(_) => {
+                RequestCounts::count(&self.requests.put);
+                Some(
+                    self.store
+                        .put_opts(&path, PutPayload::from_static(b"2"), create())
+                        .await,
+                )
+            }
+        };
+        let honoured = match second {
+            None => false,
+            Some(second) => match second {
+                Ok(_) => false,
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => true,
+                Err(source) => {
+                    let _ = self.delete(&key).await;
+                    return Err(Error::Backend { key, source });
+                }
+            },
+        };
+        self.delete(&key).await?;
+        let _ = self.create_only.set(honoured);
+        Ok(honoured)
+    }
+
+    pub(in crate::storage) async fn put_create(
+        &self,
+        key: &str,
+        payload: PutPayload,
+    ) -> Result<(), Error> {
+        let after = BASE_REQUEST_TIMEOUT
+            + TIMEOUT_PER_MIB * (payload.content_length() / (1 << 20) + 1) as u32;
+        if self.create_only.get() == Some(&false) {
+            return self.put_after_check(key, payload).await;
+        }
+        let mut opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        if let Some(class) = self.storage_class(key) {
+            opts.attributes.insert(
+                object_store::Attribute::StorageClass,
+                object_store::AttributeValue::from(class.to_string()),
+            );
+        }
+        let path = self.path(key);
+        RequestCounts::count(&self.requests.put);
+        if let Some(written) = self.put_local_create(key, payload.clone()).await {
+            written?;
+            return self.sync_local(key).await;
+        }
+        match tokio::time::timeout(after, self.store.put_opts(&path, payload.clone(), opts)).await {
+            Ok(Ok(_)) => self.sync_local(key).await,
+            // Stores without conditional writes: check for an existing object, then write.
+            Ok(Err(object_store::Error::NotImplemented)) => {
+                let _ = self.create_only.set(false);
+                self.put_after_check(key, payload).await
+            }
+            Ok(Err(source)) => Err(Error::Backend {
+                key: key.to_string(),
+                source,
+            }),
+            Err(_) => Err(Error::Timeout {
+                key: key.to_string(),
+                after,
+            }),
+        }
+    }
+
+    /// Writes `key` unless something is there already, for stores that do
+    /// not honour create-only writes (a race with another writer stays
+    /// possible there; `walvault check` reports such stores).
+    async fn put_after_check(&self, key: &str, payload: PutPayload) -> Result<(), Error> {
+        if self.get_raw(key).await?.is_some() {
+            return Err(Error::Backend {
+                key: key.to_string(),
+                source: object_store::Error::AlreadyExists {
+                    path: key.to_string(),
+                    source: "exists".into(),
+                },
+            });
+        }
+        let path = self.path(key);
+        let mut opts = PutOptions::default();
+        if let Some(class) = self.storage_class(key) {
+            opts.attributes.insert(
+                object_store::Attribute::StorageClass,
+                object_store::AttributeValue::from(class.to_string()),
+            );
+        }
+        RequestCounts::count(&self.requests.put);
+        self.store
+            .put_opts(&path, payload, opts)
+            .await
+            .map_err(|source| Error::Backend {
+                key: key.to_string(),
+                source,
+            })?;
+        self.sync_local(key).await
+    }
+
+    /// The storage class for a new object at `key`, if one is set.
+    fn storage_class(&self, key: &str) -> Option<&str> {
+        if key.starts_with(layout::WAL_PREFIX) {
+            self.storage_classes.wal.as_deref()
+        } else if key.starts_with(layout::BACKUPS_PREFIX) {
+            self.storage_classes.backup.as_deref()
+        } else {
+            None
+        }
+    }
+}
+
+/// Where `ours` (in pieces) and `theirs` first differ, for the conflict
+/// error: `None` when they are the same.
+fn first_difference(ours: &[Bytes], theirs: &[u8]) -> Option<String> {
+    let total: usize = ours.iter().map(Bytes::len).sum();
+    let mut offset = 0;
+    for piece in ours {
+        let end = (offset + piece.len()).min(theirs.len());
+        if let Some(i) = piece
+            .iter()
+            .zip(&theirs[offset.min(end)..end])
+            .position(|(a, b)| a != b)
+        {
+            return Some(format!(
+                "{} bytes stored, {total} to store; first difference at byte {}",
+                theirs.len(),
+                offset + i
+            ));
+        }
+        offset += piece.len();
+    }
+    (total != theirs.len()).then(|| format!("{} bytes stored, {total} to store", theirs.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_are_located() {
+        let ours = [Bytes::from_static(b"abc"), Bytes::from_static(b"def")];
+        assert_eq!(first_difference(&ours, b"abcdef"), None);
+        assert_eq!(
+            first_difference(&ours, b"abcdXf").as_deref(),
+            Some("6 bytes stored, 6 to store; first difference at byte 4")
+        );
+        assert_eq!(
+            first_difference(&ours, b"abcd").as_deref(),
+            Some("4 bytes stored, 6 to store")
+        );
+        assert_eq!(
+            first_difference(&ours, b"abcdefgh").as_deref(),
+            Some("8 bytes stored, 6 to store")
+        );
+    }
+}

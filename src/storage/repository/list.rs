@@ -6,6 +6,7 @@
 //! It reads no objects.
 
 use futures::StreamExt;
+use object_store::path::Path;
 
 use crate::storage::Error;
 
@@ -32,13 +33,7 @@ impl Repository {
         prefix: &str,
         after: Option<&str>,
     ) -> Result<Vec<ObjectInfo>, Error> {
-        let folder = prefix.trim_end_matches('/');
-        let path = if folder.is_empty() {
-            (!self.prefix.as_ref().is_empty()).then(|| self.prefix.clone())
-        } else {
-            Some(self.path(folder))
-        };
-        RequestCounts::count(&self.requests.list);
+        let path = self.start_listing(prefix);
         // A listing of many pages may take long as a whole; what must not
         // happen is a store that stops answering: the limit is per item (in
         // practice per page, as items arrive a page at a time).
@@ -50,22 +45,11 @@ impl Repository {
         };
         let mut metas = Vec::new();
         loop {
-            match tokio::time::timeout(READ_TIMEOUT, stream.next()).await {
-                Ok(Some(Ok(m))) => metas.push(m),
-                Ok(Some(Err(source))) => {
-                    return Err(Error::Backend {
-                        key: prefix.to_string(),
-                        source,
-                    });
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        key: prefix.to_string(),
-                        after: READ_TIMEOUT,
-                    });
-                }
-            }
+            let item = async { stream.next().await.transpose() };
+            let Some(m) = await_listing(prefix, item).await? else {
+                break;
+            };
+            metas.push(m);
         }
         let mut out: Vec<ObjectInfo> = metas
             .into_iter()
@@ -90,31 +74,8 @@ impl Repository {
         &self,
         prefix: &str,
     ) -> Result<(Vec<String>, Vec<ObjectInfo>), Error> {
-        let folder = prefix.trim_end_matches('/');
-        let path = if folder.is_empty() {
-            (!self.prefix.as_ref().is_empty()).then(|| self.prefix.clone())
-        } else {
-            Some(self.path(folder))
-        };
-        RequestCounts::count(&self.requests.list);
-        let listed =
-            match tokio::time::timeout(READ_TIMEOUT, self.store.list_with_delimiter(path.as_ref()))
-                .await
-            {
-                Ok(Ok(l)) => l,
-                Ok(Err(source)) => {
-                    return Err(Error::Backend {
-                        key: prefix.to_string(),
-                        source,
-                    });
-                }
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        key: prefix.to_string(),
-                        after: READ_TIMEOUT,
-                    });
-                }
-            };
+        let path = self.start_listing(prefix);
+        let listed = await_listing(prefix, self.store.list_with_delimiter(path.as_ref())).await?;
         let mut folders: Vec<String> = listed
             .common_prefixes
             .iter()
@@ -134,5 +95,39 @@ impl Repository {
             .collect();
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         Ok((folders, objects))
+    }
+
+    /// Counts one listing request for `prefix` and returns the store path
+    /// of its folder (`None`: the whole store, when the repository has no
+    /// prefix).
+    fn start_listing(&self, prefix: &str) -> Option<Path> {
+        let folder = prefix.trim_end_matches('/');
+        let path = if folder.is_empty() {
+            (!self.prefix.as_ref().is_empty()).then(|| self.prefix.clone())
+        } else {
+            Some(self.path(folder))
+        };
+        RequestCounts::count(&self.requests.list);
+        path
+    }
+}
+
+/// Awaits one answer of the store while listing `prefix` (the next item of
+/// a paged listing, or a whole listing by folder), within [`READ_TIMEOUT`];
+/// a store error or the timeout names `prefix`.
+async fn await_listing<T>(
+    prefix: &str,
+    answer: impl Future<Output = object_store::Result<T>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(READ_TIMEOUT, answer).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(source)) => Err(Error::Backend {
+            key: prefix.to_string(),
+            source,
+        }),
+        Err(_) => Err(Error::Timeout {
+            key: prefix.to_string(),
+            after: READ_TIMEOUT,
+        }),
     }
 }

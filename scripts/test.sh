@@ -15,6 +15,9 @@ cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
+echo "== layout (imports point down, no circle, file sizes)"
+python3 scripts/check-layout.py
+
 echo "== docker-compose.yml"
 docker-compose -f docker-compose.yml config -q
 

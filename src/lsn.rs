@@ -144,7 +144,8 @@ impl Lsn {
 
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+        // Padded, so that tables can align LSNs.
+        f.pad(&format!("{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF))
     }
 }
 

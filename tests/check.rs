@@ -113,10 +113,7 @@ async fn check_passes_and_names_each_broken_part() {
     assert_eq!(code, 0, "{report}");
     let (code_, log) = stream.terminate();
     assert_eq!(code_, Some(0), "{log}");
-    let backup = walvault::backup::list_backups(&repo)
-        .await
-        .unwrap()
-        .remove(0);
+    let backup = repo.list_backups().await.unwrap().remove(0);
     let victim = repo
         .list(layout::WAL_PREFIX)
         .await

@@ -88,10 +88,7 @@ async fn drill_tests_a_restore(major: u32) {
     assert_eq!(info["last_drill"]["success"], true, "{info}");
 
     // A damaged part: the drill fails and says which object.
-    let backup = walvault::backup::list_backups(&repo)
-        .await
-        .unwrap()
-        .remove(0);
+    let backup = repo.list_backups().await.unwrap().remove(0);
     let part = layout::backup_part_key(&backup.id, "base", 0);
     std::fs::write(s3.object_path("drill", &part), b"not a sealed object").unwrap();
     let (code, record) = drill(&env, major, scratch.path());

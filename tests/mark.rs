@@ -122,10 +122,7 @@ async fn mark_waits_only_for_the_wal_after_the_newest_backup() {
     let conn = conn_of(&pg);
     let out = env.run(&["backup", "--pg", &conn, "--checkpoint", "fast"]);
     assert!(out.status.success(), "{}", text(&out));
-    let b1 = walvault::backup::list_backups(&repo)
-        .await
-        .unwrap()
-        .remove(0);
+    let b1 = repo.list_backups().await.unwrap().remove(0);
     let before: Vec<String> = repo
         .list(layout::WAL_PREFIX)
         .await

@@ -281,10 +281,7 @@ async fn policies_keep_exactly_what_they_promise() {
     let out = env.run(&["backup", "--pg", &conn_of(&pg), "--checkpoint", "fast"]);
     assert!(out.status.success(), "{}", text(&out));
     repo.open_manifest().await.unwrap();
-    let real = walvault::backup::list_backups(&repo)
-        .await
-        .unwrap()
-        .remove(0);
+    let real = repo.list_backups().await.unwrap().remove(0);
     let start = chrono::DateTime::parse_from_rfc3339("2026-01-01T03:00:00Z")
         .unwrap()
         .with_timezone(&chrono::Utc);
@@ -340,7 +337,8 @@ async fn policies_keep_exactly_what_they_promise() {
     assert!(out.status.success(), "{}", text(&out));
     let done = json(&env.run(&["expire", "--retain-full", "4", "--json"]));
     assert_eq!(done["removed"].as_array().unwrap().len(), 35, "{done}");
-    let left: Vec<String> = walvault::backup::list_backups(&repo)
+    let left: Vec<String> = repo
+        .list_backups()
         .await
         .unwrap()
         .into_iter()
@@ -412,10 +410,7 @@ async fn expire_waits_for_running_backups_and_collects_dead_ones() {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(
-        walvault::backup::list_backups(&repo).await.unwrap().len(),
-        1
-    );
+    assert_eq!(repo.list_backups().await.unwrap().len(), 1);
 
     let out = env.run(&["expire"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));

@@ -407,7 +407,7 @@ async fn core_story(
     }
     // Stored stop times are whole seconds: a time target is placed only a
     // full second after the backup's stop.
-    let stop = walvault::backup::list_backups(&repo).await.unwrap()[0].stop_time;
+    let stop = repo.list_backups().await.unwrap()[0].stop_time;
     let after = walvault::format::time::to_text(&(stop + chrono::Duration::seconds(1)));
     let sql = format!("SELECT clock_timestamp() > '{after}'");
     crate::support::wait_for(

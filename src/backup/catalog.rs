@@ -1,45 +1,17 @@
-//! The backups a repository holds: reading every `backup.json`, choosing a
-//! new backup id, and removing what interrupted backups left behind.
+//! The backups of a repository that are not (yet) backups: choosing a new
+//! backup id, and finding and removing what interrupted backups left
+//! behind. Reading every `backup.json` is [`Repository::list_backups`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tracing::warn;
 
-use crate::format::backup::BackupMetadata;
 use crate::storage::{self, Repository, layout};
 
 /// A new backup id from the current UTC time.
 fn new_backup_id() -> String {
     chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string()
-}
-
-/// Reads every `backup.json`, oldest first.
-///
-/// # Errors
-/// Store or integrity errors (naming the object).
-pub async fn list_backups(repo: &Repository) -> Result<Vec<BackupMetadata>, storage::Error> {
-    let objects = repo.list(layout::BACKUPS_PREFIX).await?;
-    let mut out = Vec::new();
-    for o in objects {
-        let Some(id) = layout::backup_id_of(&o.key) else {
-            continue;
-        };
-        if o.key != layout::backup_json_key(id) {
-            continue;
-        }
-        let Some(bytes) = repo.get_opened(&o.key).await? else {
-            continue;
-        };
-        let meta: BackupMetadata =
-            serde_json::from_slice(&bytes).map_err(|e| storage::Error::BadManifest {
-                key: o.key.clone(),
-                reason: e.to_string(),
-            })?;
-        out.push(meta);
-    }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(out)
 }
 
 /// Backups without `backup.json`, by what their objects say.
@@ -99,21 +71,15 @@ pub async fn clean_orphans(repo: &Repository, grace: Duration) -> Result<usize, 
     Ok(deleted)
 }
 
-/// A backup id no object uses yet: the start time, with `-N` if taken.
+/// A backup id no object uses yet: the start time, with `-NN` if taken.
 ///
 /// # Errors
 /// Store errors.
 pub async fn unused_backup_id(repo: &Repository) -> Result<String, storage::Error> {
     let base = new_backup_id();
-    for n in 0..100 {
-        let id = if n == 0 {
-            base.clone()
-        } else {
-            format!("{base}-{n}")
-        };
-        if repo.list(&layout::backup_prefix(&id)).await?.is_empty() {
-            return Ok(id);
-        }
-    }
-    Ok(format!("{base}-{}", std::process::id()))
+    let free = storage::first_free_id(&base, |id| async move {
+        Ok(repo.list(&layout::backup_prefix(&id)).await?.is_empty())
+    })
+    .await?;
+    Ok(free.unwrap_or_else(|| format!("{base}-{}", std::process::id())))
 }

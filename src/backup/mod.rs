@@ -37,7 +37,7 @@ use crate::protocol::{ConnInfo, ReplicationConnection};
 use crate::storage::{self, Repository, layout};
 use crate::wal::receiver::{self, StreamOptions};
 
-pub use catalog::{Unfinished, clean_orphans, list_backups, unfinished};
+pub use catalog::{Unfinished, clean_orphans, unfinished};
 
 /// Default plaintext bytes per part: large enough for few objects, small
 /// enough that parts in flight stay well inside the memory budget.

@@ -255,6 +255,21 @@ async fn expect_copy_out(conn: &mut ReplicationConnection) -> Result<(), protoco
     }
 }
 
+/// The next CopyData of a COPY stream; `None` at its CopyDone.
+async fn next_copy_data(
+    conn: &mut ReplicationConnection,
+) -> Result<Option<Bytes>, protocol::Error> {
+    match conn.next_response_event().await? {
+        ResponseEvent::CopyData(d) => Ok(Some(d)),
+        ResponseEvent::CopyDone => Ok(None),
+        ResponseEvent::Error(e) => {
+            drain_to_ready(conn).await;
+            Err(protocol::Error::Server(e))
+        }
+        other => Err(bad(format!("unexpected {other:?} in the backup stream"))),
+    }
+}
+
 async fn read_copy_stream_v15<S: BackupSink>(
     conn: &mut ReplicationConnection,
     tablespaces: &[TablespaceInfo],
@@ -264,66 +279,51 @@ async fn read_copy_stream_v15<S: BackupSink>(
     let mut in_archive = false;
     let mut in_manifest = false;
     let mut next_archive = 0usize;
-    loop {
-        match conn.next_response_event().await? {
-            ResponseEvent::CopyData(mut d) => {
-                if d.is_empty() {
-                    return Err(S::Error::from(bad("empty CopyData in BASE_BACKUP")));
-                }
-                match d.get_u8() {
-                    b'n' => {
-                        if in_archive {
-                            sink.event(BackupEvent::ArchiveEnd).await?;
-                        }
-                        // Archives arrive in tablespace row order.
-                        if next_archive >= tablespaces.len() {
-                            return Err(S::Error::from(bad("more archives than tablespaces")));
-                        }
-                        sink.event(BackupEvent::ArchiveStart(next_archive)).await?;
-                        next_archive += 1;
-                        in_archive = true;
-                    }
-                    b'd' if in_manifest => sink.event(BackupEvent::ManifestData(d)).await?,
-                    b'd' if in_archive => sink.event(BackupEvent::ArchiveData(d)).await?,
-                    b'd' => return Err(S::Error::from(bad("data before any archive"))),
-                    b'p' => {
-                        if d.len() < 8 {
-                            return Err(S::Error::from(bad("short progress message")));
-                        }
-                        sink.event(BackupEvent::Progress(d.get_u64())).await?;
-                    }
-                    b'm' => {
-                        if in_archive {
-                            sink.event(BackupEvent::ArchiveEnd).await?;
-                            in_archive = false;
-                        }
-                        in_manifest = true;
-                    }
-                    other => {
-                        return Err(S::Error::from(bad(format!(
-                            "unknown BASE_BACKUP message type {:?}",
-                            char::from(other)
-                        ))));
-                    }
-                }
-            }
-            ResponseEvent::CopyDone => {
+    while let Some(mut d) = next_copy_data(conn).await? {
+        if d.is_empty() {
+            return Err(S::Error::from(bad("empty CopyData in BASE_BACKUP")));
+        }
+        match d.get_u8() {
+            b'n' => {
                 if in_archive {
                     sink.event(BackupEvent::ArchiveEnd).await?;
                 }
-                return Ok(());
+                // Archives arrive in tablespace row order.
+                if next_archive >= tablespaces.len() {
+                    return Err(S::Error::from(bad("more archives than tablespaces")));
+                }
+                sink.event(BackupEvent::ArchiveStart(next_archive)).await?;
+                next_archive += 1;
+                in_archive = true;
             }
-            ResponseEvent::Error(e) => {
-                drain_to_ready(conn).await;
-                return Err(protocol::Error::Server(e).into());
+            b'd' if in_manifest => sink.event(BackupEvent::ManifestData(d)).await?,
+            b'd' if in_archive => sink.event(BackupEvent::ArchiveData(d)).await?,
+            b'd' => return Err(S::Error::from(bad("data before any archive"))),
+            b'p' => {
+                if d.len() < 8 {
+                    return Err(S::Error::from(bad("short progress message")));
+                }
+                sink.event(BackupEvent::Progress(d.get_u64())).await?;
+            }
+            b'm' => {
+                if in_archive {
+                    sink.event(BackupEvent::ArchiveEnd).await?;
+                    in_archive = false;
+                }
+                in_manifest = true;
             }
             other => {
                 return Err(S::Error::from(bad(format!(
-                    "unexpected {other:?} in the backup stream"
+                    "unknown BASE_BACKUP message type {:?}",
+                    char::from(other)
                 ))));
             }
         }
     }
+    if in_archive {
+        sink.event(BackupEvent::ArchiveEnd).await?;
+    }
+    Ok(())
 }
 
 async fn read_copy_streams_v14<S: BackupSink>(
@@ -338,26 +338,12 @@ async fn read_copy_streams_v14<S: BackupSink>(
         if !is_manifest {
             sink.event(BackupEvent::ArchiveStart(index)).await?;
         }
-        loop {
-            match conn.next_response_event().await? {
-                ResponseEvent::CopyData(d) => {
-                    if is_manifest {
-                        sink.event(BackupEvent::ManifestData(d)).await?;
-                    } else {
-                        received += d.len() as u64;
-                        sink.event(BackupEvent::ArchiveData(d)).await?;
-                    }
-                }
-                ResponseEvent::CopyDone => break,
-                ResponseEvent::Error(e) => {
-                    drain_to_ready(conn).await;
-                    return Err(protocol::Error::Server(e).into());
-                }
-                other => {
-                    return Err(S::Error::from(bad(format!(
-                        "unexpected {other:?} in the backup stream"
-                    ))));
-                }
+        while let Some(d) = next_copy_data(conn).await? {
+            if is_manifest {
+                sink.event(BackupEvent::ManifestData(d)).await?;
+            } else {
+                received += d.len() as u64;
+                sink.event(BackupEvent::ArchiveData(d)).await?;
             }
         }
         if !is_manifest {

@@ -47,7 +47,7 @@ pub(super) fn spawn_wal_stream(
             connection: Some(conn),
             slot_ready: true,
             durable: None,
-            metrics: None,
+            stats: None,
         };
         receiver::run(&stream_opts, &repo, &shutdown, plan).await
     })

@@ -11,7 +11,7 @@ use crate::progress::human_bytes;
 use crate::protocol::ConnInfo;
 use crate::shutdown::Shutdown;
 
-use super::{Checkpoint, RepoArgs};
+use super::args::{Checkpoint, RepoArgs};
 
 /// Arguments of `backup`.
 #[derive(Debug, clap::Args)]

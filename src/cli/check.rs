@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::inspect::check::{self, Check, Status};
 use crate::protocol::ConnInfo;
 
-use super::RepoArgs;
+use super::args::RepoArgs;
 
 /// Arguments of `check`.
 #[derive(Debug, clap::Args)]
@@ -71,7 +71,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             checks.push(Check {
                 name: "config",
                 status: Status::Critical,
-                message: format!("repository settings: {}", crate::error::chain(&e)),
+                message: format!("repository settings: {}", crate::error::chain(e.as_ref())),
             });
             None
         }

@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 
-use crate::restore::plan::{RecoveryTarget, parse_target_time};
+use crate::restore::plan::RecoveryTarget;
 
-use super::RepoArgs;
+use super::args::{RepoArgs, parse_target_time};
 
 /// Arguments of `drill`.
 #[derive(Debug, clap::Args)]
@@ -26,8 +27,8 @@ pub struct Args {
     #[arg(long)]
     pub backup: Option<String>,
     /// Recover to this time (with its UTC offset) instead of the end of the archive.
-    #[arg(long, conflicts_with = "target_name")]
-    pub target_time: Option<String>,
+    #[arg(long, conflicts_with = "target_name", value_parser = parse_target_time)]
+    pub target_time: Option<DateTime<Utc>>,
     /// Recover to this restore point (a mark).
     #[arg(long)]
     pub target_name: Option<String>,
@@ -56,14 +57,8 @@ pub struct Args {
 /// # Errors
 /// Bad arguments or settings (exit 2); a failed drill is exit 1 with its record printed.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let target = match (&args.target_time, &args.target_name) {
-        (Some(t), _) => RecoveryTarget::Time(parse_target_time(t).map_err(|reason| {
-            crate::config::Error::Invalid {
-                what: "--target-time",
-                value: t.clone(),
-                reason,
-            }
-        })?),
+    let target = match (args.target_time, &args.target_name) {
+        (Some(t), _) => RecoveryTarget::Time(t),
         (None, Some(n)) => RecoveryTarget::Name(n.clone()),
         (None, None) => RecoveryTarget::End,
     };

@@ -7,7 +7,7 @@ use anyhow::Context;
 use crate::progress::human_bytes;
 use crate::retention::expire::{ExpireOptions, ExpireReport};
 
-use super::{RepoArgs, RetentionArgs};
+use super::args::{RepoArgs, RetentionArgs};
 
 /// Arguments of `expire`.
 #[derive(Debug, clap::Args)]
@@ -102,9 +102,10 @@ fn print_report(r: &ExpireReport) {
         "WAL: {verb} {} objects ({}) below {}; {} superseded deltas; recovery possible from {}",
         r.wal_objects_removed,
         human_bytes(r.wal_bytes_removed),
-        r.floor_lsn.as_deref().unwrap_or("-"),
+        r.floor_lsn.map_or("-".into(), |l| l.to_string()),
         r.superseded_deltas_removed,
-        r.horizon_lsn.as_deref().unwrap_or("the archive's start"),
+        r.horizon_lsn
+            .map_or("the archive's start".into(), |l| l.to_string()),
     );
     for id in &r.interrupted_backups_removed {
         println!("{verb} the leftovers of interrupted backup {id}");

@@ -7,7 +7,7 @@ use anyhow::Context;
 use crate::progress::human_bytes;
 use crate::protocol::ConnInfo;
 
-use super::RepoArgs;
+use super::args::RepoArgs;
 
 /// Arguments of `info`.
 #[derive(Debug, clap::Args)]
@@ -92,12 +92,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 from,
                 t.earliest_backup.as_deref().unwrap_or("-"),
                 to,
-                t.archive_end_lsn.as_deref().unwrap_or("-")
+                t.archive_end_lsn.map_or("-".into(), |l| l.to_string())
             ),
             _ => println!(
                 "timeline {}: no backup restores onto it; archive end {}",
                 t.timeline,
-                t.archive_end_lsn.as_deref().unwrap_or("-")
+                t.archive_end_lsn.map_or("-".into(), |l| l.to_string())
             ),
         }
     }
@@ -115,7 +115,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "retention: last expire {} with {}; floor {}",
             r.last_run,
             serde_json::to_string(&r.policy).expect("serializes"),
-            r.floor_lsn.as_deref().unwrap_or("-")
+            r.floor_lsn.map_or("-".into(), |l| l.to_string())
         ),
         None => println!("retention: expire has never run (everything is kept)"),
     }

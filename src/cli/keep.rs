@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::format::retention::{PIN_VERSION, Pin};
+use crate::format::retention::Pin;
 
-use super::RepoArgs;
+use super::args::RepoArgs;
 
 /// Arguments of `keep`.
 #[derive(Debug, clap::Args)]
@@ -89,36 +89,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let backups = crate::backup::list_backups(&repo)
-        .await
-        .context("list backups")?;
     if args.unkeep {
-        repo.delete_pin(&id).await.context("remove the pin")?;
+        crate::retention::pins::unpin(&repo, &id)
+            .await
+            .context("remove the pin")?;
         if !args.json {
             println!("backup {id} is no longer pinned");
         }
         return Ok(ExitCode::SUCCESS);
     }
-    if !backups.iter().any(|b| b.id == id) {
-        return Err(crate::config::Error::Invalid {
-            what: "backup id",
-            value: id,
-            reason: "no such backup in the repository (walvault list shows the ids)".into(),
-        }
-        .into());
-    }
-    let until = match args.for_duration {
-        Some(d) => Some(now + chrono::Duration::from_std(d).context("--for is too long")?),
-        None => None,
-    };
-    let pin = Pin {
-        version: PIN_VERSION,
-        backup_id: id.clone(),
-        reason: args.reason,
-        created: now,
-        until,
-    };
-    repo.write_pin(&pin).await.context("store the pin")?;
+    let pin = crate::retention::pins::pin(&repo, &id, args.reason, args.for_duration, now).await?;
     if args.json {
         println!(
             "{}",

@@ -4,12 +4,10 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use serde::Serialize;
 
 use crate::progress::human_bytes;
-use crate::storage::KeyUsage;
 
-use super::RepoArgs;
+use super::args::RepoArgs;
 
 /// Arguments of `key`.
 #[derive(Debug, clap::Args)]
@@ -51,16 +49,6 @@ pub enum Action {
     },
 }
 
-#[derive(Serialize)]
-struct KeyLine {
-    id: String,
-    listed: bool,
-    in_keyring: bool,
-    seals_new_objects: bool,
-    objects: u64,
-    bytes: u64,
-}
-
 /// Runs the action.
 ///
 /// # Errors
@@ -70,19 +58,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Action::List { repo, json } => list(&repo, json).await,
         Action::Add { repo } => {
             let (repo, manifest) = repo.open_existing().await?;
-            let mut ids: Vec<String> = repo
-                .keyring()
-                .ids()
-                .iter()
-                .map(|k| format!("{k:08x}"))
-                .collect();
-            for listed in &manifest.key_ids {
-                if !ids.contains(listed) {
-                    ids.push(listed.clone());
-                }
-            }
             let m = repo
-                .rewrite_key_ids(ids)
+                .add_keyring_keys(&manifest)
                 .await
                 .context("rewrite walvault.json")?;
             println!(
@@ -96,49 +73,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Action::Retire { repo, id } => {
             let (repo, manifest) = repo.open_existing().await?;
-            let refuse = |reason: String| -> anyhow::Result<ExitCode> {
-                Err(crate::config::Error::Invalid {
-                    what: "key to retire",
-                    value: id.clone(),
-                    reason,
-                }
-                .into())
-            };
-            if !manifest.key_ids.contains(&id) {
-                return refuse(format!(
-                    "walvault.json lists {}",
-                    manifest.key_ids.join(", ")
-                ));
-            }
-            if repo
-                .keyring()
-                .write_key()
-                .is_some_and(|k| format!("{:08x}", k.id()) == id)
-            {
-                return refuse(
-                    "it seals new objects (it is first in the key file): put the new key first"
-                        .into(),
-                );
-            }
-            let numeric = u32::from_str_radix(&id, 16).ok();
-            let usage = repo.key_usage().await.context("read object headers")?;
-            if let Some(u) = usage.get(&numeric).filter(|u| u.objects > 0) {
-                return refuse(format!(
-                    "{} objects ({}) are still sealed with it; let expire remove them (walvault expire), or keep the key",
-                    u.objects,
-                    human_bytes(u.bytes)
-                ));
-            }
-            let ids: Vec<String> = manifest
-                .key_ids
-                .iter()
-                .filter(|k| **k != id)
-                .cloned()
-                .collect();
-            let m = repo
-                .rewrite_key_ids(ids)
-                .await
-                .context("rewrite walvault.json")?;
+            let m = repo.retire_key(&manifest, &id).await.map_err(|e| match e {
+                refused @ crate::storage::Error::Retire { .. } => anyhow::Error::new(refused),
+                other => anyhow::Error::new(other).context("rewrite walvault.json"),
+            })?;
             println!(
                 "key {id} retired: walvault.json lists {}; a key file without {id} is accepted",
                 m.key_ids.join(", ")
@@ -150,52 +88,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 async fn list(repo: &RepoArgs, json: bool) -> anyhow::Result<ExitCode> {
     let (repo, manifest) = repo.open_existing().await?;
-    let usage = repo.key_usage().await.context("read object headers")?;
-    let keyring: Vec<String> = repo
-        .keyring()
-        .ids()
-        .iter()
-        .map(|k| format!("{k:08x}"))
-        .collect();
-    let mut ids: Vec<String> = manifest.key_ids.clone();
-    for id in keyring.iter().chain(
-        usage
-            .keys()
-            .flatten()
-            .map(|k| format!("{k:08x}"))
-            .collect::<Vec<_>>()
-            .iter(),
-    ) {
-        if !ids.contains(id) {
-            ids.push(id.clone());
-        }
-    }
-    let lines: Vec<KeyLine> = ids
-        .iter()
-        .map(|id| {
-            let u = usage
-                .get(&u32::from_str_radix(id, 16).ok())
-                .copied()
-                .unwrap_or(KeyUsage::default());
-            KeyLine {
-                id: id.clone(),
-                listed: manifest.key_ids.contains(id),
-                in_keyring: keyring.contains(id),
-                seals_new_objects: keyring.first() == Some(id),
-                objects: u.objects,
-                bytes: u.bytes,
-            }
-        })
-        .collect();
-    let plain = usage.get(&None).copied().unwrap_or_default();
+    let report = repo
+        .key_report(&manifest)
+        .await
+        .context("read object headers")?;
     if json {
-        println!(
-            "{}",
-            serde_json::json!({ "keys": lines, "unencrypted": plain })
-        );
+        println!("{}", serde_json::json!(report));
         return Ok(ExitCode::SUCCESS);
     }
-    for l in &lines {
+    for l in &report.keys {
         let mut notes = Vec::new();
         if l.seals_new_objects {
             notes.push("seals new objects");
@@ -215,6 +116,7 @@ async fn list(repo: &RepoArgs, json: bool) -> anyhow::Result<ExitCode> {
             notes.join(", ")
         );
     }
+    let plain = report.unencrypted;
     if plain.objects > 0 {
         println!(
             "unencrypted: {} objects, {}",

@@ -2,16 +2,9 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-use serde::Serialize;
-
 use crate::progress::human_bytes;
-use crate::storage::{Repository, layout};
-use crate::wal::index::ScanError;
-use crate::wal::inventory::WalInventory;
-use crate::wal::summary::{WalSummary, summarize};
 
-use super::RepoArgs;
+use super::args::RepoArgs;
 
 /// Arguments of `list`.
 #[derive(Debug, clap::Args)]
@@ -33,90 +26,13 @@ pub struct Args {
     pub json: bool,
 }
 
-/// `list --json` output, version 1.
-#[derive(Debug, Serialize)]
-struct ListOutput {
-    version: u32,
-    repository: String,
-    system_identifier: String,
-    pg_major: u32,
-    encryption: String,
-    backups: Vec<BackupSummary>,
-    wal: WalSummary,
-    wal_listing: WalListing,
-}
-
-/// How `list` learned the WAL part.
-#[derive(Debug, Serialize)]
-struct WalListing {
-    /// `index` (the index of the last expire run, and a listing after it) or `full`.
-    source: &'static str,
-    /// When the expire run that stored the index listed `wal/`.
-    index_time: Option<String>,
-    /// WAL objects listed from the store (the rest came from the index).
-    listed_objects: usize,
-}
-
-/// One backup in `list --json`.
-#[derive(Debug, Serialize)]
-struct BackupSummary {
-    id: String,
-    label: String,
-    start_time: String,
-    stop_time: String,
-    duration_seconds: f64,
-    size_bytes: u64,
-    stored_bytes: u64,
-    timeline: u32,
-    start_lsn: String,
-    stop_lsn: String,
-    wal_first_segment: String,
-    wal_last_segment: String,
-    source_server: String,
-    source_role: String,
-    server_version: String,
-}
-
 /// Prints the listing.
 ///
 /// # Errors
 /// Store errors, or an empty repository.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (repo, manifest) = args.repo.open_existing().await?;
-    let (inv, wal_listing) = scan_wal(&repo, manifest.wal_segment_size, args.full).await?;
-    let backups = crate::backup::list_backups(&repo)
-        .await
-        .context("list backups")?;
-    let backups: Vec<BackupSummary> = backups
-        .into_iter()
-        .map(|b| BackupSummary {
-            id: b.id,
-            label: b.label,
-            start_time: crate::format::time::to_text(&b.start_time),
-            stop_time: crate::format::time::to_text(&b.stop_time),
-            duration_seconds: b.duration_seconds,
-            size_bytes: b.plain_bytes,
-            stored_bytes: b.stored_bytes,
-            timeline: b.timeline.get(),
-            start_lsn: b.start_lsn.to_string(),
-            stop_lsn: b.stop_lsn.to_string(),
-            wal_first_segment: b.wal_range.first_segment,
-            wal_last_segment: b.wal_range.last_segment,
-            source_server: b.source.server,
-            source_role: b.source.role,
-            server_version: b.server_version,
-        })
-        .collect();
-    let out = ListOutput {
-        version: 1,
-        repository: repo.display().to_string(),
-        system_identifier: manifest.system_identifier.clone(),
-        pg_major: manifest.pg_major,
-        encryption: manifest.encryption.clone(),
-        backups,
-        wal: summarize(&inv, manifest.wal_segment_size),
-        wal_listing,
-    };
+    let out = crate::inspect::list::gather(&repo, &manifest, args.full).await?;
     if args.json {
         println!(
             "{}",
@@ -183,34 +99,4 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The archive's inventory: from the WAL index of the last expire run
-/// unless `full` (see [`WalInventory::scan_latest`]).
-async fn scan_wal(
-    repo: &Repository,
-    segment_size_bytes: u64,
-    full: bool,
-) -> anyhow::Result<(WalInventory, WalListing)> {
-    let (inv, source) = match WalInventory::scan_latest(repo, segment_size_bytes, !full).await {
-        Ok(scanned) => scanned,
-        Err(ScanError::Index(e)) => {
-            return Err(anyhow::Error::new(e).context(format!(
-                "the WAL index ({}) is unusable: `walvault list --full` lists every WAL object \
-                 without it, and the next expire run replaces it",
-                layout::WAL_INDEX
-            )));
-        }
-        Err(ScanError::Store(e)) => return Err(anyhow::Error::new(e).context("list WAL")),
-    };
-    let listing = WalListing {
-        source: if source.index_time.is_some() {
-            "index"
-        } else {
-            "full"
-        },
-        index_time: source.index_time.map(|t| crate::format::time::to_text(&t)),
-        listed_objects: source.listed_objects,
-    };
-    Ok((inv, listing))
 }

@@ -7,9 +7,10 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::config::parse_duration;
+use crate::lsn::Lsn;
 use crate::protocol::ConnInfo;
 
-use super::RepoArgs;
+use super::args::RepoArgs;
 
 /// Arguments of `mark`.
 #[derive(Debug, clap::Args)]
@@ -39,7 +40,7 @@ pub struct Args {
 #[derive(Serialize)]
 struct Output {
     name: String,
-    lsn: String,
+    lsn: Lsn,
     timeline: u32,
     time: String,
 }
@@ -64,7 +65,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("mark")?;
     let out = Output {
         name: mark.name,
-        lsn: mark.lsn.to_string(),
+        lsn: mark.lsn,
         timeline: mark.timeline.get(),
         time: crate::format::time::to_text(&mark.time),
     };

@@ -3,6 +3,7 @@
 //! library. The shared argument groups live here; no subcommand module
 //! imports another.
 
+pub mod args;
 pub mod backup;
 pub mod check;
 pub mod config_file;
@@ -23,39 +24,9 @@ pub mod wal_fetch;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
-use crate::cli::config_file::{ConfigFile, RepositorySecrets};
-use crate::format::manifest::RepositoryManifest;
-use crate::storage::Repository;
-use crate::telemetry::LogFormat;
-
-/// Log output format on stderr.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormatArg {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
-}
-
-impl From<LogFormatArg> for LogFormat {
-    fn from(a: LogFormatArg) -> Self {
-        match a {
-            LogFormatArg::Plain => LogFormat::Plain,
-            LogFormatArg::Json => LogFormat::Json,
-        }
-    }
-}
-
-/// Checkpoint mode at the start of a backup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Checkpoint {
-    /// Immediate checkpoint: the backup starts at once, with an I/O burst.
-    Fast,
-    /// Spread checkpoint: gentle on the server, may take up to checkpoint_timeout.
-    Spread,
-}
+use args::LogFormatArg;
 
 /// walvault: PostgreSQL WAL streaming archiver into encrypted object storage.
 #[derive(Debug, Parser)]
@@ -136,199 +107,6 @@ impl Command {
     }
 }
 
-/// What retention keeps (`expire` and the sidecar). Policies add up: a
-/// backup stays if any of them keeps it.
-#[derive(Debug, Clone, Default, Args)]
-pub struct RetentionArgs {
-    /// Keep the newest N full backups, and the WAL to recover to any moment since the oldest.
-    #[arg(long, env = "WALVAULT_RETAIN_FULL", value_parser = clap::value_parser!(u32).range(1..))]
-    pub retain_full: Option<u32>,
-    /// Keep every moment of this last span restorable (e.g. 7d, 30d): the backups that stopped
-    /// inside it, the newest one before it, and the WAL from there on.
-    #[arg(long, env = "WALVAULT_RETAIN_WINDOW", value_parser = crate::config::parse_duration)]
-    pub retain_window: Option<std::time::Duration>,
-    /// Keep the newest backup of each of the newest N days that have one (UTC).
-    #[arg(long, env = "WALVAULT_RETAIN_DAILY", value_parser = clap::value_parser!(u32).range(1..))]
-    pub retain_daily: Option<u32>,
-    /// Keep the newest backup of each of the newest N ISO weeks that have one.
-    #[arg(long, env = "WALVAULT_RETAIN_WEEKLY", value_parser = clap::value_parser!(u32).range(1..))]
-    pub retain_weekly: Option<u32>,
-    /// Keep the newest backup of each of the newest N months that have one.
-    #[arg(long, env = "WALVAULT_RETAIN_MONTHLY", value_parser = clap::value_parser!(u32).range(1..))]
-    pub retain_monthly: Option<u32>,
-    /// Keep the newest backup of each of the newest N years that have one.
-    #[arg(long, env = "WALVAULT_RETAIN_YEARLY", value_parser = clap::value_parser!(u32).range(1..))]
-    pub retain_yearly: Option<u32>,
-}
-
-impl RetentionArgs {
-    /// The policy these flags describe.
-    pub fn policy(&self) -> crate::retention::policy::Policy {
-        crate::retention::policy::Policy {
-            full: self.retain_full,
-            window: self.retain_window,
-            daily: self.retain_daily,
-            weekly: self.retain_weekly,
-            monthly: self.retain_monthly,
-            yearly: self.retain_yearly,
-        }
-    }
-}
-
-/// Where the repository is and how to read it.
-#[derive(Debug, Clone, Args)]
-pub struct RepoArgs {
-    /// Repository URL: file:///path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix.
-    /// S3 settings come from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
-    #[arg(long, env = "WALVAULT_REPO", required_unless_present = "repo_config")]
-    pub repo: Option<String>,
-    /// A JSON settings file (mode 0600) with the repository URL, key and store options, for use
-    /// without the environment (as restore_command): {"version": 1, "repo": "s3://b/p",
-    /// "key": "<64 hex>", "options": {"aws_endpoint": "...", "aws_access_key_id": "..."}}.
-    /// When given, it wins over --repo, --key-file and the WALVAULT_* and AWS_* variables.
-    #[arg(long, env = "WALVAULT_REPO_CONFIG")]
-    pub repo_config: Option<PathBuf>,
-    /// File with the encryption key(s): 64 hex characters per line, the first seals new objects.
-    /// Without it (and without WALVAULT_KEY) objects are only compressed and checksummed.
-    #[arg(long, env = "WALVAULT_KEY_FILE")]
-    pub key_file: Option<PathBuf>,
-    /// zstd level for new objects (1-19).
-    #[arg(long, env = "WALVAULT_COMPRESSION_LEVEL")]
-    pub compression_level: Option<i32>,
-    /// Storage class of new WAL objects (S3 `x-amz-storage-class`, GCS storage class), e.g.
-    /// STANDARD. Default: the bucket's.
-    #[arg(long, env = "WALVAULT_WAL_STORAGE_CLASS")]
-    pub wal_storage_class: Option<String>,
-    /// Storage class of new backup objects, e.g. STANDARD_IA. A restore from an archive class
-    /// (GLACIER, DEEP_ARCHIVE) needs the objects restored by the store first.
-    #[arg(long, env = "WALVAULT_BACKUP_STORAGE_CLASS")]
-    pub backup_storage_class: Option<String>,
-    /// The configuration file (`--config`), for the key and store options it may hold.
-    #[arg(from_global)]
-    pub config: Option<PathBuf>,
-}
-
-impl RepoArgs {
-    /// Opens the repository; the key may also come from `WALVAULT_KEY`.
-    ///
-    /// # Errors
-    /// Configuration errors (exit code 2).
-    pub fn open(&self) -> Result<Repository, crate::config::Error> {
-        let classes = crate::storage::StorageClasses {
-            wal: self.wal_storage_class.clone(),
-            backup: self.backup_storage_class.clone(),
-        };
-        Ok(self.open_store()?.with_storage_classes(classes))
-    }
-
-    fn open_store(&self) -> Result<Repository, crate::config::Error> {
-        if let Some(path) = &self.repo_config {
-            let cfg = crate::config::settings_file::load_repository_config(path)?;
-            let keyring = match cfg.key.as_deref() {
-                Some(text) => {
-                    crate::format::Keyring::from_key_file_text(text, &path.display().to_string())?
-                }
-                None => crate::format::Keyring::none(),
-            };
-            let options: Vec<(String, String)> = cfg.options.into_iter().collect();
-            return crate::config::open_repository_with(
-                &cfg.repo,
-                &options,
-                keyring,
-                self.compression_level,
-            );
-        }
-        let env_key = std::env::var("WALVAULT_KEY").ok();
-        let file = self.file_secrets()?;
-        let keyring = match self.file_key(&file, env_key.as_deref()) {
-            Some(text) => crate::format::Keyring::from_key_file_text(
-                secrecy::ExposeSecret::expose_secret(text),
-                "the configuration file's [repository] key",
-            )?,
-            None => crate::config::load_keyring(self.key_file.as_ref(), env_key.as_deref())?,
-        };
-        let url = self
-            .repo
-            .as_deref()
-            .ok_or(crate::config::Error::Missing("--repo (or WALVAULT_REPO)"))?;
-        let vars: Vec<(String, String)> = std::env::vars().collect();
-        let options = crate::storage::options_under_environment(url, &file.option_pairs(), &vars)?;
-        crate::config::open_repository_with(url, &options, keyring, self.compression_level)
-    }
-
-    /// The key and store options of the configuration file, if one is given.
-    fn file_secrets(&self) -> Result<RepositorySecrets, crate::config::Error> {
-        Ok(match &self.config {
-            Some(path) => ConfigFile::read(path, parse::SECRET_FLAGS)?
-                .repository()
-                .clone(),
-            None => RepositorySecrets::default(),
-        })
-    }
-
-    /// The file's key, used only when neither a key file (flag, environment
-    /// or the file's key_file) nor WALVAULT_KEY gives one: they win over it.
-    fn file_key<'a>(
-        &self,
-        file: &'a RepositorySecrets,
-        env_key: Option<&str>,
-    ) -> Option<&'a secrecy::SecretString> {
-        let env_key = env_key.filter(|k| !k.trim().is_empty());
-        file.key
-            .as_ref()
-            .filter(|_| self.key_file.is_none() && env_key.is_none())
-    }
-
-    /// The settings a command run without the environment (restore_command)
-    /// needs to reach this repository: the settings file given, or the URL,
-    /// key and store options of this process's environment.
-    ///
-    /// # Errors
-    /// Configuration errors.
-    pub fn settings(&self) -> anyhow::Result<crate::config::settings_file::RepositoryConfigFile> {
-        use crate::config::settings_file;
-        if let Some(path) = &self.repo_config {
-            return Ok(settings_file::load_repository_config(path)?);
-        }
-        let env_key = std::env::var("WALVAULT_KEY").ok();
-        let file = self.file_secrets()?;
-        let key = match (&self.key_file, self.file_key(&file, env_key.as_deref())) {
-            (Some(path), _) => {
-                // Every key of the file (old objects may need an older key).
-                crate::config::keys::read_key_file(path)?;
-                Some(std::fs::read_to_string(path)?)
-            }
-            (None, Some(text)) => Some(secrecy::ExposeSecret::expose_secret(text).to_string()),
-            (None, None) => env_key,
-        };
-        let url = self
-            .repo
-            .as_deref()
-            .ok_or(crate::config::Error::Missing("--repo (or WALVAULT_REPO)"))?;
-        let vars: Vec<(String, String)> = std::env::vars().collect();
-        let mut cfg = settings_file::from_environment(url, key, &vars)?;
-        cfg.options
-            .extend(crate::storage::options_under_environment(
-                url,
-                &file.option_pairs(),
-                &vars,
-            )?);
-        Ok(cfg)
-    }
-
-    /// Opens a repository that must exist already, checking the keys against it.
-    ///
-    /// # Errors
-    /// Configuration errors, a wrong key, or an empty repository.
-    pub async fn open_existing(&self) -> anyhow::Result<(Repository, RepositoryManifest)> {
-        let repo = self.open()?;
-        let manifest = repo.open_manifest().await?.ok_or_else(|| {
-            anyhow::anyhow!("repository {} is empty (no walvault.json)", repo.display())
-        })?;
-        Ok((repo, manifest))
-    }
-}
-
 /// Runs the parsed command.
 ///
 /// # Errors
@@ -364,6 +142,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
     let is_usage = err.chain().any(|e| {
         e.is::<crate::config::Error>()
+            || e.is::<config_file::Error>()
             || e.is::<crate::protocol::conninfo::ConnInfoError>()
             || e.is::<crate::format::key::KeyError>()
             || e.is::<crate::format::manifest::MismatchError>()
@@ -372,6 +151,12 @@ pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
             || e.downcast_ref::<crate::wal::receiver::Error>()
                 .is_some_and(crate::wal::receiver::Error::is_configuration)
             || e.is::<crate::restore::tablespaces::TablespaceError>()
+            || e.downcast_ref::<crate::restore::prepare::PrepareError>()
+                .is_some_and(crate::restore::prepare::PrepareError::is_usage)
+            || e.downcast_ref::<crate::config::resolve::OpenError>()
+                .is_some_and(crate::config::resolve::OpenError::is_configuration)
+            || e.downcast_ref::<crate::retention::pins::PinError>()
+                .is_some_and(crate::retention::pins::PinError::is_usage)
             || e.downcast_ref::<crate::wal::mark::Error>()
                 .is_some_and(crate::wal::mark::Error::is_usage)
             || e.is::<crate::lsn::ParseWalFileError>()

@@ -1,6 +1,6 @@
 //! Reading the command line with the configuration file under it: find
 //! `--config` (or `WALVAULT_CONFIG`), make the file's settings the defaults
-//! of their flags (see [`crate::cli::config_file`]), parse, and refuse secrets
+//! of their flags (see [`super::config_file`]), parse, and refuse secrets
 //! given as flags. Nothing here names a command or a flag other than the
 //! secret-bearing ones, so commands added later are covered.
 
@@ -10,9 +10,9 @@ use std::process::ExitCode;
 
 use clap::{Args as _, CommandFactory, FromArgMatches};
 
-use crate::cli::config_file::{ConfigFile, Layout, SecretFlag};
-
-use super::{Cli, RepoArgs};
+use super::Cli;
+use super::args::{KEY_VARIABLE, RepoArgs};
+use super::config_file::{self, ConfigFile, Layout, SecretFlag};
 
 /// Flags whose values may carry a secret. The command line is visible to
 /// every user of the machine, so such values are refused there; the
@@ -44,8 +44,6 @@ pub const SECRET_FLAGS: &[SecretFlag] = &[
 
 /// The id of the global flag naming the configuration file.
 const CONFIG_FLAG: &str = "config";
-/// The variable holding the key, which wins over the file's key settings.
-const KEY_VARIABLE: &str = "WALVAULT_KEY";
 /// The command whose failures must exit above 125 (PostgreSQL's
 /// restore_command reads 1 to 125 as "not in the archive").
 const WAL_FETCH: &str = "wal-fetch";
@@ -58,7 +56,7 @@ pub enum ParseError {
     /// A configuration file problem or a secret on the command line.
     Config {
         /// What is wrong.
-        error: Box<crate::config::Error>,
+        error: Box<config_file::Error>,
         /// The command asked for, if known.
         command: Option<String>,
     },
@@ -102,21 +100,21 @@ where
     let command = lenient
         .as_ref()
         .and_then(|m| m.subcommand_name().map(str::to_string));
-    let config_error = |error: crate::config::Error, command: Option<String>| ParseError::Config {
+    let config_error = |error: config_file::Error, command: Option<String>| ParseError::Config {
         error: Box::new(error),
         command,
     };
     // First, so that a secret on the command line is refused whatever else
     // is wrong there.
     if let Some(m) = &lenient {
-        crate::cli::config_file::check_command_line(m, SECRET_FLAGS)
-            .map_err(|e| config_error(e.into(), command.clone()))?;
+        config_file::check_command_line(m, SECRET_FLAGS)
+            .map_err(|e| config_error(e, command.clone()))?;
     }
     let config = lenient.and_then(|m| m.get_one::<PathBuf>(CONFIG_FLAG).cloned());
     let mut root = protect_secret_flags(Cli::command());
     if let Some(path) = &config {
-        let file = ConfigFile::read(path, SECRET_FLAGS)
-            .map_err(|e| config_error(e.into(), command.clone()))?;
+        let file =
+            ConfigFile::read(path, SECRET_FLAGS).map_err(|e| config_error(e, command.clone()))?;
         let repository = repository_flags();
         let layout = Layout {
             repository: &repository,
@@ -133,13 +131,13 @@ where
         };
         root = file
             .apply(root, &layout, leave_out)
-            .map_err(|e| config_error(e.into(), command.clone()))?;
+            .map_err(|e| config_error(e, command.clone()))?;
     }
     let matches = root
         .try_get_matches_from_mut(&argv)
         .map_err(ParseError::Clap)?;
-    crate::cli::config_file::check_command_line(&matches, SECRET_FLAGS)
-        .map_err(|e| config_error(e.into(), matches.subcommand_name().map(str::to_string)))?;
+    config_file::check_command_line(&matches, SECRET_FLAGS)
+        .map_err(|e| config_error(e, matches.subcommand_name().map(str::to_string)))?;
     Cli::from_arg_matches(&matches).map_err(|e| ParseError::Clap(e.format(&mut root)))
 }
 

@@ -4,34 +4,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 
-use crate::backup::list_backups;
+use crate::config::ByteSize;
+use crate::lsn::Lsn;
 use crate::progress::human_bytes;
 use crate::restore::start::{StartOptions, StartOutcome};
-use crate::restore::{RecoveryTarget, RestoreRequest, TargetAction, TimelineTarget, plan_restore};
+use crate::restore::{RecoveryOptions, RecoveryTarget, RestoreOptions, TimelineTarget, prepare};
 
-use super::RepoArgs;
-
-/// What PostgreSQL does at the target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum TargetActionArg {
-    /// End recovery and open for writes.
-    Promote,
-    /// Stay paused in recovery.
-    Pause,
-    /// Shut down at the target.
-    Shutdown,
-}
-
-impl From<TargetActionArg> for TargetAction {
-    fn from(a: TargetActionArg) -> Self {
-        match a {
-            TargetActionArg::Promote => TargetAction::Promote,
-            TargetActionArg::Pause => TargetAction::Pause,
-            TargetActionArg::Shutdown => TargetAction::Shutdown,
-        }
-    }
-}
+use super::args::{
+    RepoArgs, TargetActionArg, parse_byte_size_arg, parse_target_lsn, parse_target_time,
+    parse_target_timeline, parse_target_xid,
+};
 
 /// Arguments of `restore`.
 #[derive(Debug, clap::Args)]
@@ -53,14 +37,14 @@ pub struct Args {
     #[arg(long)]
     pub backup: Option<String>,
     /// Recover to this time (with an explicit UTC offset, e.g. "2026-11-21 10:15:00+00").
-    #[arg(long, conflicts_with_all = ["target_lsn", "target_xid", "target_name"])]
-    pub target_time: Option<String>,
+    #[arg(long, conflicts_with_all = ["target_lsn", "target_xid", "target_name"], value_parser = parse_target_time)]
+    pub target_time: Option<DateTime<Utc>>,
     /// Recover to this LSN.
-    #[arg(long, conflicts_with_all = ["target_xid", "target_name"])]
-    pub target_lsn: Option<String>,
+    #[arg(long, conflicts_with_all = ["target_xid", "target_name"], value_parser = parse_target_lsn)]
+    pub target_lsn: Option<Lsn>,
     /// Recover to this transaction id.
-    #[arg(long, conflicts_with = "target_name")]
-    pub target_xid: Option<String>,
+    #[arg(long, conflicts_with = "target_name", value_parser = parse_target_xid)]
+    pub target_xid: Option<u64>,
     /// Recover to this restore point (pg_create_restore_point, walvault mark).
     #[arg(long, conflicts_with = "target_immediate")]
     pub target_name: Option<String>,
@@ -69,8 +53,8 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["target_time", "target_lsn", "target_xid"])]
     pub target_immediate: bool,
     /// recovery_target_timeline: latest, current, or a number.
-    #[arg(long, default_value = "latest")]
-    pub target_timeline: String,
+    #[arg(long, default_value = "latest", value_parser = parse_target_timeline)]
+    pub target_timeline: TimelineTarget,
     /// What PostgreSQL does at the target.
     #[arg(long, value_enum, default_value = "promote")]
     pub target_action: TargetActionArg,
@@ -87,8 +71,8 @@ pub struct Args {
     #[arg(long, default_value_t = 8)]
     pub prefetch: u64,
     /// Most bytes the prefetch spool (pg_wal/walvault-spool in the data directory) may hold.
-    #[arg(long, default_value = "512MiB")]
-    pub spool_max: String,
+    #[arg(long, default_value = "512MiB", value_parser = parse_byte_size_arg)]
+    pub spool_max: ByteSize,
     /// How long restore_command retries a store that fails or does not answer before
     /// recovery stops (rather than ending early).
     #[arg(long, default_value = "5m", value_parser = crate::config::parse_duration)]
@@ -119,38 +103,23 @@ pub struct Args {
     pub user: String,
 }
 
-fn usage(what: &'static str, value: &str, reason: impl Into<String>) -> crate::config::Error {
-    crate::config::Error::Invalid {
-        what,
-        value: value.to_string(),
-        reason: reason.into(),
-    }
-}
-
-fn parse_target(args: &Args) -> Result<RecoveryTarget, crate::config::Error> {
-    if let Some(t) = &args.target_time {
-        let parsed =
-            crate::restore::plan::parse_target_time(t).map_err(|e| usage("--target-time", t, e))?;
-        return Ok(RecoveryTarget::Time(parsed));
-    }
-    if let Some(l) = &args.target_lsn {
-        return Ok(RecoveryTarget::Lsn(l.parse().map_err(
-            |e: crate::lsn::ParseLsnError| usage("--target-lsn", l, e.to_string()),
-        )?));
-    }
-    if let Some(x) = &args.target_xid {
-        if x.parse::<u64>().is_err() {
-            return Err(usage("--target-xid", x, "a transaction id is a number"));
+impl Args {
+    /// Where recovery stops, from the one target flag given (clap refuses two).
+    fn target(&self) -> RecoveryTarget {
+        match (
+            self.target_time,
+            self.target_lsn,
+            self.target_xid,
+            &self.target_name,
+        ) {
+            (Some(t), ..) => RecoveryTarget::Time(t),
+            (_, Some(l), ..) => RecoveryTarget::Lsn(l),
+            (_, _, Some(x), _) => RecoveryTarget::Xid(x),
+            (.., Some(n)) => RecoveryTarget::Name(n.clone()),
+            _ if self.target_immediate => RecoveryTarget::Immediate,
+            _ => RecoveryTarget::End,
         }
-        return Ok(RecoveryTarget::Xid(x.clone()));
     }
-    if let Some(n) = &args.target_name {
-        return Ok(RecoveryTarget::Name(n.clone()));
-    }
-    if args.target_immediate {
-        return Ok(RecoveryTarget::Immediate);
-    }
-    Ok(RecoveryTarget::End)
 }
 
 /// Restores, and prints where recovery will stop.
@@ -158,32 +127,19 @@ fn parse_target(args: &Args) -> Result<RecoveryTarget, crate::config::Error> {
 /// # Errors
 /// Refusals before writing (usage errors, exit 2, or plan errors, exit 1)
 /// and failures while fetching.
-pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
-    // restore_command runs in the data directory: every path it names is absolute.
-    args.pgdata = std::path::absolute(&args.pgdata).context("resolve --pgdata")?;
-    if let Some(f) = &args.settings_file {
-        args.settings_file = Some(std::path::absolute(f).context("resolve --settings-file")?);
-    }
-    let target = parse_target(&args)?;
-    let timeline: TimelineTarget = args
-        .target_timeline
-        .parse()
-        .map_err(|e: String| usage("--target-timeline", &args.target_timeline, e))?;
-    if let Err(e) = crate::config::parse_byte_size(&args.spool_max) {
-        anyhow::bail!(usage("--spool-max", &args.spool_max, e.to_string()));
-    }
-    let ts_map = crate::restore::tablespaces::parse_map(&args.tablespace_map)?;
-    if !crate::restore::tablespaces::is_empty_dir(&args.pgdata) {
-        anyhow::bail!(usage(
-            "--pgdata",
-            &args.pgdata.display().to_string(),
-            "the directory is not empty; restore into an empty or new directory",
-        ));
-    }
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let options = RestoreOptions {
+        pgdata: args.pgdata.clone(),
+        backup: args.backup.clone(),
+        target: args.target(),
+        timeline: args.target_timeline,
+        tablespace_map: crate::restore::tablespaces::parse_map(&args.tablespace_map)?,
+        tablespaces_under: None,
+        settings_file: args.settings_file.clone(),
+    };
     let (repo, _) = args.repo.open_existing().await?;
-    let backups = list_backups(&repo).await.context("list backups")?;
-    let plan = plan_restore(&repo, backups, args.backup.as_deref(), &target, timeline).await?;
-    let b = &plan.backup;
+    let prepared = prepare(&repo, &options).await?;
+    let (plan, b) = (&prepared.plan, &prepared.plan.backup);
     println!(
         "plan: backup {} ({} taken {} .. {}, {}, timeline {}), WAL on timeline {} from {} to {} (archive end {}), target {}",
         b.id,
@@ -200,55 +156,27 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
         plan.first_segment,
         plan.last_segment,
         plan.wal_end,
-        match &target {
-            RecoveryTarget::End => "end of the archive".to_string(),
-            RecoveryTarget::Time(t) => format!("time {}", t.to_rfc3339()),
-            RecoveryTarget::Lsn(l) => format!("LSN {l}"),
-            RecoveryTarget::Xid(x) => format!("xid {x}"),
-            RecoveryTarget::Name(n) => format!("restore point {n:?}"),
-            RecoveryTarget::Immediate => "the backup's consistency point".to_string(),
-        }
+        prepared.target,
     );
-    let tablespace_dirs = crate::restore::tablespaces::choose_dirs(b, &ts_map)?;
-    let settings_file = args
-        .settings_file
-        .clone()
-        .unwrap_or_else(|| crate::restore::default_settings_file(&args.pgdata));
-    if settings_file.starts_with(&args.pgdata)
-        || tablespace_dirs
-            .iter()
-            .any(|(_, d)| settings_file.starts_with(d))
-    {
-        anyhow::bail!(usage(
-            "--settings-file",
-            &settings_file.display().to_string(),
-            "it holds the key and store credentials and must not be inside the data or a tablespace directory",
-        ));
-    }
     if args.dry_run {
         return Ok(ExitCode::SUCCESS);
     }
-    let request = RestoreRequest {
-        pgdata: args.pgdata.clone(),
-        tablespace_dirs,
+    let recovery = RecoveryOptions {
         settings: args.repo.settings()?,
-        settings_file,
         walvault: std::env::current_exe().context("find the walvault binary")?,
-        target,
         exclusive: args.exclusive,
         action: args.target_action.into(),
-        timeline: args.target_timeline.clone(),
         standby: args.standby,
         prefetch: args.prefetch,
-        spool_max: args.spool_max.clone(),
+        spool_max: args.spool_max,
         fetch_timeout: args.fetch_timeout,
     };
-    let restored = crate::restore::execute(&repo, &plan, &request).await?;
+    let restored = crate::restore::execute(&repo, &prepared, &recovery).await?;
     tracing::info!(requests = repo.requests().summary(), "store requests");
     println!(
         "restored backup {} into {}: {} unpacked in {:.1}s, synced in {:.1}s",
         b.id,
-        args.pgdata.display(),
+        prepared.pgdata.display(),
         human_bytes(b.plain_bytes),
         restored.unpacked.as_secs_f64(),
         restored.synced.as_secs_f64()
@@ -258,7 +186,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let start = StartOptions {
-        pgdata: args.pgdata.clone(),
+        pgdata: prepared.pgdata.clone(),
         pg_bin: args.pg_bin.clone(),
         port: args.port,
         socket_dir: args.socket_dir.clone(),
@@ -276,19 +204,10 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     })
     .await?;
     match outcome {
-        StartOutcome::ShutDown { log } => {
-            // recovery_end_command does not run when recovery shuts down at
-            // its target: the prefetch spool goes here.
-            let spool = crate::restore::spool::Spool::new(crate::restore::spool_dir(&args.pgdata));
-            tokio::task::spawn_blocking(move || spool.clean(crate::restore::serve::SPOOL_WAIT))
-                .await
-                .expect("cleaning does not panic")
-                .context("clean the prefetch spool")?;
-            println!(
-                "recovery reached the target and the server shut down as asked; see {}",
-                log.display()
-            );
-        }
+        StartOutcome::ShutDown { log } => println!(
+            "recovery reached the target and the server shut down as asked; see {}",
+            log.display()
+        ),
         StartOutcome::Stopped {
             promoted,
             lsn,

@@ -6,15 +6,12 @@ use std::time::Duration;
 use anyhow::Context;
 use tracing::info;
 
-use crate::backup::{BackupOptions, DEFAULT_PART_SIZE_BYTES};
 use crate::config::{parse_byte_size, parse_duration};
 use crate::protocol::ConnInfo;
-use crate::schedule::Schedule;
 use crate::shutdown::Shutdown;
-use crate::sidecar::{self, BackupSchedule};
-use crate::wal::receiver::StreamOptions;
+use crate::sidecar::{self, SidecarSettings};
 
-use super::{Checkpoint, RepoArgs, RetentionArgs};
+use super::args::{Checkpoint, RepoArgs, RetentionArgs};
 
 /// Default memory budget for WAL held in memory.
 const DEFAULT_MEMORY_BUDGET: &str = "256MiB";
@@ -108,121 +105,37 @@ pub struct Args {
 /// Configuration errors, or a stream failure that reconnecting cannot fix.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let conninfo = ConnInfo::parse(&args.pg, &|k| std::env::var(k).ok()).context("parse --pg")?;
-    let repo = args.repo.open()?;
-    if args.flush_interval.is_zero() {
-        anyhow::bail!(crate::config::Error::Invalid {
-            what: "--flush-interval",
-            value: "0".into(),
-            reason: "must be positive (use --synchronous for per-batch uploads)".into(),
-        });
-    }
-    if args.memory_budget < 4 << 20 {
-        anyhow::bail!(crate::config::Error::Invalid {
-            what: "--memory-budget",
-            value: args.memory_budget.to_string(),
-            reason: "must hold at least 4 MiB".into(),
-        });
-    }
-    let opts = StreamOptions {
+    let source = args.repo.source()?;
+    let repo = source.open()?;
+    let settings = SidecarSettings {
         conninfo,
         slot: args.slot,
         flush_interval: args.flush_interval,
         synchronous: args.synchronous,
         memory_budget_bytes: args.memory_budget,
-        upload_concurrency: args.upload_concurrency.max(1),
+        upload_concurrency: args.upload_concurrency,
         shutdown_timeout: args.shutdown_timeout,
+        backup_schedule: args.backup_schedule,
+        backup_fast_checkpoint: args.backup_checkpoint == Checkpoint::Fast,
+        retention: args.retention.policy(),
+        expire_interval: args.expire_interval,
+        metrics_addr: args.metrics_addr,
+        rpo: args.rpo,
+        backup_max_age: args.backup_max_age,
+        notify_webhook: args.notify_webhook,
+        drill_schedule: args.drill_schedule,
+        drill_scratch: args.drill_scratch,
+        pg_bin: args.pg_bin,
     };
-    let backups = match &args.backup_schedule {
-        Some(text) => Some(BackupSchedule {
-            schedule: Schedule::parse(text).map_err(|e| crate::config::Error::Invalid {
-                what: "--backup-schedule",
-                value: text.clone(),
-                reason: e.to_string(),
-            })?,
-            options: BackupOptions::new(
-                opts.conninfo.clone(),
-                args.backup_checkpoint == Checkpoint::Fast,
-                DEFAULT_PART_SIZE_BYTES,
-                opts.upload_concurrency,
-                opts.memory_budget_bytes,
-            ),
-        }),
-        None => None,
-    };
-    let listener = match &args.metrics_addr {
-        Some(addr) => {
-            let listener = crate::metrics::http::bind(addr).await.map_err(|e| {
-                crate::config::Error::Invalid {
-                    what: "--metrics-addr",
-                    value: addr.clone(),
-                    reason: format!("cannot listen there: {e}"),
-                }
-            })?;
-            info!(addr = %listener.local_addr().map_or(addr.clone(), |a| a.to_string()), "serving /metrics and /health");
-            Some(listener)
-        }
-        None => None,
-    };
-    if let Some(url) = &args.notify_webhook
-        && !(url.starts_with("https://") || url.starts_with("http://"))
-    {
-        anyhow::bail!(crate::config::Error::Invalid {
-            what: "--notify-webhook",
-            value: url.clone(),
-            reason: "give an http:// or https:// URL".into(),
-        });
-    }
-    let monitoring =
-        (listener.is_some() || args.notify_webhook.is_some()).then(|| sidecar::Monitoring {
-            metrics: crate::metrics::Metrics::new(repo.clone()),
-            listener,
-            webhook: args.notify_webhook.clone(),
-            thresholds: crate::metrics::health::Thresholds {
-                rpo: args.rpo,
-                backup_max_age: args.backup_max_age,
-            },
-            conninfo: opts.conninfo.clone(),
-            slot: opts.slot.clone(),
-        });
-    let drills = match &args.drill_schedule {
-        Some(text) => Some(sidecar::DrillSchedule {
-            schedule: Schedule::parse(text).map_err(|e| crate::config::Error::Invalid {
-                what: "--drill-schedule",
-                value: text.clone(),
-                reason: e.to_string(),
-            })?,
-            options: crate::restore::drill::DrillOptions {
-                backup: None,
-                target: crate::restore::plan::RecoveryTarget::End,
-                scratch_parent: std::path::absolute(
-                    args.drill_scratch
-                        .clone()
-                        .unwrap_or_else(std::env::temp_dir),
-                )
-                .context("resolve --drill-scratch")?,
-                pg_bin: args.pg_bin.clone(),
-                port: 5432,
-                user: "postgres".into(),
-                check_sql: None,
-                settings: args.repo.settings()?,
-                walvault: std::env::current_exe().context("find the walvault binary")?,
-            },
-        }),
-        None => None,
-    };
-    let policy = args.retention.policy();
-    let expire = (!policy.is_empty()).then(|| sidecar::ExpireSchedule {
-        policy,
-        interval: args.expire_interval.max(Duration::from_secs(1)),
-    });
+    let sidecar = settings.assemble(&repo, &source).await?;
+    let opts = &sidecar.stream;
     info!(server = %opts.conninfo.describe(), repo = repo.display(), slot = opts.slot,
           synchronous = opts.synchronous, "walvault stream starting");
     let shutdown = Shutdown::new();
     shutdown.cancel_on_signals();
-    let (summary, scheduled) =
-        sidecar::run(&opts, backups, expire, drills, monitoring, &repo, &shutdown)
-            .await
-            .context("stream WAL")?;
+    let (summary, scheduled) = sidecar::run(sidecar, &repo, &shutdown)
+        .await
+        .context("stream WAL")?;
     info!(durable = %summary.durable, objects = summary.objects, bytes = summary.plain_bytes,
           backups = scheduled.completed, failed_backups = scheduled.failed,
           requests = repo.requests().summary(), "walvault stream stopped");

@@ -4,11 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::backup::list_backups;
 use crate::inspect::verify::{verify_backup, verify_wal};
 use crate::progress::Progress;
 
-use super::RepoArgs;
+use super::args::RepoArgs;
 
 /// Arguments of `verify`.
 #[derive(Debug, clap::Args)]
@@ -39,7 +38,7 @@ pub struct Args {
 /// Store errors, or an unknown backup id.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (repo, manifest) = args.repo.open_existing().await?;
-    let mut backups = list_backups(&repo).await.context("list backups")?;
+    let mut backups = repo.list_backups().await.context("list backups")?;
     if let Some(id) = &args.backup {
         backups.retain(|b| &b.id == id);
         if backups.is_empty() {

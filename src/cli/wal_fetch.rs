@@ -3,12 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
+use crate::restore::serve::{FetchAction, FetchRequest, Served, wal_fetch};
 
-use crate::restore::serve::{SPOOL_WAIT, Served, serve_from_repository, serve_from_spool};
-use crate::restore::spool::{PrefetchSettings, Spool};
-
-use super::RepoArgs;
+use super::args::RepoArgs;
 
 /// Arguments of `wal-fetch`.
 #[derive(Debug, clap::Args)]
@@ -62,84 +59,31 @@ fn parse_size(s: &str) -> Result<u64, String> {
 /// # Errors
 /// Store or integrity errors; a missing file is exit code 1, not an error.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let started = std::time::Instant::now();
-    let spool = args
-        .spool
-        .as_ref()
-        .filter(|_| args.prefetch > 0 || args.clean_spool)
-        .map(Spool::new);
-    if args.clean_spool {
-        let spool = spool.expect("--clean-spool requires --spool");
-        if let Some(summary) = spool.served_summary() {
-            // recovery_end_command's stderr goes to PostgreSQL's log.
-            eprintln!("walvault wal-fetch: {summary}");
+    let action = if args.clean_spool {
+        FetchAction::CleanSpool
+    } else if args.prefetch_worker {
+        FetchAction::PrefetchWorker
+    } else {
+        FetchAction::Serve {
+            name: args.file_name.clone().expect("required by clap"),
+            dest: args.dest.clone().expect("required by clap"),
         }
-        tokio::task::spawn_blocking(move || spool.clean(SPOOL_WAIT))
-            .await
-            .expect("cleaning does not panic")
-            .context("clean the spool")?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if args.prefetch_worker {
-        let Some(spool) = spool else {
-            return Ok(ExitCode::SUCCESS);
-        };
-        let (repo, manifest) = args.repo.open_existing().await?;
-        let settings = PrefetchSettings {
-            depth: args.prefetch,
-            max_bytes: args.spool_max,
-        };
-        let n = spool
-            .run_worker(&repo, manifest.wal_segment_size, settings)
-            .await
-            .with_context(|| format!("prefetch into {}", spool.dir().display()))?;
-        tracing::debug!(segments = n, "prefetch worker done");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let name = args.file_name.clone().expect("required by clap");
-    let dest = args.dest.clone().expect("required by clap");
-    if let Some(spool) = &spool
-        && serve_from_spool(&name, &dest, spool).await
-    {
-        spool.record_served(&name, "spool", started.elapsed());
-        return Ok(ExitCode::SUCCESS);
-    }
-    // Opening the repository reads walvault.json: it counts against the
-    // same deadline as the fetch.
-    let (repo, manifest) = tokio::time::timeout(args.fetch_timeout, args.repo.open_existing())
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "the repository did not answer within --fetch-timeout ({:?})",
-                args.fetch_timeout
-            )
-        })??;
-    // No signal handler: PostgreSQL stops restore_command with SIGTERM and
-    // expects it to die of that signal.
-    let cancel = tokio_util::sync::CancellationToken::new();
-    match serve_from_repository(
-        &repo,
-        &manifest,
-        &name,
-        &dest,
-        spool.as_ref(),
-        args.fetch_timeout,
-        &cancel,
-    )
-    .await?
-    {
+    };
+    let request = FetchRequest {
+        action,
+        spool: args.spool.clone(),
+        prefetch: args.prefetch,
+        spool_max_bytes: args.spool_max,
+        fetch_timeout: args.fetch_timeout,
+    };
+    let source = args.repo.source()?;
+    match wal_fetch(&request, &source).await? {
         Served::NotInArchive => {
-            if let Some(spool) = &spool {
-                spool.record_served(&name, "missing", started.elapsed());
+            if let Some(name) = &args.file_name {
+                eprintln!("walvault wal-fetch: {name} is not in the archive");
             }
-            eprintln!("walvault wal-fetch: {name} is not in the archive");
             Ok(ExitCode::from(1))
         }
-        Served::Fetched => {
-            if let Some(spool) = &spool {
-                spool.record_served(&name, "repository", started.elapsed());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Served::Fetched => Ok(ExitCode::SUCCESS),
     }
 }

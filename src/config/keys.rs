@@ -20,9 +20,17 @@ pub fn load_keyring(key_file: Option<&PathBuf>, key_env: Option<&str>) -> Result
             reason: "give either --key-file or WALVAULT_KEY, not both".into(),
         }),
         (Some(path), None) => Ok(read_key_file(path)?),
-        (None, Some(hex)) => Ok(Keyring::single(MasterKey::from_hex(hex)?)),
+        (None, Some(hex)) => Ok(keyring_from_hex(hex)?),
         (None, None) => Ok(Keyring::none()),
     }
+}
+
+/// The keyring of one key given as 64 hexadecimal characters (`WALVAULT_KEY`).
+///
+/// # Errors
+/// When the text is not such a key.
+pub fn keyring_from_hex(hex: &str) -> Result<Keyring, KeyError> {
+    Ok(Keyring::single(MasterKey::from_hex(hex)?))
 }
 
 /// Reads a key file (see [`Keyring::from_key_file_text`]).

@@ -1,15 +1,17 @@
 //! Settings shared by the commands: repository, keys, sizes and durations.
 //! Precedence is flags > `WALVAULT_*` environment > configuration file >
-//! built-in defaults (clap resolves all four: the file's settings become the
-//! flags' defaults); this module validates and resolves once.
+//! built-in defaults (clap resolves all four: the command line makes the
+//! file's settings the flags' defaults); this module validates and resolves
+//! once.
 //!
-//! - [`file`](mod@file) reads the configuration file (`--config`) and makes its
-//!   settings the defaults of the flags;
+//! - [`resolve`] is the one resolution of the repository and its key, for
+//!   every command;
 //! - [`keys`] reads key files and `WALVAULT_KEY`, and draws new keys;
 //! - [`settings_file`] writes and reads the repository settings file that
 //!   `restore_command` uses instead of the environment.
 
 pub mod keys;
+pub mod resolve;
 pub mod settings_file;
 
 use crate::format::chunk::{Compression, SealOptions};
@@ -17,6 +19,7 @@ use crate::format::key::{KeyError, Keyring};
 use crate::storage::Repository;
 
 pub use keys::load_keyring;
+pub use resolve::RepositorySource;
 
 pub use crate::format::chunk::DEFAULT_ZSTD_LEVEL;
 
@@ -42,9 +45,6 @@ pub enum Error {
     /// Repository URL problems.
     #[error(transparent)]
     Repository(#[from] crate::storage::Error),
-    /// Configuration file problems.
-    #[error(transparent)]
-    File(#[from] crate::cli::config_file::Error),
 }
 
 /// Opens the repository with the keyring and zstd level.
@@ -82,6 +82,31 @@ pub fn open_repository_with(
         ..SealOptions::default()
     };
     Ok(Repository::open_with(url, options, keyring, seal)?)
+}
+
+/// A number of bytes, given as `256MiB`, `1GiB` or `4096` ([`parse_byte_size`])
+/// and shown in the largest binary unit that holds it exactly (`512MiB`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_byte_size(s).map(ByteSize)
+    }
+}
+
+impl std::fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0;
+        for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+            if n != 0 && n.is_multiple_of(1 << shift) {
+                return write!(f, "{}{unit}", n >> shift);
+            }
+        }
+        write!(f, "{n}")
+    }
 }
 
 /// Parses a byte size: `268435456`, `256MiB`, `1GiB`, `512MB`, `64k`.
@@ -128,6 +153,14 @@ mod tests {
             std::time::Duration::from_millis(500)
         );
         assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn byte_sizes_show_as_given() {
+        for text in ["512MiB", "2MiB", "1GiB", "4KiB", "1000", "0"] {
+            assert_eq!(text.parse::<ByteSize>().unwrap().to_string(), text);
+        }
+        assert_eq!("1048576".parse::<ByteSize>().unwrap().to_string(), "1MiB");
     }
 
     #[test]

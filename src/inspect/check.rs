@@ -5,7 +5,6 @@
 
 use serde::Serialize;
 
-use crate::backup;
 use crate::protocol::ConnInfo;
 use crate::restore::plan::{RecoveryTarget, TimelineTarget, plan_restore};
 use crate::storage::{Repository, layout};
@@ -365,7 +364,7 @@ async fn wal_check(
     repo: &Repository,
     _manifest: &crate::format::manifest::RepositoryManifest,
 ) -> Check {
-    let backups = match backup::list_backups(repo).await {
+    let backups = match repo.list_backups().await {
         Ok(b) => b,
         Err(e) => {
             return Check::new(

@@ -4,8 +4,8 @@
 
 use serde::Serialize;
 
-use crate::backup;
 use crate::format::time::to_text;
+use crate::lsn::Lsn;
 use crate::protocol::ConnInfo;
 use crate::restore::plan::{RecoveryTarget, TimelineTarget, plan_restore};
 use crate::storage::{self, Repository, layout};
@@ -92,7 +92,7 @@ pub struct TimelineInfo {
     /// The backup recovery would start from for the earliest time.
     pub earliest_backup: Option<String>,
     /// End of the WAL held without a hole.
-    pub archive_end_lsn: Option<String>,
+    pub archive_end_lsn: Option<Lsn>,
     /// Stored bytes of its WAL.
     pub stored_bytes: u64,
 }
@@ -105,7 +105,7 @@ pub struct ServerLag {
     /// Its timeline and WAL position (flush position on a primary).
     pub timeline: u32,
     /// Its WAL position.
-    pub wal_lsn: String,
+    pub wal_lsn: Lsn,
     /// Bytes of WAL on the server that the archive does not hold yet.
     pub lag_bytes: Option<u64>,
 }
@@ -118,7 +118,7 @@ pub struct RetentionInfo {
     /// The policy.
     pub policy: crate::format::retention::PolicyRecord,
     /// WAL below this was removed (except kept backups' ranges).
-    pub floor_lsn: Option<String>,
+    pub floor_lsn: Option<Lsn>,
 }
 
 /// A pin.
@@ -138,7 +138,7 @@ pub struct MarkInfo {
     /// Name (for `restore --target-name`).
     pub name: String,
     /// LSN.
-    pub lsn: String,
+    pub lsn: Lsn,
     /// Timeline.
     pub timeline: u32,
     /// Server time at creation.
@@ -162,7 +162,7 @@ pub async fn gather(
             reason: "the repository is empty (no walvault.json)".into(),
         })?;
     let size = manifest.wal_segment_size;
-    let backups = backup::list_backups(repo).await?;
+    let backups = repo.list_backups().await?;
     let wal_objects = repo.list(layout::WAL_PREFIX).await?;
     let record = repo.latest_expire_record().await?;
     let inv = WalInventory::from_listing(
@@ -258,7 +258,7 @@ pub async fn gather(
             earliest_restorable_time: earliest.map(|b| to_text(&b.stop_time)),
             latest_restorable_time: earliest.and(newest_stored).map(|t| to_text(&t)),
             earliest_backup: earliest.map(|b| b.id.clone()),
-            archive_end_lsn: t.contiguous_end(size).map(|l| l.to_string()),
+            archive_end_lsn: t.contiguous_end(size),
             stored_bytes: t.stored_bytes,
         });
     }
@@ -279,7 +279,7 @@ pub async fn gather(
         retention: record.map(|(_, r)| RetentionInfo {
             last_run: to_text(&r.time),
             policy: r.policy,
-            floor_lsn: r.floor_lsn.map(|l| l.to_string()),
+            floor_lsn: r.floor_lsn,
         }),
         pins: pins
             .into_iter()
@@ -293,7 +293,7 @@ pub async fn gather(
             .into_iter()
             .map(|m| MarkInfo {
                 name: m.name,
-                lsn: m.lsn.to_string(),
+                lsn: m.lsn,
                 timeline: m.timeline.get(),
                 time: to_text(&m.time),
             })
@@ -318,7 +318,7 @@ async fn server_lag(c: &ConnInfo, inv: &WalInventory, size: u64) -> Option<Serve
     Some(ServerLag {
         target: info.target,
         timeline: tli.get(),
-        wal_lsn: pos.to_string(),
+        wal_lsn: pos,
         lag_bytes: end.map(|e| pos.0.saturating_sub(e.0)),
     })
 }

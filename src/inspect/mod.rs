@@ -6,7 +6,9 @@
 //! - [`info`]: backups, the restorable window per timeline, lag, retention,
 //!   pins, marks and drills in one view;
 //! - [`verify`]: every object of a backup and of the archive read back and
-//!   checked.
+//!   checked;
+//! - [`list`]: backups, timelines and WAL ranges (and `list --json`'s schema).
 pub mod check;
 pub mod info;
+pub mod list;
 pub mod verify;

@@ -57,10 +57,13 @@ pub async fn serve(
 pub fn health_now(metrics: &Metrics, thresholds: &Thresholds) -> health::Health {
     health::evaluate(
         &health::Inputs {
-            streaming: metrics.streaming.load(std::sync::atomic::Ordering::Relaxed),
-            lag_seconds: metrics.lag_seconds(),
-            lag_bytes: metrics.lag_bytes(),
-            store_unreachable: metrics.store_unreachable(),
+            streaming: metrics
+                .stream
+                .streaming
+                .load(std::sync::atomic::Ordering::Relaxed),
+            lag_seconds: metrics.stream.lag_seconds(),
+            lag_bytes: metrics.stream.lag_bytes(),
+            store_unreachable: metrics.stream.store_unreachable(),
             state: metrics.snapshot(),
             now: chrono::Utc::now(),
         },

@@ -1,52 +1,35 @@
 //! What the sidecar knows about itself, for Prometheus (`/metrics`) and for
-//! `/health`. The stream, the upload stage, the backup schedule, expire and
-//! a slow observer (slot status, the repository's backups) write here; the
-//! HTTP endpoint only reads. The lag is measured against the repository:
-//! WAL received from the server but not yet stored.
+//! `/health`. The stream keeps its own counters ([`StreamStats`], with the
+//! upload stage's) and they are read here at scrape time; the backup
+//! schedule, expire and a slow observer (slot status, the repository's
+//! backups) write the slower state here; the HTTP endpoint only reads. The
+//! lag is measured against the repository: WAL received from the server but
+//! not yet stored.
 
 pub mod health;
 pub mod http;
 pub mod notify;
 mod observer;
 
-use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
 use crate::lsn::Lsn;
-use crate::pipeline::memory::MemoryBudget;
-use crate::pipeline::upload::UploadStats;
 use crate::storage::Repository;
+use crate::wal::receiver::StreamStats;
 
 pub use observer::observe;
-
-/// Received WAL is grouped into steps of this length for the lag in
-/// seconds; the lag is exact to about this.
-const LAG_STEP: Duration = Duration::from_millis(100);
-/// The most steps kept; older ones merge (about 30 minutes at one step per
-/// 100 ms, far beyond any RPO worth alerting on).
-const MAX_LAG_STEPS: usize = 18_000;
 
 /// The sidecar's state, shared by its tasks.
 pub struct Metrics {
     started: Instant,
     repo: Repository,
-    /// Uploads of the WAL stream.
-    pub upload: Arc<UploadStats>,
-    memory: OnceLock<Arc<MemoryBudget>>,
-    /// Whether a replication connection is copying WAL now.
-    pub streaming: AtomicBool,
-    /// Replication connections made after the first.
-    pub reconnects: AtomicU64,
-    server_lsn: AtomicU64,
-    received_lsn: AtomicU64,
-    durable_lsn: AtomicU64,
-    lag: Mutex<LagSteps>,
+    /// The WAL stream's own counters, read at scrape time.
+    pub stream: Arc<StreamStats>,
     /// Backup, expire, slot and repository views.
     pub state: Mutex<State>,
 }
@@ -117,91 +100,15 @@ pub struct DrillFacts {
     pub time: DateTime<Utc>,
 }
 
-/// Received WAL in time order: (end LSN, when received).
-#[derive(Debug, Default)]
-struct LagSteps {
-    steps: VecDeque<(u64, Instant)>,
-}
-
 impl Metrics {
     /// Fresh metrics for a sidecar writing to `repo`.
     pub fn new(repo: Repository) -> Arc<Self> {
         Arc::new(Metrics {
             started: Instant::now(),
             repo,
-            upload: Arc::new(UploadStats::default()),
-            memory: OnceLock::new(),
-            streaming: AtomicBool::new(false),
-            reconnects: AtomicU64::new(0),
-            server_lsn: AtomicU64::new(0),
-            received_lsn: AtomicU64::new(0),
-            durable_lsn: AtomicU64::new(0),
-            lag: Mutex::new(LagSteps::default()),
+            stream: Arc::new(StreamStats::default()),
             state: Mutex::new(State::default()),
         })
-    }
-
-    /// The memory budget the stream counts in.
-    pub fn set_memory(&self, memory: Arc<MemoryBudget>) {
-        let _ = self.memory.set(memory);
-    }
-
-    /// The server's WAL position, from XLogData and keepalives.
-    pub fn server_at(&self, lsn: Lsn) {
-        self.server_lsn.fetch_max(lsn.0, Relaxed);
-    }
-
-    /// WAL up to `end` arrived now.
-    pub fn received(&self, end: Lsn) {
-        self.received_lsn.fetch_max(end.0, Relaxed);
-        self.server_at(end);
-        let now = Instant::now();
-        let mut lag = self.lag.lock().expect("not poisoned");
-        match lag.steps.back_mut() {
-            Some((last_end, at)) if now.duration_since(*at) < LAG_STEP => {
-                *last_end = (*last_end).max(end.0);
-            }
-            _ => lag.steps.push_back((end.0, now)),
-        }
-        if lag.steps.len() > MAX_LAG_STEPS {
-            // Merge the two oldest: the older time stays, so the lag errs long.
-            let (_, at) = lag.steps.pop_front().expect("not empty");
-            if let Some(front) = lag.steps.front_mut() {
-                front.1 = at;
-            }
-        }
-    }
-
-    /// Everything below `lsn` is stored.
-    pub fn durable(&self, lsn: Lsn) {
-        self.durable_lsn.fetch_max(lsn.0, Relaxed);
-        let mut lag = self.lag.lock().expect("not poisoned");
-        while lag.steps.front().is_some_and(|(end, _)| *end <= lsn.0) {
-            lag.steps.pop_front();
-        }
-    }
-
-    /// Bytes received (or known on the server) but not stored.
-    pub fn lag_bytes(&self) -> u64 {
-        let ahead = self
-            .server_lsn
-            .load(Relaxed)
-            .max(self.received_lsn.load(Relaxed));
-        ahead.saturating_sub(self.durable_lsn.load(Relaxed))
-    }
-
-    /// How long the oldest WAL not yet stored has waited: the data-loss
-    /// window right now.
-    pub fn lag_seconds(&self) -> f64 {
-        let lag = self.lag.lock().expect("not poisoned");
-        lag.steps
-            .front()
-            .map_or(0.0, |(_, at)| at.elapsed().as_secs_f64())
-    }
-
-    /// The store failed the last attempts of an upload and is being retried.
-    pub fn store_unreachable(&self) -> bool {
-        self.upload.unreachable.load(Relaxed)
     }
 
     /// A copy of the slower state.
@@ -217,6 +124,7 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, health: &health::Health) -> String {
         let s = self.snapshot();
+        let w = &self.stream;
         let mut out = String::with_capacity(4096);
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
             let _ = writeln!(out, "# HELP walvault_{name} {help}");
@@ -238,79 +146,79 @@ impl Metrics {
             "streaming",
             "gauge",
             "1 while a replication connection copies WAL.",
-            &[("", b(self.streaming.load(Relaxed)))],
+            &[("", b(w.streaming.load(Relaxed)))],
         );
         metric(
             "reconnects_total",
             "counter",
             "Replication connections made after the first.",
-            &[("", self.reconnects.load(Relaxed) as f64)],
+            &[("", w.reconnects.load(Relaxed) as f64)],
         );
         metric(
             "server_wal_lsn",
             "gauge",
             "The server's WAL position as last reported, as a byte number.",
-            &[("", self.server_lsn.load(Relaxed) as f64)],
+            &[("", w.server_lsn().0 as f64)],
         );
         metric(
             "received_lsn",
             "gauge",
             "End of the WAL received, as a byte number.",
-            &[("", self.received_lsn.load(Relaxed) as f64)],
+            &[("", w.received_lsn().0 as f64)],
         );
         metric(
             "durable_lsn",
             "gauge",
             "End of the WAL stored in the repository without a hole, as a byte number.",
-            &[("", self.durable_lsn.load(Relaxed) as f64)],
+            &[("", w.durable_lsn().0 as f64)],
         );
         metric(
             "lag_bytes",
             "gauge",
             "WAL on the server or received but not stored: the data-loss window in bytes.",
-            &[("", self.lag_bytes() as f64)],
+            &[("", w.lag_bytes() as f64)],
         );
         metric(
             "lag_seconds",
             "gauge",
             "How long the oldest WAL not yet stored has waited: the data-loss window in seconds.",
-            &[("", self.lag_seconds())],
+            &[("", w.lag_seconds())],
         );
         metric(
             "uploaded_objects_total",
             "counter",
             "WAL objects stored (segments, deltas, history files).",
-            &[("", self.upload.objects.load(Relaxed) as f64)],
+            &[("", w.upload.objects.load(Relaxed) as f64)],
         );
         metric(
             "uploaded_bytes_total",
             "counter",
             "Plaintext WAL bytes stored.",
-            &[("", self.upload.plain_bytes.load(Relaxed) as f64)],
+            &[("", w.upload.plain_bytes.load(Relaxed) as f64)],
         );
         metric(
             "stored_bytes_total",
             "counter",
             "Sealed bytes of stored WAL objects.",
-            &[("", self.upload.stored_bytes.load(Relaxed) as f64)],
+            &[("", w.upload.stored_bytes.load(Relaxed) as f64)],
         );
         metric(
             "upload_errors_total",
             "counter",
             "Failed store attempts of WAL uploads.",
-            &[("", self.upload.errors.load(Relaxed) as f64)],
+            &[("", w.upload.errors.load(Relaxed) as f64)],
         );
         metric(
             "upload_retries_total",
             "counter",
             "WAL uploads tried again after a failure.",
-            &[("", self.upload.retries.load(Relaxed) as f64)],
+            &[("", w.upload.retries.load(Relaxed) as f64)],
         );
         metric(
             "store_unreachable",
             "gauge",
             "1 while the store fails every attempt and uploads wait.",
-            &[("", b(self.store_unreachable()))],
+            &[("", b(w.store_unreachable()))],
         );
         let r = self.repo.requests();
         metric(
@@ -324,10 +232,7 @@ impl Metrics {
                 ("{method=\"DELETE\"}", r.delete.load(Relaxed) as f64),
             ],
         );
-        let (used, limit) = self
-            .memory
-            .get()
-            .map_or((0, 0), |m| (m.used_bytes(), m.limit_bytes()));
+        let (used, limit) = w.memory_bytes();
         metric(
             "memory_used_bytes",
             "gauge",
@@ -386,8 +291,8 @@ impl Metrics {
             "Stop time of the oldest backup whose WAL range is whole (0: none).",
             &[("", ts(s.earliest_restorable))],
         );
-        let latest = (self.durable_lsn.load(Relaxed) > 0).then(|| {
-            Utc::now() - chrono::Duration::milliseconds((self.lag_seconds() * 1000.0) as i64)
+        let latest = (w.durable_lsn() > Lsn::INVALID).then(|| {
+            Utc::now() - chrono::Duration::milliseconds((w.lag_seconds() * 1000.0) as i64)
         });
         metric(
             "latest_restorable_timestamp_seconds",

@@ -42,8 +42,8 @@ pub async fn observe(
             _ = slot_tick.tick() => {
                 // Before the stream first connects, the slot may not exist
                 // yet: that is no finding.
-                let streamed = metrics.streaming.load(std::sync::atomic::Ordering::Relaxed)
-                    || metrics.reconnects.load(std::sync::atomic::Ordering::Relaxed) > 0;
+                let streamed = metrics.stream.streaming.load(std::sync::atomic::Ordering::Relaxed)
+                    || metrics.stream.reconnects.load(std::sync::atomic::Ordering::Relaxed) > 0;
                 if let Some(facts) = read_slot(&conninfo, &slot).await
                     && (facts.wal_status != "missing" || streamed)
                 {
@@ -84,7 +84,7 @@ async fn read_slot(conninfo: &ConnInfo, slot: &str) -> Option<SlotFacts> {
 
 /// Reads the newest backup and the oldest restorable one.
 pub async fn read_repository(metrics: &Metrics, repo: &Repository) {
-    let backups = match crate::backup::list_backups(repo).await {
+    let backups = match repo.list_backups().await {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(error = %crate::error::chain(&e), "metrics: cannot list backups");

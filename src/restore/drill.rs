@@ -7,18 +7,18 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::backup;
+use super::plan::{RecoveryTarget, TargetAction, TimelineTarget};
+use super::start::{StartOptions, StartOutcome, start_and_wait};
+use super::{RecoveryOptions, RestoreOptions, execute, prepare};
+use crate::config::ByteSize;
 use crate::config::settings_file::RepositoryConfigFile;
 use crate::format::drill::{DRILL_VERSION, DrillRecord};
-use crate::restore::plan::{RecoveryTarget, TargetAction, TimelineTarget, plan_restore};
-use crate::restore::start::{StartOptions, StartOutcome, start_and_wait};
-use crate::restore::{RestoreRequest, execute, tablespaces};
 use crate::storage::Repository;
 
 /// Segments `wal-fetch` prefetches during a drill (as `restore`'s default).
 const DRILL_PREFETCH: u64 = 8;
 /// The prefetch spool's limit during a drill.
-const DRILL_SPOOL_MAX: &str = "512MiB";
+const DRILL_SPOOL_MAX: ByteSize = ByteSize(512 << 20);
 /// How long `restore_command` retries a failing store during a drill.
 const DRILL_FETCH_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -53,7 +53,7 @@ pub async fn run(repo: &Repository, opts: &DrillOptions) -> DrillRecord {
         version: DRILL_VERSION,
         time: chrono::Utc::now(),
         backup_id: None,
-        target: describe(&opts.target),
+        target: opts.target.to_string(),
         success: false,
         restore_seconds: 0.0,
         recovery_seconds: 0.0,
@@ -96,54 +96,37 @@ async fn drill_in(
     let fail =
         |what: &str, e: &dyn std::error::Error| format!("{what}: {}", crate::error::chain(e));
     let started = Instant::now();
-    let backups = backup::list_backups(repo)
-        .await
-        .map_err(|e| fail("list backups", &e))?;
-    let plan = plan_restore(
-        repo,
-        backups,
-        opts.backup.as_deref(),
-        &opts.target,
-        TimelineTarget::Latest,
-    )
-    .await
-    .map_err(|e| fail("plan the restore", &e))?;
-    record.backup_id = Some(plan.backup.id.clone());
     std::fs::create_dir_all(scratch).map_err(|e| fail("create the scratch directory", &e))?;
-    let pgdata = scratch.join("data");
-    let map: Vec<(String, PathBuf)> = plan
-        .backup
-        .tablespaces
-        .iter()
-        .filter_map(|t| {
-            t.oid
-                .map(|oid| (oid.to_string(), scratch.join(format!("tablespace-{oid}"))))
-        })
-        .collect();
-    let tablespace_dirs =
-        tablespaces::choose_dirs(&plan.backup, &map).map_err(|e| fail("map tablespaces", &e))?;
-    let request = RestoreRequest {
-        pgdata: pgdata.clone(),
-        tablespace_dirs,
-        settings: opts.settings.clone(),
-        settings_file: scratch.join("settings.json"),
-        walvault: opts.walvault.clone(),
+    let options = RestoreOptions {
+        pgdata: scratch.join("data"),
+        backup: opts.backup.clone(),
         target: opts.target.clone(),
+        timeline: TimelineTarget::Latest,
+        tablespace_map: Vec::new(),
+        tablespaces_under: Some(scratch.to_path_buf()),
+        settings_file: Some(scratch.join("settings.json")),
+    };
+    let prepared = prepare(repo, &options)
+        .await
+        .map_err(|e| fail("plan the restore", &e))?;
+    record.backup_id = Some(prepared.plan.backup.id.clone());
+    let recovery = RecoveryOptions {
+        settings: opts.settings.clone(),
+        walvault: opts.walvault.clone(),
         exclusive: false,
         action: TargetAction::Promote,
-        timeline: "latest".into(),
         standby: false,
         prefetch: DRILL_PREFETCH,
-        spool_max: DRILL_SPOOL_MAX.into(),
+        spool_max: DRILL_SPOOL_MAX,
         fetch_timeout: DRILL_FETCH_TIMEOUT,
     };
-    execute(repo, &plan, &request)
+    execute(repo, &prepared, &recovery)
         .await
         .map_err(|e| fail("restore", &e))?;
     record.restore_seconds = started.elapsed().as_secs_f64();
     let recovering = Instant::now();
     let start = StartOptions {
-        pgdata: pgdata.clone(),
+        pgdata: prepared.pgdata.clone(),
         pg_bin: opts.pg_bin.clone(),
         port: opts.port,
         socket_dir: Some(scratch.to_path_buf()),
@@ -156,7 +139,8 @@ async fn drill_in(
             ("archive_mode".into(), "off".into()),
         ],
     };
-    let outcome = start_and_wait(&start, plan.backup.pg_major, |_| {})
+    let major = prepared.plan.backup.pg_major;
+    let outcome = start_and_wait(&start, major, |_| {})
         .await
         .map_err(|e| fail("recovery", &e))?;
     record.recovery_seconds = recovering.elapsed().as_secs_f64();
@@ -173,7 +157,7 @@ async fn drill_in(
     };
     let checked = match &opts.check_sql {
         Some(sql) => sql_check(opts, scratch, sql).await?,
-        None => amcheck(opts, scratch, plan.backup.pg_major).await?,
+        None => amcheck(opts, scratch, major).await?,
     };
     Ok(format!("{reached}; {checked}"))
 }
@@ -205,10 +189,7 @@ async fn sql_check(opts: &DrillOptions, scratch: &Path, sql: &str) -> Result<Str
 }
 
 fn bin_dir(opts: &DrillOptions, major: u32) -> Option<PathBuf> {
-    opts.pg_bin.clone().or_else(|| {
-        let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
-        debian.join("pg_ctl").exists().then_some(debian)
-    })
+    super::start::bin_dir(opts.pg_bin.as_deref(), major)
 }
 
 /// Checks every heap and B-tree index of every database with amcheck:
@@ -330,15 +311,4 @@ async fn stop_server(opts: &DrillOptions, pgdata: &Path) {
         .args(["-m", "immediate", "-w", "stop"])
         .output()
         .await;
-}
-
-fn describe(target: &RecoveryTarget) -> String {
-    match target {
-        RecoveryTarget::End => "end of the archive".to_string(),
-        RecoveryTarget::Time(t) => format!("time {}", t.to_rfc3339()),
-        RecoveryTarget::Lsn(l) => format!("LSN {l}"),
-        RecoveryTarget::Xid(x) => format!("xid {x}"),
-        RecoveryTarget::Name(n) => format!("restore point {n}"),
-        RecoveryTarget::Immediate => "the backup's consistency point".to_string(),
-    }
 }

@@ -4,6 +4,8 @@
 //!
 //! - [`plan`]: choosing the backup and checking the WAL path, before
 //!   anything is written;
+//! - [`prepare`]: every other check before writing (an empty directory,
+//!   the tablespaces' directories, where the repository settings go);
 //! - [`tablespaces`]: where each tablespace goes;
 //! - [`unpack`]: parallel fetch, in-order untar, sync;
 //! - [`writer`]: the threads that write the restored files;
@@ -11,7 +13,9 @@
 //!   is where the recovery configuration is written;
 //! - [`start`]: `--start`, PostgreSQL supervised to the target;
 //! - [`serve`]: `wal-fetch`, the `restore_command` side;
-//! - [`spool`]: the prefetch worker behind `wal-fetch --spool`.
+//! - [`spool`]: the prefetch worker behind `wal-fetch --spool`;
+//! - [`drill`]: a restore test, through the same prepare, execute and
+//!   start, recorded in the repository.
 //!
 //! Invariants: nothing is written before the plan holds (empty directory,
 //! keys, a backup before the target, WAL without a gap on the timeline);
@@ -19,6 +23,7 @@
 
 pub mod drill;
 pub mod plan;
+pub mod prepare;
 pub mod recovery;
 pub mod serve;
 pub mod spool;
@@ -31,7 +36,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use plan::{RecoveryTarget, RestorePlan, TargetAction, TimelineTarget, plan_restore};
+pub use prepare::{Prepared, RestoreOptions, prepare};
 
+use crate::config::ByteSize;
 use crate::config::settings_file::{RepositoryConfigFile, write_repository_config};
 use crate::progress::Progress;
 use crate::storage::Repository;
@@ -79,33 +86,24 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
     move |source| RestoreError::Io { what, source }
 }
 
-/// What a restore writes and how recovery will run.
+/// How the restored cluster recovers: how `restore_command` reaches the
+/// repository and fetches ahead, and what PostgreSQL does at the target.
 #[derive(Clone, Debug)]
-pub struct RestoreRequest {
-    /// The data directory to create.
-    pub pgdata: PathBuf,
-    /// Tablespaces and their directories (from [`tablespaces::choose_dirs`]).
-    pub tablespace_dirs: Vec<(String, PathBuf)>,
+pub struct RecoveryOptions {
     /// The repository settings restore_command uses.
     pub settings: RepositoryConfigFile,
-    /// Where they are written (outside the data directory).
-    pub settings_file: PathBuf,
     /// The walvault binary restore_command runs.
     pub walvault: PathBuf,
-    /// Where recovery stops.
-    pub target: RecoveryTarget,
     /// Stop just before the target.
     pub exclusive: bool,
     /// What PostgreSQL does at the target.
     pub action: TargetAction,
-    /// `recovery_target_timeline`, as given.
-    pub timeline: String,
     /// Standby mode.
     pub standby: bool,
     /// Segments fetched ahead.
     pub prefetch: u64,
-    /// The spool's limit, as given.
-    pub spool_max: String,
+    /// The spool's limit.
+    pub spool_max: ByteSize,
     /// How long restore_command retries a failing store.
     pub fetch_timeout: Duration,
 }
@@ -128,13 +126,13 @@ pub struct Restored {
 /// Fetch, integrity or file system errors.
 pub async fn execute(
     repo: &Repository,
-    plan: &RestorePlan,
-    req: &RestoreRequest,
+    prepared: &Prepared,
+    recovery: &RecoveryOptions,
 ) -> Result<Restored, RestoreError> {
-    let mut dirs = vec![req.pgdata.clone()];
-    dirs.extend(req.tablespace_dirs.iter().map(|(_, d)| d.clone()));
+    let mut dirs = vec![prepared.pgdata.clone()];
+    dirs.extend(prepared.tablespace_dirs.iter().map(|(_, d)| d.clone()));
     let existed: Vec<bool> = dirs.iter().map(|d| d.exists()).collect();
-    let result = restore_into(repo, plan, req).await;
+    let result = restore_into(repo, prepared, recovery).await;
     if result.is_err() {
         for (dir, existed) in dirs.iter().zip(existed) {
             if std::fs::remove_dir_all(dir).is_ok() && existed {
@@ -147,9 +145,10 @@ pub async fn execute(
 
 async fn restore_into(
     repo: &Repository,
-    plan: &RestorePlan,
-    req: &RestoreRequest,
+    req: &Prepared,
+    recovery: &RecoveryOptions,
 ) -> Result<Restored, RestoreError> {
+    let plan = &req.plan;
     let b = &plan.backup;
     std::fs::create_dir_all(&req.pgdata).map_err(io(format!("create {}", req.pgdata.display())))?;
     set_mode(&req.pgdata, 0o700).map_err(io(format!("chmod {}", req.pgdata.display())))?;
@@ -159,7 +158,7 @@ async fn restore_into(
     progress.finish();
     tablespaces::point_tablespaces(&req.pgdata, &req.tablespace_dirs)
         .map_err(io("point the tablespaces at their directories"))?;
-    write_recovery_config(req)?;
+    write_recovery_config(req, recovery)?;
     let mut dirs = vec![req.pgdata.clone()];
     dirs.extend(req.tablespace_dirs.iter().map(|(_, d)| d.clone()));
     let unpacked = started.elapsed();
@@ -172,8 +171,8 @@ async fn restore_into(
     });
     // While the files sync, the first segments recovery asks for go into
     // the spool, so that it does not start by waiting on the repository.
-    if req.prefetch > 0 {
-        prefill_spool(repo, plan, &spool, req.prefetch).await;
+    if recovery.prefetch > 0 {
+        prefill_spool(repo, plan, &spool, recovery.prefetch).await;
     }
     sync.await
         .expect("sync does not panic")
@@ -238,15 +237,15 @@ async fn prefill_spool(repo: &Repository, plan: &RestorePlan, dir: &Path, prefet
 
 /// Writes the signal file, the repository settings for restore_command and
 /// the recovery settings; drops the source's standby settings.
-fn write_recovery_config(req: &RestoreRequest) -> Result<(), RestoreError> {
+fn write_recovery_config(req: &Prepared, options: &RecoveryOptions) -> Result<(), RestoreError> {
     let dir = &req.pgdata;
     // A backup of a standby brings its signal file and replication settings.
     let _ = std::fs::remove_file(dir.join(recovery::STANDBY_SIGNAL));
     let _ = std::fs::remove_file(dir.join(recovery::RECOVERY_SIGNAL));
-    std::fs::write(dir.join(recovery::signal_file(req.standby)), "")
+    std::fs::write(dir.join(recovery::signal_file(options.standby)), "")
         .map_err(io("write the signal file"))?;
     let settings_file = &req.settings_file;
-    write_repository_config(settings_file, &req.settings)
+    write_repository_config(settings_file, &options.settings)
         .map_err(io(format!("create {}", settings_file.display())))?;
     let spool = spool_dir(dir);
     let auto = dir.join("postgresql.auto.conf");
@@ -254,17 +253,17 @@ fn write_recovery_config(req: &RestoreRequest) -> Result<(), RestoreError> {
     let text = recovery::render_auto_conf(
         &existing,
         &recovery::RecoverySettings {
-            walvault: &req.walvault,
+            walvault: &options.walvault,
             settings_file,
             spool: Some(&spool),
-            prefetch: req.prefetch,
-            spool_max: &req.spool_max,
-            fetch_timeout: req.fetch_timeout,
+            prefetch: options.prefetch,
+            spool_max: options.spool_max,
+            fetch_timeout: options.fetch_timeout,
             target: &req.target,
-            exclusive: req.exclusive,
-            action: req.action,
-            timeline: &req.timeline,
-            standby: req.standby,
+            exclusive: options.exclusive,
+            action: options.action,
+            timeline: req.timeline,
+            standby: options.standby,
         },
     );
     std::fs::write(&auto, text).map_err(io("write postgresql.auto.conf"))

@@ -20,13 +20,28 @@ pub enum RecoveryTarget {
     Time(DateTime<Utc>),
     /// An LSN.
     Lsn(Lsn),
-    /// A transaction id.
-    Xid(String),
+    /// A transaction id (an `xid8` value works too: PostgreSQL keeps its
+    /// low 32 bits).
+    Xid(u64),
     /// A restore point name.
     Name(String),
     /// The backup's consistency point, and no further (`recovery_target =
     /// 'immediate'`): restores a backup kept without the WAL after it.
     Immediate,
+}
+
+impl std::fmt::Display for RecoveryTarget {
+    /// How the target reads in a plan, a report or a drill record.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecoveryTarget::End => f.write_str("end of the archive"),
+            RecoveryTarget::Time(t) => write!(f, "time {}", t.to_rfc3339()),
+            RecoveryTarget::Lsn(l) => write!(f, "LSN {l}"),
+            RecoveryTarget::Xid(x) => write!(f, "xid {x}"),
+            RecoveryTarget::Name(n) => write!(f, "restore point {n:?}"),
+            RecoveryTarget::Immediate => f.write_str("the backup's consistency point"),
+        }
+    }
 }
 
 /// Parses a target time: `2026-11-21 10:15:00+00` (PostgreSQL's form) or
@@ -61,6 +76,17 @@ pub enum TimelineTarget {
     Current,
     /// This timeline.
     Number(TimelineId),
+}
+
+impl std::fmt::Display for TimelineTarget {
+    /// As `recovery_target_timeline` takes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TimelineTarget::Latest => f.write_str("latest"),
+            TimelineTarget::Current => f.write_str("current"),
+            TimelineTarget::Number(t) => write!(f, "{t}"),
+        }
+    }
 }
 
 impl std::str::FromStr for TimelineTarget {

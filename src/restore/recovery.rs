@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use super::plan::{RecoveryTarget, TargetAction};
+use super::plan::{RecoveryTarget, TargetAction, TimelineTarget};
+use crate::config::ByteSize;
 
 /// The signal file that starts targeted recovery.
 pub const RECOVERY_SIGNAL: &str = "recovery.signal";
@@ -33,8 +34,8 @@ pub struct RecoverySettings<'a> {
     pub spool: Option<&'a Path>,
     /// Segments fetched ahead (0: none).
     pub prefetch: u64,
-    /// The spool's size limit, as given (e.g. `512MiB`).
-    pub spool_max: &'a str,
+    /// The spool's size limit.
+    pub spool_max: ByteSize,
     /// How long restore_command retries a failing store.
     pub fetch_timeout: std::time::Duration,
     /// Where recovery stops.
@@ -43,8 +44,8 @@ pub struct RecoverySettings<'a> {
     pub exclusive: bool,
     /// What to do at the target.
     pub action: TargetAction,
-    /// `recovery_target_timeline` as given (`latest`, `current` or a number).
-    pub timeline: &'a str,
+    /// `recovery_target_timeline`.
+    pub timeline: TimelineTarget,
     /// Standby mode instead of targeted recovery.
     pub standby: bool,
 }
@@ -118,7 +119,12 @@ pub fn render_auto_conf(existing: &str, s: &RecoverySettings<'_>) -> String {
             "recovery_target_lsn = {}\n",
             quote(&l.to_string())
         )),
-        RecoveryTarget::Xid(x) => text.push_str(&format!("recovery_target_xid = {}\n", quote(x))),
+        RecoveryTarget::Xid(x) => {
+            text.push_str(&format!(
+                "recovery_target_xid = {}\n",
+                quote(&x.to_string())
+            ));
+        }
         RecoveryTarget::Name(n) => text.push_str(&format!("recovery_target_name = {}\n", quote(n))),
         RecoveryTarget::Immediate => text.push_str("recovery_target = 'immediate'\n"),
     }
@@ -136,7 +142,7 @@ pub fn render_auto_conf(existing: &str, s: &RecoverySettings<'_>) -> String {
     }
     text.push_str(&format!(
         "recovery_target_timeline = {}\n",
-        quote(s.timeline)
+        quote(&s.timeline.to_string())
     ));
     text
 }
@@ -170,12 +176,12 @@ mod tests {
             settings_file: Path::new("/restore/it's here.json"),
             spool,
             prefetch: 8,
-            spool_max: "512MiB",
+            spool_max: "512MiB".parse().unwrap(),
             fetch_timeout: crate::restore::serve::DEFAULT_FETCH_TIMEOUT,
             target,
             exclusive: false,
             action: TargetAction::Promote,
-            timeline: "latest",
+            timeline: TimelineTarget::Latest,
             standby: false,
         }
     }

@@ -3,19 +3,24 @@
 //! the repository (a segment held only as deltas is zero-padded), written
 //! whole to `%p`. Exit code 1 ("not in the archive") is the caller's to
 //! give when this returns [`Served::NotInArchive`].
+//!
+//! [`wal_fetch`] is the whole command: cleaning the spool at the end of
+//! recovery, the prefetch worker, and serving one file (spool first, then
+//! the repository, opened only when needed and within the same deadline).
 
 use std::path::Path;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::config::RepositorySource;
 use crate::format::manifest::RepositoryManifest;
 use crate::local_file::{Durability, write_atomically};
 use crate::lsn::WalFileName;
 use crate::storage::{self, Repository};
 use crate::wal::fetch::{FetchedWal, fetch_wal_file};
 
-use super::spool::Spool;
+use super::spool::{PrefetchSettings, Spool};
 
 /// How long a wal-fetch waits for a segment the prefetch worker is fetching.
 pub const SPOOL_WAIT: Duration = Duration::from_secs(60);
@@ -38,9 +43,155 @@ pub enum Served {
     NotInArchive,
 }
 
+/// What `wal-fetch` was asked to do.
+#[derive(Clone, Debug)]
+pub enum FetchAction {
+    /// Serve one file.
+    Serve {
+        /// The file name PostgreSQL asks for (`%f`).
+        name: String,
+        /// Where to write it (`%p`).
+        dest: std::path::PathBuf,
+    },
+    /// Stop the prefetch worker and remove the spool (recovery_end_command).
+    CleanSpool,
+    /// Run as the prefetch worker.
+    PrefetchWorker,
+}
+
+/// A `wal-fetch` run.
+#[derive(Clone, Debug)]
+pub struct FetchRequest {
+    /// What to do.
+    pub action: FetchAction,
+    /// The spool directory, if prefetching.
+    pub spool: Option<std::path::PathBuf>,
+    /// Segments fetched ahead (0: none).
+    pub prefetch: u64,
+    /// Most bytes the spool may hold.
+    pub spool_max_bytes: u64,
+    /// How long a failing store is retried in all.
+    pub fetch_timeout: Duration,
+}
+
+/// Runs `wal-fetch` as `req` asks, opening the repository of `source` only
+/// when the file is not in the spool.
+///
+/// # Errors
+/// [`ServeError`]; a file the archive lacks is [`Served::NotInArchive`].
+pub async fn wal_fetch(
+    req: &FetchRequest,
+    source: &RepositorySource,
+) -> Result<Served, ServeError> {
+    let started = std::time::Instant::now();
+    let spool = req
+        .spool
+        .as_ref()
+        .filter(|_| req.prefetch > 0 || matches!(req.action, FetchAction::CleanSpool))
+        .map(Spool::new);
+    let (name, dest) = match &req.action {
+        FetchAction::CleanSpool => {
+            let spool = spool.expect("--clean-spool requires --spool");
+            if let Some(summary) = spool.served_summary() {
+                // recovery_end_command's stderr goes to PostgreSQL's log.
+                eprintln!("walvault wal-fetch: {summary}");
+            }
+            tokio::task::spawn_blocking(move || spool.clean(SPOOL_WAIT))
+                .await
+                .expect("cleaning does not panic")
+                .map_err(|source| ServeError::Spool {
+                    what: "clean the spool",
+                    source,
+                })?;
+            return Ok(Served::Fetched);
+        }
+        FetchAction::PrefetchWorker => {
+            let Some(spool) = spool else {
+                return Ok(Served::Fetched);
+            };
+            let (repo, manifest) = source.open_existing().await?;
+            let settings = PrefetchSettings {
+                depth: req.prefetch,
+                max_bytes: req.spool_max_bytes,
+            };
+            let n = spool
+                .run_worker(&repo, manifest.wal_segment_size, settings)
+                .await
+                .map_err(|source| ServeError::Prefetch {
+                    dir: spool.dir().display().to_string(),
+                    source,
+                })?;
+            tracing::debug!(segments = n, "prefetch worker done");
+            return Ok(Served::Fetched);
+        }
+        FetchAction::Serve { name, dest } => (name, dest),
+    };
+    if let Some(spool) = &spool
+        && serve_from_spool(name, dest, spool).await
+    {
+        spool.record_served(name, "spool", started.elapsed());
+        return Ok(Served::Fetched);
+    }
+    // Opening the repository reads walvault.json: it counts against the
+    // same deadline as the fetch.
+    let (repo, manifest) = tokio::time::timeout(req.fetch_timeout, source.open_existing())
+        .await
+        .map_err(|_| ServeError::OpenTimeout {
+            after: req.fetch_timeout,
+        })??;
+    // No signal handler: PostgreSQL stops restore_command with SIGTERM and
+    // expects it to die of that signal.
+    let cancel = CancellationToken::new();
+    let served = serve_from_repository(
+        &repo,
+        &manifest,
+        name,
+        dest,
+        spool.as_ref(),
+        req.fetch_timeout,
+        &cancel,
+    )
+    .await?;
+    if let Some(spool) = &spool {
+        let from = match served {
+            Served::NotInArchive => "missing",
+            Served::Fetched => "repository",
+        };
+        spool.record_served(name, from, started.elapsed());
+    }
+    Ok(served)
+}
+
 /// Why a file could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The repository cannot be opened.
+    #[error(transparent)]
+    Open(#[from] crate::config::resolve::OpenError),
+    /// The repository did not answer in time.
+    #[error("the repository did not answer within --fetch-timeout ({after:?})")]
+    OpenTimeout {
+        /// The limit.
+        after: Duration,
+    },
+    /// The spool could not be cleaned.
+    #[error("{what}")]
+    Spool {
+        /// The step.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The prefetch worker failed.
+    #[error("prefetch into {dir}")]
+    Prefetch {
+        /// The spool.
+        dir: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Not a WAL segment or history file name.
     #[error(transparent)]
     FileName(#[from] crate::lsn::ParseWalFileError),

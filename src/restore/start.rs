@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::plan::TargetAction;
+use crate::lsn::{Lsn, TimelineId};
 
 /// How often the server is asked whether recovery is done.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -49,9 +50,9 @@ pub enum StartOutcome {
         /// Whether it promoted (else it paused).
         promoted: bool,
         /// The final LSN.
-        lsn: String,
+        lsn: Lsn,
         /// The timeline.
-        timeline: String,
+        timeline: TimelineId,
         /// The time of the last replayed commit, or `none`.
         last_commit: String,
     },
@@ -86,10 +87,27 @@ pub enum StartError {
     /// Running pg_ctl failed.
     #[error("running pg_ctl failed")]
     Io(#[from] std::io::Error),
+    /// The server answered with something else than an LSN or a timeline.
+    #[error("the restored server reported {0:?} where an LSN or a timeline belongs")]
+    Answer(String),
+    /// The prefetch spool could not be removed after the shutdown.
+    #[error("clean the prefetch spool")]
+    Spool(#[source] std::io::Error),
+}
+
+/// The directory of PostgreSQL's programs for `major`: `pg_bin` if given,
+/// else Debian's `/usr/lib/postgresql/<major>/bin` if it has pg_ctl
+/// (`None`: the programs are looked up in `PATH`).
+pub fn bin_dir(pg_bin: Option<&std::path::Path>, major: u32) -> Option<PathBuf> {
+    pg_bin.map(std::path::Path::to_path_buf).or_else(|| {
+        let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+        debian.join("pg_ctl").exists().then_some(debian)
+    })
 }
 
 /// Starts PostgreSQL, waits for the target action, reports where it
-/// stopped; `on_started` hears once the server runs.
+/// stopped (after a shutdown at the target, with the prefetch spool
+/// removed); `on_started` hears once the server runs.
 ///
 /// # Errors
 /// [`StartError`] naming why.
@@ -98,22 +116,8 @@ pub async fn start_and_wait(
     major: u32,
     on_started: impl FnOnce(&Started),
 ) -> Result<StartOutcome, StartError> {
-    let bin = match &args.pg_bin {
-        Some(b) => b.clone(),
-        None => {
-            let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
-            if debian.join("pg_ctl").exists() {
-                debian
-            } else {
-                PathBuf::new()
-            }
-        }
-    };
-    let pg_ctl = if bin.as_os_str().is_empty() {
-        PathBuf::from("pg_ctl")
-    } else {
-        bin.join("pg_ctl")
-    };
+    let pg_ctl = bin_dir(args.pg_bin.as_deref(), major)
+        .map_or_else(|| PathBuf::from("pg_ctl"), |b| b.join("pg_ctl"));
     let socket_dir = args
         .socket_dir
         .clone()
@@ -180,6 +184,13 @@ pub async fn start_and_wait(
         }
         if args.action == TargetAction::Shutdown {
             if has_stopped(&mut seen_running).await? {
+                // recovery_end_command does not run when recovery shuts
+                // down at its target: the prefetch spool goes here.
+                let spool = super::spool::Spool::new(super::spool_dir(&args.pgdata));
+                tokio::task::spawn_blocking(move || spool.clean(super::serve::SPOOL_WAIT))
+                    .await
+                    .expect("cleaning does not panic")
+                    .map_err(StartError::Spool)?;
                 return Ok(StartOutcome::ShutDown { log });
             }
         } else if let Ok((client, conn)) =
@@ -210,10 +221,11 @@ pub async fn start_and_wait(
                         &[],
                     )
                     .await?;
+                let (lsn, timeline): (String, String) = (row.get(0), row.get(1));
                 return Ok(StartOutcome::Stopped {
                     promoted: !in_recovery,
-                    lsn: row.get(0),
-                    timeline: row.get(1),
+                    lsn: lsn.parse().map_err(|_| StartError::Answer(lsn))?,
+                    timeline: timeline.parse().map_err(|_| StartError::Answer(timeline))?,
                     last_commit: row.get(2),
                 });
             }

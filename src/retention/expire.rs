@@ -16,10 +16,10 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use super::policy::{self as retention, BackupFacts, Policy, WalRemoval};
-use crate::backup::{self, unfinished};
+use crate::backup::unfinished;
 use crate::format::backup::BackupMetadata;
 use crate::format::retention::{EXPIRE_RECORD_VERSION, ExpireRecord, PolicyRecord};
-use crate::lsn::SegmentName;
+use crate::lsn::{Lsn, SegmentName};
 use crate::storage::layout::{self, WalObject};
 use crate::storage::{self, Repository};
 use crate::wal::index;
@@ -76,9 +76,9 @@ pub struct ExpireReport {
     /// Backups removed.
     pub removed: Vec<RemovedBackup>,
     /// Point-in-time recovery stays possible from here on.
-    pub horizon_lsn: Option<String>,
+    pub horizon_lsn: Option<Lsn>,
     /// The retention floor after the run.
-    pub floor_lsn: Option<String>,
+    pub floor_lsn: Option<Lsn>,
     /// WAL segments and deltas below the horizon outside kept backups' ranges.
     pub wal_objects_removed: u64,
     /// Their stored bytes.
@@ -126,7 +126,7 @@ pub async fn run(
         ));
         return Ok(report);
     }
-    let backups = backup::list_backups(repo).await?;
+    let backups = repo.list_backups().await?;
     let listed_at = Utc::now();
     let wal_objects = repo.list(layout::WAL_PREFIX).await?;
     let previous = repo.latest_expire_record().await?;
@@ -159,8 +159,8 @@ pub async fn run(
         (Some(a), Some(b)) => Some(a.max(b.segment_start(segment_size_bytes))),
         (a, b) => a.or(b.map(|h| h.segment_start(segment_size_bytes))),
     };
-    report.horizon_lsn = decision.horizon.map(|l| l.to_string());
-    report.floor_lsn = floor.map(|l| l.to_string());
+    report.horizon_lsn = decision.horizon;
+    report.floor_lsn = floor;
     report.kept = decision
         .keep
         .iter()

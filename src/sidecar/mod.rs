@@ -5,6 +5,8 @@
 //! With a retention policy, expire runs after every scheduled backup and on
 //! its own interval; it removes nothing while a backup runs.
 
+mod settings;
+
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -19,7 +21,9 @@ use crate::retention::policy::Policy;
 use crate::schedule::Schedule;
 use crate::shutdown::Shutdown;
 use crate::storage::Repository;
-use crate::wal::receiver::{self, StreamOptions, StreamPlan, StreamSummary};
+use crate::wal::receiver::{self, StreamPlan, StreamSummary};
+
+pub use settings::{Sidecar, SidecarSettings};
 
 /// Backups the sidecar takes.
 #[derive(Clone, Debug)]
@@ -83,46 +87,52 @@ pub struct Monitoring {
 /// # Cancel safety
 /// Not cancel safe; use `shutdown`.
 pub async fn run(
-    stream: &StreamOptions,
-    backups: Option<BackupSchedule>,
-    expire: Option<ExpireSchedule>,
-    drills: Option<DrillSchedule>,
-    monitoring: Option<Monitoring>,
+    sidecar: Sidecar,
     repo: &Repository,
     shutdown: &Shutdown,
 ) -> Result<(StreamSummary, ScheduleSummary), receiver::Error> {
+    let Sidecar {
+        stream,
+        backups,
+        expire,
+        drills,
+        monitoring,
+    } = sidecar;
+    let stream = &stream;
     let mut plan = StreamPlan::default();
     let backup_done = Arc::new(tokio::sync::Notify::new());
     let refresh = Arc::new(tokio::sync::Notify::new());
     let metrics = monitoring.as_ref().map(|m| m.metrics.clone());
-    plan.metrics = metrics.clone();
-    // The endpoint answers until the stream has drained.
-    let monitor_stop = tokio_util::sync::CancellationToken::new();
+    plan.stats = metrics.as_ref().map(|m| m.stream.clone());
+    // The endpoint answers until the stream has drained: its tasks stop
+    // after the stream, or at once with everything else on abort.
+    let monitor_stop = shutdown.abort.child_token();
+    let mut monitors = Vec::new();
     if let Some(m) = monitoring {
         if let Some(listener) = m.listener {
-            tokio::spawn(crate::metrics::http::serve(
+            monitors.push(tokio::spawn(crate::metrics::http::serve(
                 listener,
                 m.metrics.clone(),
                 m.thresholds,
                 monitor_stop.clone(),
-            ));
+            )));
         }
         if let Some(url) = m.webhook {
-            tokio::spawn(crate::metrics::notify::run(
+            monitors.push(tokio::spawn(crate::metrics::notify::run(
                 url,
                 m.metrics.clone(),
                 m.thresholds,
                 monitor_stop.clone(),
-            ));
+            )));
         }
-        tokio::spawn(crate::metrics::observe(
+        monitors.push(tokio::spawn(crate::metrics::observe(
             m.metrics,
             repo.clone(),
             m.conninfo,
             m.slot,
             refresh.clone(),
             monitor_stop.clone(),
-        ));
+        )));
     }
     let reporter = Reporter { metrics, refresh };
     let scheduler = backups.map(|b| {
@@ -174,6 +184,11 @@ pub async fn run(
             Err(e) => error!(error = %e, "the backup scheduler panicked"),
         }
     }
+    for task in monitors {
+        if let Err(e) = task.await {
+            error!(error = %e, "a monitoring task panicked");
+        }
+    }
     Ok((summary?, scheduled))
 }
 
@@ -188,7 +203,7 @@ async fn run_schedule(
     reporter: Reporter,
 ) -> ScheduleSummary {
     let mut summary = ScheduleSummary::default();
-    let mut due_now = match backup::list_backups(&repo).await {
+    let mut due_now = match repo.list_backups().await {
         Ok(list) => list.is_empty(),
         Err(e) => {
             error!(error = %crate::error::chain(&e), "cannot list backups; the schedule starts anyway");
@@ -288,7 +303,7 @@ async fn run_expire(
                 info!(
                     backups_removed = r.removed.len(),
                     wal_objects_removed = r.wal_objects_removed,
-                    floor = r.floor_lsn.as_deref().unwrap_or("-"),
+                    floor = %r.floor_lsn.map_or("-".into(), |l| l.to_string()),
                     "expire complete"
                 );
                 reporter.expire(Some(&r));

@@ -67,6 +67,14 @@ pub enum Error {
         /// Their ids.
         missing: String,
     },
+    /// A key cannot be retired.
+    #[error("invalid key to retire {id:?}: {reason}")]
+    Retire {
+        /// The key id.
+        id: String,
+        /// Why it stays.
+        reason: String,
+    },
     /// A stored document (pin, expire record) opened but does not parse.
     #[error("object {key} is not a valid document: {reason}")]
     BadDocument {
@@ -85,7 +93,10 @@ impl Error {
     pub fn is_configuration(&self) -> bool {
         matches!(
             self,
-            Error::Url { .. } | Error::Mismatch(_) | Error::KeysMissing { .. }
+            Error::Url { .. }
+                | Error::Mismatch(_)
+                | Error::KeysMissing { .. }
+                | Error::Retire { .. }
         )
     }
 

@@ -1,6 +1,7 @@
-//! Key rotation: which master key sealed each object, and rewriting the
-//! key ids `walvault.json` lists (the only document walvault ever
-//! replaces; it is authenticated by a MAC under each listed key).
+//! Key rotation: which master key sealed each object, the rules for adding
+//! and retiring keys, and rewriting the key ids `walvault.json` lists (the
+//! only document walvault ever replaces; it is authenticated by a MAC under
+//! each listed key).
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,32 @@ use super::{Error, Repository, layout};
 
 /// Header reads in flight at once while counting objects per key.
 const SCAN_CONCURRENCY: usize = 16;
+
+/// One key as `walvault key list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KeyLine {
+    /// The key id (8 hex digits).
+    pub id: String,
+    /// Whether `walvault.json` lists it.
+    pub listed: bool,
+    /// Whether the keyring (key file) holds it.
+    pub in_keyring: bool,
+    /// Whether it seals new objects (first in the key file).
+    pub seals_new_objects: bool,
+    /// Objects sealed with it.
+    pub objects: u64,
+    /// Their stored bytes.
+    pub bytes: u64,
+}
+
+/// Every key the repository or the keyring knows, and what each seals.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KeyReport {
+    /// Listed keys first, then keys only in the keyring or only in headers.
+    pub keys: Vec<KeyLine>,
+    /// Objects sealed with no key.
+    pub unencrypted: KeyUsage,
+}
 
 /// Objects and stored bytes sealed by one master key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -137,5 +164,118 @@ impl Repository {
             })?;
         self.sync_local(layout::REPOSITORY_MANIFEST).await?;
         Ok(m)
+    }
+
+    /// Lists every key of the keyring in `walvault.json` (`walvault key
+    /// add`), keeping the keys it lists already.
+    ///
+    /// # Errors
+    /// The checks of [`Repository::rewrite_key_ids`].
+    pub async fn add_keyring_keys(
+        &self,
+        manifest: &RepositoryManifest,
+    ) -> Result<RepositoryManifest, Error> {
+        let mut ids: Vec<String> = self
+            .keyring()
+            .ids()
+            .iter()
+            .map(|k| format!("{k:08x}"))
+            .collect();
+        for listed in &manifest.key_ids {
+            if !ids.contains(listed) {
+                ids.push(listed.clone());
+            }
+        }
+        self.rewrite_key_ids(ids).await
+    }
+
+    /// Removes key `id` from `walvault.json` (`walvault key retire`): only a
+    /// listed key that does not seal new objects and seals no object any more.
+    ///
+    /// # Errors
+    /// [`Error::Retire`] naming why the key stays; store errors.
+    pub async fn retire_key(
+        &self,
+        manifest: &RepositoryManifest,
+        id: &str,
+    ) -> Result<RepositoryManifest, Error> {
+        let refuse = |reason: String| Error::Retire {
+            id: id.to_string(),
+            reason,
+        };
+        if !manifest.key_ids.iter().any(|k| k == id) {
+            return Err(refuse(format!(
+                "walvault.json lists {}",
+                manifest.key_ids.join(", ")
+            )));
+        }
+        if self
+            .keyring()
+            .write_key()
+            .is_some_and(|k| format!("{:08x}", k.id()) == id)
+        {
+            return Err(refuse(
+                "it seals new objects (it is first in the key file): put the new key first".into(),
+            ));
+        }
+        let numeric = u32::from_str_radix(id, 16).ok();
+        let usage = self.key_usage().await?;
+        if let Some(u) = usage.get(&numeric).filter(|u| u.objects > 0) {
+            return Err(refuse(format!(
+                "{} objects ({}) are still sealed with it; let expire remove them (walvault expire), or keep the key",
+                u.objects,
+                crate::progress::human_bytes(u.bytes)
+            )));
+        }
+        let ids: Vec<String> = manifest
+            .key_ids
+            .iter()
+            .filter(|k| *k != id)
+            .cloned()
+            .collect();
+        self.rewrite_key_ids(ids).await
+    }
+
+    /// Every key `walvault.json` lists, the keyring holds or an object's
+    /// header names, with what each seals (reads every object's header).
+    ///
+    /// # Errors
+    /// Store errors; a damaged header, named.
+    pub async fn key_report(&self, manifest: &RepositoryManifest) -> Result<KeyReport, Error> {
+        let usage = self.key_usage().await?;
+        let keyring: Vec<String> = self
+            .keyring()
+            .ids()
+            .iter()
+            .map(|k| format!("{k:08x}"))
+            .collect();
+        let mut ids: Vec<String> = manifest.key_ids.clone();
+        let sealing: Vec<String> = usage.keys().flatten().map(|k| format!("{k:08x}")).collect();
+        for id in keyring.iter().chain(sealing.iter()) {
+            if !ids.contains(id) {
+                ids.push(id.clone());
+            }
+        }
+        let keys = ids
+            .iter()
+            .map(|id| {
+                let u = usage
+                    .get(&u32::from_str_radix(id, 16).ok())
+                    .copied()
+                    .unwrap_or_default();
+                KeyLine {
+                    id: id.clone(),
+                    listed: manifest.key_ids.contains(id),
+                    in_keyring: keyring.contains(id),
+                    seals_new_objects: keyring.first() == Some(id),
+                    objects: u.objects,
+                    bytes: u.bytes,
+                }
+            })
+            .collect();
+        Ok(KeyReport {
+            keys,
+            unencrypted: usage.get(&None).copied().unwrap_or_default(),
+        })
     }
 }

@@ -113,6 +113,19 @@ pub fn backup_id_of(key: &str) -> Option<&str> {
         .filter(|id| !id.is_empty())
 }
 
+/// Ids made from a time taken more than once in its second: `base`, then
+/// `base-01` to `base-99`, which sort after it and in order.
+pub const SAME_SECOND_IDS: u32 = 100;
+
+/// The `n`th id made from `base` (see [`SAME_SECOND_IDS`]).
+pub fn numbered_id(base: &str, n: u32) -> String {
+    if n == 0 {
+        base.to_string()
+    } else {
+        format!("{base}-{n:02}")
+    }
+}
+
 /// A WAL object in the repository, as its key describes it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum WalObject {
@@ -162,6 +175,15 @@ pub fn delta_key(segment: SegmentName, start: u64, end: u64, segment_size_bytes:
 /// The key of a timeline history file.
 pub fn history_key(timeline: TimelineId) -> String {
     format!("wal/{timeline:08X}.history")
+}
+
+/// The timeline of a folder of WAL objects (`wal/00000002/`), as a
+/// delimited listing of [`WAL_PREFIX`] gives it.
+pub fn wal_folder_timeline(folder: &str) -> Option<TimelineId> {
+    folder
+        .strip_prefix(WAL_PREFIX)
+        .and_then(|t| t.strip_suffix('/'))
+        .and_then(|t| TimelineId::from_hex(t).ok())
 }
 
 /// Parses a WAL object key (relative to the repository prefix).

@@ -24,9 +24,10 @@ mod repository;
 pub mod retry;
 
 pub use error::Error;
-pub use keys::KeyUsage;
+pub use keys::{KeyLine, KeyReport, KeyUsage};
 pub use open::{
     environment_options, is_store_option, options_under_environment, store_retry_config,
 };
+pub use records::first_free_id;
 pub use repository::{ObjectInfo, Repository, RequestCounts, StorageClasses};
 pub use retry::retry;

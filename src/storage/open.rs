@@ -200,51 +200,10 @@ pub(super) fn open(
                     .with_credential_source(credentials),
             );
         }
-        "s3" | "s3a" => {
-            let mut b = object_store::aws::AmazonS3Builder::new()
-                .with_url(url)
-                .with_retry(store_retry_config());
-            for (k, v) in &settings {
-                let key: object_store::aws::AmazonS3ConfigKey = k
-                    .parse()
-                    .map_err(|_| bad(format!("unknown S3 option {k:?}")))?;
-                if matches!(key, object_store::aws::AmazonS3ConfigKey::Endpoint)
-                    && is_loopback_http(v)
-                {
-                    b = b.with_allow_http(true);
-                }
-                b = b.with_config(key, v);
-            }
-            Arc::new(b.build().map_err(|e| bad(e.to_string()))?)
-        }
-        "gs" => {
-            let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
-                .with_url(url)
-                .with_retry(store_retry_config());
-            for (k, v) in &settings {
-                let key: object_store::gcp::GoogleConfigKey = k
-                    .parse()
-                    .map_err(|_| bad(format!("unknown GCS option {k:?}")))?;
-                b = b.with_config(key, v);
-            }
-            Arc::new(b.build().map_err(|e| bad(e.to_string()))?)
-        }
+        "s3" | "s3a" => build_store::<object_store::aws::AmazonS3Builder>(url, &settings)?,
+        "gs" => build_store::<object_store::gcp::GoogleCloudStorageBuilder>(url, &settings)?,
         "az" | "azure" => {
-            let mut b = object_store::azure::MicrosoftAzureBuilder::new()
-                .with_url(url)
-                .with_retry(store_retry_config());
-            for (k, v) in &settings {
-                let key: object_store::azure::AzureConfigKey = k
-                    .parse()
-                    .map_err(|_| bad(format!("unknown Azure option {k:?}")))?;
-                if matches!(key, object_store::azure::AzureConfigKey::Endpoint)
-                    && is_loopback_http(v)
-                {
-                    b = b.with_allow_http(true);
-                }
-                b = b.with_config(key, v);
-            }
-            Arc::new(b.build().map_err(|e| bad(e.to_string()))?)
+            build_store::<object_store::azure::MicrosoftAzureBuilder>(url, &settings)?
         }
         other => {
             return Err(bad(format!(
@@ -256,6 +215,109 @@ pub(super) fn open(
         Repository::from_store(store, parsed.path(), display, keyring, seal)
             .with_credential_source(credentials),
     )
+}
+
+/// The builders of the cloud stores, driven alike: each setting parsed as
+/// the store's own configuration key, plain HTTP allowed only for a
+/// loopback endpoint, object_store's retries kept short.
+trait StoreBuilder: Sized {
+    /// The store's configuration keys.
+    type Key: std::str::FromStr;
+    /// The store's name in messages.
+    const KIND: &'static str;
+    /// A builder for the bucket (container) and prefix of `url`.
+    fn for_url(url: &str) -> Self;
+    /// Sets one option.
+    fn set(self, key: Self::Key, value: &str) -> Self;
+    /// Whether `key` is the store's endpoint (never, for GCS).
+    fn is_endpoint(key: &Self::Key) -> bool;
+    /// Allows plain HTTP.
+    fn allow_http(self) -> Self;
+    /// Builds the store.
+    fn build_store(self) -> object_store::Result<Arc<dyn ObjectStore>>;
+}
+
+impl StoreBuilder for object_store::aws::AmazonS3Builder {
+    type Key = object_store::aws::AmazonS3ConfigKey;
+    const KIND: &'static str = "S3";
+    fn for_url(url: &str) -> Self {
+        Self::new().with_url(url).with_retry(store_retry_config())
+    }
+    fn set(self, key: Self::Key, value: &str) -> Self {
+        self.with_config(key, value)
+    }
+    fn is_endpoint(key: &Self::Key) -> bool {
+        matches!(key, Self::Key::Endpoint)
+    }
+    fn allow_http(self) -> Self {
+        self.with_allow_http(true)
+    }
+    fn build_store(self) -> object_store::Result<Arc<dyn ObjectStore>> {
+        Ok(Arc::new(self.build()?))
+    }
+}
+
+impl StoreBuilder for object_store::gcp::GoogleCloudStorageBuilder {
+    type Key = object_store::gcp::GoogleConfigKey;
+    const KIND: &'static str = "GCS";
+    fn for_url(url: &str) -> Self {
+        Self::new().with_url(url).with_retry(store_retry_config())
+    }
+    fn set(self, key: Self::Key, value: &str) -> Self {
+        self.with_config(key, value)
+    }
+    fn is_endpoint(_: &Self::Key) -> bool {
+        // The service account file names its own base URL.
+        false
+    }
+    fn allow_http(self) -> Self {
+        self
+    }
+    fn build_store(self) -> object_store::Result<Arc<dyn ObjectStore>> {
+        Ok(Arc::new(self.build()?))
+    }
+}
+
+impl StoreBuilder for object_store::azure::MicrosoftAzureBuilder {
+    type Key = object_store::azure::AzureConfigKey;
+    const KIND: &'static str = "Azure";
+    fn for_url(url: &str) -> Self {
+        Self::new().with_url(url).with_retry(store_retry_config())
+    }
+    fn set(self, key: Self::Key, value: &str) -> Self {
+        self.with_config(key, value)
+    }
+    fn is_endpoint(key: &Self::Key) -> bool {
+        matches!(key, Self::Key::Endpoint)
+    }
+    fn allow_http(self) -> Self {
+        self.with_allow_http(true)
+    }
+    fn build_store(self) -> object_store::Result<Arc<dyn ObjectStore>> {
+        Ok(Arc::new(self.build()?))
+    }
+}
+
+/// The cloud store of `url` with `settings` (canonical option names).
+fn build_store<B: StoreBuilder>(
+    url: &str,
+    settings: &[(String, String)],
+) -> Result<Arc<dyn ObjectStore>, Error> {
+    let bad = |reason: String| Error::Url {
+        url: url.to_string(),
+        reason,
+    };
+    let mut b = B::for_url(url);
+    for (k, v) in settings {
+        let key: B::Key = k
+            .parse()
+            .map_err(|_| bad(format!("unknown {} option {k:?}", B::KIND)))?;
+        if B::is_endpoint(&key) && is_loopback_http(v) {
+            b = b.allow_http();
+        }
+        b = b.set(key, v);
+    }
+    b.build_store().map_err(|e| bad(e.to_string()))
 }
 
 /// Where a store's credentials come from, in words an operator can act on:

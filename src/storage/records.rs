@@ -1,6 +1,8 @@
-//! Retention's own objects: pins and expire records (see
-//! [`crate::format::retention`]). Sealed and bound like every object.
+//! The repository's records: backups' `backup.json`, pins and expire
+//! records (see [`crate::format::retention`]), the WAL index, marks and
+//! drills. Sealed and bound like every object.
 
+use crate::format::backup::BackupMetadata;
 use crate::format::drill::DrillRecord;
 use crate::format::mark::Mark;
 use crate::format::retention::{ExpireRecord, Pin};
@@ -9,6 +11,34 @@ use crate::format::wal_index::WalIndex;
 use super::{Error, Repository, layout};
 
 impl Repository {
+    /// Reads every `backup.json`, oldest first.
+    ///
+    /// # Errors
+    /// Store or integrity errors (naming the object).
+    pub async fn list_backups(&self) -> Result<Vec<BackupMetadata>, Error> {
+        let objects = self.list(layout::BACKUPS_PREFIX).await?;
+        let mut out = Vec::new();
+        for o in objects {
+            let Some(id) = layout::backup_id_of(&o.key) else {
+                continue;
+            };
+            if o.key != layout::backup_json_key(id) {
+                continue;
+            }
+            let Some(bytes) = self.get_opened(&o.key).await? else {
+                continue;
+            };
+            let meta: BackupMetadata =
+                serde_json::from_slice(&bytes).map_err(|e| Error::BadManifest {
+                    key: o.key.clone(),
+                    reason: e.to_string(),
+                })?;
+            out.push(meta);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
     /// Every pin, by backup id (lapsed ones included).
     ///
     /// # Errors
@@ -184,20 +214,20 @@ impl Repository {
     pub async fn write_drill(&self, record: &DrillRecord) -> Result<(), Error> {
         let body = serde_json::to_vec_pretty(record).expect("a record serializes");
         let base = record.time.format("%Y%m%dT%H%M%SZ").to_string();
-        for n in 0..100 {
-            let id = if n == 0 {
-                base.clone()
-            } else {
-                format!("{base}_{n:02}")
-            };
-            match self
-                .put_sealed(&layout::drill_key(&id), vec![body.clone().into()])
-                .await
-            {
-                Err(Error::Conflict { .. }) => continue,
-                other => return other.map(|_| ()),
+        first_free_id(&base, |id| {
+            let body = body.clone();
+            async move {
+                match self
+                    .put_sealed(&layout::drill_key(&id), vec![body.into()])
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(Error::Conflict { .. }) => Ok(false),
+                    Err(e) => Err(e),
+                }
             }
-        }
+        })
+        .await?;
         Ok(())
     }
 
@@ -215,4 +245,24 @@ impl Repository {
                 reason: e.to_string(),
             })
     }
+}
+
+/// The first of the ids made from `base` ([`layout::numbered_id`]) that
+/// `claim` takes (it answers whether the id was free and is now used);
+/// `None` when all are taken.
+///
+/// # Errors
+/// The first error of `claim`.
+pub async fn first_free_id<F, Fut>(base: &str, mut claim: F) -> Result<Option<String>, Error>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, Error>>,
+{
+    for n in 0..layout::SAME_SECOND_IDS {
+        let id = layout::numbered_id(base, n);
+        if claim(id.clone()).await? {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
 }

@@ -145,11 +145,7 @@ impl WalInventory {
             index.timelines.iter().map(|t| (t.timeline, t)).collect();
         let mut used = Vec::new();
         for folder in folders {
-            let Some(timeline) = folder
-                .strip_prefix(layout::WAL_PREFIX)
-                .and_then(|t| t.strip_suffix('/'))
-                .and_then(|t| TimelineId::from_hex(t).ok())
-            else {
+            let Some(timeline) = layout::wal_folder_timeline(&folder) else {
                 continue;
             };
             let covered = by_timeline.get(&timeline.get()).copied();

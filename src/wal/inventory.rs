@@ -160,11 +160,7 @@ impl WalInventory {
         let (folders, mut objects) = repo.list_folders(layout::WAL_PREFIX).await?;
         let mut earlier = Vec::new();
         for folder in folders {
-            let Some(timeline) = folder
-                .strip_prefix(layout::WAL_PREFIX)
-                .and_then(|t| t.strip_suffix('/'))
-                .and_then(|t| TimelineId::from_hex(t).ok())
-            else {
+            let Some(timeline) = layout::wal_folder_timeline(&folder) else {
                 continue;
             };
             if timeline < start.timeline {

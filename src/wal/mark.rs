@@ -146,7 +146,8 @@ pub async fn create(
     // hole from where a restore to it would start: the newest backup on its
     // timeline that began before it (an older gap, e.g. after a lost slot,
     // does not matter), else the start of the timeline's archive.
-    let from = crate::backup::list_backups(repo)
+    let from = repo
+        .list_backups()
         .await?
         .into_iter()
         .rev()

@@ -13,12 +13,12 @@ pub struct TimelineSummary {
     /// Timeline id.
     pub timeline: TimelineId,
     /// First WAL LSN held.
-    pub start_lsn: String,
+    pub start_lsn: Lsn,
     /// End of the WAL held without a hole from `start_lsn` (deltas included):
     /// replay on this timeline can reach this point.
-    pub end_lsn: String,
+    pub end_lsn: Lsn,
     /// End of the newest WAL held anywhere on this timeline (past a hole, if any).
-    pub newest_lsn: String,
+    pub newest_lsn: Lsn,
     /// First segment file name.
     pub first_segment: String,
     /// Last segment file name (complete or partial).
@@ -28,7 +28,7 @@ pub struct TimelineSummary {
     /// Segments held only as deltas.
     pub partial_segments: usize,
     /// End of the newest delta, if the last segment is partial.
-    pub newest_delta_end_lsn: Option<String>,
+    pub newest_delta_end_lsn: Option<Lsn>,
     /// Segment numbers missing between first and last.
     pub missing_segments: Vec<String>,
     /// Whether the history file is stored (timelines ≥ 2).
@@ -81,14 +81,14 @@ pub fn summarize(inv: &WalInventory, segment_size_bytes: u64) -> WalSummary {
             Lsn(max * segment_size_bytes + t.delta_chain_end(max))
         };
         let end = t.contiguous_end(segment_size_bytes).unwrap_or(start);
-        let newest_delta_end = (!t.complete.contains(&max)).then(|| newest.to_string());
+        let newest_delta_end = (!t.complete.contains(&max)).then_some(newest);
         let missing = t.missing_segments().into_iter().map(name).collect();
         let partial = t.deltas.keys().filter(|n| !t.complete.contains(n)).count();
         timelines.push(TimelineSummary {
             timeline: tli,
-            start_lsn: start.to_string(),
-            end_lsn: end.to_string(),
-            newest_lsn: newest.to_string(),
+            start_lsn: start,
+            end_lsn: end,
+            newest_lsn: newest,
             first_segment: name(first),
             last_segment: name(max),
             complete_segments: t.complete.len(),

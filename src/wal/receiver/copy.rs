@@ -40,7 +40,7 @@ impl Stream<'_> {
         let jobs_tx = self.jobs_tx.clone();
         let memory = self.memory.clone();
         self.send_status(conn, false).await?;
-        if let Some(m) = &self.metrics {
+        if let Some(m) = &self.stats {
             m.streaming
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -109,7 +109,7 @@ impl Stream<'_> {
                         CopyEvent::Data(payload) => {
                             match decode_replication_message(payload)? {
                                 ReplicationMessage::XLogData(x) => {
-                                    if let Some(m) = &self.metrics {
+                                    if let Some(m) = &self.stats {
                                         m.server_at(x.wal_end);
                                         m.received(x.start + x.data.len() as u64);
                                     }
@@ -119,7 +119,7 @@ impl Stream<'_> {
                                     }
                                 }
                                 ReplicationMessage::Keepalive(k) => {
-                                    if let Some(m) = &self.metrics {
+                                    if let Some(m) = &self.stats {
                                         m.server_at(k.wal_end);
                                     }
                                     if k.reply_requested {

@@ -13,8 +13,11 @@
 mod copy;
 mod drain;
 mod resume;
+mod stats;
 mod status;
 mod timelines;
+
+pub use stats::StreamStats;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -158,7 +161,7 @@ struct Stream<'a> {
     /// Where to go on when the server no longer has the WAL of a hole the
     /// run started at: the end of the archive's newest WAL.
     fallback_start: Option<(TimelineId, Lsn)>,
-    metrics: Option<Arc<crate::metrics::Metrics>>,
+    stats: Option<Arc<StreamStats>>,
     /// Synchronous mode: the ends of the deltas queued and not yet durable.
     /// While `upload_concurrency` of them are outstanding, new WAL waits in
     /// the segmenter and goes out in the next delta (group commit).
@@ -178,8 +181,8 @@ pub struct StreamPlan {
     pub slot_ready: bool,
     /// Publish the durable LSN here, for others to watch.
     pub durable: Option<watch::Sender<Lsn>>,
-    /// Report to the sidecar's metrics.
-    pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Count into these (the sidecar's, which its metrics read).
+    pub stats: Option<Arc<StreamStats>>,
 }
 
 /// Runs the stream until `shutdown.graceful` fires (then drains and
@@ -201,11 +204,11 @@ pub async fn run(
     let abort = shutdown.abort.child_token();
     let memory = Arc::new(MemoryBudget::new(opts.memory_budget_bytes));
     let stats = plan
-        .metrics
+        .stats
         .as_ref()
-        .map_or_else(|| Arc::new(UploadStats::default()), |m| m.upload.clone());
-    if let Some(m) = &plan.metrics {
-        m.set_memory(memory.clone());
+        .map_or_else(|| Arc::new(UploadStats::default()), |s| s.upload.clone());
+    if let Some(s) = &plan.stats {
+        s.set_memory(memory.clone());
     }
     let durable_tx = plan
         .durable
@@ -276,7 +279,7 @@ pub async fn run(
         stop_at: plan.stop_at,
         slot_ready: plan.slot_ready,
         fallback_start: None,
-        metrics: plan.metrics.clone(),
+        stats: plan.stats.clone(),
         sync_outstanding: VecDeque::new(),
     };
 
@@ -301,7 +304,7 @@ pub async fn run(
             match connect_checked(opts, repo, shutdown).await {
                 Ok(Some((c, size))) if size == segment_size => {
                     conn = c;
-                    if let Some(m) = &stream.metrics {
+                    if let Some(m) = &stream.stats {
                         m.reconnects
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -434,7 +437,7 @@ impl Stream<'_> {
                     debug!(timeline = %timeline, start = %start, "replication started");
                     // A removed segment is reported after CopyBothResponse.
                     let copied = self.copy_loop(conn, shutdown, status_interval).await;
-                    if let Some(m) = &self.metrics {
+                    if let Some(m) = &self.stats {
                         m.streaming
                             .store(false, std::sync::atomic::Ordering::Relaxed);
                     }

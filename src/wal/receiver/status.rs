@@ -34,7 +34,7 @@ impl Stream<'_> {
     ) -> Result<(), Error> {
         let durable = (*self.durable_rx.borrow_and_update()).max(self.last_reported);
         self.last_reported = durable;
-        if let Some(m) = &self.metrics {
+        if let Some(m) = &self.stats {
             m.durable(durable);
         }
         conn.send_status(&StandbyStatusUpdate {

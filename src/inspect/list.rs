@@ -1,0 +1,145 @@
+//! `walvault list`: what the repository holds (its identity, the backups,
+//! and the WAL range on each timeline), and the `list --json` schema.
+//!
+//! The WAL older than the last expire run comes from that run's WAL index
+//! unless a full listing is asked for ([`WalInventory::scan_latest`]).
+
+use serde::Serialize;
+
+use crate::format::manifest::RepositoryManifest;
+use crate::lsn::Lsn;
+use crate::storage::{self, Repository, layout};
+use crate::wal::index::ScanError;
+use crate::wal::inventory::WalInventory;
+use crate::wal::summary::{WalSummary, summarize};
+
+/// `list --json` output, version 1.
+#[derive(Debug, Serialize)]
+pub struct ListOutput {
+    pub version: u32,
+    pub repository: String,
+    pub system_identifier: String,
+    pub pg_major: u32,
+    pub encryption: String,
+    pub backups: Vec<BackupSummary>,
+    pub wal: WalSummary,
+    pub wal_listing: WalListing,
+}
+
+/// How `list` learned the WAL part.
+#[derive(Debug, Serialize)]
+pub struct WalListing {
+    /// `index` (the index of the last expire run, and a listing after it) or `full`.
+    pub source: &'static str,
+    /// When the expire run that stored the index listed `wal/`.
+    pub index_time: Option<String>,
+    /// WAL objects listed from the store (the rest came from the index).
+    pub listed_objects: usize,
+}
+
+/// One backup in `list --json`.
+#[derive(Debug, Serialize)]
+pub struct BackupSummary {
+    pub id: String,
+    pub label: String,
+    pub start_time: String,
+    pub stop_time: String,
+    pub duration_seconds: f64,
+    pub size_bytes: u64,
+    pub stored_bytes: u64,
+    pub timeline: u32,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    pub wal_first_segment: String,
+    pub wal_last_segment: String,
+    pub source_server: String,
+    pub source_role: String,
+    pub server_version: String,
+}
+
+/// Why the listing could not be gathered.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// The newest expire run's WAL index does not open, parse or hold together.
+    #[error(
+        "the WAL index ({}) is unusable: `walvault list --full` lists every WAL object \
+         without it, and the next expire run replaces it",
+        layout::WAL_INDEX
+    )]
+    Index(#[source] storage::Error),
+    /// Listing the WAL failed.
+    #[error("list WAL")]
+    Wal(#[source] storage::Error),
+    /// Reading the backups failed.
+    #[error("list backups")]
+    Backups(#[source] storage::Error),
+}
+
+/// Gathers the listing of `repo` (whose `walvault.json` is `manifest`);
+/// `full` lists every WAL object instead of reading the WAL index.
+///
+/// # Errors
+/// [`ListError`].
+pub async fn gather(
+    repo: &Repository,
+    manifest: &RepositoryManifest,
+    full: bool,
+) -> Result<ListOutput, ListError> {
+    let (inv, wal_listing) = scan_wal(repo, manifest.wal_segment_size, full).await?;
+    let backups = repo.list_backups().await.map_err(ListError::Backups)?;
+    let backups: Vec<BackupSummary> = backups
+        .into_iter()
+        .map(|b| BackupSummary {
+            id: b.id,
+            label: b.label,
+            start_time: crate::format::time::to_text(&b.start_time),
+            stop_time: crate::format::time::to_text(&b.stop_time),
+            duration_seconds: b.duration_seconds,
+            size_bytes: b.plain_bytes,
+            stored_bytes: b.stored_bytes,
+            timeline: b.timeline.get(),
+            start_lsn: b.start_lsn,
+            stop_lsn: b.stop_lsn,
+            wal_first_segment: b.wal_range.first_segment,
+            wal_last_segment: b.wal_range.last_segment,
+            source_server: b.source.server,
+            source_role: b.source.role,
+            server_version: b.server_version,
+        })
+        .collect();
+    let out = ListOutput {
+        version: 1,
+        repository: repo.display().to_string(),
+        system_identifier: manifest.system_identifier.clone(),
+        pg_major: manifest.pg_major,
+        encryption: manifest.encryption.clone(),
+        backups,
+        wal: summarize(&inv, manifest.wal_segment_size),
+        wal_listing,
+    };
+    Ok(out)
+}
+
+/// The archive's inventory: from the WAL index of the last expire run
+/// unless `full` (see [`WalInventory::scan_latest`]).
+async fn scan_wal(
+    repo: &Repository,
+    segment_size_bytes: u64,
+    full: bool,
+) -> Result<(WalInventory, WalListing), ListError> {
+    let (inv, source) = match WalInventory::scan_latest(repo, segment_size_bytes, !full).await {
+        Ok(scanned) => scanned,
+        Err(ScanError::Index(e)) => return Err(ListError::Index(e)),
+        Err(ScanError::Store(e)) => return Err(ListError::Wal(e)),
+    };
+    let listing = WalListing {
+        source: if source.index_time.is_some() {
+            "index"
+        } else {
+            "full"
+        },
+        index_time: source.index_time.map(|t| crate::format::time::to_text(&t)),
+        listed_objects: source.listed_objects,
+    };
+    Ok((inv, listing))
+}

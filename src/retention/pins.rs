@@ -1,0 +1,74 @@
+//! Pins: a backup kept against every retention policy (`walvault keep`),
+//! with a reason and, optionally, an end. Expire keeps a pinned backup and
+//! the WAL it needs to be consistent; a lapsed pin is removed by the next
+//! expire run.
+
+use chrono::{DateTime, Utc};
+
+use crate::format::retention::{PIN_VERSION, Pin};
+use crate::storage::{self, Repository};
+
+/// Why a backup could not be pinned.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// No backup has this id (exit code 2).
+    #[error(transparent)]
+    UnknownBackup(#[from] crate::config::Error),
+    /// The pin would end past what a time can hold.
+    #[error("--for is too long")]
+    TooLong,
+    /// The store failed.
+    #[error("store the pin")]
+    Store(#[source] storage::Error),
+}
+
+impl PinError {
+    /// Whether the user asked for something that cannot be (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, PinError::UnknownBackup(_))
+    }
+}
+
+/// Pins backup `id` of `repo` from `now` for `lasting` (default: for ever),
+/// replacing an earlier pin of it.
+///
+/// # Errors
+/// [`PinError`].
+pub async fn pin(
+    repo: &Repository,
+    id: &str,
+    reason: Option<String>,
+    lasting: Option<std::time::Duration>,
+    now: DateTime<Utc>,
+) -> Result<Pin, PinError> {
+    let backups = repo.list_backups().await.map_err(PinError::Store)?;
+    if !backups.iter().any(|b| b.id == id) {
+        return Err(crate::config::Error::Invalid {
+            what: "backup id",
+            value: id.to_string(),
+            reason: "no such backup in the repository (walvault list shows the ids)".into(),
+        }
+        .into());
+    }
+    let until = match lasting {
+        Some(d) => Some(now + chrono::Duration::from_std(d).map_err(|_| PinError::TooLong)?),
+        None => None,
+    };
+    let pin = Pin {
+        version: PIN_VERSION,
+        backup_id: id.to_string(),
+        reason,
+        created: now,
+        until,
+    };
+    repo.write_pin(&pin).await.map_err(PinError::Store)?;
+    Ok(pin)
+}
+
+/// Removes the pin of backup `id`, if it has one.
+///
+/// # Errors
+/// Store errors.
+pub async fn unpin(repo: &Repository, id: &str) -> Result<(), storage::Error> {
+    repo.delete_pin(id).await
+}

@@ -1,9 +1,10 @@
 //! The one seal-and-upload stage. WAL segments, deltas, history files and
 //! base-backup parts all go through [`run`]: at most `concurrency` objects
 //! are sealed (zstd, then AES-GCM, on the blocking pool) and stored at once,
-//! each retried by the one policy of [`crate::storage::retry`] and then,
-//! while the store stays down, again every [`OUTAGE_RETRY_INTERVAL`] until
-//! it is stored or the stage is cancelled.
+//! each sealed once and its put retried by the one policy of
+//! [`crate::storage::retry`] and then, while the store stays down, again
+//! every [`OUTAGE_RETRY_INTERVAL`] until it is stored or the stage is
+//! cancelled.
 //!
 //! Invariants:
 //! - a job is taken from the input only when an upload slot is free, so the
@@ -293,28 +294,24 @@ async fn store(
         }
         _ => 0,
     };
-    let seal = if job.compress {
-        None
-    } else {
-        Some(SealOptions {
-            compression: Compression::None,
-            ..SealOptions::default()
-        })
-    };
+    let seal = (!job.compress).then(|| SealOptions {
+        compression: Compression::None,
+        ..SealOptions::default()
+    });
+    // Sealed once: every attempt, and every round of an outage, sends the
+    // same bytes.
+    let object = repo.seal(&job.key, &job.pieces, seal).await;
     let mut outage_logged = false;
     loop {
         let mut attempts = 0u32;
         let result = storage::retry(&job.key, cancel, || {
-            let pieces = job.pieces.clone();
             attempts += 1;
             if attempts > 1 || outage_logged {
                 stats.retries.fetch_add(1, Relaxed);
             }
+            let object = &object;
             async move {
-                let r = match seal {
-                    Some(s) => repo.put_sealed_with(&job.key, pieces, s).await,
-                    None => repo.put_sealed(&job.key, pieces).await,
-                };
+                let r = repo.put_prepared(object, &job.pieces).await;
                 if r.is_err() {
                     stats.errors.fetch_add(1, Relaxed);
                 }

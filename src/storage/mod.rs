@@ -29,5 +29,5 @@ pub use open::{
     environment_options, is_store_option, options_under_environment, store_retry_config,
 };
 pub use records::first_free_id;
-pub use repository::{ObjectInfo, Repository, RequestCounts, StorageClasses};
+pub use repository::{ObjectInfo, Repository, RequestCounts, SealedObject, StorageClasses};
 pub use retry::retry;

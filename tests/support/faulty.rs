@@ -34,6 +34,8 @@ pub struct Faults {
     pub hold_keys: std::sync::Mutex<Option<String>>,
     /// Flip a byte in the middle of every object read.
     pub corrupt_reads: AtomicBool,
+    /// The key and bytes of every write failed on purpose.
+    pub failed_writes: std::sync::Mutex<Vec<(String, bytes::Bytes)>>,
     released: Notify,
 }
 
@@ -125,6 +127,9 @@ impl ObjectStore for FaultyStore {
             .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
             .is_ok();
         if failing {
+            let bytes: bytes::Bytes = payload.into_iter().flatten().collect::<Vec<u8>>().into();
+            let failed = (location.as_ref().to_string(), bytes);
+            self.faults.failed_writes.lock().unwrap().push(failed);
             return Err(injected());
         }
         if self.faults.ignore_create_only.load(SeqCst) && opts.mode == PutMode::Create {

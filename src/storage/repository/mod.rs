@@ -14,6 +14,8 @@ mod list;
 mod read;
 mod write;
 
+pub use write::SealedObject;
+
 use std::sync::Arc;
 use std::time::Duration;
 

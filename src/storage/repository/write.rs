@@ -15,6 +15,26 @@ use crate::storage::{Error, layout};
 
 use super::{BASE_REQUEST_TIMEOUT, Repository, RequestCounts, TIMEOUT_PER_MIB};
 
+/// An object sealed for one key, ready to store: a retried write sends
+/// these same bytes instead of sealing (compressing, encrypting) again.
+#[derive(Clone, Debug)]
+pub struct SealedObject {
+    key: String,
+    bytes: Bytes,
+}
+
+impl SealedObject {
+    /// The key it was sealed for (and is bound to).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Its size in the store.
+    pub fn len_bytes(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+}
+
 impl Repository {
     /// Seals `plaintext` and stores it at `key`, create-only. Returns the
     /// stored size.
@@ -42,8 +62,21 @@ impl Repository {
         plaintext: Vec<Bytes>,
         seal: SealOptions,
     ) -> Result<u64, Error> {
+        let object = self.seal(key, &plaintext, Some(seal)).await;
+        self.put_prepared(&object, &plaintext).await
+    }
+
+    /// Seals `plaintext` for `key` on the blocking pool (with `seal`, or the
+    /// repository's options), drawing its salt: the object to store, and to
+    /// store again after a failed attempt without sealing again.
+    pub async fn seal(
+        &self,
+        key: &str,
+        plaintext: &[Bytes],
+        seal: Option<SealOptions>,
+    ) -> SealedObject {
         let keyring = self.keyring.clone();
-        let for_seal = plaintext.clone();
+        let for_seal = plaintext.to_vec();
         let salt: chunk::Salt = if keyring.write_key().is_some() {
             rand::random()
         } else {
@@ -51,6 +84,7 @@ impl Repository {
         };
         let bound = self.policy().bound;
         let object_key = key.to_string();
+        let seal = seal.unwrap_or(self.seal);
         let sealed = tokio::task::spawn_blocking(move || {
             let binding = if bound {
                 Binding::Key(&object_key)
@@ -61,15 +95,39 @@ impl Repository {
         })
         .await
         .expect("sealing does not panic");
-        let size = sealed.len() as u64;
-        match self.put_create(key, PutPayload::from(sealed)).await {
+        SealedObject {
+            key: key.to_string(),
+            bytes: Bytes::from(sealed),
+        }
+    }
+
+    /// Stores `object`, create-only; `plaintext` is what it seals, to tell
+    /// a retry of this write (the same plaintext is there: success) from a
+    /// conflict. Returns the stored size.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when the key holds other content; store errors.
+    ///
+    /// # Cancel safety
+    /// Safe: the object is either written whole or not at all.
+    pub async fn put_prepared(
+        &self,
+        object: &SealedObject,
+        plaintext: &[Bytes],
+    ) -> Result<u64, Error> {
+        let key = object.key.as_str();
+        let size = object.bytes.len() as u64;
+        match self
+            .put_create(key, PutPayload::from(object.bytes.clone()))
+            .await
+        {
             Ok(()) => Ok(size),
             Err(Error::Backend {
                 source: object_store::Error::AlreadyExists { .. },
                 ..
             }) => {
                 let existing = self.get_opened(key).await?;
-                match existing.map(|e| first_difference(&plaintext, &e)) {
+                match existing.map(|e| first_difference(plaintext, &e)) {
                     Some(None) => {
                         // A retry of a write whose sync failed: sync again.
                         self.sync_local(key).await?;

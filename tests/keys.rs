@@ -63,7 +63,7 @@ async fn keys_rotate_end_to_end() {
     // B first, A kept: walvault.json lists both.
     let out = env_ba.run(&["key", "add"]);
     assert!(out.status.success(), "{}", text(&out));
-    let id_of = |hex: &str| format!("{:08x}", MasterKey::from_hex(hex).unwrap().id());
+    let id_of = |hex: &str| MasterKey::from_hex(hex).unwrap().id().to_string();
     let (id_a, id_b) = (id_of(KEY), id_of(&key_b));
     let stream = StreamProcess::start(&env_ba, pg.port, &["--flush-interval", "200ms"]);
     pg.execute("INSERT INTO ledger SELECT g, 'b' FROM generate_series(10, 19) g")

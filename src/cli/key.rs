@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::format::KeyId;
+use crate::format::manifest::join_ids;
 use crate::progress::human_bytes;
 
 use super::args::RepoArgs;
@@ -45,7 +47,7 @@ pub enum Action {
         #[command(flatten)]
         repo: RepoArgs,
         /// The key id (8 hex digits, as `key list` shows).
-        id: String,
+        id: KeyId,
     },
 }
 
@@ -64,22 +66,22 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .context("rewrite walvault.json")?;
             println!(
                 "walvault.json lists keys {}; new objects are sealed with {} (restart running walvault processes)",
-                m.key_ids.join(", "),
+                join_ids(&m.key_ids),
                 repo.keyring()
                     .write_key()
-                    .map_or("-".into(), |k| format!("{:08x}", k.id()))
+                    .map_or("-".into(), |k| k.id().to_string())
             );
             Ok(ExitCode::SUCCESS)
         }
         Action::Retire { repo, id } => {
             let (repo, manifest) = repo.open_existing().await?;
-            let m = repo.retire_key(&manifest, &id).await.map_err(|e| match e {
+            let m = repo.retire_key(&manifest, id).await.map_err(|e| match e {
                 refused @ crate::storage::Error::Retire { .. } => anyhow::Error::new(refused),
                 other => anyhow::Error::new(other).context("rewrite walvault.json"),
             })?;
             println!(
                 "key {id} retired: walvault.json lists {}; a key file without {id} is accepted",
-                m.key_ids.join(", ")
+                join_ids(&m.key_ids)
             );
             Ok(ExitCode::SUCCESS)
         }

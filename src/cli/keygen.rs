@@ -18,6 +18,6 @@ pub struct Args {}
 pub fn run(_args: &Args) -> anyhow::Result<ExitCode> {
     let key = crate::config::keys::generate_key();
     println!("{}", key.to_hex());
-    eprintln!("key id {:08x}", key.id());
+    eprintln!("key id {}", key.id());
     Ok(ExitCode::SUCCESS)
 }

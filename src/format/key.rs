@@ -16,9 +16,52 @@ use sha2::{Digest, Sha256};
 /// Length of a master key in bytes (AES-256).
 pub const KEY_LEN_BYTES: usize = 32;
 
+/// The public id of a master key: four bytes, written as 8 lowercase
+/// hexadecimal digits (`0a0b0c0d`) wherever it is shown or stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyId(pub u32);
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&format!("{:08x}", self.0))
+    }
+}
+
+/// Text that is not a key id.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("key id {0:?} is not 8 lowercase hexadecimal digits")]
+pub struct ParseKeyIdError(pub String);
+
+impl std::str::FromStr for KeyId {
+    type Err = ParseKeyIdError;
+
+    /// Exactly 8 lowercase hexadecimal digits, as walvault writes them.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 8 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(ParseKeyIdError(s.to_string()));
+        }
+        u32::from_str_radix(s, 16)
+            .map(KeyId)
+            .map_err(|_| ParseKeyIdError(s.to_string()))
+    }
+}
+
+impl serde::Serialize for KeyId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KeyId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A 256-bit master key and its public id.
 pub struct MasterKey {
-    id: u32,
+    id: KeyId,
     bytes: SecretBox<[u8; KEY_LEN_BYTES]>,
 }
 
@@ -77,7 +120,7 @@ impl MasterKey {
     }
 
     /// The public id of this key.
-    pub fn id(&self) -> u32 {
+    pub fn id(&self) -> KeyId {
         self.id
     }
 
@@ -102,17 +145,19 @@ impl MasterKey {
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MasterKey({:08x})", self.id)
+        write!(f, "MasterKey({})", self.id)
     }
 }
 
 /// The id of a master key: the first 4 bytes of SHA-256("walvault key id" || key).
-fn key_id(bytes: &[u8; KEY_LEN_BYTES]) -> u32 {
+fn key_id(bytes: &[u8; KEY_LEN_BYTES]) -> KeyId {
     let mut h = Sha256::new();
     h.update(b"walvault key id");
     h.update(bytes);
     let digest = h.finalize();
-    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+    KeyId(u32::from_be_bytes([
+        digest[0], digest[1], digest[2], digest[3],
+    ]))
 }
 
 /// The keys walvault may use: the first seals new objects, all of them open.
@@ -153,14 +198,14 @@ impl Keyring {
         Ok(Keyring { keys })
     }
 
-    /// The keys of this keyring whose ids are in `ids` (8 hex digits), in
-    /// the keyring's order.
-    pub fn only(&self, ids: &[String]) -> Keyring {
+    /// The keys of this keyring whose ids are in `ids`, in the keyring's
+    /// order.
+    pub fn only(&self, ids: &[KeyId]) -> Keyring {
         Keyring {
             keys: self
                 .keys
                 .iter()
-                .filter(|k| ids.contains(&format!("{:08x}", k.id)))
+                .filter(|k| ids.contains(&k.id))
                 .map(|k| MasterKey {
                     id: k.id,
                     bytes: SecretBox::new(Box::new(*k.bytes.expose_secret())),
@@ -175,7 +220,7 @@ impl Keyring {
     }
 
     /// The key with this id, if the keyring has it.
-    pub fn get(&self, id: u32) -> Option<&MasterKey> {
+    pub fn get(&self, id: KeyId) -> Option<&MasterKey> {
         self.keys.iter().find(|k| k.id == id)
     }
 
@@ -190,7 +235,7 @@ impl Keyring {
     }
 
     /// The ids of all keys, write key first.
-    pub fn ids(&self) -> Vec<u32> {
+    pub fn ids(&self) -> Vec<KeyId> {
         self.keys.iter().map(|k| k.id).collect()
     }
 }
@@ -203,10 +248,11 @@ mod tests {
     fn key_parses_and_has_stable_id() {
         let k = MasterKey::from_hex(&"00".repeat(32)).unwrap();
         // The id of the all-zero key is fixed by the format; see docs/format.md.
-        assert_eq!(
-            format!("{:08x}", k.id()),
-            format!("{:08x}", key_id(&[0; 32]))
-        );
+        assert_eq!(k.id(), key_id(&[0; 32]));
+        assert_eq!(k.id().to_string().len(), 8);
+        assert_eq!(k.id().to_string().parse::<KeyId>(), Ok(k.id()));
+        assert!("0A0B0C0D".parse::<KeyId>().is_err());
+        assert!("0a0b0c0".parse::<KeyId>().is_err());
         assert!(MasterKey::from_hex("abc").is_err());
         assert!(MasterKey::from_hex(&"zz".repeat(32)).is_err());
         let generated = MasterKey::from_bytes([9; KEY_LEN_BYTES]);

@@ -19,7 +19,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use super::key::Keyring;
+use super::key::{KeyId, Keyring};
 
 /// The `walvault.json` version this code writes.
 pub const REPOSITORY_MANIFEST_VERSION: u32 = 2;
@@ -44,15 +44,23 @@ pub struct RepositoryManifest {
     pub compression: String,
     /// `"aes-256-gcm"` or `"none"`.
     pub encryption: String,
-    /// Hexadecimal ids of the master keys used to write (empty without encryption).
-    pub key_ids: Vec<String>,
+    /// Ids of the master keys used to write (empty without encryption).
+    pub key_ids: Vec<KeyId>,
     /// When the repository was created (RFC 3339, UTC, whole seconds).
     #[serde(with = "super::time")]
     pub created_at: DateTime<Utc>,
     /// Version 2, encrypted: per key id, the hex HMAC-SHA256 of this
     /// document without this field, under that key's manifest key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub macs: Option<BTreeMap<String, String>>,
+    pub macs: Option<BTreeMap<KeyId, String>>,
+}
+
+/// Key ids as a list for messages: `0a0b0c0d, 11223344`.
+pub fn join_ids(ids: &[KeyId]) -> String {
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A `walvault.json` that must not be trusted.
@@ -172,13 +180,6 @@ impl RepositoryManifest {
             }
             (other, _) => return bad(format!("unknown encryption {other:?}")),
         }
-        if let Some(id) = self
-            .key_ids
-            .iter()
-            .find(|id| id.len() != 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
-            return bad(format!("key id {id:?} is not 8 hexadecimal digits"));
-        }
         if self.binds_objects() && self.is_encrypted() && self.macs.is_none() {
             return bad("an encrypted repository's identity has no authentication".into());
         }
@@ -204,10 +205,7 @@ impl RepositoryManifest {
                 let mut mac = Hmac::<Sha256>::new_from_slice(&k.derive_manifest_key())
                     .expect("HMAC takes any key length");
                 mac.update(&bytes);
-                (
-                    format!("{:08x}", k.id()),
-                    hex::encode(mac.finalize().into_bytes()),
-                )
+                (k.id(), hex::encode(mac.finalize().into_bytes()))
             })
             .collect();
         self.macs = Some(macs);
@@ -225,7 +223,7 @@ impl RepositoryManifest {
         let macs = self.macs.as_ref().ok_or(ManifestError::Tampered)?;
         let bytes = self.signed_bytes();
         for k in keyring.keys() {
-            let Some(hex_mac) = macs.get(&format!("{:08x}", k.id())) else {
+            let Some(hex_mac) = macs.get(&k.id()) else {
                 continue;
             };
             let Ok(want) = hex::decode(hex_mac) else {
@@ -243,20 +241,19 @@ impl RepositoryManifest {
     ///
     /// # Errors
     /// [`MismatchError`] naming what does not fit.
-    pub fn check_keys(&self, given_ids: &[u32]) -> Result<(), MismatchError> {
-        let key_ids = self.key_ids.join(", ");
+    pub fn check_keys(&self, given_ids: &[KeyId]) -> Result<(), MismatchError> {
+        let key_ids = join_ids(&self.key_ids);
         let encrypted = self.encryption != "none";
         match (encrypted, given_ids.is_empty()) {
             (true, true) => Err(MismatchError::KeyRequired { key_ids }),
             (false, false) => Err(MismatchError::NotEncrypted),
             (false, true) => Ok(()),
             (true, false) => {
-                let given: Vec<String> = given_ids.iter().map(|id| format!("{id:08x}")).collect();
-                if given.iter().any(|g| self.key_ids.contains(g)) {
+                if given_ids.iter().any(|g| self.key_ids.contains(g)) {
                     Ok(())
                 } else {
                     Err(MismatchError::WrongKey {
-                        given: given.join(", "),
+                        given: join_ids(given_ids),
                         key_ids,
                     })
                 }
@@ -301,7 +298,7 @@ mod tests {
             wal_segment_size: 16 << 20,
             compression: "zstd".into(),
             encryption: encryption.into(),
-            key_ids: key_ids.iter().map(|s| s.to_string()).collect(),
+            key_ids: key_ids.iter().map(|s| s.parse().unwrap()).collect(),
             created_at: "2026-11-21T00:00:00Z".parse().unwrap(),
             macs: None,
         }
@@ -311,7 +308,7 @@ mod tests {
     fn version_2_is_authenticated_and_validated() {
         use crate::format::key::MasterKey;
         let ring = Keyring::single(MasterKey::from_hex(&"42".repeat(32)).unwrap());
-        let id = format!("{:08x}", ring.ids()[0]);
+        let id = ring.ids()[0].to_string();
         let mut m = manifest("aes-256-gcm", &[id.as_str()]);
         m.version = REPOSITORY_MANIFEST_VERSION;
         assert!(m.validate().is_err(), "unsigned encrypted v2 accepted");
@@ -349,18 +346,21 @@ mod tests {
     #[test]
     fn key_settings_are_checked() {
         let enc = manifest("aes-256-gcm", &["0a0b0c0d"]);
-        assert!(enc.check_keys(&[0x0a0b_0c0d]).is_ok());
+        assert!(enc.check_keys(&[KeyId(0x0a0b_0c0d)]).is_ok());
         assert!(matches!(
             enc.check_keys(&[]),
             Err(MismatchError::KeyRequired { .. })
         ));
         assert!(matches!(
-            enc.check_keys(&[1]),
+            enc.check_keys(&[KeyId(1)]),
             Err(MismatchError::WrongKey { .. })
         ));
         let plain = manifest("none", &[]);
         assert!(plain.check_keys(&[]).is_ok());
-        assert_eq!(plain.check_keys(&[1]), Err(MismatchError::NotEncrypted));
+        assert_eq!(
+            plain.check_keys(&[KeyId(1)]),
+            Err(MismatchError::NotEncrypted)
+        );
         assert!(plain.check_server("1", 16 << 20).is_err());
         assert!(plain.check_server("7300000000000000001", 1 << 20).is_err());
     }

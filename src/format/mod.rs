@@ -12,4 +12,4 @@ pub mod time;
 pub mod wal_index;
 
 pub use chunk::{Compression, SealOptions, open, seal};
-pub use key::{Keyring, MasterKey};
+pub use key::{KeyId, Keyring, MasterKey};

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use crate::format::KeyId;
 use crate::format::time::to_text;
 use crate::lsn::Lsn;
 use crate::protocol::ConnInfo;
@@ -45,8 +46,8 @@ pub struct Info {
 /// One key.
 #[derive(Clone, Debug, Serialize)]
 pub struct KeyInfo {
-    /// Its id (8 hex digits).
-    pub id: String,
+    /// Its id.
+    pub id: KeyId,
     /// Whether it seals new objects (first in the key file).
     pub seals_new_objects: bool,
     /// Objects sealed with it (`None` unless counted, `info --keys`).
@@ -184,22 +185,17 @@ pub async fn gather(
     } else {
         None
     };
-    let write_key = repo
-        .keyring()
-        .write_key()
-        .map(|k| format!("{:08x}", k.id()));
+    let write_key = repo.keyring().write_key().map(|k| k.id());
     let keys = manifest
         .key_ids
         .iter()
-        .map(|id| {
-            let u = usage.as_ref().map(|u| {
-                u.get(&u32::from_str_radix(id, 16).ok())
-                    .copied()
-                    .unwrap_or_default()
-            });
+        .map(|&id| {
+            let u = usage
+                .as_ref()
+                .map(|u| u.get(&Some(id)).copied().unwrap_or_default());
             KeyInfo {
-                id: id.clone(),
-                seals_new_objects: write_key.as_ref() == Some(id),
+                id,
+                seals_new_objects: write_key == Some(id),
                 objects: u.map(|u| u.objects),
                 bytes: u.map(|u| u.bytes),
             }

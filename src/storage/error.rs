@@ -68,10 +68,10 @@ pub enum Error {
         missing: String,
     },
     /// A key cannot be retired.
-    #[error("invalid key to retire {id:?}: {reason}")]
+    #[error("invalid key to retire \"{id}\": {reason}")]
     Retire {
         /// The key id.
-        id: String,
+        id: crate::format::KeyId,
         /// Why it stays.
         reason: String,
     },

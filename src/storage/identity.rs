@@ -87,12 +87,7 @@ impl Repository {
             } else {
                 "aes-256-gcm".into()
             },
-            key_ids: self
-                .keyring
-                .ids()
-                .iter()
-                .map(|id| format!("{id:08x}"))
-                .collect(),
+            key_ids: self.keyring.ids(),
             created_at: chrono::Utc::now(),
             macs: None,
         };

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use futures::StreamExt;
 use object_store::{PutMode, PutOptions, PutPayload};
 
+use crate::format::KeyId;
 use crate::format::chunk::{self, HEADER_LEN};
-use crate::format::manifest::RepositoryManifest;
+use crate::format::manifest::{RepositoryManifest, join_ids};
 
 use super::{Error, Repository, layout};
 
@@ -19,8 +20,8 @@ const SCAN_CONCURRENCY: usize = 16;
 /// One key as `walvault key list` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct KeyLine {
-    /// The key id (8 hex digits).
-    pub id: String,
+    /// The key id.
+    pub id: KeyId,
     /// Whether `walvault.json` lists it.
     pub listed: bool,
     /// Whether the keyring (key file) holds it.
@@ -58,7 +59,7 @@ impl Repository {
     ///
     /// # Errors
     /// Store errors; an object whose header is damaged or misplaced, named.
-    pub async fn key_usage(&self) -> Result<BTreeMap<Option<u32>, KeyUsage>, Error> {
+    pub async fn key_usage(&self) -> Result<BTreeMap<Option<KeyId>, KeyUsage>, Error> {
         let objects: Vec<_> = self
             .list("")
             .await?
@@ -67,7 +68,7 @@ impl Repository {
                 o.key != layout::REPOSITORY_MANIFEST && !o.key.starts_with(layout::PROBE_PREFIX)
             })
             .collect();
-        let mut usage: BTreeMap<Option<u32>, KeyUsage> = BTreeMap::new();
+        let mut usage: BTreeMap<Option<KeyId>, KeyUsage> = BTreeMap::new();
         let mut reads = futures::stream::iter(objects)
             .map(|o| async move {
                 let head = self.get_head(&o.key, HEADER_LEN).await?;
@@ -120,7 +121,7 @@ impl Repository {
     /// # Errors
     /// [`Error::KeysMissing`] when the keyring lacks a listed key; store
     /// errors; the checks of [`Repository::open_manifest`].
-    pub async fn rewrite_key_ids(&self, key_ids: Vec<String>) -> Result<RepositoryManifest, Error> {
+    pub async fn rewrite_key_ids(&self, key_ids: Vec<KeyId>) -> Result<RepositoryManifest, Error> {
         let mut m = self
             .open_manifest()
             .await?
@@ -129,14 +130,14 @@ impl Repository {
                 reason: "the repository is empty".into(),
             })?;
         let signing = self.keyring.only(&key_ids);
-        let missing: Vec<String> = key_ids
+        let missing: Vec<KeyId> = key_ids
             .iter()
-            .filter(|id| !signing.ids().iter().any(|k| &format!("{k:08x}") == *id))
-            .cloned()
+            .filter(|id| !signing.ids().contains(id))
+            .copied()
             .collect();
         if !missing.is_empty() || key_ids.is_empty() {
             return Err(Error::KeysMissing {
-                missing: missing.join(", "),
+                missing: join_ids(&missing),
             });
         }
         m.key_ids = key_ids;
@@ -175,15 +176,10 @@ impl Repository {
         &self,
         manifest: &RepositoryManifest,
     ) -> Result<RepositoryManifest, Error> {
-        let mut ids: Vec<String> = self
-            .keyring()
-            .ids()
-            .iter()
-            .map(|k| format!("{k:08x}"))
-            .collect();
+        let mut ids = self.keyring().ids();
         for listed in &manifest.key_ids {
             if !ids.contains(listed) {
-                ids.push(listed.clone());
+                ids.push(*listed);
             }
         }
         self.rewrite_key_ids(ids).await
@@ -197,41 +193,33 @@ impl Repository {
     pub async fn retire_key(
         &self,
         manifest: &RepositoryManifest,
-        id: &str,
+        id: KeyId,
     ) -> Result<RepositoryManifest, Error> {
-        let refuse = |reason: String| Error::Retire {
-            id: id.to_string(),
-            reason,
-        };
-        if !manifest.key_ids.iter().any(|k| k == id) {
+        let refuse = |reason: String| Error::Retire { id, reason };
+        if !manifest.key_ids.contains(&id) {
             return Err(refuse(format!(
                 "walvault.json lists {}",
-                manifest.key_ids.join(", ")
+                join_ids(&manifest.key_ids)
             )));
         }
-        if self
-            .keyring()
-            .write_key()
-            .is_some_and(|k| format!("{:08x}", k.id()) == id)
-        {
+        if self.keyring().write_key().is_some_and(|k| k.id() == id) {
             return Err(refuse(
                 "it seals new objects (it is first in the key file): put the new key first".into(),
             ));
         }
-        let numeric = u32::from_str_radix(id, 16).ok();
         let usage = self.key_usage().await?;
-        if let Some(u) = usage.get(&numeric).filter(|u| u.objects > 0) {
+        if let Some(u) = usage.get(&Some(id)).filter(|u| u.objects > 0) {
             return Err(refuse(format!(
                 "{} objects ({}) are still sealed with it; let expire remove them (walvault expire), or keep the key",
                 u.objects,
                 crate::progress::human_bytes(u.bytes)
             )));
         }
-        let ids: Vec<String> = manifest
+        let ids: Vec<KeyId> = manifest
             .key_ids
             .iter()
-            .filter(|k| *k != id)
-            .cloned()
+            .filter(|k| **k != id)
+            .copied()
             .collect();
         self.rewrite_key_ids(ids).await
     }
@@ -243,28 +231,19 @@ impl Repository {
     /// Store errors; a damaged header, named.
     pub async fn key_report(&self, manifest: &RepositoryManifest) -> Result<KeyReport, Error> {
         let usage = self.key_usage().await?;
-        let keyring: Vec<String> = self
-            .keyring()
-            .ids()
-            .iter()
-            .map(|k| format!("{k:08x}"))
-            .collect();
-        let mut ids: Vec<String> = manifest.key_ids.clone();
-        let sealing: Vec<String> = usage.keys().flatten().map(|k| format!("{k:08x}")).collect();
-        for id in keyring.iter().chain(sealing.iter()) {
+        let keyring = self.keyring().ids();
+        let mut ids: Vec<KeyId> = manifest.key_ids.clone();
+        for id in keyring.iter().chain(usage.keys().flatten()) {
             if !ids.contains(id) {
-                ids.push(id.clone());
+                ids.push(*id);
             }
         }
         let keys = ids
             .iter()
             .map(|id| {
-                let u = usage
-                    .get(&u32::from_str_radix(id, 16).ok())
-                    .copied()
-                    .unwrap_or_default();
+                let u = usage.get(&Some(*id)).copied().unwrap_or_default();
                 KeyLine {
-                    id: id.clone(),
+                    id: *id,
                     listed: manifest.key_ids.contains(id),
                     in_keyring: keyring.contains(id),
                     seals_new_objects: keyring.first() == Some(id),

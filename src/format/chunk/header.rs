@@ -9,7 +9,7 @@
 
 use aes_gcm::Nonce;
 
-use crate::format::key::MasterKey;
+use crate::format::key::{KeyId, MasterKey};
 
 use super::{
     Compression, Error, FRAME_HEADER_LEN, HEADER_LEN, Header, MAGIC, MAX_FRAME_SIZE_BYTES,
@@ -53,7 +53,7 @@ pub fn parse_header(input: &[u8], bound_to: Option<&str>) -> Result<Header, Erro
     let key_id = u32::from_be_bytes(input[8..12].try_into().expect("4 bytes"));
     let key_id = match input[6] {
         0 => None,
-        1 => Some(key_id),
+        1 => Some(KeyId(key_id)),
         _ => return Err(Error::Corrupt("unknown cipher")),
     };
     if input[7] != 0 {
@@ -94,7 +94,7 @@ pub(super) fn encode_header(
     };
     h[6] = u8::from(key.is_some());
     h[7] = 0;
-    h[8..12].copy_from_slice(&key.map_or(0, MasterKey::id).to_be_bytes());
+    h[8..12].copy_from_slice(&key.map_or(0, |k| k.id().0).to_be_bytes());
     h[12..28].copy_from_slice(salt);
     h[28..32].copy_from_slice(&frame_size.to_be_bytes());
     let crc = header_crc(&h[..32], bound_to);

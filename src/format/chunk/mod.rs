@@ -27,6 +27,8 @@ mod open;
 mod seal;
 
 pub use header::parse_header;
+
+use crate::format::key::KeyId;
 pub use open::{Expect, open, open_expected, open_expected_into};
 pub use seal::{Binding, seal, seal_bound};
 
@@ -115,17 +117,17 @@ pub enum Error {
     Checksum(&'static str),
     /// The object is encrypted and no key was given.
     #[error(
-        "object is encrypted with key {key_id:08x} but no key was given (set --key-file or WALVAULT_KEY)"
+        "object is encrypted with key {key_id} but no key was given (set --key-file or WALVAULT_KEY)"
     )]
     KeyRequired {
         /// The key the object names.
-        key_id: u32,
+        key_id: KeyId,
     },
     /// The object names a key the keyring does not hold.
-    #[error("object is encrypted with key {key_id:08x}, which is not among the given keys {given}")]
+    #[error("object is encrypted with key {key_id}, which is not among the given keys {given}")]
     UnknownKey {
         /// The key the object names.
-        key_id: u32,
+        key_id: KeyId,
         /// The ids that were given.
         given: String,
     },
@@ -168,7 +170,7 @@ pub struct Header {
     /// Whether frames are zstd-compressed.
     pub compressed: bool,
     /// The master key id, when encrypted.
-    pub key_id: Option<u32>,
+    pub key_id: Option<KeyId>,
     /// The per-object salt.
     pub salt: [u8; SALT_LEN],
     /// Plaintext bytes per frame.

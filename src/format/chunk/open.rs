@@ -132,7 +132,7 @@ fn open_object(
                     given: keyring
                         .ids()
                         .iter()
-                        .map(|id| format!("{id:08x}"))
+                        .map(ToString::to_string)
                         .collect::<Vec<_>>()
                         .join(", "),
                 })?

@@ -40,6 +40,34 @@ pub fn drill_key(id: &str) -> String {
     format!("{DRILLS_PREFIX}{id}.json")
 }
 
+/// The id of a drill record's key (`drills/{id}.json`).
+pub fn drill_id(key: &str) -> Option<&str> {
+    key.strip_prefix(DRILLS_PREFIX)?.strip_suffix(".json")
+}
+
+/// The prefix of the WAL writer's lease: `{holder}.json` (the holder,
+/// written once) and `{holder}.alive` (its heartbeat, rewritten).
+pub const LEASE_PREFIX: &str = "leases/stream/";
+
+/// The lease document of `holder`.
+pub fn lease_key(holder: &str) -> String {
+    format!("{LEASE_PREFIX}{holder}.json")
+}
+
+/// The heartbeat of `holder`'s lease: its store time is the lease's age.
+pub fn lease_heartbeat_key(holder: &str) -> String {
+    format!("{LEASE_PREFIX}{holder}.alive")
+}
+
+/// The holder of a lease key (`.json` or `.alive`), and which of the two it is.
+pub fn lease_holder(key: &str) -> Option<(&str, bool)> {
+    let rest = key.strip_prefix(LEASE_PREFIX)?;
+    if let Some(h) = rest.strip_suffix(".json") {
+        return Some((h, true));
+    }
+    rest.strip_suffix(".alive").map(|h| (h, false))
+}
+
 /// The prefix of marks.
 pub const MARKS_PREFIX: &str = "marks/";
 

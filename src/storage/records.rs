@@ -189,7 +189,8 @@ impl Repository {
         Ok(())
     }
 
-    /// The newest drill record, if any (ids sort by time).
+    /// The newest drill record, if any (ids sort by time: compared as ids,
+    /// since `T-01.json` sorts before `T.json` as a key).
     ///
     /// # Errors
     /// Store errors; a record that does not open or parse, naming it.
@@ -198,11 +199,10 @@ impl Repository {
             .list(layout::DRILLS_PREFIX)
             .await?
             .into_iter()
-            .map(|o| o.key)
-            .filter(|k| k.ends_with(".json"))
+            .filter_map(|o| layout::drill_id(&o.key).map(str::to_string))
             .max();
         match newest {
-            Some(key) => self.read_document(&key).await,
+            Some(id) => self.read_document(&layout::drill_key(&id)).await,
             None => Ok(None),
         }
     }
@@ -231,7 +231,7 @@ impl Repository {
         Ok(())
     }
 
-    async fn read_document<T: serde::de::DeserializeOwned>(
+    pub(super) async fn read_document<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
     ) -> Result<Option<T>, Error> {

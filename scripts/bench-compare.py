@@ -15,7 +15,8 @@ binaries run against the same PostgreSQL 15 cluster, alternating A B A B
 Reports the median seconds, the peak RSS and the ratio B/A per pair.
 
 Usage: scripts/bench-compare.py --baseline OLD_BINARY [--candidate NEW_BINARY]
-           [--scale 50] [--rounds 3] [--wal-mib 512]
+           [--scale 50] [--rounds 3] [--wal-mib 512] [--steps backup,restore,archive]
+(each round's seconds follow the table).
 (the candidate defaults to target/release/walvault, built first).
 """
 import argparse, importlib.util, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
@@ -64,7 +65,10 @@ def main():
     ap.add_argument("--scale", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--wal-mib", type=int, default=512)
+    ap.add_argument("--steps", default="backup,restore,archive",
+                    help="which steps to run, comma-separated (backup and restore go together)")
     args = ap.parse_args()
+    steps = args.steps.split(",")
     if args.candidate == os.path.join(ROOT, "target/release/walvault"):
         subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
     bins = {"A": args.baseline, "B": args.candidate}
@@ -78,7 +82,7 @@ def main():
                         "-i", "-s", str(args.scale), "-q", "postgres"], check=True, capture_output=True)
         c.psql("CHECKPOINT")
         size = c.size()
-        for r in range(args.rounds):
+        for r in range(args.rounds if "backup" in steps or "restore" in steps else 0):
             for k, walvault in bins.items():
                 repo = os.path.join(work, f"repo-{k}-{r}")
                 t, _, peak = bb.run_with_rss([walvault, "backup", "--pg", f"host={c.sock} port={c.port} user=postgres",
@@ -91,7 +95,7 @@ def main():
                 shutil.rmtree(target)
                 shutil.rmtree(repo)
         # WAL archiving: a slot holds --wal-mib of new WAL, then each build catches up.
-        for r in range(args.rounds):
+        for r in range(args.rounds if "archive" in steps else 0):
             for k, walvault in bins.items():
                 c.psql("SELECT pg_create_physical_replication_slot('bench', true)")
                 start = lsn_int(c.psql("SELECT pg_current_wal_lsn()"))
@@ -99,6 +103,10 @@ def main():
                     c.psql("INSERT INTO pgbench_history SELECT 1, 1, 1, 1, now(), repeat('x', 22) FROM generate_series(1, 200000)")
                 c.psql("SELECT pg_switch_wal()")
                 end = lsn_int(c.psql("SELECT pg_current_wal_lsn()"))
+                # The inserts' dirty pages written out first, so the
+                # catch-up does not share the disk with a checkpoint.
+                c.psql("CHECKPOINT")
+                os.sync()
                 repo = os.path.join(work, f"wal-{k}-{r}")
                 t, peak = stream_catch_up(walvault, c, repo, env, end)
                 res[k]["archive"].append((t, peak))
@@ -113,9 +121,16 @@ def main():
              "|---|---:|---:|---:|---:|---:|"]
     for step in ("backup", "restore", "archive"):
         a, b = res["A"][step], res["B"][step]
+        if not a:
+            continue
         ratio = statistics.median(tb / ta for (ta, _), (tb, _) in zip(a, b))
         lines.append(f"| {step} | {statistics.median(t for t, _ in a):.2f} | {statistics.median(t for t, _ in b):.2f} | "
                      f"{ratio:.2f} | {max(p for _, p in a):.0f} | {max(p for _, p in b):.0f} |")
+    lines.append("")
+    for step in ("backup", "restore", "archive"):
+        for k in bins:
+            if res[k][step]:
+                lines.append(f"{step} {k}: " + " ".join(f"{t:.2f}" for t, _ in res[k][step]))
     print("\n".join(lines))
 
 

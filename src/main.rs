@@ -7,6 +7,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return err.report(),
     };
+    // restore_command: a status of 1 to 125 would read as "not in the archive".
+    let failed = if matches!(cli.command, walvault::cli::Command::WalFetch(_)) {
+        ExitCode::from(walvault::restore::serve::EXIT_FAILED)
+    } else {
+        ExitCode::from(1)
+    };
     if cli.command.holds_large_buffers() {
         walvault::malloc::use_fixed_thresholds();
     }
@@ -18,7 +24,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("walvault: cannot start the runtime: {e}");
-            return ExitCode::from(1);
+            return failed;
         }
     };
     match runtime.block_on(walvault::cli::run(cli)) {

@@ -429,6 +429,181 @@ async fn recovery_stops_when_the_store_fails(major: u32) {
 }
 pg_test!(recovery_stops_when_the_store_fails);
 
+/// A segment removed from the bucket after the restore planned to replay it
+/// (an expire on another host, a bucket writer, a clean-up) stops recovery:
+/// `wal-fetch` exits 200 naming it instead of 1 ("not in the archive"),
+/// so PostgreSQL neither ends recovery there nor promotes. Past the
+/// planned end, and on a timeline the plan does not read, a file the
+/// archive lacks is still "not in the archive" (1). With the segment back,
+/// the same directory recovers every row.
+async fn recovery_never_ends_inside_the_plan(major: u32) {
+    let pg = PgCluster::start(major, &PgOptions::default());
+    let s3 = S3Server::start();
+    let (env, repo) = s3.encrypted("plan");
+    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    let conn = format!(
+        "host=127.0.0.1 port={} user=postgres sslmode=disable",
+        pg.port
+    );
+    let out = env.run(&["backup", "--pg", &conn, "--checkpoint", "fast"]);
+    assert!(out.status.success(), "backup: {}", text(&out));
+    let first = pg.switch_wal().await;
+    // 12,000 rows over about a dozen segments after the backup.
+    pg.execute("CREATE TABLE ledger (id int, pad text)").await;
+    for chunk in 0..12 {
+        pg.execute(&format!(
+            "INSERT INTO ledger SELECT g, repeat('x', 800) FROM generate_series({}, {}) g",
+            chunk * 1000,
+            chunk * 1000 + 999
+        ))
+        .await;
+    }
+    let end = pg.switch_wal().await;
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    let dir = tempfile::Builder::new()
+        .prefix("walvault-restore")
+        .tempdir()
+        .unwrap();
+    let pgdata = dir.path().join("data");
+    let out = env.run(&["restore", "--pgdata", pgdata.to_str().unwrap()]);
+    assert!(out.status.success(), "restore: {}", text(&out));
+    // A segment in the middle of the replay, past what restore prefetched.
+    let missing = SegmentName {
+        timeline: TimelineId::FIRST,
+        number: first.segment_number(MIB) + 6,
+    };
+    assert!(missing.number < end.segment_number(MIB) - 2);
+    let name = missing.to_file_name(MIB);
+    let key = layout::segment_key(missing, MIB);
+    let path = s3.object_path("plan", &key);
+    let held = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let settings = dir.path().join("data.walvault.json");
+    let fetch = |file: &str| {
+        let out = std::process::Command::new(crate::support::process::walvault_bin())
+            .env_clear()
+            .args([
+                "wal-fetch",
+                "--repo-config",
+                settings.to_str().unwrap(),
+                file,
+            ])
+            .arg(dir.path().join("fetched"))
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out))
+    };
+    let (code, message) = fetch(&name);
+    assert_eq!(code, Some(200), "{message}");
+    assert!(
+        message.contains(&name) && message.contains("planned"),
+        "{message}"
+    );
+    let past = SegmentName {
+        timeline: TimelineId::FIRST,
+        number: end.segment_number(MIB) + 8,
+    }
+    .to_file_name(MIB);
+    assert_eq!(fetch(&past).0, Some(1), "past the planned end");
+    let off_plan = SegmentName {
+        timeline: TimelineId::new(2).unwrap(),
+        number: missing.number,
+    }
+    .to_file_name(MIB);
+    assert_eq!(
+        fetch(&off_plan).0,
+        Some(1),
+        "a timeline the plan does not read"
+    );
+    assert_eq!(fetch("00000002.history").0, Some(1));
+
+    let mut restored = PgCluster::restored(major, pgdata.clone());
+    let log = restored.run_until_exit(Duration::from_secs(120));
+    assert!(
+        log.contains(&format!("could not restore file \"{name}\""))
+            && log.contains("exit code 200"),
+        "recovery did not stop at the removed segment:\n{log}"
+    );
+    assert!(
+        !log.contains("selected new timeline")
+            && !log.contains("database system is ready to accept connections"),
+        "recovery ended early and promoted:\n{log}"
+    );
+    std::fs::write(&path, &held).unwrap();
+    restored.launch();
+    crate::support::wait_for("promotion", Duration::from_secs(90), || async {
+        (restored.query_one("SELECT pg_is_in_recovery()").await == "f").then_some(())
+    })
+    .await;
+    assert_eq!(
+        restored.query_one("SELECT count(*) FROM ledger").await,
+        "12000"
+    );
+}
+pg_test!(recovery_never_ends_inside_the_plan);
+
+/// A version 2 `walvault.json` rewritten by a bucket writer as version 1
+/// (no MAC), with an edited segment size and system identifier, is
+/// refused by name by every reader, `restore_command` included; only a
+/// repository the operator says is version 1 is read as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downgrade_to_version_1_is_refused() {
+    let a = archive(15).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pgdata = dir.path().join("data");
+    let out = a
+        .env
+        .run(&["restore", "--pgdata", pgdata.to_str().unwrap()]);
+    assert!(out.status.success(), "restore: {}", text(&out));
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.path(layout::REPOSITORY_MANIFEST)).unwrap())
+            .unwrap();
+    let original = serde_json::to_vec_pretty(&doc).unwrap();
+    doc["version"] = 1.into();
+    doc.as_object_mut().unwrap().remove("macs");
+    doc["wal_segment_size"] = (2 * MIB).into();
+    doc["system_identifier"] = "7300000000000000001".into();
+    std::fs::write(
+        a.path(layout::REPOSITORY_MANIFEST),
+        serde_json::to_vec_pretty(&doc).unwrap(),
+    )
+    .unwrap();
+    for args in [vec!["list"], vec!["verify"], vec!["info"]] {
+        let out = a.env.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("says format version 1")
+                && text(&out).contains("--allow-version-1"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    let segment = SegmentName {
+        timeline: TimelineId::FIRST,
+        number: a.segments[0],
+    }
+    .to_file_name(MIB);
+    let out = std::process::Command::new(crate::support::process::walvault_bin())
+        .env_clear()
+        .args(["wal-fetch", "--repo-config"])
+        .arg(dir.path().join("data.walvault.json"))
+        .arg(&segment)
+        .arg(dir.path().join("fetched"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(200), "{}", text(&out));
+    assert!(
+        text(&out).contains("says format version 1"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(a.path(layout::REPOSITORY_MANIFEST), original).unwrap();
+    let out = a.env.run(&["list"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 /// The key and store credentials stay out of the restored data directory
 /// (the settings file sits beside it, mode 0600); PostgreSQL's own
 /// pg_verifybackup accepts the restored files; and a base backup of the

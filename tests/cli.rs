@@ -171,7 +171,8 @@ fn bad_input_is_a_usage_error() {
 }
 
 /// A server that refuses the connection is reported with the server's
-/// message and SQLSTATE.
+/// message and SQLSTATE, and the fix; a role without REPLICATION is a
+/// setting to change (exit 2), not a failure to retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_show_message_and_sqlstate() {
     let pg = PgCluster::start(15, &PgOptions::default());
@@ -179,17 +180,18 @@ async fn server_errors_show_message_and_sqlstate() {
     let dir = tempfile::tempdir().unwrap();
     let env = RepoEnv {
         url: format!("file://{}", dir.path().display()),
-        env: vec![],
+        env: vec![("WALVAULT_KEY".into(), KEY.into())],
     };
     let out = env.run(&[
         "stream",
         "--pg",
         &format!("host=127.0.0.1 port={} user=plain", pg.port),
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("SQLSTATE 42501"), "{err}");
     assert!(err.contains("replication"), "{err}");
+    assert!(err.contains("ALTER ROLE"), "{err}");
 }
 
 /// A repository of another cluster, or with other encryption settings, is
@@ -202,7 +204,7 @@ async fn foreign_repository_is_refused() {
     let url = format!("file://{}", dir.path().display());
     let plain = RepoEnv {
         url: url.clone(),
-        env: vec![],
+        env: vec![("WALVAULT_UNENCRYPTED".into(), "true".into())],
     };
     let stream = StreamProcess::start(&plain, a.port, &["--flush-interval", "200ms"]);
     let repo = Repository::open(&url, Keyring::none(), SealOptions::default()).unwrap();

@@ -418,7 +418,7 @@ fn mistakes_and_secrets_are_refused_by_name() {
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let out = run_with_config(&path, &[], &["list"]);
     assert!(
-        text(&out).contains("is empty (no walvault.json)"),
+        text(&out).contains("there is no repository here"),
         "{}",
         text(&out)
     );

@@ -75,6 +75,45 @@ async fn keys_rotate_end_to_end() {
     let (code, log) = stream.terminate();
     assert_eq!(code, Some(0), "{log}");
 
+    // `key add` with nothing new changes nothing, and says so.
+    let out = env_ba.run(&["key", "add"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("nothing changed"), "{}", text(&out));
+    assert!(!text(&out).contains("restart"), "{}", text(&out));
+    // B alone: the backup sealed with A is shown as such, with the key it
+    // needs; the rest is listed and restorable.
+    let first = {
+        let out = env_ba.run(&["list", "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        list["backups"][0]["id"].as_str().unwrap().to_string()
+    };
+    for command in ["list", "info"] {
+        let out = env_b.run(&[command, "--json"]);
+        assert!(out.status.success(), "{command}: {}", text(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["backups"].as_array().unwrap().len(), 1, "{json}");
+        assert_eq!(json["locked_backups"][0]["id"], first.as_str(), "{json}");
+        assert_eq!(json["locked_backups"][0]["key_id"], id_a.as_str(), "{json}");
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let pgdata = scratch.path().join("data");
+    let out = env_b.run(&["restore", "--dry-run", "--pgdata", pgdata.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = env_b.run(&[
+        "restore",
+        "--dry-run",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--backup",
+        &first,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("sealed with key {id_a}")),
+        "{}",
+        text(&out)
+    );
+
     let out = env_ba.run(&["info", "--keys", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -16,6 +16,7 @@
 //! | `key add`, `key list`, `key retire`: rotation end to end | `keys.rs` |
 //! | `/metrics`, `/health`, webhook notifications | `metrics.rs` |
 //! | the command line: exit codes and messages for bad input | `cli.rs` |
+//! | the mistakes users make (no key, typos, a second sidecar, no credentials, signals): caught early, by name, nothing left behind | `mistakes.rs` |
 //! | the configuration file and its precedence | `config_file.rs` |
 //! | the replication connection: TLS, authentication, server errors | `protocol.rs` |
 //! | every store kind on a real server (s3s-fs, moto, Azurite, fake-gcs-server, local) | `stores.rs` |
@@ -36,6 +37,7 @@ mod fuzz_corpus;
 mod keys;
 mod mark;
 mod metrics;
+mod mistakes;
 mod protocol;
 mod restore;
 mod retention;

@@ -289,6 +289,7 @@ async fn stream_reads_pg_environment() {
             ("PGHOST".into(), pg.socket_dir.display().to_string()),
             ("PGPORT".into(), pg.port.to_string()),
             ("PGUSER".into(), "postgres".into()),
+            ("WALVAULT_UNENCRYPTED".into(), "true".into()),
         ],
     };
     let mut cmd = env.command();

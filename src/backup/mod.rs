@@ -156,7 +156,8 @@ impl Error {
         match self {
             Error::Storage(e) => e.is_configuration(),
             Error::Stream(e) => e.is_configuration(),
-            Error::Server(server::Error::Unsupported { .. }) | Error::Unsupported(_) => true,
+            Error::Server(e) => e.is_configuration(),
+            Error::Unsupported(_) => true,
             _ => false,
         }
     }

@@ -15,7 +15,7 @@ use crate::config::{ByteSize, RepositorySource};
 use crate::format::manifest::RepositoryManifest;
 use crate::lsn::Lsn;
 use crate::restore::{TargetAction, TimelineTarget};
-use crate::storage::{Repository, StorageClasses};
+use crate::storage::{OpenMode, Repository, StorageClasses};
 use crate::telemetry::LogFormat;
 
 /// The variable holding the key, which wins over the file's key settings.
@@ -51,6 +51,7 @@ pub enum Checkpoint {
 /// What retention keeps (`expire` and the sidecar). Policies add up: a
 /// backup stays if any of them keeps it.
 #[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Retention")]
 pub struct RetentionArgs {
     /// Keep the newest N full backups, and the WAL to recover to any moment since the oldest.
     #[arg(long, env = "WALVAULT_RETAIN_FULL", value_parser = clap::value_parser!(u32).range(1..))]
@@ -89,6 +90,7 @@ impl RetentionArgs {
 
 /// Where the repository is and how to read it.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Repository")]
 pub struct RepoArgs {
     /// Repository URL: file:///path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix.
     /// S3 settings come from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
@@ -115,6 +117,19 @@ pub struct RepoArgs {
     /// (GLACIER, DEEP_ARCHIVE) needs the objects restored by the store first.
     #[arg(long, env = "WALVAULT_BACKUP_STORAGE_CLASS")]
     pub backup_storage_class: Option<String>,
+    /// Create the repository without a key, unencrypted for good (encryption cannot be added
+    /// later). Without a key and without this flag, a command refuses to create a repository.
+    #[arg(long, env = "WALVAULT_UNENCRYPTED")]
+    pub unencrypted: bool,
+    /// Let an S3, GCS or Azure client take its credentials from the cloud's instance metadata
+    /// service (IMDS, the GCE metadata server, Azure managed identity) when none are configured.
+    /// Without it, a repository without credentials is refused and no request goes there.
+    #[arg(long, env = "WALVAULT_INSTANCE_CREDENTIALS")]
+    pub instance_credentials: bool,
+    /// Read a repository whose walvault.json is format version 1 (made by walvault 0.1): it has no
+    /// authentication, so without this flag it is refused as a possible downgrade.
+    #[arg(long, env = "WALVAULT_ALLOW_VERSION_1")]
+    pub allow_version_1: bool,
     /// The configuration file (`--config`), for the key and store options it may hold.
     #[arg(from_global)]
     pub config: Option<PathBuf>,
@@ -146,6 +161,12 @@ impl RepoArgs {
             classes: StorageClasses {
                 wal: self.wal_storage_class.clone(),
                 backup: self.backup_storage_class.clone(),
+            },
+            allow_unencrypted: self.unencrypted,
+            allow_version_1: self.allow_version_1,
+            mode: OpenMode {
+                create: false,
+                instance_credentials: self.instance_credentials,
             },
         })
     }
@@ -195,6 +216,83 @@ impl From<TargetActionArg> for TargetAction {
             TargetActionArg::Shutdown => TargetAction::Shutdown,
         }
     }
+}
+
+/// `--slot`: a replication slot name as PostgreSQL takes it.
+///
+/// # Errors
+/// Why the name is refused (checked before connecting).
+pub fn parse_slot_name(text: &str) -> Result<String, String> {
+    crate::protocol::command::validate_slot_name(text).map(|()| text.to_string())
+}
+
+/// `--flush-interval`: a positive duration.
+///
+/// # Errors
+/// Zero, or not a duration.
+pub fn parse_flush_interval(text: &str) -> Result<std::time::Duration, String> {
+    let d = crate::config::parse_duration(text)?;
+    if d.is_zero() {
+        return Err("must be positive (use --synchronous for per-batch uploads)".into());
+    }
+    Ok(d)
+}
+
+/// `--memory-budget`: a size of at least 4 MiB.
+///
+/// # Errors
+/// Too small, or not a size.
+pub fn parse_memory_budget(text: &str) -> Result<u64, String> {
+    let n = crate::config::parse_byte_size(text)?;
+    if n < 4 << 20 {
+        return Err("must hold at least 4 MiB".into());
+    }
+    Ok(n)
+}
+
+/// A cron schedule (`--backup-schedule`, `--drill-schedule`).
+///
+/// # Errors
+/// Why the schedule does not parse.
+pub fn parse_schedule(text: &str) -> Result<String, String> {
+    crate::schedule::Schedule::parse(text)
+        .map(|_| text.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// `--metrics-addr`: an address to listen on (`127.0.0.1:9187`).
+///
+/// # Errors
+/// Not such an address.
+pub fn parse_listen_addr(text: &str) -> Result<String, String> {
+    std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map(|_| text.to_string())
+        .map_err(|e| format!("not an address to listen on: {e}"))
+}
+
+/// The levels a log filter takes.
+const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace", "off"];
+
+/// `--log-level`: a level, or comma-separated `TARGET=LEVEL` directives
+/// (`info,walvault=debug`). A word that is no level is refused: tracing
+/// would read it as a target and log nothing.
+///
+/// # Errors
+/// The unknown level, with the valid ones.
+pub fn parse_log_level(text: &str) -> Result<String, String> {
+    for directive in text.split(',') {
+        let level = directive
+            .rsplit_once('=')
+            .map_or(directive, |(_, l)| l)
+            .trim();
+        if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "unknown log level {level:?}: use one of {} (or TARGET=LEVEL, comma-separated)",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(text.to_string())
 }
 
 /// `--target-time`: a time with its UTC offset.

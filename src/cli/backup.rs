@@ -20,7 +20,10 @@ use super::args::{Checkpoint, RepoArgs};
 each tablespace's tar stream is cut into parts, sealed and uploaded in parallel, with the server's backup \
 manifest. The WAL from the backup's start to its end is streamed on a temporary slot and stored too, so the \
 backup is restorable with nothing else running. backup.json is written last: a backup without it does not \
-exist, and the parts of an interrupted backup are removed by a later run."
+exist, and the parts of an interrupted backup are removed by a later run.",
+    after_long_help = "Examples:\
+\n  walvault backup --pg 'host=db.internal user=walvault' --repo s3://bucket/cluster-1 --key-file walvault.key\
+\n  walvault backup --config walvault.toml --checkpoint fast --label before-migration --json"
 )]
 pub struct Args {
     /// PostgreSQL connection string (URI or key=value); missing parts come from the PG* variables.
@@ -67,7 +70,8 @@ pub struct Args {
 /// Configuration, server or store failures.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let conninfo = ConnInfo::parse(&args.pg, &|k| std::env::var(k).ok()).context("parse --pg")?;
-    let repo = args.repo.open()?;
+    // Every argument is checked before a new repository is created.
+    let repo = args.repo.source()?.open_for_writing().await?;
     let mut opts = BackupOptions::new(
         conninfo,
         args.checkpoint == Checkpoint::Fast,

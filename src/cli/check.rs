@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::inspect::check::{self, Check, Status};
 use crate::protocol::ConnInfo;
 
-use super::args::RepoArgs;
+use super::args::{RepoArgs, parse_slot_name};
 
 /// Arguments of `check`.
 #[derive(Debug, clap::Args)]
@@ -17,14 +17,17 @@ use super::args::RepoArgs;
 role, wal_level, max_wal_senders, the slot's wal_status and safe_wal_size), the repository (credential source, \
 write, read and delete of a probe object, create-only writes), the key, and that the newest backup restores to \
 the archive's end without a gap. One line per check; exit 0 when all are ok, 1 on a warning, 2 on a critical \
-finding. --json prints the same (schema version 1)."
+finding. --json prints the same (schema version 1).",
+    after_long_help = "Examples:\
+\n  walvault check --config walvault.toml                       # exit 0 ok, 1 warning, 2 critical\
+\n  walvault check --config walvault.toml --no-server --json    # the repository only"
 )]
 pub struct Args {
     /// PostgreSQL connection string, as for `stream` (PG* variables fill the gaps).
     #[arg(long, env = "WALVAULT_PG", default_value = "")]
     pub pg: String,
     /// The replication slot the sidecar uses.
-    #[arg(long, env = "WALVAULT_SLOT", default_value = "walvault")]
+    #[arg(long, env = "WALVAULT_SLOT", default_value = "walvault", value_parser = parse_slot_name)]
     pub slot: String,
     /// Check only the repository, not the server.
     #[arg(long)]

@@ -18,7 +18,10 @@ directory, start PostgreSQL on it (socket only, no archiving), wait until recove
 B-tree index with amcheck (pg_amcheck, or the same checks in SQL where pg_amcheck is not installed) or run \
 --check-sql, record the outcome under drills/ in the repository (metrics and info show it), stop the server and \
 remove the scratch directory. The report gives the measured RTO: restore plus recovery. Run it as the operating \
-system user that runs PostgreSQL. Exit 0 when the drill succeeded, 1 when it failed."
+system user that runs PostgreSQL. Exit 0 when the drill succeeded, 1 when it failed.",
+    after_long_help = "Examples:\
+\n  sudo -u postgres walvault drill --config walvault.toml --scratch /var/tmp\
+\n  sudo -u postgres walvault drill --config walvault.toml --target-name before-migration --check-sql 'SELECT count(*) > 0 FROM orders'"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -63,6 +66,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, None) => RecoveryTarget::End,
     };
     let (repo, _) = args.repo.open_existing().await?;
+    // A signal stops the drill's restore, which removes what it wrote.
+    let shutdown = crate::shutdown::Shutdown::new();
+    shutdown.cancel_on_signals();
     let opts = crate::restore::drill::DrillOptions {
         backup: args.backup.clone(),
         target,
@@ -77,7 +83,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         settings: args.repo.settings()?,
         walvault: std::env::current_exe().context("find the walvault binary")?,
     };
-    let record = crate::restore::drill::run(&repo, &opts).await;
+    let record = crate::restore::drill::run(&repo, &opts, &shutdown.graceful).await?;
     if args.json {
         println!(
             "{}",

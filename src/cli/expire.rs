@@ -18,7 +18,10 @@ The newest restorable backup, backups pinned with `walvault keep` and the WAL ea
 point-in-time recovery stays possible from the oldest backup kept by --retain-full or --retain-window (else the \
 newest) to the end of the archive. History files are never removed. Nothing is removed while a backup runs. \
 Leftovers of interrupted backups and deltas superseded by whole segments are collected. --dry-run prints the \
-same plan and removes nothing."
+same plan and removes nothing.",
+    after_long_help = "Examples:\
+\n  walvault expire --config walvault.toml --retain-window 30d --retain-monthly 12 --dry-run\
+\n  walvault expire --config walvault.toml --retain-full 7 --json"
 )]
 pub struct Args {
     #[command(flatten)]

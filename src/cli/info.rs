@@ -15,7 +15,10 @@ use super::args::RepoArgs;
     long_about = "Show the repository for the operator in one screen: backups with sizes and durations, what can \
 be restored on each timeline (from the earliest backup's stop to about when the newest WAL was stored), the \
 archive's end and, with --pg, how many bytes of WAL the server holds that the archive does not, the retention in \
-force, pinned backups and marks. --json gives the same (schema version 1, docs/operations.md)."
+force, pinned backups and marks. --json gives the same (schema version 1, docs/operations.md).",
+    after_long_help = "Examples:\
+\n  walvault info --config walvault.toml\
+\n  walvault info --config walvault.toml --pg 'host=db.internal user=walvault' --keys --json"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -78,6 +81,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             human_bytes(b.size_bytes),
             human_bytes(b.stored_bytes),
             notes.join(", ")
+        );
+    }
+    for l in &info.locked_backups {
+        println!(
+            "{:<20} sealed with key {}, which the key file lacks: give a key file that holds it",
+            l.id, l.key_id
         );
     }
     if info.backups.is_empty() {

@@ -14,7 +14,11 @@ use super::args::RepoArgs;
 #[command(
     long_about = "Pin a backup so that no retention policy removes it (expire keeps it and the WAL it \
 needs to be consistent), optionally with a reason and an expiry. --unkeep removes the pin. Without a backup id, \
-list the pins."
+list the pins.",
+    after_long_help = "Examples:\
+\n  walvault keep --config walvault.toml 20261207T030000Z --reason 'audit 2026' --for 365d\
+\n  walvault keep --config walvault.toml 20261207T030000Z --unkeep\
+\n  walvault keep --config walvault.toml --json                 # list the pins"
 )]
 pub struct Args {
     #[command(flatten)]

@@ -19,7 +19,13 @@ the others still open old ones. To rotate: put a new key (walvault keygen) first
 ones below it, run `walvault key add` so walvault.json lists it, and restart the sidecar. Old objects stay sealed \
 with the old key until expire removes them; `walvault key list` shows how many objects and bytes each key still \
 protects. Once an old key protects nothing, `walvault key retire ID` removes it from walvault.json, and a key file \
-without it is accepted."
+without it is accepted.",
+    after_long_help = "Examples:\
+\n  walvault keygen > new.key && chmod 600 new.key\
+\n  cat new.key walvault.key > rotated.key && chmod 600 rotated.key   # the new key first\
+\n  walvault key add --config walvault.toml --key-file rotated.key\
+\n  walvault key list --config walvault.toml --key-file rotated.key\
+\n  walvault key retire --config walvault.toml --key-file rotated.key 0a0b0c0d"
 )]
 pub struct Args {
     #[command(subcommand)]
@@ -60,10 +66,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Action::List { repo, json } => list(&repo, json).await,
         Action::Add { repo } => {
             let (repo, manifest) = repo.open_existing().await?;
-            let m = repo
+            let Some(m) = repo
                 .add_keyring_keys(&manifest)
                 .await
-                .context("rewrite walvault.json")?;
+                .context("rewrite walvault.json")?
+            else {
+                println!(
+                    "walvault.json already lists every key of the key file ({}); nothing changed",
+                    join_ids(&manifest.key_ids)
+                );
+                return Ok(ExitCode::SUCCESS);
+            };
             println!(
                 "walvault.json lists keys {}; new objects are sealed with {} (restart running walvault processes)",
                 join_ids(&m.key_ids),

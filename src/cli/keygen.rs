@@ -7,7 +7,9 @@ use std::process::ExitCode;
 #[command(
     long_about = "Print a new random 256-bit key as 64 hexadecimal characters, for --key-file or \
 WALVAULT_KEY. Keep it safe: without it nothing in an encrypted repository can be restored. To rotate keys, \
-put the new key first in the key file and keep the old one below it."
+put the new key first in the key file and keep the old one below it.",
+    after_long_help = "Examples:\
+\n  walvault keygen > walvault.key && chmod 600 walvault.key    # keep a copy somewhere safe"
 )]
 pub struct Args {}
 

@@ -13,7 +13,11 @@ use super::args::RepoArgs;
 including the end of the newest delta (the newest WAL stored). --json gives a stable schema (version 1).\n\n\
 The WAL older than the last expire run is read from the WAL index that run stored (index/wal.json, \
 sealed), and only the WAL written since is listed: the answer costs a few requests however large the \
-archive. --full lists every WAL object instead, and so sees what changed in the store since that run."
+archive. --full lists every WAL object instead, and so sees what changed in the store since that run.",
+    after_long_help = "Examples:\
+\n  walvault list --config walvault.toml\
+\n  walvault list --repo s3://bucket/cluster-1 --key-file walvault.key --json\
+\n  walvault list --config walvault.toml --full                 # list every WAL object, not the index"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -64,7 +68,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             b.source_role
         );
     }
-    if out.backups.is_empty() {
+    for l in &out.locked_backups {
+        println!(
+            "{:<18} sealed with key {}, which the key file lacks",
+            l.id, l.key_id
+        );
+    }
+    if out.backups.is_empty() && out.locked_backups.is_empty() {
         println!("(no backups yet)");
     }
     println!();

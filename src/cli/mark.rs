@@ -19,7 +19,10 @@ use super::args::RepoArgs;
 stored in the repository by the running `walvault stream`, record it, and print its name, LSN and time. Run it \
 before a schema migration: `walvault restore --target-name NAME` brings the cluster back to that moment, from a \
 backup that ends before it. Names: 1-63 letters, digits, '.', '_' or '-', each used once. The role needs \
-EXECUTE on pg_create_restore_point (superusers have it)."
+EXECUTE on pg_create_restore_point (superusers have it).",
+    after_long_help = "Examples:\
+\n  walvault mark --config walvault.toml before-migration-42\
+\n  walvault restore --config walvault.toml --pgdata /srv/pg/undo --target-name before-migration-42"
 )]
 pub struct Args {
     /// The restore point's name.

@@ -32,18 +32,22 @@ use args::LogFormatArg;
 #[derive(Debug, Parser)]
 #[command(name = "walvault", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
-    /// Log filter: error, warn, info, debug, trace (RUST_LOG wins when set).
+    /// Log filter: error, warn, info, debug, trace or off, or TARGET=LEVEL directives (RUST_LOG
+    /// wins when set).
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "WALVAULT_LOG_LEVEL",
-        default_value = "info"
+        default_value = "info",
+        value_parser = args::parse_log_level
     )]
     pub log_level: String,
     /// Log format on stderr.
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "WALVAULT_LOG_FORMAT",
         value_enum,
         default_value = "plain"
@@ -51,7 +55,13 @@ pub struct Cli {
     pub log_format: LogFormatArg,
     /// TOML file with settings for every command (see walvault.example.toml); flags and WALVAULT_*
     /// variables win over it. Mode 0600 when it holds a key, credentials or a password.
-    #[arg(long, global = true, env = "WALVAULT_CONFIG", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "WALVAULT_CONFIG",
+        value_name = "PATH"
+    )]
     pub config: Option<PathBuf>,
     /// The command.
     #[command(subcommand)]
@@ -113,7 +123,7 @@ impl Command {
 /// Whatever the command fails with; `main` maps it to an exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Stream(args) => stream::run(args).await,
+        Command::Stream(args) => Box::pin(stream::run(args)).await,
         Command::Backup(args) => backup::run(args).await,
         Command::Verify(args) => verify::run(args).await,
         Command::Restore(args) => restore::run(*args).await,
@@ -155,6 +165,9 @@ pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
                 .is_some_and(crate::restore::prepare::PrepareError::is_usage)
             || e.downcast_ref::<crate::config::resolve::OpenError>()
                 .is_some_and(crate::config::resolve::OpenError::is_configuration)
+            || e.downcast_ref::<crate::restore::start::StartError>()
+                .is_some_and(crate::restore::start::StartError::is_usage)
+            || e.is::<crate::restore::drill::CannotRun>()
             || e.downcast_ref::<crate::retention::pins::PinError>()
                 .is_some_and(crate::retention::pins::PinError::is_usage)
             || e.downcast_ref::<crate::wal::mark::Error>()

@@ -52,7 +52,12 @@ const WAL_FETCH: &str = "wal-fetch";
 #[derive(Debug)]
 pub enum ParseError {
     /// A usage error, or help or the version: clap prints it.
-    Clap(clap::Error),
+    Clap {
+        /// What clap says.
+        error: clap::Error,
+        /// The command asked for, if known.
+        command: Option<String>,
+    },
     /// A configuration file problem or a secret on the command line.
     Config {
         /// What is wrong.
@@ -65,12 +70,17 @@ pub enum ParseError {
 impl ParseError {
     /// Prints the error on stderr (help and version on stdout) and returns
     /// the exit code: clap's for its own, 2 for a configuration problem, and
-    /// for `wal-fetch` the code that stops recovery.
+    /// for a `wal-fetch` that cannot run the code that stops recovery (never
+    /// 1 to 125, which PostgreSQL reads as "not in the archive").
     pub fn report(self) -> ExitCode {
         match self {
-            ParseError::Clap(err) => {
-                let _ = err.print();
-                ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2))
+            ParseError::Clap { error, command } => {
+                let _ = error.print();
+                let code = error.exit_code();
+                if code != 0 && command.as_deref() == Some(WAL_FETCH) {
+                    return ExitCode::from(crate::restore::serve::EXIT_FAILED);
+                }
+                ExitCode::from(u8::try_from(code).unwrap_or(2))
             }
             ParseError::Config { error, command } => {
                 eprintln!("walvault: error: {}", crate::error::chain(error.as_ref()));
@@ -135,10 +145,16 @@ where
     }
     let matches = root
         .try_get_matches_from_mut(&argv)
-        .map_err(ParseError::Clap)?;
+        .map_err(|error| ParseError::Clap {
+            error,
+            command: command.clone(),
+        })?;
     config_file::check_command_line(&matches, SECRET_FLAGS)
         .map_err(|e| config_error(e, matches.subcommand_name().map(str::to_string)))?;
-    Cli::from_arg_matches(&matches).map_err(|e| ParseError::Clap(e.format(&mut root)))
+    Cli::from_arg_matches(&matches).map_err(|e| ParseError::Clap {
+        error: e.format(&mut root),
+        command,
+    })
 }
 
 /// A lenient parse, for the configuration file, the command and the
@@ -357,7 +373,7 @@ mod tests {
             }
         }
         let (_dir, path) =
-            config("[stream]\npg = \"host=db password=hunter2\"\nslot = \"from-file\"\n");
+            config("[stream]\npg = \"host=db password=hunter2\"\nslot = \"from_file\"\n");
         match parse_args([
             "walvault",
             "--config",
@@ -365,9 +381,9 @@ mod tests {
             "stream",
             "--help",
         ]) {
-            Err(ParseError::Clap(e)) => {
+            Err(ParseError::Clap { error: e, .. }) => {
                 let help = e.to_string();
-                assert!(help.contains("[default: from-file]"), "{help}");
+                assert!(help.contains("[default: from_file]"), "{help}");
                 assert!(!help.contains("hunter2"), "{help}");
             }
             other => panic!("{other:?}"),

@@ -25,7 +25,11 @@ archive to the target (default: the end of the archive). Before anything is writ
 backup that ends before the target (or --backup), checks that the directory is empty, that the key fits, and \
 that the WAL from the backup's start has no gap. It writes recovery.signal (standby.signal with --standby), \
 restore_command and the target settings in postgresql.auto.conf, and the repository settings in \
-DATADIR.walvault.json beside the data directory (mode 0600, never inside it) for restore_command. Start PostgreSQL on the directory to recover."
+DATADIR.walvault.json beside the data directory (mode 0600, never inside it) for restore_command. Start PostgreSQL on the directory to recover.",
+    after_long_help = "Examples:\
+\n  walvault restore --config walvault.toml --pgdata /var/lib/postgresql/15/restored --dry-run\
+\n  walvault restore --config walvault.toml --pgdata /srv/pg/restored --target-time '2026-12-07 10:15:00+00'\
+\n  sudo -u postgres walvault restore --config walvault.toml --pgdata /srv/pg/restored --target-name before-migration --start"
 )]
 pub struct Args {
     /// The data directory to create (must be empty or absent).
@@ -158,6 +162,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         plan.wal_end,
         prepared.target,
     );
+    let start = StartOptions {
+        pgdata: prepared.pgdata.clone(),
+        pg_bin: args.pg_bin.clone(),
+        port: args.port,
+        socket_dir: args.socket_dir.clone(),
+        user: args.user.clone(),
+        action: args.target_action.into(),
+        settings: Vec::new(),
+    };
+    if args.start {
+        // Before anything is written: a restore that cannot be started is refused.
+        crate::restore::start::check_can_start(&start, b.pg_major)?;
+    }
     if args.dry_run {
         return Ok(ExitCode::SUCCESS);
     }
@@ -171,7 +188,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         spool_max: args.spool_max,
         fetch_timeout: args.fetch_timeout,
     };
-    let restored = crate::restore::execute(&repo, &prepared, &recovery).await?;
+    // A signal stops the restore and removes what it wrote.
+    let shutdown = crate::shutdown::Shutdown::new();
+    shutdown.cancel_on_signals();
+    let restored = crate::restore::execute(&repo, &prepared, &recovery, &shutdown.graceful).await?;
     tracing::info!(requests = repo.requests().summary(), "store requests");
     println!(
         "restored backup {} into {}: {} unpacked in {:.1}s, synced in {:.1}s",
@@ -185,15 +205,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("start PostgreSQL on it to recover");
         return Ok(ExitCode::SUCCESS);
     }
-    let start = StartOptions {
-        pgdata: prepared.pgdata.clone(),
-        pg_bin: args.pg_bin.clone(),
-        port: args.port,
-        socket_dir: args.socket_dir.clone(),
-        user: args.user.clone(),
-        action: args.target_action.into(),
-        settings: Vec::new(),
-    };
     let outcome = crate::restore::start::start_and_wait(&start, b.pg_major, |s| {
         println!(
             "PostgreSQL started on port {} (socket {}), log {}",

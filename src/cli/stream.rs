@@ -6,12 +6,15 @@ use std::time::Duration;
 use anyhow::Context;
 use tracing::info;
 
-use crate::config::{parse_byte_size, parse_duration};
+use crate::config::parse_duration;
 use crate::protocol::ConnInfo;
 use crate::shutdown::Shutdown;
 use crate::sidecar::{self, SidecarSettings};
 
-use super::args::{Checkpoint, RepoArgs, RetentionArgs};
+use super::args::{
+    Checkpoint, RepoArgs, RetentionArgs, parse_flush_interval, parse_listen_addr,
+    parse_memory_budget, parse_schedule, parse_slot_name,
+};
 
 /// Default memory budget for WAL held in memory.
 const DEFAULT_MEMORY_BUDGET: &str = "256MiB";
@@ -26,7 +29,11 @@ Complete segments are stored whole; every --flush-interval the not-yet-stored ta
 as a small delta object, so committed WAL reaches the store within about that interval. The server is told a \
 position is flushed only once it is in the store, so the slot keeps everything else. SIGINT/SIGTERM store the tail \
 and exit 0. With --synchronous and synchronous_standby_names = 'walvault' on the server, commits wait until \
-their WAL is stored."
+their WAL is stored.",
+    after_long_help = "Examples:\
+\n  walvault stream --pg 'host=/run/postgresql user=walvault' --repo s3://bucket/cluster-1 --key-file /etc/walvault/walvault.key\
+\n  walvault stream --config /etc/walvault/walvault.toml --backup-schedule '0 3 * * *' --retain-window 30d --metrics-addr 127.0.0.1:9187\
+\n  walvault stream --config walvault.toml --synchronous   # with synchronous_standby_names = 'walvault'"
 )]
 pub struct Args {
     /// PostgreSQL connection string (URI or key=value). Missing parts come from PGHOST, PGPORT,
@@ -36,16 +43,16 @@ pub struct Args {
     #[command(flatten)]
     pub repo: RepoArgs,
     /// Physical replication slot to use (created if missing).
-    #[arg(long, env = "WALVAULT_SLOT", default_value = "walvault")]
+    #[arg(long, env = "WALVAULT_SLOT", default_value = "walvault", value_parser = parse_slot_name)]
     pub slot: String,
     /// How often the open segment's new WAL is stored (the data-loss window).
-    #[arg(long, env = "WALVAULT_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "WALVAULT_FLUSH_INTERVAL", default_value = "1s", value_parser = parse_flush_interval)]
     pub flush_interval: Duration,
     /// Store every batch as soon as it arrives, for synchronous_standby_names.
     #[arg(long, env = "WALVAULT_SYNCHRONOUS")]
     pub synchronous: bool,
     /// Memory for WAL held before it is stored; reads pause when it is full.
-    #[arg(long, env = "WALVAULT_MEMORY_BUDGET", default_value = DEFAULT_MEMORY_BUDGET, value_parser = parse_byte_size)]
+    #[arg(long, env = "WALVAULT_MEMORY_BUDGET", default_value = DEFAULT_MEMORY_BUDGET, value_parser = parse_memory_budget)]
     pub memory_budget: u64,
     /// Uploads in flight at once.
     #[arg(long, env = "WALVAULT_UPLOAD_CONCURRENCY", default_value_t = 4)]
@@ -55,7 +62,7 @@ pub struct Args {
     pub shutdown_timeout: Duration,
     /// Take base backups on this cron schedule (UTC, five fields, e.g. "0 3 * * *"), on their own
     /// connection while WAL keeps streaming; also one at start if the repository has none.
-    #[arg(long, env = "WALVAULT_BACKUP_SCHEDULE")]
+    #[arg(long, env = "WALVAULT_BACKUP_SCHEDULE", value_parser = parse_schedule)]
     pub backup_schedule: Option<String>,
     /// Checkpoint mode of scheduled backups.
     #[arg(
@@ -72,7 +79,7 @@ pub struct Args {
     pub expire_interval: Duration,
     /// Serve Prometheus metrics on /metrics and a health verdict on /health at this address
     /// (e.g. 127.0.0.1:9187).
-    #[arg(long, env = "WALVAULT_METRICS_ADDR")]
+    #[arg(long, env = "WALVAULT_METRICS_ADDR", value_parser = parse_listen_addr)]
     pub metrics_addr: Option<String>,
     /// The recovery point objective: a lag (unstored WAL older than this) over it makes /health
     /// answer 503.
@@ -89,7 +96,7 @@ pub struct Args {
     pub notify_webhook: Option<String>,
     /// Run a restore drill (walvault drill) on this cron schedule, e.g. monthly "0 4 1 * *";
     /// off unless given. The sidecar must run as a user that can run PostgreSQL.
-    #[arg(long, env = "WALVAULT_DRILL_SCHEDULE")]
+    #[arg(long, env = "WALVAULT_DRILL_SCHEDULE", value_parser = parse_schedule)]
     pub drill_schedule: Option<String>,
     /// Where drills make their scratch directory (room for the database).
     #[arg(long, env = "WALVAULT_DRILL_SCRATCH")]
@@ -106,7 +113,6 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let conninfo = ConnInfo::parse(&args.pg, &|k| std::env::var(k).ok()).context("parse --pg")?;
     let source = args.repo.source()?;
-    let repo = source.open()?;
     let settings = SidecarSettings {
         conninfo,
         slot: args.slot,
@@ -127,6 +133,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         drill_scratch: args.drill_scratch,
         pg_bin: args.pg_bin,
     };
+    // Every argument is checked before a new repository is created.
+    settings.check()?;
+    let repo = source.open_for_writing().await?;
     let sidecar = settings.assemble(&repo, &source).await?;
     let opts = &sidecar.stream;
     info!(server = %opts.conninfo.describe(), repo = repo.display(), slot = opts.slot,

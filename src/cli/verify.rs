@@ -16,7 +16,10 @@ use super::args::RepoArgs;
 compare each file's size and CRC32C with the server's backup manifest, and open every WAL segment and history \
 file of the backup's range. With --wal, open every WAL object of the archive to its end and report its gaps. \
 Every problem is reported with the object and file it concerns. Exits 1 if anything fails. --json prints the \
-backups' reports (an array), or with --wal an object {\"backups\": [...], \"wal\": {...}}."
+backups' reports (an array), or with --wal an object {\"backups\": [...], \"wal\": {...}}.",
+    after_long_help = "Examples:\
+\n  walvault verify --config walvault.toml                      # every backup\
+\n  walvault verify --config walvault.toml --backup 20261207T030000Z --wal --json"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -95,8 +98,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(&out).expect("serializes")
         );
     }
-    if backups.is_empty() && !args.json {
-        println!("no backups to verify");
+    if backups.is_empty() {
+        // As check: nothing is restorable, a warning (exit 1).
+        eprintln!(
+            "walvault: no backups to verify: nothing can be restored from this repository (take one with walvault backup)"
+        );
     }
     if let Some(w) = &wal
         && !args.json
@@ -118,7 +124,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let failed = reports.iter().any(|r| !r.failures.is_empty())
+    let failed = backups.is_empty()
+        || reports.iter().any(|r| !r.failures.is_empty())
         || wal.as_ref().is_some_and(|w| !w.failures.is_empty());
     Ok(if failed {
         ExitCode::from(1)

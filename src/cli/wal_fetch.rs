@@ -18,7 +18,15 @@ instead of ending it early.\n\n\
 With --spool DIR, each segment served starts a background worker that fetches the next --prefetch \
 segments in parallel into DIR (at most --spool-max bytes), so replay finds them there. \
 `walvault wal-fetch --spool DIR --clean-spool` (as recovery_end_command) stops the worker and removes DIR; \
-walvault restore sets both up."
+walvault restore sets both up.",
+    after_long_help = "Examples (postgresql.conf; walvault restore writes these):\
+\n  restore_command = 'walvault wal-fetch --repo-config /srv/pg/restored.walvault.json %f %p'\
+\n  restore_command = 'walvault wal-fetch --repo-config /srv/pg/restored.walvault.json --spool pg_wal/walvault-spool --prefetch 8 %f %p'\
+\n  recovery_end_command = 'walvault wal-fetch --repo-config /srv/pg/restored.walvault.json --spool pg_wal/walvault-spool --clean-spool'\
+\n\
+\nExit codes: 0 the file is written to DEST; 1 it is not in the archive; 200 anything else (a bad flag, an\
+\nunreachable store after --fetch-timeout, a damaged object, a wrong key): PostgreSQL stops recovery on a status\
+\nabove 125 instead of ending it early."
 )]
 pub struct Args {
     /// The file name PostgreSQL asks for (%f): a 24-hex segment or 0000000N.history.

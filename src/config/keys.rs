@@ -30,19 +30,40 @@ pub fn load_keyring(key_file: Option<&PathBuf>, key_env: Option<&str>) -> Result
 /// # Errors
 /// When the text is not such a key.
 pub fn keyring_from_hex(hex: &str) -> Result<Keyring, KeyError> {
-    Ok(Keyring::single(MasterKey::from_hex(hex)?))
+    MasterKey::from_hex(hex)
+        .map(Keyring::single)
+        .map_err(|_| KeyError::MalformedLine {
+            path: "WALVAULT_KEY".into(),
+            line: 1,
+        })
 }
 
-/// Reads a key file (see [`Keyring::from_key_file_text`]).
+/// Permission bits that must be clear on a key file (0600 or stricter, as
+/// the configuration file and the repository settings file).
+const KEY_FILE_OTHERS_MODE: u32 = 0o077;
+
+/// Reads a key file (see [`Keyring::from_key_file_text`]), refusing one
+/// that others may read or change.
 ///
 /// # Errors
-/// When the file cannot be read or holds no valid key.
+/// When the file cannot be read, others may read or change it, or it
+/// holds no valid key.
 pub fn read_key_file(path: &Path) -> Result<Keyring, KeyError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+    let read_error = |source| KeyError::Read {
         path: shown.clone(),
         source,
-    })?;
+    };
+    // The mode and the text come from one open file.
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    let mode = file.metadata().map_err(read_error)?.permissions().mode() & 0o777;
+    if mode & KEY_FILE_OTHERS_MODE != 0 {
+        return Err(KeyError::Exposed { path: shown, mode });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read_error)?;
     Keyring::from_key_file_text(&text, &shown)
 }
 

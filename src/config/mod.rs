@@ -16,7 +16,7 @@ pub mod settings_file;
 
 use crate::format::chunk::{Compression, SealOptions};
 use crate::format::key::{KeyError, Keyring};
-use crate::storage::Repository;
+use crate::storage::{OpenMode, Repository};
 
 pub use keys::load_keyring;
 pub use resolve::RepositorySource;
@@ -56,7 +56,16 @@ pub fn open_repository(
     keyring: Keyring,
     zstd_level: Option<i32>,
 ) -> Result<Repository, Error> {
-    open_repository_with(url, &[], keyring, zstd_level)
+    open_repository_with(
+        url,
+        &[],
+        keyring,
+        zstd_level,
+        OpenMode {
+            create: true,
+            instance_credentials: false,
+        },
+    )
 }
 
 /// [`open_repository`] with explicit store options.
@@ -68,6 +77,7 @@ pub fn open_repository_with(
     options: &[(String, String)],
     keyring: Keyring,
     zstd_level: Option<i32>,
+    mode: OpenMode,
 ) -> Result<Repository, Error> {
     let level = zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL);
     if !(1..=19).contains(&level) {
@@ -81,7 +91,9 @@ pub fn open_repository_with(
         compression: Compression::Zstd { level },
         ..SealOptions::default()
     };
-    Ok(Repository::open_with(url, options, keyring, seal)?)
+    Ok(Repository::open_with_mode(
+        url, options, keyring, seal, mode,
+    )?)
 }
 
 /// A number of bytes, given as `256MiB`, `1GiB` or `4096` ([`parse_byte_size`])

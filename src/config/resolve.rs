@@ -18,7 +18,7 @@ use super::{Error, keys, open_repository_with};
 use crate::format::Keyring;
 use crate::format::key::KeyError;
 use crate::format::manifest::RepositoryManifest;
-use crate::storage::{Repository, StorageClasses};
+use crate::storage::{OpenMode, Repository, StorageClasses};
 
 /// Everything a command was given about its repository, unresolved.
 #[derive(Clone, Default)]
@@ -41,6 +41,14 @@ pub struct RepositorySource {
     pub compression_level: Option<i32>,
     /// Storage classes of new objects.
     pub classes: StorageClasses,
+    /// A new repository may be created without a key (unencrypted).
+    pub allow_unencrypted: bool,
+    /// A `walvault.json` of format version 1 is read.
+    pub allow_version_1: bool,
+    /// Whether a missing local directory may be created (writing
+    /// commands, once their arguments are checked), and whether a cloud
+    /// client may use the instance metadata service.
+    pub mode: OpenMode,
 }
 
 impl std::fmt::Debug for RepositorySource {
@@ -99,7 +107,9 @@ impl RepositorySource {
     pub fn open(&self) -> Result<Repository, Error> {
         Ok(self
             .open_store()?
-            .with_storage_classes(self.classes.clone()))
+            .with_storage_classes(self.classes.clone())
+            .allowing_unencrypted(self.allow_unencrypted)
+            .allowing_version_1(self.allow_version_1))
     }
 
     /// Opens a repository that must exist already, checking the keys
@@ -116,6 +126,53 @@ impl RepositorySource {
         Ok((repo, manifest))
     }
 
+    /// Opens the repository for a command that writes it (`stream`,
+    /// `backup`), once every argument is checked: a missing local directory
+    /// is created, except that a repository is never created without a key
+    /// unless `allow_unencrypted` says so (it would stay unencrypted for
+    /// good): nothing is created then.
+    ///
+    /// # Errors
+    /// [`OpenError`]; [`crate::storage::Error::NoKey`] for a new repository
+    /// without a key.
+    pub async fn open_for_writing(&self) -> Result<Repository, OpenError> {
+        let creating = RepositorySource {
+            mode: OpenMode {
+                create: true,
+                ..self.mode
+            },
+            ..self.clone()
+        };
+        if self.has_key()? || self.allow_unencrypted {
+            return Ok(creating.open()?);
+        }
+        // Without a key: only an existing (unencrypted) repository.
+        let existing = match self.open() {
+            Ok(repo) => repo.read_manifest().await?.map(|_| repo),
+            Err(Error::Repository(crate::storage::Error::Url { .. })) if self.is_local() => None,
+            Err(e) => return Err(e.into()),
+        };
+        existing.ok_or_else(|| {
+            OpenError::Store(crate::storage::Error::NoKey {
+                repository: self.url.clone().unwrap_or_default(),
+            })
+        })
+    }
+
+    /// Whether a key is given (a key file, `WALVAULT_KEY`, the configuration
+    /// file's key, or a settings file that holds one).
+    fn has_key(&self) -> Result<bool, Error> {
+        if let Some(path) = &self.settings_file {
+            return Ok(settings_file::load_repository_config(path)?.key.is_some());
+        }
+        Ok(!matches!(self.key_source()?, KeySource::None))
+    }
+
+    /// Whether the URL names a local directory.
+    fn is_local(&self) -> bool {
+        self.url.as_deref().is_some_and(|u| u.starts_with("file:"))
+    }
+
     fn open_store(&self) -> Result<Repository, Error> {
         if let Some(path) = &self.settings_file {
             let cfg = settings_file::load_repository_config(path)?;
@@ -124,7 +181,13 @@ impl RepositorySource {
                 None => Keyring::none(),
             };
             let options: Vec<(String, String)> = cfg.options.into_iter().collect();
-            return open_repository_with(&cfg.repo, &options, keyring, self.compression_level);
+            return open_repository_with(
+                &cfg.repo,
+                &options,
+                keyring,
+                self.compression_level,
+                self.mode,
+            );
         }
         let keyring = match self.key_source()? {
             KeySource::None => Keyring::none(),
@@ -137,7 +200,7 @@ impl RepositorySource {
         let url = self.url()?;
         let options =
             crate::storage::options_under_environment(url, &self.file_options, &self.environment)?;
-        open_repository_with(url, &options, keyring, self.compression_level)
+        open_repository_with(url, &options, keyring, self.compression_level, self.mode)
     }
 
     /// The settings a command run without the environment (restore_command)
@@ -173,6 +236,18 @@ impl RepositorySource {
                 &self.environment,
             )?);
         Ok(cfg)
+    }
+
+    /// What the restore that wrote the settings file planned to replay, if
+    /// a settings file with a plan is given.
+    ///
+    /// # Errors
+    /// The settings file cannot be read.
+    pub fn planned_wal(&self) -> Result<Option<super::settings_file::PlannedWal>, Error> {
+        match &self.settings_file {
+            Some(path) => Ok(settings_file::load_repository_config(path)?.recovery),
+            None => Ok(None),
+        }
     }
 
     fn url(&self) -> Result<&str, Error> {

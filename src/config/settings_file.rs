@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use super::Error;
+use crate::lsn::{Lsn, TimelineId};
 
 /// A repository settings file (`--repo-config`): everything needed to reach
 /// and open the repository without the environment, as `restore_command`
@@ -26,6 +27,33 @@ pub struct RepositoryConfigFile {
     /// `aws_access_key_id`, `aws_secret_access_key`, `aws_allow_http`).
     #[serde(default)]
     pub options: std::collections::BTreeMap<String, String>,
+    /// What the restore that wrote this file planned to replay: inside it,
+    /// a WAL file the archive lacks stops recovery instead of ending it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<PlannedWal>,
+}
+
+/// The WAL a restore planned: the timelines replay crosses and the end of
+/// the archive on the last one when the plan was made.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedWal {
+    /// The timelines, from the backup's to the target's.
+    pub path: Vec<PlannedStep>,
+    /// The end of the WAL held without a hole on the path.
+    pub end: Lsn,
+}
+
+/// One timeline of a [`PlannedWal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedStep {
+    /// The timeline.
+    pub timeline: TimelineId,
+    /// Where replay enters it.
+    pub begin: Lsn,
+    /// Where it forks to the next one (`None` for the last).
+    pub end: Option<Lsn>,
 }
 
 impl std::fmt::Debug for RepositoryConfigFile {
@@ -86,6 +114,7 @@ pub fn from_environment(
         repo: url.to_string(),
         key,
         options,
+        recovery: None,
     })
 }
 

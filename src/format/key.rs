@@ -73,11 +73,31 @@ pub enum KeyError {
         "a key must be 64 hexadecimal characters (32 bytes); run `walvault keygen` to make one"
     )]
     Malformed,
+    /// A line of a key file is not a key.
+    #[error(
+        "{path}, line {line}: a key must be 64 hexadecimal characters (32 bytes); run `walvault keygen` to make one"
+    )]
+    MalformedLine {
+        /// Where the keys come from (a key file, or the setting that holds them).
+        path: String,
+        /// The 1-based line.
+        line: usize,
+    },
     /// The key file holds no key.
     #[error("key file {path} holds no key")]
     Empty {
         /// The file.
         path: String,
+    },
+    /// Others may read or change the key file.
+    #[error(
+        "key file {path} can be read or changed by others (mode {mode:04o}): whoever reads it can open every object; run chmod 600 {path}"
+    )]
+    Exposed {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
     },
     /// The key file cannot be read.
     #[error("cannot read key file {path}")]
@@ -189,8 +209,14 @@ impl Keyring {
         let keys = text
             .lines()
             .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(MasterKey::from_hex)
+            .enumerate()
+            .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+            .map(|(i, l)| {
+                MasterKey::from_hex(l).map_err(|_| KeyError::MalformedLine {
+                    path: path.to_string(),
+                    line: i + 1,
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if keys.is_empty() {
             return Err(KeyError::Empty { path: path.into() });

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod chunk;
 pub mod drill;
 pub mod key;
+pub mod lease;
 pub mod manifest;
 pub mod mark;
 pub mod retention;

@@ -267,11 +267,7 @@ async fn slot_check(conninfo: &ConnInfo, slot: &str) -> Check {
 pub async fn check_repository(repo: &Repository) -> Vec<Check> {
     let mut out = vec![Check::new(
         "credentials",
-        if repo.credential_source().starts_with("none configured") {
-            Status::Warning
-        } else {
-            Status::Ok
-        },
+        Status::Ok,
         format!("{}: {}", repo.display(), repo.credential_source()),
     )];
     let probe = format!(

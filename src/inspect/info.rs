@@ -27,6 +27,8 @@ pub struct Info {
     pub encryption: String,
     /// Backups, oldest first.
     pub backups: Vec<BackupInfo>,
+    /// Backups sealed with a key the reader lacks, with the key each needs.
+    pub locked_backups: Vec<crate::storage::LockedBackup>,
     /// What can be restored, per timeline with WAL.
     pub timelines: Vec<TimelineInfo>,
     /// The server, when `--pg` reached it.
@@ -163,7 +165,10 @@ pub async fn gather(
             reason: "the repository is empty (no walvault.json)".into(),
         })?;
     let size = manifest.wal_segment_size;
-    let backups = repo.list_backups().await?;
+    let crate::storage::BackupList {
+        backups,
+        locked: locked_backups,
+    } = repo.list_backups_readable().await?;
     let wal_objects = repo.list(layout::WAL_PREFIX).await?;
     let record = repo.latest_expire_record().await?;
     let inv = WalInventory::from_listing(
@@ -270,6 +275,7 @@ pub async fn gather(
         pg_major: manifest.pg_major,
         encryption: manifest.encryption.clone(),
         backups: backup_infos,
+        locked_backups,
         timelines,
         server,
         retention: record.map(|(_, r)| RetentionInfo {

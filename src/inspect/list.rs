@@ -22,6 +22,8 @@ pub struct ListOutput {
     pub pg_major: u32,
     pub encryption: String,
     pub backups: Vec<BackupSummary>,
+    /// Backups sealed with a key the reader lacks, with the key each needs.
+    pub locked_backups: Vec<crate::storage::LockedBackup>,
     pub wal: WalSummary,
     pub wal_listing: WalListing,
 }
@@ -86,7 +88,13 @@ pub async fn gather(
     full: bool,
 ) -> Result<ListOutput, ListError> {
     let (inv, wal_listing) = scan_wal(repo, manifest.wal_segment_size, full).await?;
-    let backups = repo.list_backups().await.map_err(ListError::Backups)?;
+    let crate::storage::BackupList {
+        backups,
+        locked: locked_backups,
+    } = repo
+        .list_backups_readable()
+        .await
+        .map_err(ListError::Backups)?;
     let backups: Vec<BackupSummary> = backups
         .into_iter()
         .map(|b| BackupSummary {
@@ -114,6 +122,7 @@ pub async fn gather(
         pg_major: manifest.pg_major,
         encryption: manifest.encryption.clone(),
         backups,
+        locked_backups,
         wal: summarize(&inv, manifest.wal_segment_size),
         wal_listing,
     };

@@ -145,7 +145,8 @@ async fn post(
     }
 }
 
-fn hostname() -> String {
+/// This host's name, for messages and leases.
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown host".into())

@@ -274,9 +274,50 @@ impl ReplicationConnection {
     }
 }
 
+/// The longest replication slot name (NAMEDATALEN - 1).
+pub const MAX_SLOT_NAME_BYTES: usize = 63;
+
+/// Checks a replication slot name as PostgreSQL does: 1 to 63 lower-case
+/// letters, digits and underscores. A longer name would be truncated by the
+/// server (with only a notice), creating a slot of another name.
+///
+/// # Errors
+/// Why the name is refused.
+pub fn validate_slot_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a replication slot name cannot be empty".into());
+    }
+    if name.len() > MAX_SLOT_NAME_BYTES {
+        return Err(format!(
+            "a replication slot name has at most {MAX_SLOT_NAME_BYTES} bytes (this one has {})",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_'))
+    {
+        return Err(format!(
+            "a replication slot name holds only lower-case letters, digits and underscores, not {c:?}"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_names_follow_postgresql() {
+        assert!(validate_slot_name("walvault").is_ok());
+        assert!(validate_slot_name("a_1").is_ok());
+        assert!(validate_slot_name(&"s".repeat(63)).is_ok());
+        assert!(validate_slot_name(&"s".repeat(64)).is_err());
+        assert!(validate_slot_name("").is_err());
+        assert!(validate_slot_name("Walvault").is_err());
+        assert!(validate_slot_name("wal-vault").is_err());
+    }
 
     fn tli(n: u32) -> crate::lsn::TimelineId {
         crate::lsn::TimelineId::new(n).unwrap()

@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::plan::{RecoveryTarget, TargetAction, TimelineTarget};
-use super::start::{StartOptions, StartOutcome, start_and_wait};
+use super::start::{StartOptions, StartOutcome, check_can_start, start_and_wait};
 use super::{RecoveryOptions, RestoreOptions, execute, prepare};
 use crate::config::ByteSize;
 use crate::config::settings_file::RepositoryConfigFile;
 use crate::format::drill::{DRILL_VERSION, DrillRecord};
 use crate::storage::Repository;
+use tokio_util::sync::CancellationToken;
 
 /// Segments `wal-fetch` prefetches during a drill (as `restore`'s default).
 const DRILL_PREFETCH: u64 = 8;
@@ -46,9 +47,35 @@ pub struct DrillOptions {
     pub walvault: PathBuf,
 }
 
+/// A drill that could not run: this host cannot start PostgreSQL as asked.
+/// Nothing is restored or recorded: that is no failed restore.
+#[derive(Debug, thiserror::Error)]
+#[error("the drill cannot run here")]
+pub struct CannotRun(#[source] pub super::start::StartError);
+
+/// Why a drill did not get as far as restoring.
+enum NotRun {
+    /// The restore failed before restoring (no backup, a gap, ...): a failed drill.
+    Failed(String),
+    /// This host cannot run it: no drill at all.
+    CannotRun(super::start::StartError),
+}
+
 /// Runs one drill and records it (unless the store itself fails). Every
-/// failure is an outcome with its reason, not an error.
-pub async fn run(repo: &Repository, opts: &DrillOptions) -> DrillRecord {
+/// failure of the restore is an outcome with its reason, recorded.
+///
+/// # Errors
+/// [`CannotRun`] when this host cannot start PostgreSQL as asked (as root,
+/// no `pg_ctl`): checked before anything is restored; nothing is recorded.
+///
+/// # Cancel safety
+/// Use `cancel` (a child of the command's tree): the restore then removes
+/// what it wrote, and the drill is recorded as failed.
+pub async fn run(
+    repo: &Repository,
+    opts: &DrillOptions,
+    cancel: &CancellationToken,
+) -> Result<DrillRecord, CannotRun> {
     let mut record = DrillRecord {
         version: DRILL_VERSION,
         time: chrono::Utc::now(),
@@ -69,7 +96,7 @@ pub async fn run(repo: &Repository, opts: &DrillOptions) -> DrillRecord {
         chrono::Utc::now().format("%Y%m%dT%H%M%S"),
         std::process::id()
     ));
-    let outcome = drill_in(repo, opts, &scratch, &mut record).await;
+    let outcome = drill_in(repo, opts, &scratch, &mut record, cancel).await;
     stop_server(opts, &scratch.join("data")).await;
     let _ = std::fs::remove_dir_all(&scratch);
     match outcome {
@@ -77,14 +104,15 @@ pub async fn run(repo: &Repository, opts: &DrillOptions) -> DrillRecord {
             record.success = true;
             record.message = message;
         }
-        Err(message) => record.message = message,
+        Err(NotRun::Failed(message)) => record.message = message,
+        Err(NotRun::CannotRun(e)) => return Err(CannotRun(e)),
     }
     record.rto_seconds = record.restore_seconds + record.recovery_seconds;
     record.time = chrono::Utc::now();
     if let Err(e) = repo.write_drill(&record).await {
         tracing::error!(error = %crate::error::chain(&e), "cannot record the drill in the repository");
     }
-    record
+    Ok(record)
 }
 
 async fn drill_in(
@@ -92,11 +120,12 @@ async fn drill_in(
     opts: &DrillOptions,
     scratch: &Path,
     record: &mut DrillRecord,
-) -> Result<String, String> {
-    let fail =
-        |what: &str, e: &dyn std::error::Error| format!("{what}: {}", crate::error::chain(e));
+    cancel: &CancellationToken,
+) -> Result<String, NotRun> {
+    let fail = |what: &str, e: &dyn std::error::Error| {
+        NotRun::Failed(format!("{what}: {}", crate::error::chain(e)))
+    };
     let started = Instant::now();
-    std::fs::create_dir_all(scratch).map_err(|e| fail("create the scratch directory", &e))?;
     let options = RestoreOptions {
         pgdata: scratch.join("data"),
         backup: opts.backup.clone(),
@@ -110,21 +139,6 @@ async fn drill_in(
         .await
         .map_err(|e| fail("plan the restore", &e))?;
     record.backup_id = Some(prepared.plan.backup.id.clone());
-    let recovery = RecoveryOptions {
-        settings: opts.settings.clone(),
-        walvault: opts.walvault.clone(),
-        exclusive: false,
-        action: TargetAction::Promote,
-        standby: false,
-        prefetch: DRILL_PREFETCH,
-        spool_max: DRILL_SPOOL_MAX,
-        fetch_timeout: DRILL_FETCH_TIMEOUT,
-    };
-    execute(repo, &prepared, &recovery)
-        .await
-        .map_err(|e| fail("restore", &e))?;
-    record.restore_seconds = started.elapsed().as_secs_f64();
-    let recovering = Instant::now();
     let start = StartOptions {
         pgdata: prepared.pgdata.clone(),
         pg_bin: opts.pg_bin.clone(),
@@ -140,6 +154,23 @@ async fn drill_in(
         ],
     };
     let major = prepared.plan.backup.pg_major;
+    check_can_start(&start, major).map_err(NotRun::CannotRun)?;
+    std::fs::create_dir_all(scratch).map_err(|e| fail("create the scratch directory", &e))?;
+    let recovery = RecoveryOptions {
+        settings: opts.settings.clone(),
+        walvault: opts.walvault.clone(),
+        exclusive: false,
+        action: TargetAction::Promote,
+        standby: false,
+        prefetch: DRILL_PREFETCH,
+        spool_max: DRILL_SPOOL_MAX,
+        fetch_timeout: DRILL_FETCH_TIMEOUT,
+    };
+    execute(repo, &prepared, &recovery, cancel)
+        .await
+        .map_err(|e| fail("restore", &e))?;
+    record.restore_seconds = started.elapsed().as_secs_f64();
+    let recovering = Instant::now();
     let outcome = start_and_wait(&start, major, |_| {})
         .await
         .map_err(|e| fail("recovery", &e))?;
@@ -156,9 +187,10 @@ async fn drill_in(
         StartOutcome::ShutDown { .. } => "recovered".to_string(),
     };
     let checked = match &opts.check_sql {
-        Some(sql) => sql_check(opts, scratch, sql).await?,
-        None => amcheck(opts, scratch, major).await?,
-    };
+        Some(sql) => sql_check(opts, scratch, sql).await,
+        None => amcheck(opts, scratch, major).await,
+    }
+    .map_err(NotRun::Failed)?;
     Ok(format!("{reached}; {checked}"))
 }
 

@@ -24,6 +24,7 @@
 pub mod drill;
 pub mod plan;
 pub mod prepare;
+pub mod reach;
 pub mod recovery;
 pub mod serve;
 pub mod spool;
@@ -39,7 +40,11 @@ pub use plan::{RecoveryTarget, RestorePlan, TargetAction, TimelineTarget, plan_r
 pub use prepare::{Prepared, RestoreOptions, prepare};
 
 use crate::config::ByteSize;
-use crate::config::settings_file::{RepositoryConfigFile, write_repository_config};
+use crate::config::settings_file::{
+    PlannedStep, PlannedWal, RepositoryConfigFile, write_repository_config,
+};
+use tokio_util::sync::CancellationToken;
+
 use crate::progress::Progress;
 use crate::storage::Repository;
 
@@ -67,6 +72,11 @@ pub fn default_settings_file(pgdata: &Path) -> PathBuf {
 /// Why a restore failed after its plan held.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    /// A signal (SIGINT, SIGTERM) stopped it; what it wrote is removed.
+    #[error(
+        "the restore was interrupted by a signal: everything it wrote is removed; run it again"
+    )]
+    Interrupted,
     /// Fetching or unpacking failed.
     #[error("restore the backup")]
     Unpack(#[from] unpack::UnpackError),
@@ -119,20 +129,31 @@ pub struct Restored {
 
 /// Unpacks the planned backup, writes the recovery configuration and syncs
 /// everything. A restore that fails (a damaged, moved or missing part, say)
-/// leaves nothing behind: the data directory and tablespace directories,
-/// empty or absent before, are emptied or removed again.
+/// or that `cancel` stops (a signal) leaves nothing behind: the data
+/// directory and tablespace directories, empty or absent before, are
+/// emptied or removed again.
 ///
 /// # Errors
-/// Fetch, integrity or file system errors.
+/// Fetch, integrity or file system errors; [`RestoreError::Interrupted`].
+///
+/// # Cancel safety
+/// Use `cancel`, not dropping: the writer threads are joined first.
 pub async fn execute(
     repo: &Repository,
     prepared: &Prepared,
     recovery: &RecoveryOptions,
+    cancel: &CancellationToken,
 ) -> Result<Restored, RestoreError> {
     let mut dirs = vec![prepared.pgdata.clone()];
     dirs.extend(prepared.tablespace_dirs.iter().map(|(_, d)| d.clone()));
     let existed: Vec<bool> = dirs.iter().map(|d| d.exists()).collect();
-    let result = restore_into(repo, prepared, recovery).await;
+    let result = match restore_into(repo, prepared, recovery, cancel).await {
+        Err(RestoreError::Unpack(unpack::UnpackError::Interrupted)) => {
+            Err(RestoreError::Interrupted)
+        }
+        Ok(_) if cancel.is_cancelled() => Err(RestoreError::Interrupted),
+        other => other,
+    };
     if result.is_err() {
         for (dir, existed) in dirs.iter().zip(existed) {
             if std::fs::remove_dir_all(dir).is_ok() && existed {
@@ -147,6 +168,7 @@ async fn restore_into(
     repo: &Repository,
     req: &Prepared,
     recovery: &RecoveryOptions,
+    cancel: &CancellationToken,
 ) -> Result<Restored, RestoreError> {
     let plan = &req.plan;
     let b = &plan.backup;
@@ -154,7 +176,15 @@ async fn restore_into(
     set_mode(&req.pgdata, 0o700).map_err(io(format!("chmod {}", req.pgdata.display())))?;
     let started = Instant::now();
     let progress = Progress::new(&format!("restore {}", b.id), b.plain_bytes);
-    unpack::unpack_backup(repo, b, &req.pgdata, &req.tablespace_dirs, &progress).await?;
+    unpack::unpack_backup(
+        repo,
+        b,
+        &req.pgdata,
+        &req.tablespace_dirs,
+        &progress,
+        cancel,
+    )
+    .await?;
     progress.finish();
     tablespaces::point_tablespaces(&req.pgdata, &req.tablespace_dirs)
         .map_err(io("point the tablespaces at their directories"))?;
@@ -245,7 +275,23 @@ fn write_recovery_config(req: &Prepared, options: &RecoveryOptions) -> Result<()
     std::fs::write(dir.join(recovery::signal_file(options.standby)), "")
         .map_err(io("write the signal file"))?;
     let settings_file = &req.settings_file;
-    write_repository_config(settings_file, &options.settings)
+    // What was planned goes with the settings: restore_command stops
+    // recovery on a file missing inside it, instead of ending it early.
+    let mut settings = options.settings.clone();
+    settings.recovery = Some(PlannedWal {
+        path: req
+            .plan
+            .path
+            .iter()
+            .map(|s| PlannedStep {
+                timeline: s.timeline,
+                begin: s.begin,
+                end: s.end,
+            })
+            .collect(),
+        end: req.plan.wal_end,
+    });
+    write_repository_config(settings_file, &settings)
         .map_err(io(format!("create {}", settings_file.display())))?;
     let spool = spool_dir(dir);
     let auto = dir.join("postgresql.auto.conf");

@@ -173,6 +173,28 @@ pub enum PlanError {
         /// The target.
         target: Lsn,
     },
+    /// The archive ends before a time or xid target can be reached.
+    #[error("the target {target} cannot be reached: the archive ends at {end}, and {newest}")]
+    TargetPastArchive {
+        /// The target.
+        target: String,
+        /// The end of the archive.
+        end: Lsn,
+        /// What the archive's newest WAL holds.
+        newest: String,
+    },
+    /// No mark and no restore point has the name.
+    #[error(
+        "no mark and no restore point named {name:?} in the WAL from {first} to {last} (walvault info lists the marks)"
+    )]
+    NoSuchRestorePoint {
+        /// The name.
+        name: String,
+        /// The first segment read.
+        first: String,
+        /// The last segment read.
+        last: String,
+    },
     /// The requested timeline is not in the archive.
     #[error(
         "timeline {0} is not in the archive (no history file and no WAL); see walvault list for the timelines held"
@@ -217,6 +239,8 @@ impl PlanError {
                 | Self::TargetBeforeBackupEnd { .. }
                 | Self::TimelineNotInArchive(_)
                 | Self::TimelineDoesNotLead { .. }
+                | Self::TargetPastArchive { .. }
+                | Self::NoSuchRestorePoint { .. }
         )
     }
 }

@@ -73,13 +73,20 @@ pub enum PrepareError {
     /// The plan does not hold.
     #[error(transparent)]
     Plan(#[from] PlanError),
+    /// The backup asked for is sealed with a key the reader lacks.
+    #[error(
+        "backup {} is sealed with key {}, which the given keys lack: give a key file that holds it",
+        .0.id,
+        .0.key_id
+    )]
+    Locked(crate::storage::LockedBackup),
 }
 
 impl PrepareError {
     /// Whether the user must change what they asked for (exit code 2).
     pub fn is_usage(&self) -> bool {
         match self {
-            PrepareError::Usage(_) | PrepareError::Tablespace(_) => true,
+            PrepareError::Usage(_) | PrepareError::Tablespace(_) | PrepareError::Locked(_) => true,
             PrepareError::Plan(e) => e.is_usage(),
             PrepareError::Resolve { .. } | PrepareError::ListBackups(_) => false,
         }
@@ -108,6 +115,13 @@ pub async fn prepare(repo: &Repository, opts: &RestoreOptions) -> Result<Prepare
         Some(f) => Some(absolute("--settings-file", f)?),
         None => None,
     };
+    if pgdata.exists() && !pgdata.is_dir() {
+        return Err(usage(
+            "--pgdata",
+            &pgdata,
+            "it is a file, not a directory; give a directory to create, or an empty one",
+        ));
+    }
     if !tablespaces::is_empty_dir(&pgdata) {
         return Err(usage(
             "--pgdata",
@@ -115,10 +129,22 @@ pub async fn prepare(repo: &Repository, opts: &RestoreOptions) -> Result<Prepare
             "the directory is not empty; restore into an empty or new directory",
         ));
     }
-    let backups = repo
-        .list_backups()
+    let listed = repo
+        .list_backups_readable()
         .await
         .map_err(PrepareError::ListBackups)?;
+    if let Some(locked) = opts
+        .backup
+        .as_ref()
+        .and_then(|id| listed.locked.iter().find(|l| &l.id == id))
+    {
+        return Err(PrepareError::Locked(locked.clone()));
+    }
+    for locked in &listed.locked {
+        tracing::warn!(backup = locked.id, key = %locked.key_id,
+            "a backup is sealed with a key the key file lacks; it is left out of the choice");
+    }
+    let backups = listed.backups;
     let plan = plan_restore(
         repo,
         backups,
@@ -127,6 +153,7 @@ pub async fn prepare(repo: &Repository, opts: &RestoreOptions) -> Result<Prepare
         opts.timeline,
     )
     .await?;
+    super::reach::check_reachable(repo, &plan, &opts.target).await?;
     let mut map = opts.tablespace_map.clone();
     if let Some(root) = &opts.tablespaces_under {
         for oid in plan.backup.tablespaces.iter().filter_map(|t| t.oid) {

@@ -14,8 +14,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RepositorySource;
+use crate::config::settings_file::PlannedWal;
 use crate::format::manifest::RepositoryManifest;
 use crate::local_file::{Durability, write_atomically};
+use crate::lsn::Lsn;
 use crate::lsn::WalFileName;
 use crate::storage::{self, Repository};
 use crate::wal::fetch::{FetchedWal, fetch_wal_file};
@@ -142,12 +144,16 @@ pub async fn wal_fetch(
     // No signal handler: PostgreSQL stops restore_command with SIGTERM and
     // expects it to die of that signal.
     let cancel = CancellationToken::new();
+    let plan = source
+        .planned_wal()
+        .map_err(crate::config::resolve::OpenError::from)?;
     let served = serve_from_repository(
         &repo,
         &manifest,
         name,
         dest,
         spool.as_ref(),
+        plan.as_ref(),
         req.fetch_timeout,
         &cancel,
     )
@@ -195,6 +201,30 @@ pub enum ServeError {
     /// Not a WAL segment or history file name.
     #[error(transparent)]
     FileName(#[from] crate::lsn::ParseWalFileError),
+    /// A file the restore planned to replay is not in the archive now.
+    #[error(
+        "{name} is not in the archive, but the restore planned to replay the WAL to {end}, and this file with it: it was removed after the restore was planned. Recovery stops here instead of ending early; put the file back (from another copy) or restore again"
+    )]
+    MissingInPlan {
+        /// The file.
+        name: String,
+        /// The planned end.
+        end: Lsn,
+    },
+    /// A segment the restore planned to replay is held only in part now.
+    #[error(
+        "{name} is held only up to byte {known} in the archive, but the restore planned to replay it to byte {need} (the WAL to {end}): recovery stops here instead of ending early; put the segment back or restore again"
+    )]
+    ShortInPlan {
+        /// The segment.
+        name: String,
+        /// The bytes held.
+        known: u64,
+        /// The bytes planned.
+        need: u64,
+        /// The planned end.
+        end: Lsn,
+    },
     /// The store failed or an object does not open.
     #[error("fetch {name}")]
     Storage {
@@ -213,6 +243,34 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Whether the restore's plan replays `file`, and how many of its bytes
+/// (0 for a history file): a segment recovery reads from its timeline (the
+/// newest step of the path begun by then), starting before the planned end;
+/// a history file of a timeline on the path after the first.
+pub fn planned_bytes(plan: &PlannedWal, file: WalFileName, segment_size_bytes: u64) -> Option<u64> {
+    match file {
+        WalFileName::History(tli) => plan
+            .path
+            .iter()
+            .skip(1)
+            .any(|s| s.timeline == tli)
+            .then_some(0),
+        WalFileName::Segment(seg) => {
+            let start = seg.start_lsn(segment_size_bytes);
+            if start >= plan.end {
+                return None;
+            }
+            let step = plan
+                .path
+                .iter()
+                .rev()
+                .find(|s| s.begin.segment_number(segment_size_bytes) <= seg.number)
+                .or(plan.path.first())?;
+            (step.timeline == seg.timeline).then(|| (plan.end.0 - start.0).min(segment_size_bytes))
+        }
+    }
 }
 
 /// Serves a segment from the prefetch spool, if it is there (or lands
@@ -240,16 +298,19 @@ pub async fn serve_from_spool(name: &str, dest: &Path, spool: &Spool) -> bool {
 ///
 /// # Errors
 /// [`ServeError`]; a file the archive lacks is [`Served::NotInArchive`].
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_from_repository(
     repo: &Repository,
     manifest: &RepositoryManifest,
     name: &str,
     dest: &Path,
     spool: Option<&Spool>,
+    plan: Option<&PlannedWal>,
     timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<Served, ServeError> {
     let file = WalFileName::parse(name, manifest.wal_segment_size)?;
+    let planned = plan.and_then(|p| planned_bytes(p, file, manifest.wal_segment_size));
     let fetch = storage::retry(name, cancel, || {
         fetch_wal_file(repo, file, manifest.wal_segment_size)
     });
@@ -266,8 +327,24 @@ pub async fn serve_from_repository(
             source,
         })?;
     let Some(fetched) = fetched else {
+        if planned.is_some() {
+            return Err(ServeError::MissingInPlan {
+                name: name.to_string(),
+                end: plan.expect("planned").end,
+            });
+        }
         return Ok(Served::NotInArchive);
     };
+    if let (FetchedWal::Partial { known, .. }, Some(need)) = (&fetched, planned)
+        && *known < need
+    {
+        return Err(ServeError::ShortInPlan {
+            name: name.to_string(),
+            known: *known,
+            need,
+            end: plan.expect("planned").end,
+        });
+    }
     let bytes = match fetched {
         FetchedWal::Complete(b) | FetchedWal::History(b) => b,
         FetchedWal::Partial { bytes, .. } => bytes,

@@ -72,6 +72,9 @@ pub struct Started {
 /// Why the started server did not reach its target.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// PostgreSQL cannot be started as asked (checked before restoring).
+    #[error("{0}")]
+    CannotStart(String),
     /// pg_ctl could not be run or failed.
     #[error("{0}")]
     PgCtl(String),
@@ -93,6 +96,46 @@ pub enum StartError {
     /// The prefetch spool could not be removed after the shutdown.
     #[error("clean the prefetch spool")]
     Spool(#[source] std::io::Error),
+}
+
+/// Checks, before anything is restored, that PostgreSQL can be started as
+/// `args` asks for a backup of `major`: not as root (postgres refuses), and
+/// with a `pg_ctl` to run.
+///
+/// # Errors
+/// [`StartError::CannotStart`] naming the problem and the fix.
+pub fn check_can_start(args: &StartOptions, major: u32) -> Result<(), StartError> {
+    let found = match bin_dir(args.pg_bin.as_deref(), major) {
+        Some(dir) => dir.join("pg_ctl").is_file(),
+        None => std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("pg_ctl").is_file())),
+    };
+    if !found {
+        return Err(StartError::CannotStart(match &args.pg_bin {
+            Some(dir) => format!(
+                "{} holds no pg_ctl: give --pg-bin the bin directory of PostgreSQL {major}",
+                dir.display()
+            ),
+            None => format!(
+                "no pg_ctl for PostgreSQL {major} in /usr/lib/postgresql/{major}/bin or PATH: give --pg-bin its bin directory"
+            ),
+        }));
+    }
+    if nix::unistd::geteuid().is_root() {
+        return Err(StartError::CannotStart(
+            "PostgreSQL refuses to run as root: run this as the operating system user that runs \
+             PostgreSQL (e.g. sudo -u postgres walvault ...)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+impl StartError {
+    /// Whether the user must change how it is run (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, StartError::CannotStart(_))
+    }
 }
 
 /// The directory of PostgreSQL's programs for `major`: `pg_bin` if given,

@@ -12,6 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 use std::collections::BTreeMap;
 
@@ -31,6 +32,9 @@ pub const FETCH_WINDOW: usize = 4;
 /// An unpack failure.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
+    /// A signal stopped the restore.
+    #[error("the restore was interrupted by a signal")]
+    Interrupted,
     /// A part is missing.
     #[error("part {0} of the backup is missing")]
     MissingPart(String),
@@ -126,6 +130,7 @@ pub async fn unpack_backup(
     pgdata: &Path,
     tablespace_dirs: &[(String, PathBuf)],
     progress: &Progress,
+    cancel: &CancellationToken,
 ) -> Result<(), UnpackError> {
     let manifest_key = layout::backup_manifest_key(&meta.id);
     let manifest_bytes =
@@ -224,7 +229,16 @@ pub async fn unpack_backup(
         }))
         .buffered(FETCH_WINDOW);
         let mut failure = None;
-        while let Some(part) = parts.next().await {
+        loop {
+            let part = tokio::select! {
+                biased;
+                () = cancel.cancelled() => {
+                    failure = Some(UnpackError::Interrupted);
+                    break;
+                }
+                part = parts.next() => part,
+            };
+            let Some(part) = part else { break };
             match part {
                 Ok(bytes) => {
                     done += bytes.len() as u64;

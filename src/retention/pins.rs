@@ -41,8 +41,11 @@ pub async fn pin(
     lasting: Option<std::time::Duration>,
     now: DateTime<Utc>,
 ) -> Result<Pin, PinError> {
-    let backups = repo.list_backups().await.map_err(PinError::Store)?;
-    if !backups.iter().any(|b| b.id == id) {
+    let listed = repo
+        .list_backups_readable()
+        .await
+        .map_err(PinError::Store)?;
+    if !listed.backups.iter().any(|b| b.id == id) && !listed.locked.iter().any(|b| b.id == id) {
         return Err(crate::config::Error::Invalid {
             what: "backup id",
             value: id.to_string(),

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::backup::{self, BackupOptions, WalSource};
+use crate::format::lease::{LEASE_VERSION, Lease};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::metrics::health::Thresholds;
@@ -20,7 +21,7 @@ use crate::retention::expire::ExpireOptions;
 use crate::retention::policy::Policy;
 use crate::schedule::Schedule;
 use crate::shutdown::Shutdown;
-use crate::storage::Repository;
+use crate::storage::{self, Repository};
 use crate::wal::receiver::{self, StreamPlan, StreamSummary};
 
 pub use settings::{Sidecar, SidecarSettings};
@@ -99,6 +100,14 @@ pub async fn run(
         monitoring,
     } = sidecar;
     let stream = &stream;
+    // One writer of WAL per repository: refuse to run beside another. The
+    // lease rests on create-only writes, so the store is probed for them
+    // first (the result is reported where walvault.json is opened).
+    repo.probe_create_only().await?;
+    let lease = writer_lease(&stream.slot);
+    repo.take_lease(&lease).await?;
+    info!(holder = lease.holder, "took the repository's writer lease");
+    let renewal = tokio::spawn(renew_lease(repo.clone(), lease.clone(), shutdown.clone()));
     let mut plan = StreamPlan::default();
     let backup_done = Arc::new(tokio::sync::Notify::new());
     let refresh = Arc::new(tokio::sync::Notify::new());
@@ -166,6 +175,14 @@ pub async fn run(
     });
     let summary = receiver::run(stream, repo, shutdown, plan).await;
     shutdown.graceful.cancel();
+    let lost = match renewal.await {
+        Ok(lost) => lost,
+        Err(e) => {
+            error!(error = %e, "the lease renewal panicked");
+            None
+        }
+    };
+    repo.release_lease(&lease).await;
     monitor_stop.cancel();
     if let Some(task) = driller
         && let Err(e) = task.await
@@ -189,7 +206,65 @@ pub async fn run(
             error!(error = %e, "a monitoring task panicked");
         }
     }
-    Ok((summary?, scheduled))
+    let summary = summary?;
+    if let Some(e) = lost {
+        return Err(e.into());
+    }
+    Ok((summary, scheduled))
+}
+
+/// The lease this process takes: host, process and slot, with a random
+/// part so that no two runs share an id.
+fn writer_lease(slot: &str) -> Lease {
+    let host = crate::metrics::notify::hostname();
+    let safe: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Lease {
+        version: LEASE_VERSION,
+        holder: format!(
+            "{safe}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ),
+        host,
+        pid: std::process::id(),
+        slot: slot.to_string(),
+        since: chrono::Utc::now(),
+    }
+}
+
+/// Renews the writer's lease until shutdown. Returns the refusal when
+/// another writer took the lease meanwhile (this one could not renew for
+/// longer than its TTL): the command is aborted then (what is not stored
+/// stays in the slot), so that two never write at once.
+async fn renew_lease(repo: Repository, lease: Lease, shutdown: Shutdown) -> Option<storage::Error> {
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.graceful.cancelled() => return None,
+            () = tokio::time::sleep(storage::lease::LEASE_HEARTBEAT) => {}
+        }
+        match repo.renew_lease(&lease).await {
+            Ok(()) => {}
+            Err(e @ storage::Error::Leased { .. }) => {
+                error!(error = %e, "lost the repository's writer lease: stopping the stream");
+                shutdown.graceful.cancel();
+                shutdown.abort.cancel();
+                return Some(e);
+            }
+            Err(e) => {
+                warn!(error = %crate::error::chain(&e), "could not renew the writer lease; retrying");
+            }
+        }
+    }
 }
 
 /// Takes a backup at start if the repository has none, then one at every
@@ -333,13 +408,18 @@ async fn run_drills(d: DrillSchedule, repo: Repository, shutdown: Shutdown, repo
         // The drill's future is not Send (it holds borrows across awaits in
         // the start supervision): it runs on a blocking thread of its own.
         let (repo2, options) = (repo.clone(), d.options.clone());
+        let cancel = shutdown.graceful.child_token();
         let handle = tokio::runtime::Handle::current();
         let record = match tokio::task::spawn_blocking(move || {
-            handle.block_on(crate::restore::drill::run(&repo2, &options))
+            handle.block_on(crate::restore::drill::run(&repo2, &options, &cancel))
         })
         .await
         {
-            Ok(r) => r,
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                error!(error = %crate::error::chain(&e), "restore drill could not run (not recorded)");
+                continue;
+            }
             Err(e) => {
                 error!(error = %e, "restore drill panicked");
                 continue;

@@ -97,17 +97,15 @@ fn schedule(what: &'static str, text: &str) -> Result<Schedule, Error> {
 }
 
 impl SidecarSettings {
-    /// Checks every setting and assembles the sidecar writing to `repo`
-    /// (reached as `source` says, for drills' `restore_command`); binds the
-    /// metrics address, so a taken one fails before streaming.
+    /// Checks every setting that can be checked without the repository or
+    /// the server: a command that would create the repository calls this
+    /// first, so that a mistake creates nothing.
     ///
     /// # Errors
     /// A setting that cannot be used (exit code 2), naming its flag.
-    pub async fn assemble(
-        self,
-        repo: &Repository,
-        source: &RepositorySource,
-    ) -> Result<Sidecar, Error> {
+    pub fn check(&self) -> Result<(), Error> {
+        crate::protocol::command::validate_slot_name(&self.slot)
+            .map_err(|reason| invalid("--slot", self.slot.clone(), reason))?;
         if self.flush_interval.is_zero() {
             return Err(invalid(
                 "--flush-interval",
@@ -122,6 +120,46 @@ impl SidecarSettings {
                 "must hold at least 4 MiB",
             ));
         }
+        if let Some(text) = &self.backup_schedule {
+            schedule("--backup-schedule", text)?;
+        }
+        if let Some(text) = &self.drill_schedule {
+            schedule("--drill-schedule", text)?;
+        }
+        if let Some(addr) = &self.metrics_addr {
+            std::net::ToSocketAddrs::to_socket_addrs(addr.as_str()).map_err(|e| {
+                invalid(
+                    "--metrics-addr",
+                    addr,
+                    format!("not an address to listen on: {e}"),
+                )
+            })?;
+        }
+        if let Some(url) = &self.notify_webhook
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            // The URL is a credential: not shown.
+            return Err(invalid(
+                "--notify-webhook",
+                "(not shown)",
+                "give an http:// or https:// URL",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks every setting and assembles the sidecar writing to `repo`
+    /// (reached as `source` says, for drills' `restore_command`); binds the
+    /// metrics address, so a taken one fails before streaming.
+    ///
+    /// # Errors
+    /// A setting that cannot be used (exit code 2), naming its flag.
+    pub async fn assemble(
+        self,
+        repo: &Repository,
+        source: &RepositorySource,
+    ) -> Result<Sidecar, Error> {
+        self.check()?;
         let stream = StreamOptions {
             conninfo: self.conninfo.clone(),
             slot: self.slot.clone(),
@@ -178,15 +216,6 @@ impl SidecarSettings {
             }
             None => None,
         };
-        if let Some(url) = &self.notify_webhook
-            && !(url.starts_with("https://") || url.starts_with("http://"))
-        {
-            return Err(invalid(
-                "--notify-webhook",
-                url,
-                "give an http:// or https:// URL",
-            ));
-        }
         Ok(
             (listener.is_some() || self.notify_webhook.is_some()).then(|| Monitoring {
                 metrics: crate::metrics::Metrics::new(repo.clone()),

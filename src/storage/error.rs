@@ -67,6 +67,41 @@ pub enum Error {
         /// Their ids.
         missing: String,
     },
+    /// A cloud store with no credentials configured, whose client would
+    /// ask the cloud's metadata address.
+    #[error("no credentials for {url}: {set}")]
+    NoCredentials {
+        /// The repository (without credentials).
+        url: String,
+        /// What to set.
+        set: &'static str,
+    },
+    /// A new repository would be unencrypted for good, and nobody asked.
+    #[error(
+        "no key given for the new repository {repository}: a repository created without a key stays unencrypted for good. Make a key (walvault keygen > walvault.key && chmod 600 walvault.key), keep a copy safe and give it with --key-file or WALVAULT_KEY_FILE; or pass --unencrypted (WALVAULT_UNENCRYPTED=true) to store it unencrypted on purpose"
+    )]
+    NoKey {
+        /// The repository.
+        repository: String,
+    },
+    /// Another writer holds the repository's lease.
+    #[error(
+        "another walvault stream writes this repository ({holder}; lease {key}): one repository has one WAL writer. Stop the other, or give each cluster its own repository; a lease left by a process that died expires a minute after its last heartbeat"
+    )]
+    Leased {
+        /// Who holds it.
+        holder: String,
+        /// Its lease object.
+        key: String,
+    },
+    /// `walvault.json` says version 1, and that was not allowed.
+    #[error(
+        "{key} says format version 1, which has no authentication: whoever can write the bucket could have rewritten a version 2 repository this way, to change its settings or unbind its objects, so it is refused. Only a repository that walvault 0.1 created is version 1: if this is one, give --allow-version-1 (WALVAULT_ALLOW_VERSION_1=true), and move to a version 2 repository (docs/format.md)"
+    )]
+    VersionOne {
+        /// The document.
+        key: String,
+    },
     /// A key cannot be retired.
     #[error("invalid key to retire \"{id}\": {reason}")]
     Retire {
@@ -97,6 +132,10 @@ impl Error {
                 | Error::Mismatch(_)
                 | Error::KeysMissing { .. }
                 | Error::Retire { .. }
+                | Error::NoKey { .. }
+                | Error::NoCredentials { .. }
+                | Error::Leased { .. }
+                | Error::VersionOne { .. }
         )
     }
 

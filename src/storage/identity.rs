@@ -42,6 +42,11 @@ impl Repository {
     pub async fn open_manifest(&self) -> Result<Option<RepositoryManifest>, Error> {
         let m = self.read_manifest().await?;
         if let Some(m) = &m {
+            if !m.binds_objects() && !self.version_1_allowed {
+                return Err(Error::VersionOne {
+                    key: layout::REPOSITORY_MANIFEST.into(),
+                });
+            }
             m.check_keys(&self.keyring.ids())?;
             m.verify(&self.keyring).map_err(|e| Error::BadManifest {
                 key: layout::REPOSITORY_MANIFEST.into(),
@@ -56,7 +61,9 @@ impl Repository {
     /// the first writer creates it; later ones are checked against it.
     ///
     /// # Errors
-    /// [`Error::Mismatch`] for another cluster, segment size or key setup.
+    /// [`Error::Mismatch`] for another cluster, segment size or key setup;
+    /// [`Error::NoKey`] when a new repository would be created without a key
+    /// and that was not asked for.
     pub async fn ensure_manifest(
         &self,
         system_identifier: &str,
@@ -72,6 +79,11 @@ impl Repository {
         if let Some(m) = self.open_manifest().await? {
             m.check_server(system_identifier, wal_segment_size)?;
             return Ok(m);
+        }
+        if self.keyring.is_empty() && !self.unencrypted_allowed {
+            return Err(Error::NoKey {
+                repository: self.display.clone(),
+            });
         }
         let m = RepositoryManifest {
             version: REPOSITORY_MANIFEST_VERSION,

@@ -168,21 +168,30 @@ impl Repository {
     }
 
     /// Lists every key of the keyring in `walvault.json` (`walvault key
-    /// add`), keeping the keys it lists already.
+    /// add`), keeping the keys it lists already; `None` when it lists them
+    /// all already (nothing is rewritten).
     ///
     /// # Errors
     /// The checks of [`Repository::rewrite_key_ids`].
     pub async fn add_keyring_keys(
         &self,
         manifest: &RepositoryManifest,
-    ) -> Result<RepositoryManifest, Error> {
+    ) -> Result<Option<RepositoryManifest>, Error> {
+        if self
+            .keyring()
+            .ids()
+            .iter()
+            .all(|k| manifest.key_ids.contains(k))
+        {
+            return Ok(None);
+        }
         let mut ids = self.keyring().ids();
         for listed in &manifest.key_ids {
             if !ids.contains(listed) {
                 ids.push(*listed);
             }
         }
-        self.rewrite_key_ids(ids).await
+        self.rewrite_key_ids(ids).await.map(Some)
     }
 
     /// Removes key `id` from `walvault.json` (`walvault key retire`): only a

@@ -17,6 +17,7 @@ mod error;
 mod identity;
 mod keys;
 pub mod layout;
+pub mod lease;
 mod local;
 mod open;
 mod records;
@@ -26,8 +27,8 @@ pub mod retry;
 pub use error::Error;
 pub use keys::{KeyLine, KeyReport, KeyUsage};
 pub use open::{
-    environment_options, is_store_option, options_under_environment, store_retry_config,
+    OpenMode, environment_options, is_store_option, options_under_environment, store_retry_config,
 };
-pub use records::first_free_id;
+pub use records::{BackupList, LockedBackup, first_free_id};
 pub use repository::{ObjectInfo, Repository, RequestCounts, SealedObject, StorageClasses};
 pub use retry::retry;

@@ -37,10 +37,7 @@ pub fn environment_options(
     url: &str,
     vars: &[(String, String)],
 ) -> Result<Vec<(String, String)>, Error> {
-    let parsed = url::Url::parse(url).map_err(|e| Error::Url {
-        url: url.to_string(),
-        reason: e.to_string(),
-    })?;
+    let parsed = parse_url(url)?;
     let scheme = parsed.scheme();
     let mut out: Vec<(String, String)> = Vec::new();
     for (name, value) in vars {
@@ -172,14 +169,24 @@ pub(super) fn open(
     vars: &[(String, String)],
     keyring: Keyring,
     seal: SealOptions,
+    mode: OpenMode,
 ) -> Result<Repository, Error> {
     let bad = |reason: String| Error::Url {
         url: url.to_string(),
         reason,
     };
-    let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    let parsed = parse_url(url)?;
     let mut settings = environment_options(url, vars)?;
     let credentials = credential_source(parsed.scheme(), &settings, options);
+    if credentials.is_none() && !mode.instance_credentials {
+        return Err(Error::NoCredentials {
+            url: redact_url(&parsed),
+            set: credential_hint(parsed.scheme()),
+        });
+    }
+    let credentials = credentials.unwrap_or_else(|| {
+        "the cloud's instance metadata service (chosen with --instance-credentials)".into()
+    });
     for (k, v) in options {
         settings.retain(|(have, _)| have != k);
         settings.push((k.clone(), v.clone()));
@@ -190,8 +197,17 @@ pub(super) fn open(
             let dir = parsed.to_file_path().map_err(|()| {
                 bad("a file URL needs an absolute path, e.g. file:///var/lib/walvault".into())
             })?;
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+            if !dir.is_dir() {
+                if !mode.create {
+                    return Err(bad(format!(
+                        "there is no repository here: {} is not a directory (a command that only \
+                         reads never creates one; check --repo)",
+                        dir.display()
+                    )));
+                }
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+            }
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                 .map_err(|e| bad(e.to_string()))?
                 .with_automatic_cleanup(true);
@@ -320,12 +336,85 @@ fn build_store<B: StoreBuilder>(
     b.build_store().map_err(|e| bad(e.to_string()))
 }
 
+/// How a repository is opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenMode {
+    /// Create a local directory that does not exist yet (commands that
+    /// write a new repository; the others refuse a missing one).
+    pub create: bool,
+    /// Let a cloud store's client take credentials from the instance
+    /// metadata service when none are configured (otherwise that is an
+    /// error, and no request reaches the metadata address).
+    pub instance_credentials: bool,
+}
+
+/// Parses a repository URL; a local path that is not an absolute `file:///`
+/// URL is refused with the URL that was probably meant.
+fn parse_url(url: &str) -> Result<url::Url, Error> {
+    let bad = |reason: String| Error::Url {
+        url: url.to_string(),
+        reason,
+    };
+    let meant = |path: &str| {
+        std::path::absolute(path).map_or_else(
+            |_| "file:///ABSOLUTE/PATH".to_string(),
+            |p| format!("file://{}", p.display()),
+        )
+    };
+    match url::Url::parse(url) {
+        Ok(parsed) if parsed.scheme() == "file" => {
+            let rest = &url["file:".len()..];
+            if rest.starts_with("///") || rest.starts_with("//localhost/") {
+                Ok(parsed)
+            } else {
+                let path = rest.trim_start_matches('/');
+                Err(bad(format!(
+                    "a file URL holds an absolute path after file:// (did you mean {}?)",
+                    meant(path)
+                )))
+            }
+        }
+        Ok(parsed) => Ok(parsed),
+        Err(url::ParseError::RelativeUrlWithoutBase) => Err(bad(format!(
+            "a repository is a URL: file:///path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix (did you mean {}?)",
+            meant(url)
+        ))),
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+/// What to set so that a store of `scheme` has credentials.
+fn credential_hint(scheme: &str) -> &'static str {
+    match scheme {
+        "s3" | "s3a" => {
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or aws_access_key_id and \
+             aws_secret_access_key in [repository.options]), or AWS_ROLE_ARN with \
+             AWS_WEB_IDENTITY_TOKEN_FILE; or pass --instance-credentials to use the instance \
+             metadata service"
+        }
+        "gs" => {
+            "set GOOGLE_SERVICE_ACCOUNT (or GOOGLE_APPLICATION_CREDENTIALS, or \
+             google_service_account in [repository.options]); or pass --instance-credentials to \
+             use the instance metadata service"
+        }
+        _ => {
+            "set AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_KEY or the client or federated \
+             credentials (or the same in [repository.options]); or pass --instance-credentials to \
+             use the managed identity endpoint"
+        }
+    }
+}
+
 /// Where a store's credentials come from, in words an operator can act on:
 /// which option names them and whether the environment or a file (the
 /// repository settings file, or the configuration file's
-/// `[repository.options]`) gave it. Without any, the S3 and GCS clients ask a cloud metadata
-/// service, which `check` reports as a warning.
-fn credential_source(scheme: &str, env: &[(String, String)], file: &[(String, String)]) -> String {
+/// `[repository.options]`) gave it. `None`: none is configured, and the
+/// S3, GCS and Azure clients would ask the cloud's metadata service.
+fn credential_source(
+    scheme: &str,
+    env: &[(String, String)],
+    file: &[(String, String)],
+) -> Option<String> {
     let from = |names: &[&str]| {
         let hit = |list: &[(String, String)]| {
             list.iter()
@@ -336,8 +425,11 @@ fn credential_source(scheme: &str, env: &[(String, String)], file: &[(String, St
             .map(|k| format!("{k} from the settings or configuration file"))
             .or_else(|| hit(env).map(|k| format!("{k} from the environment")))
     };
-    let found = match scheme {
-        "file" => return "none needed (local directory)".into(),
+    match scheme {
+        "s3" | "s3a" | "gs" | "az" | "azure" => {}
+        _ => return Some("none needed (local directory)".into()),
+    }
+    match scheme {
         "s3" | "s3a" => from(&[
             "aws_access_key_id",
             "aws_web_identity_token_file",
@@ -360,10 +452,7 @@ fn credential_source(scheme: &str, env: &[(String, String)], file: &[(String, St
             "azure_skip_signature",
         ]),
         _ => None,
-    };
-    found.unwrap_or_else(|| {
-        "none configured: the client falls back to the cloud's instance metadata service".into()
-    })
+    }
 }
 
 /// Retries inside object_store stay short, so an outage reaches walvault's

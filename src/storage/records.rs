@@ -2,6 +2,7 @@
 //! records (see [`crate::format::retention`]), the WAL index, marks and
 //! drills. Sealed and bound like every object.
 
+use crate::format::KeyId;
 use crate::format::backup::BackupMetadata;
 use crate::format::drill::DrillRecord;
 use crate::format::mark::Mark;
@@ -10,14 +11,51 @@ use crate::format::wal_index::WalIndex;
 
 use super::{Error, Repository, layout};
 
+/// The backups of a repository as a reader holding some of its keys sees
+/// them.
+#[derive(Clone, Debug, Default)]
+pub struct BackupList {
+    /// The backups it can open, oldest first.
+    pub backups: Vec<BackupMetadata>,
+    /// The backups sealed with a key it lacks, oldest first.
+    pub locked: Vec<LockedBackup>,
+}
+
+/// A backup whose `backup.json` is sealed with a key the reader lacks.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LockedBackup {
+    /// The backup.
+    pub id: String,
+    /// The key it needs.
+    pub key_id: KeyId,
+}
+
 impl Repository {
-    /// Reads every `backup.json`, oldest first.
+    /// Reads every `backup.json`, oldest first. Strict: one that does not
+    /// open fails the whole listing (what deletes, as expire does, must see
+    /// every backup).
     ///
     /// # Errors
     /// Store or integrity errors (naming the object).
     pub async fn list_backups(&self) -> Result<Vec<BackupMetadata>, Error> {
+        let list = self.read_backups(false).await?;
+        Ok(list.backups)
+    }
+
+    /// Reads every `backup.json` this keyring opens, oldest first, and
+    /// names the ones sealed with a key it lacks (a host given only the
+    /// newer key after a rotation): readers show those and go on.
+    ///
+    /// # Errors
+    /// Store or integrity errors other than a missing key (naming the object).
+    pub async fn list_backups_readable(&self) -> Result<BackupList, Error> {
+        self.read_backups(true).await
+    }
+
+    async fn read_backups(&self, skip_locked: bool) -> Result<BackupList, Error> {
         let objects = self.list(layout::BACKUPS_PREFIX).await?;
         let mut out = Vec::new();
+        let mut locked = Vec::new();
         for o in objects {
             let Some(id) = layout::backup_id_of(&o.key) else {
                 continue;
@@ -25,8 +63,20 @@ impl Repository {
             if o.key != layout::backup_json_key(id) {
                 continue;
             }
-            let Some(bytes) = self.get_opened(&o.key).await? else {
-                continue;
+            let bytes = match self.get_opened(&o.key).await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => continue,
+                Err(Error::Corrupt {
+                    source: crate::format::chunk::Error::UnknownKey { key_id, .. },
+                    ..
+                }) if skip_locked => {
+                    locked.push(LockedBackup {
+                        id: id.to_string(),
+                        key_id,
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let meta: BackupMetadata =
                 serde_json::from_slice(&bytes).map_err(|e| Error::BadManifest {
@@ -36,7 +86,11 @@ impl Repository {
             out.push(meta);
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        locked.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(BackupList {
+            backups: out,
+            locked,
+        })
     }
 
     /// Every pin, by backup id (lapsed ones included).

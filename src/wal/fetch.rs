@@ -18,6 +18,20 @@ pub async fn read_delta_chain(
     segment: SegmentName,
     segment_size_bytes: u64,
 ) -> Result<Vec<u8>, storage::Error> {
+    Ok(read_chain(repo, segment, segment_size_bytes).await?.0)
+}
+
+/// How many times a delta chain that changed while it was read (a delta
+/// deleted because the complete segment landed) is read again.
+const CHAIN_READS: usize = 3;
+
+/// The bytes of a segment's delta chain, and whether a listed delta was
+/// gone when read (the chain changed: read it again).
+async fn read_chain(
+    repo: &Repository,
+    segment: SegmentName,
+    segment_size_bytes: u64,
+) -> Result<(Vec<u8>, bool), storage::Error> {
     let objects = repo
         .list(&layout::delta_prefix(segment, segment_size_bytes))
         .await?;
@@ -42,7 +56,7 @@ pub async fn read_delta_chain(
         }
         let Some(bytes) = repo.get_opened(&key).await? else {
             // Deleted meanwhile: the complete segment replaced it.
-            break;
+            return Ok((out, true));
         };
         if bytes.len() as u64 != end - start {
             return Err(storage::Error::BadManifest {
@@ -52,7 +66,7 @@ pub async fn read_delta_chain(
         }
         out.extend_from_slice(&bytes[(have - start) as usize..]);
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 /// A WAL file as `restore_command` must deliver it.
@@ -88,26 +102,38 @@ pub async fn fetch_wal_file(
             .map(FetchedWal::History)),
         crate::lsn::WalFileName::Segment(seg) => {
             let key = layout::segment_key(seg, segment_size_bytes);
-            if let Some(bytes) = repo.get_opened(&key).await? {
-                if bytes.len() as u64 != segment_size_bytes {
-                    return Err(storage::Error::BadManifest {
-                        key,
-                        reason: format!(
-                            "segment holds {} bytes, expected {segment_size_bytes}",
-                            bytes.len()
-                        ),
-                    });
+            for _ in 0..CHAIN_READS {
+                if let Some(bytes) = repo.get_opened(&key).await? {
+                    if bytes.len() as u64 != segment_size_bytes {
+                        return Err(storage::Error::BadManifest {
+                            key,
+                            reason: format!(
+                                "segment holds {} bytes, expected {segment_size_bytes}",
+                                bytes.len()
+                            ),
+                        });
+                    }
+                    return Ok(Some(FetchedWal::Complete(bytes)));
                 }
-                return Ok(Some(FetchedWal::Complete(bytes)));
+                let (mut bytes, changed) = read_chain(repo, seg, segment_size_bytes).await?;
+                // A delta gone while the chain was read, or no delta at
+                // all: the complete segment may have landed meanwhile.
+                if changed {
+                    continue;
+                }
+                if bytes.is_empty() {
+                    return Ok(repo.get_opened(&key).await?.map(FetchedWal::Complete));
+                }
+                let known = bytes.len() as u64;
+                bytes.resize(segment_size_bytes as usize, 0);
+                return Ok(Some(FetchedWal::Partial { bytes, known }));
             }
-            let mut bytes = read_delta_chain(repo, seg, segment_size_bytes).await?;
-            if bytes.is_empty() {
-                // The complete segment may have landed while we listed deltas.
-                return Ok(repo.get_opened(&key).await?.map(FetchedWal::Complete));
-            }
-            let known = bytes.len() as u64;
-            bytes.resize(segment_size_bytes as usize, 0);
-            Ok(Some(FetchedWal::Partial { bytes, known }))
+            Err(storage::Error::BadManifest {
+                key,
+                reason: format!(
+                    "its deltas kept changing while read ({CHAIN_READS} times), and no complete segment is there"
+                ),
+            })
         }
     }
 }

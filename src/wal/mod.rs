@@ -17,5 +17,6 @@ pub mod index;
 pub mod inventory;
 pub mod mark;
 pub mod receiver;
+pub mod records;
 pub mod segmenter;
 pub mod summary;

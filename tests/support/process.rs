@@ -97,7 +97,7 @@ impl StreamProcess {
     }
 
     /// Spawns a prepared `walvault stream` command without waiting for it.
-    fn spawn_unready(mut cmd: Command) -> StreamProcess {
+    pub fn spawn_unready(mut cmd: Command) -> StreamProcess {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("stream.log");
         let f = std::fs::File::create(&log).unwrap();

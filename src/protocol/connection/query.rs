@@ -174,14 +174,26 @@ impl ReplicationConnection {
         frontend::query(sql, &mut self.write_buf)?;
         self.flush_write().await?;
         // Peek the tag: postgres-protocol does not parse CopyBothResponse.
-        // Anything else is an ordinary result (or an error).
-        let header = self.fill_message().await?;
-        if header.tag() == b'W' {
-            let len = header.len() as usize + 1;
-            let _ = self.read_buf.split_to(len);
-            return Ok(None);
+        // A notice or a parameter may come first (a truncated identifier
+        // sends a notice before CopyBothResponse); anything else is an
+        // ordinary result (or an error).
+        loop {
+            let header = self.fill_message().await?;
+            match header.tag() {
+                b'W' => {
+                    let len = header.len() as usize + 1;
+                    let _ = self.read_buf.split_to(len);
+                    return Ok(None);
+                }
+                b'N' | b'S' => {
+                    if let backend::Message::ParameterStatus(p) = self.read_message().await? {
+                        self.parameters
+                            .insert(p.name()?.to_string(), p.value()?.to_string());
+                    }
+                }
+                _ => return self.read_query_result().await.map(Some),
+            }
         }
-        self.read_query_result().await.map(Some)
     }
 
     /// Reads the next CopyData or CopyDone of the copy stream.

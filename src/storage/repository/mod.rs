@@ -27,6 +27,7 @@ use crate::format::key::Keyring;
 use crate::format::manifest::RepositoryManifest;
 
 use super::Error;
+use super::open::OpenMode;
 
 /// Limit for one store request, plus [`TIMEOUT_PER_MIB`] per MiB of payload.
 const BASE_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -119,6 +120,10 @@ pub struct Repository {
     pub(super) requests: Arc<RequestCounts>,
     /// Where the store's credentials come from, in words.
     pub(super) credentials: Arc<str>,
+    /// Whether a new repository may be created without a key.
+    pub(super) unencrypted_allowed: bool,
+    /// Whether a `walvault.json` of format version 1 is read.
+    pub(super) version_1_allowed: bool,
 }
 
 /// The storage class new objects are written with, by kind (for example
@@ -162,8 +167,34 @@ impl Repository {
         keyring: Keyring,
         seal: SealOptions,
     ) -> Result<Self, Error> {
+        Self::open_with_mode(
+            url,
+            options,
+            keyring,
+            seal,
+            OpenMode {
+                create: true,
+                instance_credentials: false,
+            },
+        )
+    }
+
+    /// [`Repository::open_with`], creating a missing local directory only
+    /// when `mode` says so, and letting a cloud client use the instance
+    /// metadata service only when `mode` chose it.
+    ///
+    /// # Errors
+    /// As [`Repository::open_with`]; a missing local directory without
+    /// `mode.create`; a cloud store without credentials.
+    pub fn open_with_mode(
+        url: &str,
+        options: &[(String, String)],
+        keyring: Keyring,
+        seal: SealOptions,
+        mode: OpenMode,
+    ) -> Result<Self, Error> {
         let vars: Vec<(String, String)> = std::env::vars().collect();
-        super::open::open(url, options, &vars, keyring, seal)
+        super::open::open(url, options, &vars, keyring, seal, mode)
     }
 
     /// A repository over any store (tests wrap stores to inject faults).
@@ -186,7 +217,24 @@ impl Repository {
             storage_classes: StorageClasses::default(),
             requests: Arc::new(RequestCounts::default()),
             credentials: Arc::from("given by the caller"),
+            unencrypted_allowed: false,
+            version_1_allowed: false,
         }
+    }
+
+    /// Reads (or not, the default) a repository whose `walvault.json` is
+    /// format version 1: it has no authentication, so a version 2 document
+    /// rewritten as version 1 by a bucket writer would look the same.
+    pub fn allowing_version_1(mut self, allow: bool) -> Self {
+        self.version_1_allowed = allow;
+        self
+    }
+
+    /// Allows (or not, the default) creating this repository without a
+    /// key: unencrypted for good, since encryption cannot be added later.
+    pub fn allowing_unencrypted(mut self, allow: bool) -> Self {
+        self.unencrypted_allowed = allow;
+        self
     }
 
     /// A repository in a local directory, whose writes are fsynced.

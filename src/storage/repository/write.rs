@@ -147,6 +147,32 @@ impl Repository {
         }
     }
 
+    /// Seals `plaintext` and stores it at `key`, replacing what is there
+    /// (the few documents walvault rewrites: a lease's heartbeat).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn put_sealed_replacing(&self, key: &str, plaintext: Vec<u8>) -> Result<(), Error> {
+        let pieces = vec![Bytes::from(plaintext)];
+        let object = self.seal(key, &pieces, None).await;
+        RequestCounts::count(&self.requests.put);
+        self.store
+            .put_opts(
+                &self.path(key),
+                PutPayload::from(object.bytes),
+                PutOptions {
+                    mode: PutMode::Overwrite,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|source| Error::Backend {
+                key: key.to_string(),
+                source,
+            })?;
+        self.sync_local(key).await
+    }
+
     /// Whether the store refuses a create-only write over an existing
     /// object, as walvault's integrity checks need: probed once per
     /// repository (a probe object written twice, then deleted). `false`

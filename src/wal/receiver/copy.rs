@@ -109,6 +109,7 @@ impl Stream<'_> {
                         CopyEvent::Data(payload) => {
                             match decode_replication_message(payload)? {
                                 ReplicationMessage::XLogData(x) => {
+                                    self.streamed = true;
                                     if let Some(m) = &self.stats {
                                         m.server_at(x.wal_end);
                                         m.received(x.start + x.data.len() as u64);

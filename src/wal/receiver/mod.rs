@@ -116,11 +116,15 @@ impl Error {
     pub fn is_configuration(&self) -> bool {
         match self {
             Error::Storage(e) => e.is_configuration(),
-            Error::Protocol(protocol::Error::ConnInfo(_))
-            | Error::Unsupported(_)
-            | Error::Server(server::Error::Unsupported { .. }) => true,
+            Error::Server(e) => e.is_configuration(),
+            Error::Protocol(protocol::Error::ConnInfo(_)) | Error::Unsupported(_) => true,
             _ => false,
         }
+    }
+
+    /// Whether the slot is held by another connection (SQLSTATE 55006).
+    fn is_slot_in_use(&self) -> bool {
+        matches!(self, Error::Protocol(e) if e.sqlstate() == Some("55006"))
     }
 
     fn is_retryable(&self) -> bool {
@@ -162,6 +166,9 @@ struct Stream<'a> {
     /// run started at: the end of the archive's newest WAL.
     fallback_start: Option<(TimelineId, Lsn)>,
     stats: Option<Arc<StreamStats>>,
+    /// WAL arrived since the last reconnect: the connection worked, and
+    /// the next reconnect starts its backoff afresh.
+    streamed: bool,
     /// Synchronous mode: the ends of the deltas queued and not yet durable.
     /// While `upload_concurrency` of them are outstanding, new WAL waits in
     /// the segmenter and goes out in the next delta (group commit).
@@ -280,16 +287,29 @@ pub async fn run(
         slot_ready: plan.slot_ready,
         fallback_start: None,
         stats: plan.stats.clone(),
+        streamed: false,
         sync_outstanding: VecDeque::new(),
     };
 
     let mut backoff = FIRST_RECONNECT_BACKOFF;
     let result = loop {
         let outcome = stream.session(&mut conn, shutdown).await;
+        // The backoff grows while connections fail or end before any WAL
+        // arrives (a slot held by another connection, say), and starts
+        // afresh once one streamed.
+        if std::mem::take(&mut stream.streamed) {
+            backoff = FIRST_RECONNECT_BACKOFF;
+        }
         match outcome {
             Ok(()) => break Ok(()),
             Err(e) if e.is_retryable() && !shutdown.graceful.is_cancelled() => {
-                warn!(error = %crate::error::chain(&e), "replication connection lost; reconnecting");
+                if e.is_slot_in_use() {
+                    warn!(slot = opts.slot, retry_in = ?backoff, error = %crate::error::chain(&e),
+                        "the replication slot is in use by another connection (another walvault stream on this slot?); retrying");
+                } else {
+                    warn!(error = %crate::error::chain(&e), retry_in = ?backoff,
+                        "replication connection lost; reconnecting");
+                }
             }
             Err(e) => break Err(e),
         }
@@ -308,7 +328,6 @@ pub async fn run(
                         m.reconnects
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
-                    backoff = FIRST_RECONNECT_BACKOFF;
                     break;
                 }
                 Ok(Some(_)) => {

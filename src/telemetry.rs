@@ -25,3 +25,10 @@ pub fn init(level: &str, format: LogFormat) {
         LogFormat::Json => builder.json().init(),
     }
 }
+
+/// This host's name, for messages, leases and records.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown host".into())
+}

@@ -31,16 +31,16 @@ fn text(o: &std::process::Output) -> String {
 
 /// A PostgreSQL 15 cluster, an encrypted archive with two backups (several
 /// 1 MiB parts each) and the WAL around them; the stream has stopped.
-struct Archive {
-    pg: PgCluster,
+pub(crate) struct Archive {
+    pub(crate) pg: PgCluster,
     s3: S3Server,
-    env: RepoEnv,
-    repo: Repository,
-    backups: Vec<String>,
+    pub(crate) env: RepoEnv,
+    pub(crate) repo: Repository,
+    pub(crate) backups: Vec<String>,
     segments: Vec<u64>,
 }
 
-async fn archive(major: u32) -> Archive {
+pub(crate) async fn archive(major: u32) -> Archive {
     let pg = PgCluster::start(major, &PgOptions::default());
     let s3 = S3Server::start();
     let (env, repo) = s3.encrypted(PREFIX);
@@ -142,7 +142,7 @@ impl Archive {
     }
 
     /// A restore that must be refused: its output, with nothing written.
-    fn refused_restore(&self, args: &[&str]) -> String {
+    pub(crate) fn refused_restore(&self, args: &[&str]) -> String {
         let dir = tempfile::tempdir().unwrap();
         let pgdata = dir.path().join("data");
         let mut full = vec!["restore", "--pgdata", pgdata.to_str().unwrap()];
@@ -543,6 +543,70 @@ async fn recovery_never_ends_inside_the_plan(major: u32) {
     );
 }
 pg_test!(recovery_never_ends_inside_the_plan);
+
+/// WAL is read as WAL: a segment whose pages are not this cluster's WAL of
+/// that place is named by `verify` (the backup's range and `--wal`) even
+/// when it is sealed with the right key, as walvault would have stored a
+/// segment the server sent wrong: a page zeroed inside the valid range, a
+/// stale page from elsewhere, and another cluster's segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reads_wal_as_wal() {
+    use walvault::format::{Keyring, MasterKey};
+    let a = archive(15).await;
+    let keyring = Keyring::single(MasterKey::from_hex(KEY).unwrap());
+    // A segment full of WAL (pgbench's load), not one ended by a switch.
+    let full = a.segments[a.segments.len() / 2];
+    let seg = SegmentName {
+        timeline: TimelineId::FIRST,
+        number: full,
+    };
+    let key = layout::segment_key(seg, MIB);
+    let good = a.pg.wal_file(&seg.to_file_name(MIB));
+    let reseal = |bytes: Vec<u8>| {
+        seal_bound(
+            &[Bytes::from(bytes)],
+            &SealOptions::default(),
+            keyring.write_key(),
+            rand::random(),
+            Binding::Key(&key),
+        )
+    };
+    let out = a.env.run(&["verify", "--wal"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut zeroed = good.clone();
+    zeroed[3 * 8192..4 * 8192].fill(0);
+    let mut stale = good.clone();
+    let earlier = a.pg.wal_file(
+        &SegmentName {
+            timeline: TimelineId::FIRST,
+            number: a.segments[0],
+        }
+        .to_file_name(MIB),
+    );
+    stale[5 * 8192..6 * 8192].copy_from_slice(&earlier[5 * 8192..6 * 8192]);
+    let mut foreign = good.clone();
+    foreign[24] ^= 0x5a;
+    for (bytes, want) in [
+        (
+            zeroed,
+            "page at offset 24576: it is zeroed, and so is the WAL to offset 32768",
+        ),
+        (stale, "page at offset 40960"),
+        (foreign, "another cluster"),
+    ] {
+        let old = a.replace(&key, &reseal(bytes));
+        let out = a.env.run(&["verify", "--wal", "--json"]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            text(&out).contains(want) && text(&out).contains(&key),
+            "{want}: {}",
+            text(&out)
+        );
+        a.replace(&key, &old);
+    }
+    let out = a.env.run(&["verify", "--wal"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
 
 /// A version 2 `walvault.json` rewritten by a bucket writer as version 1
 /// (no MAC), with an edited segment size and system identifier, is

@@ -412,3 +412,74 @@ async fn local_directory_outage_loses_nothing() {
     shutdown.graceful.cancel();
     stream.await.unwrap().unwrap();
 }
+
+/// A running backup's objects (a part and a fresh heartbeat) are never
+/// collected by another walvault's cleanup or expire, also when the
+/// store's clock is five minutes behind or ahead of the host's: ages are
+/// differences of the store's own times. A backup that really stopped is
+/// still collected once its newest object is older than the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_backup_is_never_collected_with_clocks_apart() {
+    use walvault::retention::expire::{ExpireOptions, run};
+    use walvault::retention::policy::Policy;
+    use walvault::storage::layout;
+
+    let s3 = S3Server::start();
+    let (repo, faults) = faulty_repo(&s3, "clock");
+    let grace = Duration::from_secs(60);
+    for (offset, id) in [(-300i64, "20261207T000001Z"), (300, "20261207T000002Z")] {
+        faults.clock_offset_secs.store(offset, SeqCst);
+        for key in [
+            layout::backup_part_key(id, "base", 0),
+            layout::backup_heartbeat_key(id, 0),
+        ] {
+            repo.put_sealed(&key, vec![Bytes::from_static(b"x")])
+                .await
+                .unwrap();
+        }
+        let deleted = walvault::backup::clean_orphans(&repo, grace).await.unwrap();
+        assert_eq!(
+            deleted, 0,
+            "store clock {offset:+}s: a running backup was collected"
+        );
+        let report = run(
+            &repo,
+            1 << 20,
+            &ExpireOptions {
+                policy: Policy {
+                    full: Some(1),
+                    ..Policy::default()
+                },
+                now: chrono::Utc::now(),
+                dry_run: false,
+                orphan_grace: grace,
+            },
+        )
+        .await
+        .unwrap();
+        assert!(
+            report
+                .skipped
+                .as_deref()
+                .is_some_and(|s| s.contains("is running")),
+            "store clock {offset:+}s: expire did not see backup {id} running: {report:?}"
+        );
+        let left = repo.list(&layout::backup_prefix(id)).await.unwrap();
+        assert_eq!(left.len(), 2, "store clock {offset:+}s: {left:?}");
+    }
+    // With a grace of a second, the same leftovers are collected once a
+    // second has passed on the store's clock.
+    let deleted = crate::support::wait_for(
+        "the leftovers to be older than the grace",
+        Duration::from_secs(10),
+        || async {
+            let n = walvault::backup::clean_orphans(&repo, Duration::from_secs(1))
+                .await
+                .unwrap();
+            (n > 0).then_some(n)
+        },
+    )
+    .await;
+    assert_eq!(deleted, 4);
+    assert!(repo.list("backups/").await.unwrap().is_empty());
+}

@@ -21,7 +21,9 @@
 //! | the replication connection: TLS, authentication, server errors | `protocol.rs` |
 //! | every store kind on a real server (s3s-fs, moto, Azurite, fake-gcs-server, local) | `stores.rs` |
 //! | objects moved, swapped, forged or truncated in the bucket: refused by name | `attack.rs` |
+//! | the checks inside sealed objects, reached with the key: part CRCs, the server's manifest | `inner_checks.rs` |
 //! | a store that fails or stalls, a server killed mid-operation | `faults.rs` |
+//! | one writer per WAL object: backups beside the sidecar, WAL offered twice with other bytes | `writers.rs` |
 //! | every kept fuzz input replayed through its property | `fuzz_corpus.rs` |
 
 mod support;
@@ -34,6 +36,7 @@ mod config_file;
 mod drill;
 mod faults;
 mod fuzz_corpus;
+mod inner_checks;
 mod keys;
 mod mark;
 mod metrics;
@@ -43,3 +46,4 @@ mod restore;
 mod retention;
 mod stores;
 mod stream;
+mod writers;

@@ -370,10 +370,12 @@ async fn restore_follows_a_promotion(major: u32) {
 }
 pg_test!(restore_follows_a_promotion);
 
-/// Stop the primary with an immediate shutdown 3 s after the last commit
-/// while walvault streams with --flush-interval 1s: a restore to the end of
-/// the archive holds every commit acknowledged more than the flush interval
-/// before the stop. With --synchronous, every acknowledged commit.
+/// Stop the primary with an immediate shutdown 3 s after the last commit,
+/// and kill walvault (streaming with --flush-interval 1s) at the same
+/// moment, as when the host dies: a restore to the end of the archive, with
+/// no wait for it to catch up, holds every commit acknowledged more than
+/// the flush interval before the stop. With --synchronous, every
+/// acknowledged commit.
 async fn data_loss_window(major: u32) {
     for synchronous in [false, true] {
         let mut conf = vec!["track_commit_timestamp = on".to_string()];
@@ -388,7 +390,7 @@ async fn data_loss_window(major: u32) {
             },
         );
         let s3 = S3Server::start();
-        let (env, repo) = s3_env(&s3, "window");
+        let (env, _repo) = s3_env(&s3, "window");
         let mut extra = vec!["--flush-interval", "1s"];
         if synchronous {
             extra.push("--synchronous");
@@ -416,14 +418,13 @@ async fn data_loss_window(major: u32) {
         // The primary dies 3 s after the last commit.
         let last_commit = std::time::Instant::now();
         tokio::time::sleep_until((last_commit + Duration::from_secs(3)).into()).await;
-        let flushed = pg.flush_lsn().await;
+        // The host goes down with it: walvault is killed at the same
+        // moment and what it held in memory is lost. Nothing waits for the
+        // archive: the restore gets what was stored by then.
         let stopped_at = std::time::Instant::now();
+        let log = stream.kill9();
         pg.stop_immediate();
-        // Everything the server had flushed reaches the store (it was sent
-        // long before the stop), then walvault is stopped.
-        wait_archived(&repo, MIB, 1, flushed, Duration::from_secs(30)).await;
-        let (code, log) = stream.terminate();
-        assert!(code.is_some(), "{log}");
+        assert!(log.contains("streaming WAL from"), "{log}");
 
         let must_have: Vec<i32> = acked
             .iter()

@@ -26,15 +26,20 @@ pub struct Unfinished {
 }
 
 /// Sorts the backups of a `backups/` listing that never wrote
-/// `backup.json` into running and dead.
-pub fn unfinished(objects: &[storage::ObjectInfo], grace: Duration) -> Unfinished {
+/// `backup.json` into running and dead, by ages on the store's clock
+/// (`now` from [`Repository::store_now`]: a running backup's heartbeat is
+/// never taken for old because this host's clock is ahead).
+pub fn unfinished(
+    objects: &[storage::ObjectInfo],
+    grace: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Unfinished {
     let mut by_id: BTreeMap<&str, Vec<&storage::ObjectInfo>> = BTreeMap::new();
     for o in objects {
         if let Some(id) = layout::backup_id_of(&o.key) {
             by_id.entry(id).or_default().push(o);
         }
     }
-    let now = chrono::Utc::now();
     let mut out = Unfinished::default();
     for (id, objs) in by_id {
         if objs.iter().any(|o| o.key == layout::backup_json_key(id)) {
@@ -59,8 +64,9 @@ pub fn unfinished(objects: &[storage::ObjectInfo], grace: Duration) -> Unfinishe
 /// Store errors.
 pub async fn clean_orphans(repo: &Repository, grace: Duration) -> Result<usize, storage::Error> {
     let objects = repo.list(layout::BACKUPS_PREFIX).await?;
+    let now = repo.store_now().await?;
     let mut deleted = 0;
-    for (id, keys) in unfinished(&objects, grace).dead {
+    for (id, keys) in unfinished(&objects, grace, now).dead {
         warn!(
             id,
             objects = keys.len(),

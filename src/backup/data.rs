@@ -85,6 +85,7 @@ pub(super) async fn store_data(
             durable: None,
             stored: Some(stored_tx),
             cancel: stage_cancel.clone(),
+            wal_check: None,
         },
         jobs_rx,
     ));

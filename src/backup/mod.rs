@@ -117,6 +117,25 @@ pub enum WalSource {
     Standalone,
     /// A sidecar stream runs; wait for its durable LSN (and fill any gap before its start).
     Sidecar(watch::Receiver<Lsn>),
+    /// Another process holds the repository's writer lease (a sidecar
+    /// beside this backup): wait for the archive to hold the range, fill
+    /// only a gap before that writer's first WAL, and stream the rest only
+    /// if the writer goes away.
+    Archive(crate::format::lease::Lease),
+}
+
+impl WalSource {
+    /// The source for a backup run on its own: [`WalSource::Archive`] when
+    /// another process streams into `repo`, else [`WalSource::Standalone`].
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn for_repository(repo: &Repository) -> Result<Self, storage::Error> {
+        Ok(match repo.live_lease_holder().await? {
+            Some(holder) => WalSource::Archive(holder),
+            None => WalSource::Standalone,
+        })
+    }
 }
 
 /// A backup failure.
@@ -252,6 +271,7 @@ async fn run_steps(
                     c,
                     &slot,
                     (timeline, start_lsn),
+                    None,
                     stop.1.clone(),
                     &wal_shutdown,
                 ));

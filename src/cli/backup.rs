@@ -84,7 +84,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     opts.server_zstd_level = args.server_zstd;
     let shutdown = Shutdown::new();
     shutdown.cancel_on_signals();
-    let meta = backup::run(&opts, &repo, WalSource::Standalone, &shutdown.graceful)
+    let wal = WalSource::for_repository(&repo)
+        .await
+        .context("look for a stream writing this repository")?;
+    let meta = backup::run(&opts, &repo, wal, &shutdown.graceful)
         .await
         .context("take a base backup")?;
     tracing::info!(requests = repo.requests().summary(), "store requests");

@@ -89,19 +89,22 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "{}",
             serde_json::to_string_pretty(&record).expect("serializes")
         );
-    } else {
+    } else if record.success {
         println!(
-            "drill {}: backup {} to {}: restore {:.1}s + recovery {:.1}s = RTO {:.1}s; {}",
-            if record.success {
-                "succeeded"
-            } else {
-                "FAILED"
-            },
+            "drill succeeded: backup {} to {}: restore {:.1}s + recovery {:.1}s = RTO {:.1}s; {}",
             record.backup_id.as_deref().unwrap_or("-"),
             record.target,
             record.restore_seconds,
             record.recovery_seconds,
             record.rto_seconds,
+            record.message
+        );
+    } else {
+        // A failed drill measured no recovery time.
+        println!(
+            "drill FAILED: backup {} to {}: {}",
+            record.backup_id.as_deref().unwrap_or("-"),
+            record.target,
             record.message
         );
     }

@@ -140,12 +140,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     match &info.last_drill {
-        Some(d) => println!(
-            "last drill {}: {} (backup {}, RTO {:.1}s): {}",
+        Some(d) if d.success => println!(
+            "last drill {}: succeeded (backup {}, RTO {:.1}s): {}",
             crate::format::time::to_text(&d.time),
-            if d.success { "succeeded" } else { "FAILED" },
             d.backup_id.as_deref().unwrap_or("-"),
             d.rto_seconds,
+            d.message
+        ),
+        Some(d) => println!(
+            "last drill {}: FAILED (backup {}): {}",
+            crate::format::time::to_text(&d.time),
+            d.backup_id.as_deref().unwrap_or("-"),
             d.message
         ),
         None => println!("last drill: none (walvault drill tests a restore)"),

@@ -79,7 +79,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let wal = if args.wal {
         let progress = Progress::files("verify WAL", 0);
-        let report = verify_wal(&repo, manifest.wal_segment_size, &progress)
+        let report = verify_wal(&repo, &manifest, &progress)
             .await
             .context("verify the WAL")?;
         progress.finish();

@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod chunk;
+pub mod conflict;
 pub mod drill;
 pub mod key;
 pub mod lease;
@@ -11,6 +12,7 @@ pub mod mark;
 pub mod retention;
 pub mod time;
 pub mod wal_index;
+pub mod wal_pages;
 
 pub use chunk::{Compression, SealOptions, open, seal};
 pub use key::{KeyId, Keyring, MasterKey};

@@ -352,7 +352,45 @@ pub async fn check_repository(repo: &Repository) -> Vec<Check> {
         }
     };
     out.push(wal_check(repo, &manifest).await);
+    out.push(conflicts_check(repo).await);
     out
+}
+
+/// Whether a second writer ever stored other bytes for a WAL object.
+async fn conflicts_check(repo: &Repository) -> Check {
+    match crate::pipeline::conflict::read_conflicts(repo).await {
+        Ok(c) if c.is_empty() => Check::new(
+            "wal_conflicts",
+            Status::Ok,
+            "no WAL object was ever written twice with other bytes",
+        ),
+        Ok(c) => {
+            let newest = c.last().expect("not empty");
+            Check::new(
+                "wal_conflicts",
+                Status::Warning,
+                format!(
+                    "{} WAL object(s) were offered again with other bytes by a second writer (newest: {} at {} from {} process {}, {}); the stored versions are valid WAL and were kept. \
+                     Find the second writer of this repository (two streams, or a backup streaming beside an old walvault), then delete {} to clear this warning",
+                    c.len(),
+                    newest.key,
+                    crate::format::time::to_text(&newest.at),
+                    newest.host,
+                    newest.pid,
+                    newest.difference,
+                    layout::CONFLICTS_PREFIX
+                ),
+            )
+        }
+        Err(e) => Check::new(
+            "wal_conflicts",
+            Status::Warning,
+            format!(
+                "cannot read the WAL conflict records: {}",
+                crate::error::chain(&e)
+            ),
+        ),
+    }
 }
 
 /// Whether the newest backup restores to the archive's end.

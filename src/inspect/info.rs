@@ -257,7 +257,11 @@ pub async fn gather(
         timelines.push(TimelineInfo {
             timeline: tli.get(),
             earliest_restorable_time: earliest.map(|b| to_text(&b.stop_time)),
-            latest_restorable_time: earliest.and(newest_stored).map(|t| to_text(&t)),
+            // Never before the window's start: the plan found the WAL
+            // through that backup's end, whenever it was stored.
+            latest_restorable_time: earliest
+                .map(|b| newest_stored.map_or(b.stop_time, |t| t.max(b.stop_time)))
+                .map(|t| to_text(&t)),
             earliest_backup: earliest.map(|b| b.id.clone()),
             archive_end_lsn: t.contiguous_end(size),
             stored_bytes: t.stored_bytes,

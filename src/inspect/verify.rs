@@ -16,10 +16,12 @@ use crate::backup::tar::TarWalker;
 use crate::format::backup::{
     BackupMetadata, ManifestFile, check_against_manifest, parse_server_manifest,
 };
+use crate::format::manifest::RepositoryManifest;
+use crate::format::wal_pages::{PageExpect, check_pages, page_magic};
 use crate::lsn::{SegmentName, TimelineId, WalFileName};
 use crate::progress::Progress;
 use crate::storage::{self, Repository, layout};
-use crate::wal::fetch::fetch_wal_file;
+use crate::wal::fetch::{FetchedWal, fetch_wal_file};
 use crate::wal::inventory::WalInventory;
 
 /// Parts fetched ahead while verifying.
@@ -268,7 +270,11 @@ pub async fn verify_backup(
     if range.timeline != TimelineId::FIRST {
         files.push(WalFileName::History(range.timeline));
     }
-    let (checked, failures) = open_wal_files(repo, &inv, files, size, None).await;
+    let cluster = Cluster {
+        system_identifier: meta.system_identifier.parse().unwrap_or(0),
+        pg_major: meta.pg_major,
+    };
+    let (checked, failures) = open_wal_files(repo, &inv, files, size, &cluster, None).await;
     report.wal_files_checked = checked;
     report.failures.extend(failures);
     Ok(report)
@@ -290,9 +296,14 @@ pub struct WalReport {
 /// Only when the store cannot be listed.
 pub async fn verify_wal(
     repo: &Repository,
-    segment_size_bytes: u64,
+    manifest: &RepositoryManifest,
     progress: &Progress,
 ) -> Result<WalReport, storage::Error> {
+    let segment_size_bytes = manifest.wal_segment_size;
+    let cluster = Cluster {
+        system_identifier: manifest.system_identifier.parse().unwrap_or(0),
+        pg_major: manifest.pg_major,
+    };
     let inv = WalInventory::scan(repo, segment_size_bytes).await?;
     let mut files = Vec::new();
     let mut failures = Vec::new();
@@ -318,8 +329,15 @@ pub async fn verify_wal(
     }
     files.extend(inv.histories.iter().map(|&t| WalFileName::History(t)));
     progress.set_total(files.len() as u64);
-    let (files_checked, opened) =
-        open_wal_files(repo, &inv, files, segment_size_bytes, Some(progress)).await;
+    let (files_checked, opened) = open_wal_files(
+        repo,
+        &inv,
+        files,
+        segment_size_bytes,
+        &cluster,
+        Some(progress),
+    )
+    .await;
     failures.extend(opened);
     Ok(WalReport {
         files_checked,
@@ -327,13 +345,22 @@ pub async fn verify_wal(
     })
 }
 
-/// Opens each file (a segment whole or from its deltas, or a history file);
-/// returns how many were opened and the problems, each naming its object.
+/// The cluster whose WAL a repository holds, for reading its pages.
+struct Cluster {
+    system_identifier: u64,
+    pg_major: u32,
+}
+
+/// Opens each file (a segment whole or from its deltas, or a history file)
+/// and reads each segment's pages up to its valid end as WAL
+/// ([`crate::format::wal_pages`]); returns how many were opened and the problems,
+/// each naming its object.
 async fn open_wal_files(
     repo: &Repository,
     inv: &WalInventory,
     files: Vec<WalFileName>,
     segment_size_bytes: u64,
+    cluster: &Cluster,
     progress: Option<&Progress>,
 ) -> (usize, Vec<Failure>) {
     let mut fetched = futures::stream::iter(files.into_iter().map(|f| async move {
@@ -362,7 +389,26 @@ async fn open_wal_files(
             }
         };
         match result {
-            Ok(Some(_)) => {}
+            Ok(Some(fetched)) => {
+                let (bytes, valid) = match &fetched {
+                    FetchedWal::Complete(b) => (b, b.len() as u64),
+                    FetchedWal::Partial { bytes, known } => (bytes, *known),
+                    FetchedWal::History(_) => continue,
+                };
+                let WalFileName::Segment(seg) = file else {
+                    continue;
+                };
+                let expect = PageExpect {
+                    timeline: seg.timeline.get(),
+                    start: seg.start_lsn(segment_size_bytes).0,
+                    segment_size_bytes,
+                    system_identifier: cluster.system_identifier,
+                    magic: page_magic(cluster.pg_major),
+                };
+                for problem in check_pages(bytes, valid, &expect) {
+                    failures.push(fail(Some(&key), None, problem));
+                }
+            }
             Ok(None) => failures.push(fail(Some(&key), None, "not in the archive")),
             Err(e) => failures.push(fail(Some(&key), None, crate::error::chain(&e))),
         }

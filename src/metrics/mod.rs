@@ -215,6 +215,12 @@ impl Metrics {
             &[("", w.upload.retries.load(Relaxed) as f64)],
         );
         metric(
+            "wal_conflicts_total",
+            "counter",
+            "WAL objects another writer had stored with other bytes (the stored version, valid WAL, kept).",
+            &[("", w.upload.wal_conflicts.load(Relaxed) as f64)],
+        );
+        metric(
             "store_unreachable",
             "gauge",
             "1 while the store fails every attempt and uploads wait.",

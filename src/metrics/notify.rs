@@ -58,7 +58,7 @@ pub async fn run(
             return;
         }
     };
-    let host = hostname();
+    let host = crate::telemetry::hostname();
     // Findings not ok: since when, and whether the incident was announced.
     let mut seen: BTreeMap<&'static str, (Instant, bool)> = BTreeMap::new();
     let mut tick = tokio::time::interval(EVALUATE_INTERVAL);
@@ -143,11 +143,4 @@ async fn post(
             }
         }
     }
-}
-
-/// This host's name, for messages and leases.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown host".into())
 }

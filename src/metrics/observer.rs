@@ -19,6 +19,10 @@ pub const SLOT_INTERVAL: Duration = Duration::from_secs(30);
 const SLOT_FIRST_DELAY: Duration = Duration::from_secs(5);
 /// How often the repository's backups are read without being asked.
 pub const REPOSITORY_INTERVAL: Duration = Duration::from_secs(300);
+/// How often they are read while none is known: a backup taken beside the
+/// sidecar (`walvault backup`) shows within this, so `/health` does not
+/// claim for minutes that nothing can be restored.
+pub const NO_BACKUP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Reads the slot every [`SLOT_INTERVAL`] and the repository every
 /// [`REPOSITORY_INTERVAL`] or when `refresh` is notified, until `cancel`.
@@ -35,7 +39,11 @@ pub async fn observe(
         SLOT_INTERVAL,
     );
     let mut repo_tick = tokio::time::interval(REPOSITORY_INTERVAL);
+    let mut empty_tick = tokio::time::interval(NO_BACKUP_INTERVAL);
+    empty_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    repo_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let knows_a_backup = metrics.snapshot().newest_backup.is_some();
         tokio::select! {
             biased;
             () = cancel.cancelled() => return,
@@ -51,6 +59,7 @@ pub async fn observe(
                 }
             }
             _ = repo_tick.tick() => read_repository(&metrics, &repo).await,
+            _ = empty_tick.tick(), if !knows_a_backup => read_repository(&metrics, &repo).await,
             () = refresh.notified() => read_repository(&metrics, &repo).await,
         }
     }

@@ -29,6 +29,7 @@ use crate::format::{Compression, SealOptions};
 use crate::lsn::{Lsn, SegmentName, TimelineId};
 use crate::storage::{self, Repository, layout};
 
+use super::conflict::{WalCheck, keep_stored_wal};
 use super::memory::MemoryBudget;
 
 /// Pause between attempt series while the store stays unreachable.
@@ -152,6 +153,9 @@ pub struct UploadStats {
     pub retries: AtomicU64,
     /// Whether an upload is waiting out an outage now.
     pub unreachable: std::sync::atomic::AtomicBool,
+    /// WAL objects another writer had stored with other bytes (the stored
+    /// version kept; see [`super::conflict`]).
+    pub wal_conflicts: AtomicU64,
 }
 
 /// Where the stage reports.
@@ -170,6 +174,8 @@ pub struct Stage {
     pub stored: Option<mpsc::Sender<Stored>>,
     /// Stops the stage: queued and running jobs are dropped.
     pub cancel: CancellationToken,
+    /// For WAL stages: how to read a stored version on a conflict.
+    pub wal_check: Option<WalCheck>,
 }
 
 /// Deletions of superseded deltas running at once.
@@ -238,8 +244,16 @@ pub async fn run(stage: Stage, mut jobs: mpsc::Receiver<UploadJob>) -> Result<()
                         let repo = stage.repo.clone();
                         let cancel = stage.cancel.clone();
                         let stats = stage.stats.clone();
+                        let wal_check = stage.wal_check;
                         in_flight.push(async move {
-                            let r = store(&repo, &job, &cancel, &stats).await;
+                            let r = match (store(&repo, &job, &cancel, &stats).await, wal_check) {
+                                (Err(storage::Error::Conflict { difference, .. }), Some(check)) => {
+                                    keep_stored_wal(&repo, &job, &check, difference, &stats)
+                                        .await
+                                        .map(|size| Some((size, 0)))
+                                }
+                                (r, _) => r,
+                            };
                             (seq, job, r)
                         });
                     }

@@ -108,6 +108,12 @@ pub fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// `text` as an SQL string literal (standard_conforming_strings, on in
+/// every supported major).
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 /// The START_REPLICATION command text.
 pub fn start_replication_command(slot: Option<&str>, start: Lsn, timeline: TimelineId) -> String {
     match slot {
@@ -214,6 +220,37 @@ impl ReplicationConnection {
         Ok(Some(SlotState {
             restart_lsn,
             restart_timeline,
+        }))
+    }
+
+    /// A physical slot's restart LSN read from `pg_replication_slots`, on an
+    /// ordinary SQL session ([`crate::protocol::ConnInfo::for_sql`]): what
+    /// READ_REPLICATION_SLOT tells on 15+, for PostgreSQL 14. `None` when
+    /// the slot does not exist; its timeline is not in the view.
+    ///
+    /// # Errors
+    /// On server or protocol errors.
+    pub async fn slot_restart_lsn_by_sql(
+        &mut self,
+        slot: &str,
+    ) -> Result<Option<SlotState>, Error> {
+        const W: &str = "pg_replication_slots";
+        let r = self
+            .simple_query(&format!(
+                "SELECT restart_lsn::text AS restart_lsn FROM pg_catalog.pg_replication_slots \
+                 WHERE slot_name = {} AND slot_type = 'physical'",
+                quote_literal(slot)
+            ))
+            .await?;
+        if r.rows.is_empty() {
+            return Ok(None);
+        }
+        let restart_lsn = column(&r, "restart_lsn", W)?
+            .map(|t| parse_lsn(t, W))
+            .transpose()?;
+        Ok(Some(SlotState {
+            restart_lsn,
+            restart_timeline: None,
         }))
     }
 

@@ -118,7 +118,14 @@ pub async fn run(
         pins_removed: Vec::new(),
     };
     let backup_objects = repo.list(layout::BACKUPS_PREFIX).await?;
-    let unfinished = unfinished(&backup_objects, opts.orphan_grace);
+    // Ages on the store's clock; a dry run may hold read-only credentials
+    // and reads this host's clock instead (it deletes nothing).
+    let now = match repo.store_now().await {
+        Ok(now) => now,
+        Err(_) if opts.dry_run => Utc::now(),
+        Err(e) => return Err(e),
+    };
+    let unfinished = unfinished(&backup_objects, opts.orphan_grace, now);
     if let Some(id) = unfinished.running.first() {
         report.skipped = Some(format!(
             "backup {id} is running (an object of it is newer than {}): nothing is removed while a backup runs",

@@ -216,7 +216,7 @@ pub async fn run(
 /// The lease this process takes: host, process and slot, with a random
 /// part so that no two runs share an id.
 fn writer_lease(slot: &str) -> Lease {
-    let host = crate::metrics::notify::hostname();
+    let host = crate::telemetry::hostname();
     let safe: String = host
         .chars()
         .map(|c| {

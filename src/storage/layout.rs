@@ -68,6 +68,18 @@ pub fn lease_holder(key: &str) -> Option<(&str, bool)> {
     rest.strip_suffix(".alive").map(|h| (h, false))
 }
 
+/// The prefix of WAL conflict records (`format::conflict`).
+pub const CONFLICTS_PREFIX: &str = "conflicts/wal/";
+
+/// The key of a WAL conflict record: its time (`YYYYMMDDTHHMMSSZ`, so keys
+/// sort by time) and a random suffix.
+pub fn conflict_key(at: &chrono::DateTime<chrono::Utc>, suffix: u64) -> String {
+    format!(
+        "{CONFLICTS_PREFIX}{}-{suffix:016x}.json",
+        at.format("%Y%m%dT%H%M%SZ")
+    )
+}
+
 /// The prefix of marks.
 pub const MARKS_PREFIX: &str = "marks/";
 

@@ -83,9 +83,37 @@ impl Repository {
             .await
     }
 
-    /// `None` when `me` holds the lease; else the refusal naming who does.
-    /// Dead holders' objects are removed on the way.
-    async fn lease_holder(&self, me: &Lease) -> Result<Option<Error>, Error> {
+    /// The live holder of the writer's lease, if any: for a process that
+    /// stores WAL only where no writer does (a standalone backup beside a
+    /// sidecar). The store's "now" is the time of a probe object written
+    /// for the purpose, so neither clock of the hosts matters.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn live_lease_holder(&self) -> Result<Option<Lease>, Error> {
+        let now = self.store_now().await?;
+        let ttl = chrono::Duration::from_std(LEASE_TTL).expect("a short duration");
+        let mut live: Vec<Holder> = self
+            .lease_holders()
+            .await?
+            .into_iter()
+            .filter(|h| h.created.is_some() && now - h.beat < ttl)
+            .collect();
+        live.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        for h in live {
+            if let Some(lease) = self
+                .read_document::<Lease>(&layout::lease_key(&h.id))
+                .await?
+            {
+                return Ok(Some(lease));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every holder the listing shows, with its document's and newest
+    /// object's store times.
+    async fn lease_holders(&self) -> Result<Vec<Holder>, Error> {
         let mut holders: Vec<Holder> = Vec::new();
         for o in self.list(layout::LEASE_PREFIX).await? {
             let Some((id, is_document)) = layout::lease_holder(&o.key) else {
@@ -107,6 +135,13 @@ impl Repository {
             }
             h.beat = h.beat.max(o.last_modified);
         }
+        Ok(holders)
+    }
+
+    /// `None` when `me` holds the lease; else the refusal naming who does.
+    /// Dead holders' objects are removed on the way.
+    async fn lease_holder(&self, me: &Lease) -> Result<Option<Error>, Error> {
+        let holders = self.lease_holders().await?;
         // The store's "now": the newest heartbeat, ours just written.
         let Some(now) = holders.iter().map(|h| h.beat).max() else {
             return Ok(None);

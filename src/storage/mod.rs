@@ -8,11 +8,13 @@
 //!   decides what a write that meets an existing object means;
 //! - `identity` reads and creates `walvault.json`;
 //! - `local` makes writes to a `file://` repository durable;
-//! - [`retry`] is the one retry policy for store requests.
+//! - [`retry`] is the one retry policy for store requests;
+//! - `clock` reads the store's own time, for ages of objects.
 //!
 //! Invariant: an object counts as stored only once the store acknowledged
 //! it (and, for a local directory, it and its directories are fsynced).
 
+mod clock;
 mod error;
 mod identity;
 mod keys;

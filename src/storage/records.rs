@@ -285,7 +285,7 @@ impl Repository {
         Ok(())
     }
 
-    pub(super) async fn read_document<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn read_document<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
     ) -> Result<Option<T>, Error> {

@@ -2,7 +2,8 @@
 //! failing requests, stalled requests (until released), writes of some keys
 //! held back while later ones complete (reordering), reads returned with a
 //! byte flipped, create-only writes ignored as some S3-compatible stores
-//! do. Everything else goes to the store underneath unchanged.
+//! do, listed times shifted as by a store clock off the host's.
+//! Everything else goes to the store underneath unchanged.
 
 use std::fmt;
 use std::sync::Arc;
@@ -34,6 +35,9 @@ pub struct Faults {
     pub hold_keys: std::sync::Mutex<Option<String>>,
     /// Flip a byte in the middle of every object read.
     pub corrupt_reads: AtomicBool,
+    /// Seconds added to every listed object's time: a store whose clock
+    /// is that far off the host's.
+    pub clock_offset_secs: std::sync::atomic::AtomicI64,
     /// The key and bytes of every write failed on purpose.
     pub failed_writes: std::sync::Mutex<Vec<(String, bytes::Bytes)>>,
     released: Notify,
@@ -45,6 +49,11 @@ impl Faults {
         self.stalled.store(false, SeqCst);
         *self.hold_keys.lock().unwrap() = None;
         self.released.notify_waiters();
+    }
+
+    fn shifted(&self, mut meta: ObjectMeta) -> ObjectMeta {
+        meta.last_modified += chrono::Duration::seconds(self.clock_offset_secs.load(SeqCst));
+        meta
     }
 
     fn holds(&self, location: &Path) -> bool {
@@ -179,15 +188,23 @@ impl ObjectStore for FaultyStore {
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
         let faults = self.faults.clone();
+        let shift = self.faults.clone();
         let mut inner = Some(self.inner.list(prefix));
         futures::stream::once(async move { faults.gate().await })
             .flat_map(move |()| inner.take().expect("listed once"))
+            .map(move |m| m.map(|m| shift.shifted(m)))
             .boxed()
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
         self.faults.gate().await;
-        self.inner.list_with_delimiter(prefix).await
+        let mut listed = self.inner.list_with_delimiter(prefix).await?;
+        listed.objects = listed
+            .objects
+            .into_iter()
+            .map(|m| self.faults.shifted(m))
+            .collect();
+        Ok(listed)
     }
 
     async fn copy(&self, from: &Path, to: &Path) -> Result<()> {

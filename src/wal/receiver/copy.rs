@@ -165,7 +165,15 @@ impl Stream<'_> {
         }
     }
 
-    pub(super) fn receive(&mut self, start: Lsn, data: Bytes) -> Result<(), Error> {
+    pub(super) fn receive(&mut self, start: Lsn, mut data: Bytes) -> Result<(), Error> {
+        if let Some(limit) = self.limit {
+            // A stream that fills a gap before another writer's WAL keeps
+            // nothing at or past where that writer's WAL begins.
+            if start >= limit {
+                return Ok(());
+            }
+            data.truncate(data.len().min((limit.0 - start.0) as usize));
+        }
         let seg = self.segmenter.as_mut().expect("streaming has a segmenter");
         let before = seg.position();
         let done = seg.push(start, data)?;

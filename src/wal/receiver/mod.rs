@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::lsn::{Lsn, TimelineId};
+use crate::pipeline::conflict::WalCheck;
 use crate::pipeline::memory::MemoryBudget;
 use crate::pipeline::upload::{self, Stage, UploadJob, UploadStats};
 use crate::protocol::command::StartReplication;
@@ -161,6 +162,8 @@ struct Stream<'a> {
     last_reported: Lsn,
     plan_start: Option<(TimelineId, Lsn)>,
     stop_at: Option<watch::Receiver<Option<Lsn>>>,
+    /// See [`StreamPlan::limit`].
+    limit: Option<Lsn>,
     slot_ready: bool,
     /// Where to go on when the server no longer has the WAL of a hole the
     /// run started at: the end of the archive's newest WAL.
@@ -186,6 +189,9 @@ pub struct StreamPlan {
     pub connection: Option<ReplicationConnection>,
     /// The slot exists already (the caller created it); do not create it.
     pub slot_ready: bool,
+    /// Keep no WAL at or past this LSN (a segment start): what lies there
+    /// is another writer's. Use with `stop_at` at the same LSN.
+    pub limit: Option<Lsn>,
     /// Publish the durable LSN here, for others to watch.
     pub durable: Option<watch::Sender<Lsn>>,
     /// Count into these (the sidecar's, which its metrics read).
@@ -268,6 +274,7 @@ pub async fn run(
             durable: Some(durable_tx),
             stored: None,
             cancel: abort.clone(),
+            wal_check: repo.read_manifest().await?.as_ref().map(WalCheck::of),
         },
         jobs_rx,
     ));
@@ -284,6 +291,7 @@ pub async fn run(
         last_reported: Lsn::INVALID,
         plan_start: plan.start,
         stop_at: plan.stop_at,
+        limit: plan.limit,
         slot_ready: plan.slot_ready,
         fallback_start: None,
         stats: plan.stats.clone(),

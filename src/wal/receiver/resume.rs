@@ -3,7 +3,7 @@
 //! timeline history when the repository's timeline has ended.
 
 use bytes::Bytes;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::lsn::{Lsn, SegmentName, TimelineId};
 use crate::protocol::{self, ReplicationConnection};
@@ -81,8 +81,9 @@ impl Stream<'_> {
         Ok((t, start, into_pieces(prefix)))
     }
 
-    /// A start for an empty repository: the slot's restart LSN (15+), else
-    /// the server's current segment.
+    /// A start for an empty repository: the slot's restart LSN (by
+    /// READ_REPLICATION_SLOT on 15+, from `pg_replication_slots` on 14),
+    /// else the server's current segment.
     async fn slot_start(
         &mut self,
         conn: &mut ReplicationConnection,
@@ -92,12 +93,12 @@ impl Stream<'_> {
         let slot = if conn.server_major().unwrap_or(0) >= 15 {
             conn.read_replication_slot(&self.opts.slot).await?
         } else {
-            None
+            self.slot_by_sql().await
         };
         if let Some(lsn) = slot.and_then(|s| s.restart_lsn) {
             let tli = slot
                 .and_then(|s| s.restart_timeline)
-                .unwrap_or(identity.timeline);
+                .unwrap_or_else(|| timeline_of(history, identity.timeline, lsn));
             let (t, l, _) = follow_history(
                 history,
                 identity.timeline,
@@ -112,5 +113,60 @@ impl Stream<'_> {
             identity.xlogpos.segment_start(self.segment_size),
             Vec::new(),
         ))
+    }
+
+    /// PostgreSQL 14 has no READ_REPLICATION_SLOT: the slot's restart LSN
+    /// comes from an ordinary SQL session to the same server. A server that
+    /// refuses the session (`pg_hba.conf` admitting replication only) leaves
+    /// the start at the current segment, as before, with a warning.
+    async fn slot_by_sql(&self) -> Option<protocol::command::SlotState> {
+        let sql = self.opts.conninfo.for_sql();
+        let read = async {
+            let mut c = ReplicationConnection::connect(&sql).await?;
+            let slot = c.slot_restart_lsn_by_sql(&self.opts.slot).await;
+            c.terminate().await;
+            slot
+        };
+        match read.await {
+            Ok(slot) => slot,
+            Err(e) => {
+                warn!(slot = self.opts.slot, error = %crate::error::chain(&e),
+                    "could not read the slot's restart LSN over SQL (PostgreSQL 14 has no READ_REPLICATION_SLOT): starting at the server's current segment");
+                None
+            }
+        }
+    }
+}
+
+/// The timeline `lsn` lies on in the history of `current`: the first
+/// ancestor whose switch point is past it, else `current`.
+fn timeline_of(history: &[HistoryEntry], current: TimelineId, lsn: Lsn) -> TimelineId {
+    history
+        .iter()
+        .find(|e| lsn < e.switch_lsn)
+        .map_or(current, |e| e.timeline)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_lsn_lies_on_the_timeline_whose_switch_is_past_it() {
+        let t = |n| TimelineId::new(n).unwrap();
+        let history = [
+            HistoryEntry {
+                timeline: t(1),
+                switch_lsn: Lsn(0x3000000),
+            },
+            HistoryEntry {
+                timeline: t(2),
+                switch_lsn: Lsn(0x5000000),
+            },
+        ];
+        assert_eq!(timeline_of(&history, t(3), Lsn(0x1000000)), t(1));
+        assert_eq!(timeline_of(&history, t(3), Lsn(0x3000000)), t(2));
+        assert_eq!(timeline_of(&history, t(3), Lsn(0x5000000)), t(3));
+        assert_eq!(timeline_of(&[], t(1), Lsn(0x5000000)), t(1));
     }
 }

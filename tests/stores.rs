@@ -580,6 +580,63 @@ async fn local_directory_writes() {
     assert!(leftovers.is_empty(), "staging files left: {leftovers:?}");
 }
 
+/// On its way to a new object in a local directory, walvault fsyncs the
+/// object and every directory from its own up to the repository's root
+/// after linking it into place, before it counts as stored. Seen from the
+/// system calls of the binary (`strace`): a new object under a new
+/// directory, written by `walvault check`'s probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_object_and_its_directories_are_fsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    std::fs::create_dir(&root).unwrap();
+    let trace = dir.path().join("trace.txt");
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-y", "-e", "trace=link,linkat,fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(crate::support::process::walvault_bin())
+        .args(["check", "--no-server", "--json", "--repo"])
+        .arg(format!("file://{}", root.display()))
+        .env("WALVAULT_KEY", KEY)
+        .output()
+        .expect("strace (scripts/setup-test-env.sh)");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let repository = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "repository")
+        .unwrap();
+    assert_eq!(repository["status"], "ok", "{report}");
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = trace.lines().collect();
+    let probe_dir = root.join("probe");
+    let probe_dir = probe_dir.to_str().unwrap();
+    // The link of the probe object from its staging name.
+    let (at, object) = lines
+        .iter()
+        .enumerate()
+        .find_map(|(i, l)| {
+            let rest = l.split_once("link")?.1;
+            let target = rest.split('"').nth(3)?;
+            (target.starts_with(probe_dir) && !target.contains('#'))
+                .then(|| (i, target.to_string()))
+        })
+        .unwrap_or_else(|| panic!("no link into {probe_dir}:\n{trace}"));
+    let synced = |path: &str| {
+        lines[at..]
+            .iter()
+            .any(|l| l.contains("fsync(") && l.contains(&format!("<{path}>)")))
+    };
+    for path in [object.as_str(), probe_dir, root.to_str().unwrap()] {
+        assert!(
+            synced(path),
+            "{path} was not fsynced after the link:\n{trace}"
+        );
+    }
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -226,9 +226,13 @@ impl RepositoryManifest {
             let Some(hex_mac) = macs.get(&k.id()) else {
                 continue;
             };
+            // One spelling: lowercase hex, as written.
             let Ok(want) = hex::decode(hex_mac) else {
                 return Err(ManifestError::Tampered);
             };
+            if hex::encode(&want) != *hex_mac {
+                return Err(ManifestError::Tampered);
+            }
             let mut mac = Hmac::<Sha256>::new_from_slice(&k.derive_manifest_key())
                 .expect("HMAC takes any key length");
             mac.update(&bytes);
@@ -324,6 +328,15 @@ mod tests {
         assert_eq!(edited.verify(&ring), Err(ManifestError::Tampered));
         let other = Keyring::single(MasterKey::from_hex(&"43".repeat(32)).unwrap());
         assert_eq!(m.verify(&other), Err(ManifestError::Tampered));
+        // One spelling per value: an upper-case MAC and another spelling
+        // of the same created_at are refused.
+        let mac = m.macs.as_ref().unwrap().values().next().unwrap().clone();
+        let upper: RepositoryManifest =
+            serde_json::from_str(&text.replace(&mac, &mac.to_uppercase())).unwrap();
+        assert_eq!(upper.verify(&ring), Err(ManifestError::Tampered));
+        let respelled = text.replace("00:00:00Z", "00:00:00+00:00");
+        assert_ne!(respelled, text);
+        assert!(serde_json::from_str::<RepositoryManifest>(&respelled).is_err());
         // Values out of range are errors, never defaults.
         for size in [0, 3 << 20, 1 << 19, 1 << 31] {
             let mut broken = m.clone();

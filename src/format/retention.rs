@@ -97,9 +97,9 @@ mod optional_time {
         let Some(text) = Option::<String>::deserialize(d)? else {
             return Ok(None);
         };
-        DateTime::parse_from_rfc3339(&text)
-            .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|e| serde::de::Error::custom(format!("invalid time {text:?}: {e}")))
+        super::super::time::from_text(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -13,18 +13,55 @@ pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Err
     s.serialize_str(&to_text(t))
 }
 
-/// Reads any RFC 3339 time; a malformed one is an error.
+/// Reads a time in exactly the stored form; any other spelling of the same
+/// moment (an offset, fractions, lower case) is an error, so that a
+/// document's MAC covers one text per value.
 ///
 /// # Errors
-/// When the text is not an RFC 3339 time.
+/// When the text is not `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
     let text = String::deserialize(d)?;
-    DateTime::parse_from_rfc3339(&text)
+    from_text(&text).map_err(serde::de::Error::custom)
+}
+
+/// Parses the stored text of a time (see [`deserialize`]).
+///
+/// # Errors
+/// Naming the text when it is not `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn from_text(text: &str) -> Result<DateTime<Utc>, String> {
+    let t = DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| serde::de::Error::custom(format!("invalid time {text:?}: {e}")))
+        .map_err(|e| format!("invalid time {text:?}: {e}"))?;
+    if to_text(&t) != text {
+        return Err(format!(
+            "invalid time {text:?}: stored times are written YYYY-MM-DDTHH:MM:SSZ"
+        ));
+    }
+    Ok(t)
 }
 
 /// The stored text of a time.
 pub fn to_text(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_stored_spelling_is_read() {
+        let t = from_text("2026-11-21T05:15:00Z").unwrap();
+        assert_eq!(to_text(&t), "2026-11-21T05:15:00Z");
+        for other in [
+            "2026-11-21T05:15:00+00:00",
+            "2026-11-21T05:15:00.000Z",
+            "2026-11-21t05:15:00z",
+            "2026-11-21T06:15:00+01:00",
+            "2026-11-21 05:15:00Z",
+        ] {
+            let e = from_text(other).unwrap_err();
+            assert!(e.contains(other), "{e}");
+        }
+    }
 }

@@ -179,12 +179,14 @@ impl Stream<'_> {
         let done = seg.push(start, data)?;
         let added = seg.position().0 - before.0;
         self.memory.add(added);
-        self.flush_if_past_stop();
+        // Completed segments first: a delta of the next segment queued
+        // before them would make its end durable while they are in flight.
         for c in done {
             let end = c.segment.start_lsn(self.segment_size) + self.segment_size;
             let job = UploadJob::segment(c.segment, c.pieces, self.segment_size);
             self.queue(job, Some(end), self.segment_size);
         }
+        self.flush_if_past_stop();
         Ok(())
     }
 
@@ -222,5 +224,93 @@ impl Stream<'_> {
             let job = UploadJob::delta(d.segment, d.start, d.end, d.pieces, self.segment_size);
             self.queue(job, Some(end), 0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use tokio::sync::{mpsc, watch};
+
+    use super::super::{Stream, StreamOptions};
+    use crate::format::{Keyring, MasterKey, SealOptions};
+    use crate::lsn::{Lsn, TimelineId};
+    use crate::pipeline::memory::MemoryBudget;
+    use crate::pipeline::upload::ObjectKind;
+    use crate::protocol::ConnInfo;
+    use crate::storage::Repository;
+    use crate::wal::segmenter::Segmenter;
+
+    const SEG: u64 = 1 << 20;
+
+    /// One message that completes a segment and passes the planned stop in
+    /// the next: the segment is queued before the next one's delta, so the
+    /// upload stage (durable in queue order) never reports the stop durable
+    /// while the segment is in flight.
+    #[test]
+    fn a_completed_segment_is_queued_before_the_next_delta() {
+        let opts = StreamOptions {
+            conninfo: ConnInfo::parse("host=127.0.0.1 user=u", &|_| None).unwrap(),
+            slot: "s".into(),
+            flush_interval: std::time::Duration::from_secs(1),
+            synchronous: false,
+            memory_budget_bytes: 64 * SEG,
+            upload_concurrency: 1,
+            shutdown_timeout: std::time::Duration::from_secs(1),
+        };
+        let repo = Repository::from_store(
+            Arc::new(object_store::memory::InMemory::new()),
+            "",
+            "memory".into(),
+            Keyring::single(MasterKey::from_hex(&"11".repeat(32)).unwrap()),
+            SealOptions::default(),
+        );
+        let (jobs_tx, _jobs_rx) = mpsc::channel(4);
+        let (_durable_tx, durable_rx) = watch::channel(Lsn::INVALID);
+        let start = Lsn(3 * SEG);
+        let stop = Lsn(4 * SEG + 100);
+        let (_stop_tx, stop_rx) = watch::channel(Some(stop));
+        let mut stream = Stream {
+            opts: &opts,
+            repo: &repo,
+            segment_size: SEG,
+            segmenter: Some(Segmenter::new(TimelineId::FIRST, start, SEG, Vec::new())),
+            pending: Default::default(),
+            jobs_tx,
+            durable_rx,
+            memory: Arc::new(MemoryBudget::new(64 * SEG)),
+            stored_histories: Default::default(),
+            last_reported: Lsn::INVALID,
+            plan_start: None,
+            stop_at: Some(stop_rx),
+            limit: None,
+            slot_ready: true,
+            fallback_start: None,
+            stats: None,
+            streamed: false,
+            sync_outstanding: Default::default(),
+        };
+        stream
+            .receive(start, Bytes::from(vec![7u8; (SEG + 200) as usize]))
+            .unwrap();
+        let kinds: Vec<(bool, Option<Lsn>)> = stream
+            .pending
+            .iter()
+            .map(|j| {
+                (
+                    matches!(j.kind, ObjectKind::Segment { .. }),
+                    j.durable_after,
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (true, Some(Lsn(4 * SEG))),
+                (false, Some(Lsn(4 * SEG + 200)))
+            ]
+        );
     }
 }

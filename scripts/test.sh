@@ -15,6 +15,11 @@ cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
+# The fuzz targets are a workspace of their own (fuzz/): they must build
+# on stable too, so a broken target is seen the day it breaks.
+echo "== fuzz targets build"
+cargo check --manifest-path fuzz/Cargo.toml --locked
+
 echo "== layout (imports point down, no circle, file sizes)"
 python3 scripts/check-layout.py
 

@@ -73,3 +73,8 @@ fn connection_string() {
 fn stored_documents() {
     replay("stored_documents", walvault::fuzzing::stored_documents);
 }
+
+#[test]
+fn base_backup() {
+    replay("base_backup", walvault::fuzzing::base_backup);
+}

@@ -288,6 +288,9 @@ async fn read_copy_stream_v15<S: BackupSink>(
                 if in_archive {
                     sink.event(BackupEvent::ArchiveEnd).await?;
                 }
+                if in_manifest {
+                    return Err(S::Error::from(bad("an archive after the manifest")));
+                }
                 // Archives arrive in tablespace row order.
                 if next_archive >= tablespaces.len() {
                     return Err(S::Error::from(bad("more archives than tablespaces")));
@@ -306,6 +309,9 @@ async fn read_copy_stream_v15<S: BackupSink>(
                 sink.event(BackupEvent::Progress(d.get_u64())).await?;
             }
             b'm' => {
+                if in_manifest {
+                    return Err(S::Error::from(bad("a second manifest")));
+                }
                 if in_archive {
                     sink.event(BackupEvent::ArchiveEnd).await?;
                     in_archive = false;
@@ -322,6 +328,12 @@ async fn read_copy_stream_v15<S: BackupSink>(
     }
     if in_archive {
         sink.event(BackupEvent::ArchiveEnd).await?;
+    }
+    if next_archive != tablespaces.len() {
+        return Err(S::Error::from(bad(format!(
+            "{next_archive} archives for {} tablespaces",
+            tablespaces.len()
+        ))));
     }
     Ok(())
 }

@@ -197,6 +197,29 @@ fn url_has_password(text: &str) -> bool {
     url::Url::parse(text).is_ok_and(|u| u.password().is_some())
 }
 
+/// A configuration file's text read and applied to the whole command
+/// tree, as `--config` would (mode 0600): for the fuzz targets.
+///
+/// # Errors
+/// As [`ConfigFile::read`] and [`ConfigFile::apply`].
+#[cfg(feature = "fuzzing")]
+pub fn check_config_text(text: &str) -> Result<(), config_file::Error> {
+    let repository = repository_flags();
+    let layout = Layout {
+        repository: &repository,
+        config_flag: CONFIG_FLAG,
+        secret_flags: SECRET_FLAGS,
+    };
+    ConfigFile::from_text(
+        std::path::Path::new("walvault.toml"),
+        text,
+        0o600,
+        SECRET_FLAGS,
+    )?
+    .apply(Cli::command(), &layout, &[])
+    .map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;

@@ -13,18 +13,102 @@ use crate::wal::history::{follow_history, parse_history};
 /// Every document walvault reads from storage or the operator, on the same
 /// bytes: `backup.json`, `walvault.json`, the repository settings file,
 /// PostgreSQL's `backup_manifest`, timeline history files, key files, WAL
-/// object keys and WAL file names. None panics; whatever parses writes back
-/// out in a form that parses to the same value and writes out identically.
+/// object keys and WAL file names, the records beside the backups (WAL
+/// index, pins, expire records, marks, drills, leases, conflicts), the
+/// configuration file and the password file. None panics; whatever parses
+/// writes back out in a form that parses to the same value and writes out
+/// identically.
 pub fn stored_documents(data: &[u8]) {
     backup_metadata(data);
     repository_manifest(data);
     repository_settings(data);
     server_manifest(data);
+    records(data);
     let text = String::from_utf8_lossy(data);
     timeline_history(&text);
     key_file(&text);
+    configuration(&text);
+    password_file(&text);
     for size in SEGMENT_SIZES_BYTES {
         wal_names(&text, size);
+    }
+}
+
+/// A document that parses writes back out (compact and pretty) to one
+/// that parses to the same value and writes out identically.
+fn round_trip<T>(data: &[u8], what: &str) -> Option<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let value = serde_json::from_slice::<T>(data).ok()?;
+    let text = serde_json::to_string(&value).expect("a document serializes");
+    let again: T = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{what} does not re-parse: {e}: {text}"));
+    assert_eq!(again, value, "{what} changed in a round trip");
+    assert_eq!(
+        text,
+        serde_json::to_string(&again).expect("a document serializes"),
+        "{what} does not serialize stably"
+    );
+    let pretty = serde_json::to_vec_pretty(&value).expect("a document serializes");
+    let from_pretty: T = serde_json::from_slice(&pretty).expect("a stored document re-parses");
+    assert_eq!(from_pretty, value, "stored {what} changed in a round trip");
+    Some(value)
+}
+
+/// The records beside the backups: the WAL index (and its own checks at
+/// every segment size), pins, expire records, marks, drill records,
+/// leases and WAL conflict records.
+fn records(data: &[u8]) {
+    use crate::format::{conflict, drill, lease, mark, retention, wal_index};
+    if let Some(index) = round_trip::<wal_index::WalIndex>(data, "index/wal.json") {
+        for size in SEGMENT_SIZES_BYTES {
+            let _ = index.check(size);
+        }
+    }
+    round_trip::<retention::Pin>(data, "a pin");
+    round_trip::<retention::ExpireRecord>(data, "an expire record");
+    if let Some(m) = round_trip::<mark::Mark>(data, "a mark") {
+        let _ = mark::validate_name(&m.name);
+    }
+    round_trip::<drill::DrillRecord>(data, "a drill record");
+    round_trip::<lease::Lease>(data, "a lease");
+    round_trip::<conflict::WalConflict>(data, "a WAL conflict record");
+}
+
+/// The configuration file, read and applied to every command: never a
+/// panic, and a key it holds never shows in the error.
+fn configuration(text: &str) {
+    if let Err(e) = crate::cli::parse::check_config_text(text) {
+        let shown = format!("{e} {e:?}");
+        for line in text.lines() {
+            if let Some((name, value)) = line.split_once('=')
+                && name.trim() == "key"
+            {
+                let value = value.trim().trim_matches('"');
+                if value.len() >= 16 {
+                    assert!(!shown.contains(value), "a key shows in an error: {shown}");
+                }
+            }
+        }
+    }
+}
+
+/// The password file: a lookup never panics, and a password found is one
+/// line's last field.
+fn password_file(text: &str) {
+    use crate::protocol::passfile::lookup;
+    for (host, port, database, user) in [
+        ("localhost", "5432", "replication", "walvault"),
+        ("db.example", "6432", "postgres", "u:x"),
+        ("/run/postgresql", "5432", "replication", "*"),
+    ] {
+        if let Some(password) = lookup(text, host, port, database, user) {
+            assert!(
+                !password.contains('\n'),
+                "a password spans lines: {password:?}"
+            );
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use super::{FUZZ_KEY_BYTES, Fields, MAX_FUZZ_FRAME_SIZE_BYTES, OTHER_KEY_BYTES};
 use crate::backup::tar::{TarError, TarFile, TarWalker};
-use crate::format::chunk::{self, Compression, SealOptions};
+use crate::format::chunk::{self, Binding, Compression, Expect, SealOptions};
 use crate::format::key::{Keyring, MasterKey};
 
 /// The sealed-object reader and writer, on the same input read two ways.
@@ -21,7 +21,103 @@ use crate::format::key::{Keyring, MasterKey};
 /// truncated object never opens; a wrong or missing key is named.
 pub fn sealed_object(data: &[u8]) {
     open_arbitrary_object(data);
+    open_arbitrary_object_in_place(data);
     seal_round_trip(data);
+    seal_bound_round_trip(data);
+}
+
+/// The key the bound properties read objects from.
+const FUZZ_OBJECT_KEY: &str = "wal/00000001/000000010000000000000003";
+
+/// Arbitrary bytes read as a repository reads them (version 2 only, a
+/// cipher required, from one key): they open only when they are a bound,
+/// encrypted object of that key under the given master key, and then to
+/// what the unchecked reader gives.
+fn open_arbitrary_object_in_place(data: &[u8]) {
+    let ring = Keyring::single(MasterKey::from_bytes(FUZZ_KEY_BYTES));
+    let expect = Expect {
+        key: FUZZ_OBJECT_KEY,
+        allow_unbound: false,
+        require_cipher: true,
+    };
+    if let Ok(bytes) = chunk::open_expected(data, &ring, expect) {
+        let header = chunk::parse_header(data, Some(FUZZ_OBJECT_KEY))
+            .expect("an object that opens has a header bound here");
+        assert_eq!(
+            header.version, 2,
+            "an unbound object opened where binding is required"
+        );
+        assert_eq!(
+            header.key_id,
+            Some(ring.ids()[0]),
+            "opened without its cipher"
+        );
+        assert_eq!(
+            chunk::open(data, &ring).ok(),
+            Some(bytes),
+            "two readers disagree"
+        );
+    }
+}
+
+/// The bound (version 2) envelope, as repositories use it: an object
+/// opens at the key it was sealed for, never at another; where binding is
+/// required an unbound one is refused, and where a cipher is required a
+/// plain one is refused, whatever their CRCs.
+fn seal_bound_round_trip(data: &[u8]) {
+    let mut f = Fields::new(data);
+    let settings = f.u8();
+    let salt = [f.u8(); 16];
+    let other_key_len = usize::from(f.u8());
+    let plaintext = f.rest();
+    let encrypt = settings & 1 == 1;
+    let options = SealOptions {
+        compression: if settings & 2 == 0 {
+            Compression::None
+        } else {
+            Compression::Zstd { level: 1 }
+        },
+        frame_size_bytes: 1 + u32::from(settings >> 2) * 7,
+    };
+    let master = MasterKey::from_bytes(FUZZ_KEY_BYTES);
+    let key = encrypt.then_some(&master);
+    let ring = if encrypt {
+        Keyring::single(MasterKey::from_bytes(FUZZ_KEY_BYTES))
+    } else {
+        Keyring::none()
+    };
+    let pieces = [Bytes::copy_from_slice(plaintext)];
+    let expect = |at: &'static str, require_cipher: bool| Expect {
+        key: at,
+        allow_unbound: false,
+        require_cipher,
+    };
+    let bound = chunk::seal_bound(&pieces, &options, key, salt, Binding::Key(FUZZ_OBJECT_KEY));
+    let opened = chunk::open_expected(&bound, &ring, expect(FUZZ_OBJECT_KEY, encrypt))
+        .expect("a bound object opens where it was sealed for");
+    assert!(opened == plaintext, "open(seal(x)) != x for a bound object");
+    // Another key, or the same key with a byte more or less.
+    let others: [&'static str; 3] = [
+        "wal/00000001/000000010000000000000004",
+        "wal/00000001/00000001000000000000000",
+        "wal/00000001/0000000100000000000000033",
+    ];
+    let other = others[other_key_len % others.len()];
+    assert!(
+        chunk::open_expected(&bound, &ring, expect(other, encrypt)).is_err(),
+        "a bound object opened at another key"
+    );
+    let unbound = chunk::seal_bound(&pieces, &options, key, salt, Binding::Unbound);
+    assert!(
+        chunk::open_expected(&unbound, &ring, expect(FUZZ_OBJECT_KEY, encrypt)).is_err(),
+        "an unbound object opened where binding is required"
+    );
+    if !encrypt {
+        assert!(
+            chunk::open_expected(&bound, &ring, expect(FUZZ_OBJECT_KEY, true)).is_err(),
+            "a plain object opened where a cipher is required"
+        );
+    }
 }
 
 fn open_arbitrary_object(data: &[u8]) {
@@ -166,6 +262,74 @@ pub fn tar_stream(data: &[u8]) {
                 assert_eq!(file.crc32c, 0, "an empty file has a checksum");
             }
         }
+        unpack_agrees(archive, files);
+    }
+}
+
+/// The restore's tar reader on the same archive, unpacking into a new
+/// directory: it writes nothing outside it, and when it accepts the
+/// archive, every file the walker checksummed (the CRCs `verify` and
+/// the server's manifest are compared with) is on disk with that size and
+/// CRC: the walker and the writer read one archive the same way.
+fn unpack_agrees(archive: &[u8], files: &[TarFile]) {
+    let base = std::env::temp_dir().join(format!(
+        "walvault-fuzz-unpack-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let target = base.join("data");
+    std::fs::create_dir_all(&target).expect("a temporary directory");
+    let unpacked = crate::restore::unpack::unpack_tar(archive, &target, true);
+    let outside: Vec<_> = std::fs::read_dir(&base)
+        .expect("the temporary directory")
+        .map(|e| e.expect("an entry").file_name())
+        .collect();
+    let checked = unpacked.is_ok().then(|| {
+        // The writer reads a path as its components (`./a`, `a/` and `a`
+        // are one file) and a later entry replaces an earlier one: compare
+        // the last entry of each path.
+        let mut last = std::collections::BTreeMap::new();
+        for file in files {
+            let rel: std::path::PathBuf = std::path::Path::new(&file.path)
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect();
+            if !rel.as_os_str().is_empty() {
+                last.insert(rel, file);
+            }
+        }
+        last.into_iter()
+            .map(|(rel, file)| {
+                let on_disk = std::fs::read(target.join(rel)).ok();
+                (file, on_disk)
+            })
+            .filter_map(|(file, on_disk)| match on_disk {
+                Some(bytes)
+                    if bytes.len() as u64 == file.size && crc32c::crc32c(&bytes) == file.crc32c =>
+                {
+                    None
+                }
+                other => Some(format!(
+                    "{}: the walker says {} bytes CRC {:08x}, the disk holds {:?}",
+                    file.path,
+                    file.size,
+                    file.crc32c,
+                    other.map(|b| (b.len(), crc32c::crc32c(&b)))
+                )),
+            })
+            .collect::<Vec<_>>()
+    });
+    let _ = std::fs::remove_dir_all(&base);
+    assert_eq!(
+        outside,
+        vec![std::ffi::OsString::from("data")],
+        "the unpack wrote outside its directory"
+    );
+    if let Some(disagreements) = checked {
+        assert!(
+            disagreements.is_empty(),
+            "walker and writer disagree: {disagreements:?}"
+        );
     }
 }
 

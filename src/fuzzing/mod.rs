@@ -10,10 +10,12 @@
 //! Not part of walvault's API: it is public only so that `fuzz/` and the
 //! integration tests can reach it.
 
+mod backup;
 mod documents;
 mod format;
 mod protocol;
 
+pub use backup::base_backup;
 pub use documents::stored_documents;
 pub use format::{sealed_object, tar_stream};
 pub use protocol::{connection_string, replication_message};
@@ -62,6 +64,23 @@ impl<'a> Fields<'a> {
         u16::from_be_bytes([self.u8(), self.u8()])
     }
 
+    /// Up to `n` bytes (fewer at the end of the input).
+    pub(super) fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let (taken, rest) = self.data.split_at(n.min(self.data.len()));
+        self.data = rest;
+        taken.to_vec()
+    }
+
+    /// A length byte (modulo `limit`), then up to that many bytes.
+    pub(super) fn prefixed(&mut self, limit: usize) -> Vec<u8> {
+        let n = usize::from(self.u8()) % limit;
+        self.bytes(n)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
     pub(super) fn rest(self) -> &'a [u8] {
         self.data
     }
@@ -87,6 +106,7 @@ mod tests {
             tar_stream(data);
             connection_string(data);
             stored_documents(data);
+            base_backup(data);
         }
     }
 

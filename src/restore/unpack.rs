@@ -320,7 +320,7 @@ impl<R: Read> Read for Tee<R> {
 /// through: files beneath them are refused). Regular files are created new,
 /// never opened over something already there, and their contents are
 /// written by a pool of threads ([`FileWriter`]) in 1 MiB chunks.
-fn unpack_tar(reader: impl Read, target: &Path, is_main: bool) -> std::io::Result<()> {
+pub(crate) fn unpack_tar(reader: impl Read, target: &Path, is_main: bool) -> std::io::Result<()> {
     let writer = FileWriter::new(default_writer_threads(), true);
     let refuse = |rel: &Path, why: &str| {
         std::io::Error::new(

@@ -133,9 +133,23 @@ impl ConfigFile {
         }
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(read_error)?;
+        Self::from_text(path, &text, mode, secret_flags)
+    }
+
+    /// [`ConfigFile::read`] once the file's text and mode are read.
+    ///
+    /// # Errors
+    /// As [`ConfigFile::read`], but for reading the file.
+    pub fn from_text(
+        path: &Path,
+        text: &str,
+        mode: u32,
+        secret_flags: &[SecretFlag],
+    ) -> Result<Self, Error> {
+        let shown = path.display().to_string();
         let table: toml::Table = text
             .parse()
-            .map_err(|e: toml::de::Error| syntax_error(&shown, &text, &e))?;
+            .map_err(|e: toml::de::Error| syntax_error(&shown, text, &e))?;
         let repository = RepositorySecrets::from_file(&shown, &table)?;
         let secrets = secrets_held(&table, &repository, secret_flags);
         if !secrets.is_empty() && mode & OTHERS_ANY_MODE != 0 {

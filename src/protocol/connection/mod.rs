@@ -105,6 +105,21 @@ pub struct ReplicationConnection {
 }
 
 impl ReplicationConnection {
+    /// A connection on a socket whose other end stands in for a server that
+    /// has finished the startup: the fuzz targets' way to feed server bytes.
+    #[cfg(feature = "fuzzing")]
+    pub fn after_startup(socket: UnixStream) -> Self {
+        ReplicationConnection {
+            transport: Transport::Unix(socket),
+            read_buf: BytesMut::with_capacity(READ_SLAB_BYTES),
+            retired: VecDeque::new(),
+            write_buf: BytesMut::new(),
+            parameters: HashMap::new(),
+            target: "fuzz".into(),
+            is_tls: false,
+        }
+    }
+
     /// A parameter the server reported at startup (e.g. `server_version`).
     pub fn parameter(&self, name: &str) -> Option<&str> {
         self.parameters.get(name).map(String::as_str)

@@ -80,6 +80,9 @@ pub(crate) async fn archive(major: u32) -> Archive {
     wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
     let (code, log) = stream.terminate();
     assert_eq!(code, Some(0), "{log}");
+    // Objects this test seals are bound as walvault binds them: to the
+    // repository id walvault.json names, and their keys.
+    repo.open_manifest().await.unwrap().expect("walvault.json");
     let inv = walvault::wal::inventory::WalInventory::scan(&repo, MIB)
         .await
         .unwrap();
@@ -235,12 +238,13 @@ async fn moved_forged_and_edited_objects_are_refused(major: u32) {
         [0; 16],
         Binding::Key(&format!("{PREFIX}/{seg_m}")),
     );
+    let bound_here = a.repo.policy().bound_name(&seg_m).unwrap();
     let forged_here = seal_bound(
         &[Bytes::from(a.pg.wal_file(&a.segment_name(m)))],
         &SealOptions::default(),
         None,
         [0; 16],
-        Binding::Key(&seg_m),
+        Binding::Key(&bound_here),
     );
     for bytes in [&forged, &forged_here] {
         let old = a.replace(&seg_m, bytes);
@@ -562,13 +566,14 @@ async fn verify_reads_wal_as_wal() {
     };
     let key = layout::segment_key(seg, MIB);
     let good = a.pg.wal_file(&seg.to_file_name(MIB));
+    let bound = a.repo.policy().bound_name(&key).unwrap();
     let reseal = |bytes: Vec<u8>| {
         seal_bound(
             &[Bytes::from(bytes)],
             &SealOptions::default(),
             keyring.write_key(),
             rand::random(),
-            Binding::Key(&key),
+            Binding::Key(&bound),
         )
     };
     let out = a.env.run(&["verify", "--wal"]);
@@ -627,6 +632,7 @@ async fn a_downgrade_to_version_1_is_refused() {
     let original = serde_json::to_vec_pretty(&doc).unwrap();
     doc["version"] = 1.into();
     doc.as_object_mut().unwrap().remove("macs");
+    doc.as_object_mut().unwrap().remove("repository_id");
     doc["wal_segment_size"] = (2 * MIB).into();
     doc["system_identifier"] = "7300000000000000001".into();
     std::fs::write(

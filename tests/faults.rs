@@ -413,6 +413,96 @@ async fn local_directory_outage_loses_nothing() {
     stream.await.unwrap().unwrap();
 }
 
+/// The order of the upload queue: a completed segment is queued before
+/// the next segment's first delta. Only the complete object of one segment
+/// is held back (its deltas, and every later segment and delta, are
+/// stored): the durable LSN, and the flush position the server hears,
+/// stay within the held segment, since its last bytes are only in the
+/// object held. Queued after the next delta, the segment would let the
+/// durable LSN pass bytes stored nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_lsn_waits_for_a_segment_whose_deltas_are_stored() {
+    use walvault::lsn::{Lsn, SegmentName, TimelineId};
+    use walvault::storage::layout;
+    let pg = PgCluster::start(15, &PgOptions::default());
+    let s3 = S3Server::start();
+    let (repo, faults) = faulty_repo(&s3, "order");
+    let shutdown = Shutdown::new();
+    let (durable_tx, durable_rx) = tokio::sync::watch::channel(Lsn::INVALID);
+    let opts = options(&pg, Duration::from_secs(60));
+    let stream = {
+        let (repo, shutdown) = (repo.clone(), shutdown.clone());
+        let plan = StreamPlan {
+            durable: Some(durable_tx),
+            ..StreamPlan::default()
+        };
+        tokio::spawn(async move { receiver::run(&opts, &repo, &shutdown, plan).await })
+    };
+    let first = pg.switch_wal().await;
+    wait_archived(&repo, MIB, 1, first, Duration::from_secs(30)).await;
+    let held = SegmentName::from_lsn(TimelineId::FIRST, first, MIB);
+    let held_end = SegmentName {
+        number: held.number + 1,
+        ..held
+    }
+    .start_lsn(MIB);
+    *faults.hold_key_ending.lock().unwrap() = Some(layout::segment_key(held, MIB));
+    // Some WAL in the held segment, stored as a delta, before the load
+    // fills it and the segments after it.
+    pg.execute("CREATE TABLE before_the_load (n int)").await;
+    crate::support::wait_for(
+        "a delta of the held segment",
+        Duration::from_secs(30),
+        || async {
+            let inv = walvault::wal::inventory::WalInventory::scan(&repo, MIB)
+                .await
+                .ok()?;
+            inv.timelines
+                .get(&TimelineId::FIRST)?
+                .deltas
+                .contains_key(&held.number)
+                .then_some(())
+        },
+    )
+    .await;
+    pg.pgbench(&["-i", "-s", "1", "-q"]);
+    let end = pg.switch_wal().await;
+    let later = SegmentName {
+        timeline: TimelineId::FIRST,
+        number: held.number + 4,
+    };
+    crate::support::wait_for("later segments stored", Duration::from_secs(60), || async {
+        let inv = walvault::wal::inventory::WalInventory::scan(&repo, MIB)
+            .await
+            .ok()?;
+        let tl = &inv.timelines[&TimelineId::FIRST];
+        (tl.complete.contains(&later.number) && !tl.complete.contains(&held.number)).then_some(())
+    })
+    .await;
+    let durable = *durable_rx.borrow();
+    assert!(
+        durable <= held_end,
+        "durable {durable} passed the end of {} ({held_end}), whose last bytes are only in the held object",
+        held.to_file_name(MIB)
+    );
+    let told: Lsn = pg
+        .query_one("SELECT coalesce(flush_lsn::text, '0/0') FROM pg_stat_replication WHERE application_name = 'walvault'")
+        .await
+        .parse()
+        .unwrap();
+    assert!(told <= held_end, "the server was told {told}");
+    faults.release();
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
+    crate::support::wait_for(
+        "the durable LSN to catch up",
+        Duration::from_secs(30),
+        || async { (*durable_rx.borrow() >= end).then_some(()) },
+    )
+    .await;
+    shutdown.graceful.cancel();
+    stream.await.unwrap().unwrap();
+}
+
 /// A running backup's objects (a part and a fresh heartbeat) are never
 /// collected by another walvault's cleanup or expire, also when the
 /// store's clock is five minutes behind or ahead of the host's: ages are

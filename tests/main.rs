@@ -21,6 +21,7 @@
 //! | the replication connection: TLS, authentication, server errors | `protocol.rs` |
 //! | every store kind on a real server (s3s-fs, moto, Azurite, fake-gcs-server, local) | `stores.rs` |
 //! | objects moved, swapped, forged or truncated in the bucket: refused by name | `attack.rs` |
+//! | one key, two clusters: another repository's objects copied or re-sealed here are refused | `identity.rs` |
 //! | the checks inside sealed objects, reached with the key: part CRCs, the server's manifest | `inner_checks.rs` |
 //! | a store that fails or stalls, a server killed mid-operation | `faults.rs` |
 //! | one writer per WAL object: backups beside the sidecar, WAL offered twice with other bytes | `writers.rs` |
@@ -36,6 +37,7 @@ mod config_file;
 mod drill;
 mod faults;
 mod fuzz_corpus;
+mod identity;
 mod inner_checks;
 mod keys;
 mod mark;

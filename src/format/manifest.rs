@@ -8,7 +8,9 @@
 //! Version 2 (repositories whose objects are bound to their keys) carries,
 //! when encrypted, an HMAC-SHA256 of the document under a key derived from
 //! each master key, so an edit of any field is detected by every reader
-//! holding a key. Every version is validated: a value out of range (a
+//! holding a key. Version 3 adds a random `repository_id`, which every
+//! object is bound to as well, so objects copied from another repository
+//! sealed with the same key do not open. Every version is validated: a value out of range (a
 //! segment size that is not a power of two from 1 MiB to 1 GiB, say) is an
 //! error, never a default.
 
@@ -21,8 +23,11 @@ use sha2::Sha256;
 
 use super::key::{KeyId, Keyring};
 
-/// The `walvault.json` version this code writes.
-pub const REPOSITORY_MANIFEST_VERSION: u32 = 2;
+/// The `walvault.json` version this code writes: objects bound to the
+/// repository's id and their keys.
+pub const REPOSITORY_MANIFEST_VERSION: u32 = 3;
+/// The second version: objects bound to their keys, not to the repository.
+pub const REPOSITORY_MANIFEST_KEY_BOUND: u32 = 2;
 /// The first version: objects not bound to their keys, no authentication.
 pub const REPOSITORY_MANIFEST_UNBOUND: u32 = 1;
 /// WAL segment sizes PostgreSQL allows (`initdb --wal-segsize`).
@@ -34,6 +39,10 @@ pub const WAL_SEGMENT_SIZES: std::ops::RangeInclusive<u64> = (1 << 20)..=(1 << 3
 pub struct RepositoryManifest {
     /// Format version of this document.
     pub version: u32,
+    /// Version 3: the repository's own id, 32 lower-case hex digits drawn
+    /// at random when it is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_id: Option<String>,
     /// PostgreSQL's system identifier (decimal, as IDENTIFY_SYSTEM prints it).
     pub system_identifier: String,
     /// The server's major version when the repository was created.
@@ -53,6 +62,15 @@ pub struct RepositoryManifest {
     /// document without this field, under that key's manifest key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub macs: Option<BTreeMap<KeyId, String>>,
+}
+
+/// Bytes of a repository id (stored as twice as many hex digits).
+pub const REPOSITORY_ID_BYTES: usize = 16;
+
+/// Whether `id` is spelled as walvault writes repository ids.
+fn is_repository_id(id: &str) -> bool {
+    id.len() == REPOSITORY_ID_BYTES * 2
+        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Key ids as a list for messages: `0a0b0c0d, 11223344`.
@@ -125,7 +143,12 @@ pub enum MismatchError {
 impl RepositoryManifest {
     /// Whether objects are bound to their keys (version 2 and later).
     pub fn binds_objects(&self) -> bool {
-        self.version >= REPOSITORY_MANIFEST_VERSION
+        self.version >= REPOSITORY_MANIFEST_KEY_BOUND
+    }
+
+    /// A new repository id: 32 lower-case hex digits.
+    pub fn new_repository_id() -> String {
+        hex::encode(rand::random::<[u8; REPOSITORY_ID_BYTES]>())
     }
 
     /// Whether the repository is encrypted.
@@ -180,6 +203,26 @@ impl RepositoryManifest {
             }
             (other, _) => return bad(format!("unknown encryption {other:?}")),
         }
+        match (
+            self.version >= REPOSITORY_MANIFEST_VERSION,
+            &self.repository_id,
+        ) {
+            (true, Some(id)) if is_repository_id(id) => {}
+            (true, Some(id)) => {
+                return bad(format!(
+                    "repository_id {id:?} is not {} lower-case hex digits",
+                    REPOSITORY_ID_BYTES * 2
+                ));
+            }
+            (true, None) => return bad(format!("version {} has no repository_id", self.version)),
+            (false, Some(_)) => {
+                return bad(format!(
+                    "version {} has a repository_id, which only version {REPOSITORY_MANIFEST_VERSION} has",
+                    self.version
+                ));
+            }
+            (false, None) => {}
+        }
         if self.binds_objects() && self.is_encrypted() && self.macs.is_none() {
             return bad("an encrypted repository's identity has no authentication".into());
         }
@@ -193,7 +236,7 @@ impl RepositoryManifest {
         serde_json::to_vec(&unsigned).expect("manifest serializes")
     }
 
-    /// Adds a MAC for every key of `keyring` (version 2, encrypted).
+    /// Adds a MAC for every key of `keyring` (version 2 and later, encrypted).
     pub fn sign(&mut self, keyring: &Keyring) {
         if !self.binds_objects() || keyring.is_empty() {
             return;
@@ -211,7 +254,7 @@ impl RepositoryManifest {
         self.macs = Some(macs);
     }
 
-    /// Checks the MAC under a key of `keyring` (version 2, encrypted; other
+    /// Checks the MAC under a key of `keyring` (version 2 and later, encrypted; other
     /// documents have none to check).
     ///
     /// # Errors
@@ -297,6 +340,7 @@ mod tests {
     fn manifest(encryption: &str, key_ids: &[&str]) -> RepositoryManifest {
         RepositoryManifest {
             version: 1,
+            repository_id: None,
             system_identifier: "7300000000000000001".into(),
             pg_major: 15,
             wal_segment_size: 16 << 20,
@@ -309,12 +353,51 @@ mod tests {
     }
 
     #[test]
-    fn version_2_is_authenticated_and_validated() {
+    fn version_3_binds_a_repository_id() {
         use crate::format::key::MasterKey;
         let ring = Keyring::single(MasterKey::from_hex(&"42".repeat(32)).unwrap());
         let id = ring.ids()[0].to_string();
         let mut m = manifest("aes-256-gcm", &[id.as_str()]);
         m.version = REPOSITORY_MANIFEST_VERSION;
+        assert!(m.validate().is_err(), "version 3 without an id accepted");
+        let repository_id = RepositoryManifest::new_repository_id();
+        assert!(is_repository_id(&repository_id), "{repository_id}");
+        m.repository_id = Some(repository_id.clone());
+        m.sign(&ring);
+        m.validate().unwrap();
+        m.verify(&ring).unwrap();
+        // The id is authenticated: another repository's id is refused.
+        let text = serde_json::to_string(&m).unwrap();
+        let other_id = RepositoryManifest::new_repository_id();
+        let swapped: RepositoryManifest =
+            serde_json::from_str(&text.replace(&repository_id, &other_id)).unwrap();
+        assert_eq!(swapped.verify(&ring), Err(ManifestError::Tampered));
+        // One spelling, and only in version 3.
+        for bad in [
+            repository_id.to_uppercase(),
+            "00".repeat(15),
+            "zz".repeat(16),
+        ] {
+            let mut broken = m.clone();
+            broken.repository_id = Some(bad.clone());
+            assert!(broken.validate().is_err(), "repository_id {bad}");
+        }
+        let mut older = m.clone();
+        older.version = REPOSITORY_MANIFEST_KEY_BOUND;
+        assert!(older.validate().is_err(), "a version 2 document with an id");
+        // Rewritten as version 2 without the id, the MAC no longer holds.
+        older.repository_id = None;
+        older.validate().unwrap();
+        assert_eq!(older.verify(&ring), Err(ManifestError::Tampered));
+    }
+
+    #[test]
+    fn version_2_is_authenticated_and_validated() {
+        use crate::format::key::MasterKey;
+        let ring = Keyring::single(MasterKey::from_hex(&"42".repeat(32)).unwrap());
+        let id = ring.ids()[0].to_string();
+        let mut m = manifest("aes-256-gcm", &[id.as_str()]);
+        m.version = REPOSITORY_MANIFEST_KEY_BOUND;
         assert!(m.validate().is_err(), "unsigned encrypted v2 accepted");
         m.sign(&ring);
         m.validate().unwrap();

@@ -121,6 +121,17 @@ const LONG_HEADER_BYTES: usize = 40;
 /// Bytes of a short page header (`SizeOfXLogShortPHD`).
 const SHORT_HEADER_BYTES: usize = 24;
 
+/// The system identifier a segment's first page names in its long
+/// header; `None` when the first page has no long header (a zeroed page,
+/// or fewer bytes than the header).
+pub fn first_page_system_identifier(segment: &[u8]) -> Option<u64> {
+    let info = u16_at(segment, 2)?;
+    if info & XLP_LONG_HEADER == 0 || segment.len() < LONG_HEADER_BYTES {
+        return None;
+    }
+    u64_at(segment, 24)
+}
+
 fn zeroed(from: u64, to: u64) -> String {
     format!(
         "page at offset {from}: it is zeroed, and so is the WAL to offset {to}, inside the WAL the archive holds"
@@ -211,6 +222,18 @@ fn check_page(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_page_names_its_cluster() {
+        let e = expect();
+        let seg = segment(2);
+        assert_eq!(
+            first_page_system_identifier(&seg),
+            Some(e.system_identifier)
+        );
+        assert_eq!(first_page_system_identifier(&seg[..39]), None);
+        assert_eq!(first_page_system_identifier(&vec![0u8; 8192]), None);
+    }
 
     const SEG: u64 = 1 << 20;
 

@@ -275,14 +275,9 @@ pub async fn check_repository(repo: &Repository) -> Vec<Check> {
         layout::PROBE_PREFIX,
         rand::random::<u64>()
     );
-    let body = b"walvault check".to_vec();
-    let written = async {
-        repo.put_sealed(&probe, vec![body.clone().into()]).await?;
-        let back = repo.get_opened(&probe).await?;
-        repo.delete(&probe).await?;
-        Ok::<_, crate::storage::Error>(back.is_some_and(|b| b[..] == body[..]))
-    }
-    .await;
+    let written = repo
+        .probe_round_trip(&probe, bytes::Bytes::from_static(b"walvault check"))
+        .await;
     match written {
         Ok(true) => out.push(Check::new(
             "repository",

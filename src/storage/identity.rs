@@ -6,7 +6,6 @@ use object_store::PutPayload;
 use crate::format::chunk;
 use crate::format::manifest::{REPOSITORY_MANIFEST_VERSION, RepositoryManifest};
 
-use super::repository::ObjectPolicy;
 use super::{Error, Repository, layout};
 
 impl Repository {
@@ -52,7 +51,7 @@ impl Repository {
                 key: layout::REPOSITORY_MANIFEST.into(),
                 reason: e.to_string(),
             })?;
-            self.set_policy(ObjectPolicy::of(m));
+            self.adopt(m);
         }
         Ok(m)
     }
@@ -76,6 +75,7 @@ impl Repository {
                 "the store ignores create-only writes: walvault checks for an existing object before each write instead, which another writer can race; use a store that honours them (see docs/operations.md, Object stores)"
             );
         }
+        let _creating = self.creating.lock().await;
         if let Some(m) = self.open_manifest().await? {
             m.check_server(system_identifier, wal_segment_size)?;
             return Ok(m);
@@ -87,6 +87,7 @@ impl Repository {
         }
         let m = RepositoryManifest {
             version: REPOSITORY_MANIFEST_VERSION,
+            repository_id: Some(RepositoryManifest::new_repository_id()),
             system_identifier: system_identifier.to_string(),
             pg_major,
             wal_segment_size,
@@ -111,7 +112,7 @@ impl Repository {
             .await
         {
             Ok(()) => {
-                self.set_policy(ObjectPolicy::of(&m));
+                self.adopt(&m);
                 Ok(m)
             }
             // Someone else created it first: check theirs.

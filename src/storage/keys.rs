@@ -53,9 +53,10 @@ pub struct KeyUsage {
 }
 
 impl Repository {
-    /// Reads the header of every object (except `walvault.json` and probes)
-    /// and counts objects and bytes by the key that sealed them (`None`:
-    /// not encrypted). One ranged read per object.
+    /// Reads the header of every object (except `walvault.json`, probes
+    /// and leases, whose contents are never read back) and counts objects
+    /// and bytes by the key that sealed them (`None`: not encrypted). One
+    /// ranged read per object.
     ///
     /// # Errors
     /// Store errors; an object whose header is damaged or misplaced, named.
@@ -65,18 +66,23 @@ impl Repository {
             .await?
             .into_iter()
             .filter(|o| {
-                o.key != layout::REPOSITORY_MANIFEST && !o.key.starts_with(layout::PROBE_PREFIX)
+                o.key != layout::REPOSITORY_MANIFEST
+                    && !o.key.starts_with(layout::PROBE_PREFIX)
+                    && !o.key.starts_with(layout::LEASE_PREFIX)
             })
             .collect();
+        let policy = self.settled_policy().await?;
         let mut usage: BTreeMap<Option<KeyId>, KeyUsage> = BTreeMap::new();
         let mut reads = futures::stream::iter(objects)
             .map(|o| async move {
                 let head = self.get_head(&o.key, HEADER_LEN).await?;
-                let header =
-                    chunk::parse_header(&head, Some(&o.key)).map_err(|source| Error::Corrupt {
+                let bound = policy.bound_name(&o.key);
+                let header = chunk::parse_header(&head, bound.as_deref()).map_err(|source| {
+                    Error::Corrupt {
                         key: o.key.clone(),
                         source,
-                    })?;
+                    }
+                })?;
                 Ok::<_, Error>((header.key_id, o.size))
             })
             .buffer_unordered(SCAN_CONCURRENCY);

@@ -4,7 +4,9 @@
 //! message naming the first.
 //!
 //! A holder writes `leases/stream/{holder}.json` once (create-only: its
-//! store time orders the holders) and rewrites `{holder}.alive` every
+//! store time orders the holders; plain JSON, since it is written before a
+//! new repository's `walvault.json` says how objects are bound, and an
+//! edited lease can only refuse a writer, as a deleted object can) and rewrites `{holder}.alive` every
 //! [`LEASE_HEARTBEAT`]. A lease holds while its heartbeat is younger than
 //! [`LEASE_TTL`] by the store's own clock: ages are differences of store
 //! times (the newest heartbeat is "now"), so a host clock that is off does
@@ -14,7 +16,7 @@
 
 use std::time::Duration;
 
-use crate::format::lease::Lease;
+use crate::format::lease::{LEASE_VERSION, Lease};
 
 use super::{Error, Repository, layout};
 
@@ -39,7 +41,7 @@ impl Repository {
     /// [`Error::Leased`] naming the holder; store errors.
     pub async fn take_lease(&self, me: &Lease) -> Result<(), Error> {
         let body = serde_json::to_vec_pretty(me).expect("a lease serializes");
-        self.put_sealed(&layout::lease_key(&me.holder), vec![body.into()])
+        self.put_create(&layout::lease_key(&me.holder), body.into())
             .await?;
         self.beat(me).await?;
         match self.lease_holder(me).await {
@@ -101,10 +103,7 @@ impl Repository {
             .collect();
         live.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
         for h in live {
-            if let Some(lease) = self
-                .read_document::<Lease>(&layout::lease_key(&h.id))
-                .await?
-            {
+            if let Some(lease) = self.read_lease(&h.id).await? {
                 return Ok(Some(lease));
             }
         }
@@ -161,10 +160,7 @@ impl Repository {
             if h.id == me.holder {
                 return Ok(None);
             }
-            let Some(lease) = self
-                .read_document::<Lease>(&layout::lease_key(&h.id))
-                .await?
-            else {
+            let Some(lease) = self.read_lease(&h.id).await? else {
                 continue;
             };
             if is_predecessor(&lease, me) {
@@ -177,6 +173,27 @@ impl Repository {
             }));
         }
         Ok(None)
+    }
+
+    /// Holder `id`'s lease document, checked: its version, and the holder
+    /// it names is the one its key names.
+    async fn read_lease(&self, id: &str) -> Result<Option<Lease>, Error> {
+        let key = layout::lease_key(id);
+        let Some(bytes) = self.get_raw(&key).await? else {
+            return Ok(None);
+        };
+        let bad = |reason: String| Error::BadDocument {
+            key: key.clone(),
+            reason,
+        };
+        let lease: Lease = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        if lease.version != LEASE_VERSION {
+            return Err(bad(format!("unknown lease version {}", lease.version)));
+        }
+        if lease.holder != id {
+            return Err(bad(format!("names holder {:?}", lease.holder)));
+        }
+        Ok(Some(lease))
     }
 
     async fn drop_dead_holder(&self, id: &str, me: &str) {

@@ -83,6 +83,7 @@ impl Repository {
                     key: o.key.clone(),
                     reason: e.to_string(),
                 })?;
+            self.check_backup_identity(&o.key, id, &meta)?;
             out.push(meta);
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -91,6 +92,43 @@ impl Repository {
             backups: out,
             locked,
         })
+    }
+
+    /// Refuses a `backup.json` that is not this repository's backup `id`:
+    /// another id inside, or another cluster's or segment size than
+    /// `walvault.json` says (a backup of another cluster sealed with the
+    /// same key: restoring it would bring back the other cluster).
+    fn check_backup_identity(
+        &self,
+        key: &str,
+        id: &str,
+        meta: &BackupMetadata,
+    ) -> Result<(), Error> {
+        let bad = |reason: String| {
+            Err(Error::BadManifest {
+                key: key.to_string(),
+                reason,
+            })
+        };
+        if meta.id != id {
+            return bad(format!("it describes backup {}, not {id}", meta.id));
+        }
+        let Some(identity) = self.identity() else {
+            return Ok(());
+        };
+        if meta.system_identifier != identity.system_identifier {
+            return bad(format!(
+                "it is a backup of system identifier {}, but the repository belongs to {}: another cluster's backup",
+                meta.system_identifier, identity.system_identifier
+            ));
+        }
+        if meta.wal_segment_size != identity.wal_segment_size {
+            return bad(format!(
+                "it is a backup with WAL segments of {} bytes, but the repository holds segments of {}",
+                meta.wal_segment_size, identity.wal_segment_size
+            ));
+        }
+        Ok(())
     }
 
     /// Every pin, by backup id (lapsed ones included).

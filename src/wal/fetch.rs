@@ -113,6 +113,7 @@ pub async fn fetch_wal_file(
                             ),
                         });
                     }
+                    check_cluster(repo, &key, &bytes)?;
                     return Ok(Some(FetchedWal::Complete(bytes)));
                 }
                 let (mut bytes, changed) = read_chain(repo, seg, segment_size_bytes).await?;
@@ -122,8 +123,13 @@ pub async fn fetch_wal_file(
                     continue;
                 }
                 if bytes.is_empty() {
-                    return Ok(repo.get_opened(&key).await?.map(FetchedWal::Complete));
+                    let complete = repo.get_opened(&key).await?;
+                    if let Some(bytes) = &complete {
+                        check_cluster(repo, &key, bytes)?;
+                    }
+                    return Ok(complete.map(FetchedWal::Complete));
                 }
+                check_cluster(repo, &key, &bytes)?;
                 let known = bytes.len() as u64;
                 bytes.resize(segment_size_bytes as usize, 0);
                 return Ok(Some(FetchedWal::Partial { bytes, known }));
@@ -136,6 +142,28 @@ pub async fn fetch_wal_file(
             })
         }
     }
+}
+
+/// Refuses WAL whose first page names another cluster than the
+/// repository's `walvault.json`: sealed with the same key elsewhere and
+/// re-sealed here, it is still not this cluster's history.
+fn check_cluster(repo: &Repository, key: &str, segment: &[u8]) -> Result<(), storage::Error> {
+    let (Some(identity), Some(found)) = (
+        repo.identity(),
+        crate::format::wal_pages::first_page_system_identifier(segment),
+    ) else {
+        return Ok(());
+    };
+    if identity.system_identifier == found.to_string() {
+        return Ok(());
+    }
+    Err(storage::Error::BadManifest {
+        key: key.to_string(),
+        reason: format!(
+            "it is WAL of system identifier {found}, but the repository belongs to {}: another cluster's WAL",
+            identity.system_identifier
+        ),
+    })
 }
 
 /// Keeps `Bytes` out of the public API of callers that only need a Vec.

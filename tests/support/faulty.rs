@@ -33,6 +33,9 @@ pub struct Faults {
     /// Hold back writes of keys containing this text until released, while
     /// other writes go on: uploads then complete out of order.
     pub hold_keys: std::sync::Mutex<Option<String>>,
+    /// Hold back writes of keys ending in this text (one object, not the
+    /// objects named after it: a segment, not its deltas).
+    pub hold_key_ending: std::sync::Mutex<Option<String>>,
     /// Flip a byte in the middle of every object read.
     pub corrupt_reads: AtomicBool,
     /// Seconds added to every listed object's time: a store whose clock
@@ -48,6 +51,7 @@ impl Faults {
     pub fn release(&self) {
         self.stalled.store(false, SeqCst);
         *self.hold_keys.lock().unwrap() = None;
+        *self.hold_key_ending.lock().unwrap() = None;
         self.released.notify_waiters();
     }
 
@@ -62,6 +66,12 @@ impl Faults {
             .unwrap()
             .as_deref()
             .is_some_and(|k| location.as_ref().contains(k))
+            || self
+                .hold_key_ending
+                .lock()
+                .unwrap()
+                .as_deref()
+                .is_some_and(|k| location.as_ref().ends_with(k))
     }
 
     async fn hold(&self, location: &Path) {

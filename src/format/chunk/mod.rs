@@ -246,17 +246,39 @@ mod tests {
         }
     }
 
-    /// Envelope version 2: the same cases, each bound to a repository key.
+    /// Envelope version 2: the same cases, each bound to a name: a
+    /// repository key (repositories of `walvault.json` version 2), and the
+    /// encrypted one also to a repository id and a key (version 3).
     #[test]
     fn golden_files_v2() {
         let plaintext = Bytes::from(sample(10_000));
-        let key_path = "wal/00000001/000000010000000000000003";
-        let cases: [(&str, Option<MasterKey>, SealOptions); 3] = [
-            ("v2-zstd-aes.bin", Some(key()), opts(Some(3), 4096)),
-            ("v2-zstd-plain.bin", None, opts(Some(3), 4096)),
-            ("v2-stored-aes.bin", Some(key()), opts(None, 8192)),
+        let cases: [(&str, &str, Option<MasterKey>, SealOptions); 4] = [
+            (
+                "v2-zstd-aes.bin",
+                "wal/00000001/000000010000000000000003",
+                Some(key()),
+                opts(Some(3), 4096),
+            ),
+            (
+                "v2-zstd-plain.bin",
+                "wal/00000001/000000010000000000000003",
+                None,
+                opts(Some(3), 4096),
+            ),
+            (
+                "v2-stored-aes.bin",
+                "wal/00000001/000000010000000000000003",
+                Some(key()),
+                opts(None, 8192),
+            ),
+            (
+                "v2-repository-zstd-aes.bin",
+                "5f0c2a9e41d7b3686c1e0f2d9a4b7c13/wal/00000001/000000010000000000000003",
+                Some(key()),
+                opts(Some(3), 4096),
+            ),
         ];
-        for (name, k, o) in cases {
+        for (name, key_path, k, o) in cases {
             let salt = if k.is_some() { [7u8; 16] } else { [0u8; 16] };
             let sealed = seal_bound(
                 std::slice::from_ref(&plaintext),

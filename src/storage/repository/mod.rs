@@ -24,7 +24,7 @@ use object_store::path::Path;
 
 use crate::format::chunk::SealOptions;
 use crate::format::key::Keyring;
-use crate::format::manifest::RepositoryManifest;
+use crate::format::manifest::{REPOSITORY_ID_BYTES, RepositoryManifest};
 
 use super::Error;
 use super::open::OpenMode;
@@ -43,6 +43,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct ObjectPolicy {
     /// Objects are bound to their keys (envelope version 2).
     pub bound: bool,
+    /// And to this repository id (`walvault.json` version 3).
+    pub repository: Option<[u8; REPOSITORY_ID_BYTES]>,
     /// Objects without a cipher are refused.
     pub require_cipher: bool,
 }
@@ -52,7 +54,23 @@ impl ObjectPolicy {
     pub fn of(manifest: &RepositoryManifest) -> Self {
         ObjectPolicy {
             bound: manifest.binds_objects(),
+            repository: manifest.repository_id.as_deref().map(|id| {
+                let mut bytes = [0u8; REPOSITORY_ID_BYTES];
+                hex::decode_to_slice(id, &mut bytes).expect("validated repository id");
+                bytes
+            }),
             require_cipher: manifest.is_encrypted(),
+        }
+    }
+
+    /// The name an object stored at `key` is bound to: the key, after the
+    /// repository id and a slash when there is one; `None` when objects
+    /// are not bound (repositories of the first format).
+    pub fn bound_name(&self, key: &str) -> Option<String> {
+        match (self.bound, self.repository) {
+            (false, _) => None,
+            (true, None) => Some(key.to_string()),
+            (true, Some(id)) => Some(format!("{}/{key}", hex::encode(id))),
         }
     }
 }
@@ -112,6 +130,14 @@ pub struct Repository {
     pub(super) local_root: Option<std::path::PathBuf>,
     /// Set once `walvault.json` is read.
     pub(super) policy: Arc<std::sync::OnceLock<ObjectPolicy>>,
+    /// `walvault.json` as first opened (or created) by this handle.
+    pub(super) identity: Arc<std::sync::OnceLock<RepositoryManifest>>,
+    /// Held while `walvault.json` is looked for and created, so tasks of
+    /// one process sharing the handle (the sidecar's stream and its first
+    /// backup) never each create one: a store whose create-only writes
+    /// race would keep one and leave the other task sealing for an id
+    /// that is not stored.
+    pub(super) creating: Arc<tokio::sync::Mutex<()>>,
     /// Whether the store honours create-only writes, once probed.
     pub(super) create_only: Arc<std::sync::OnceLock<bool>>,
     /// Storage classes of new objects (S3, GCS), by kind.
@@ -213,6 +239,8 @@ impl Repository {
             seal,
             local_root: None,
             policy: Arc::new(std::sync::OnceLock::new()),
+            identity: Arc::new(std::sync::OnceLock::new()),
+            creating: Arc::new(tokio::sync::Mutex::new(())),
             create_only: Arc::new(std::sync::OnceLock::new()),
             storage_classes: StorageClasses::default(),
             requests: Arc::new(RequestCounts::default()),
@@ -277,13 +305,36 @@ impl Repository {
     pub fn policy(&self) -> ObjectPolicy {
         self.policy.get().copied().unwrap_or(ObjectPolicy {
             bound: true,
+            repository: None,
             require_cipher: !self.keyring.is_empty(),
         })
     }
 
-    /// Sets the policy `walvault.json` gives (once; later calls agree).
-    pub(super) fn set_policy(&self, policy: ObjectPolicy) {
-        let _ = self.policy.set(policy);
+    /// The policy, reading `walvault.json` first when this handle has not
+    /// yet: an object is never sealed or opened under a guess of how the
+    /// repository binds its objects. A repository without the document
+    /// (a new one) binds objects to their keys until it has one.
+    ///
+    /// # Errors
+    /// As [`Repository::open_manifest`].
+    pub(super) async fn settled_policy(&self) -> Result<ObjectPolicy, Error> {
+        if self.policy.get().is_none() {
+            self.open_manifest().await?;
+        }
+        Ok(self.policy())
+    }
+
+    /// Adopts `walvault.json`: the policy it gives and the identity the
+    /// stored backups and WAL are checked against (once; later calls agree).
+    pub(super) fn adopt(&self, manifest: &RepositoryManifest) {
+        let _ = self.policy.set(ObjectPolicy::of(manifest));
+        let _ = self.identity.get_or_init(|| manifest.clone());
+    }
+
+    /// `walvault.json` as this handle first opened or created it; `None`
+    /// before that.
+    pub fn identity(&self) -> Option<&RepositoryManifest> {
+        self.identity.get()
     }
 
     /// The URL, without credentials, for messages.

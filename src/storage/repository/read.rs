@@ -35,11 +35,11 @@ impl Repository {
             return Ok(None);
         };
         let keyring = self.keyring.clone();
-        let policy = self.policy();
-        let object_key = key.to_string();
+        let policy = self.settled_policy().await?;
+        let bound_name = policy.bound_name(key).unwrap_or_else(|| key.to_string());
         let opened = tokio::task::spawn_blocking(move || {
             let expect = Expect {
-                key: &object_key,
+                key: &bound_name,
                 allow_unbound: !policy.bound,
                 require_cipher: policy.require_cipher,
             };

@@ -62,6 +62,7 @@ impl Repository {
         plaintext: Vec<Bytes>,
         seal: SealOptions,
     ) -> Result<u64, Error> {
+        self.settled_policy().await?;
         let object = self.seal(key, &plaintext, Some(seal)).await;
         self.put_prepared(&object, &plaintext).await
     }
@@ -82,14 +83,12 @@ impl Repository {
         } else {
             [0; chunk::SALT_LEN]
         };
-        let bound = self.policy().bound;
-        let object_key = key.to_string();
+        let bound_name = self.policy().bound_name(key);
         let seal = seal.unwrap_or(self.seal);
         let sealed = tokio::task::spawn_blocking(move || {
-            let binding = if bound {
-                Binding::Key(&object_key)
-            } else {
-                Binding::Unbound
+            let binding = match &bound_name {
+                Some(name) => Binding::Key(name),
+                None => Binding::Unbound,
             };
             chunk::seal_bound(&for_seal, &seal, keyring.write_key(), salt, binding)
         })
@@ -153,13 +152,33 @@ impl Repository {
     /// # Errors
     /// Store errors.
     pub async fn put_sealed_replacing(&self, key: &str, plaintext: Vec<u8>) -> Result<(), Error> {
+        self.settled_policy().await?;
         let pieces = vec![Bytes::from(plaintext)];
         let object = self.seal(key, &pieces, None).await;
+        self.put_replacing(key, object.bytes).await
+    }
+
+    /// Writes (create-only, as every object is written), reads back and
+    /// deletes `body` as it is (not sealed) at the probe object `key`:
+    /// whether the store keeps what it is given, whatever the keys or
+    /// `walvault.json` say.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn probe_round_trip(&self, key: &str, body: Bytes) -> Result<bool, Error> {
+        self.put_create(key, PutPayload::from(body.clone())).await?;
+        let back = self.get_raw(key).await?;
+        self.delete(key).await?;
+        Ok(back.is_some_and(|b| b == body))
+    }
+
+    /// Stores `bytes` at `key` as they are, replacing what is there.
+    async fn put_replacing(&self, key: &str, bytes: Bytes) -> Result<(), Error> {
         RequestCounts::count(&self.requests.put);
         self.store
             .put_opts(
                 &self.path(key),
-                PutPayload::from(object.bytes),
+                PutPayload::from(bytes),
                 PutOptions {
                     mode: PutMode::Overwrite,
                     ..Default::default()

@@ -428,6 +428,54 @@ async fn server_side_compression(major: u32) {
 }
 pg_test!(server_side_compression);
 
+/// `--max-rate` reaches the server as BASE_BACKUP's MAX_RATE (in KiB per
+/// second, in each grammar) and the backup verifies; a rate the server
+/// would refuse is refused before anything is created.
+async fn max_rate_reaches_the_server(major: u32) {
+    let pg = PgCluster::start(
+        major,
+        &PgOptions {
+            extra_conf: vec!["log_replication_commands = on".into()],
+            ..PgOptions::default()
+        },
+    );
+    let s3 = S3Server::start();
+    let (env, repo) = s3_repo(&s3, "rate");
+    let pg_conn = pg_arg(&pg);
+    let out = env.run(&["backup", "--pg", &pg_conn, "--max-rate", "16KiB"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("from 32KiB to 1GiB per second"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        repo.list("").await.unwrap().is_empty(),
+        "a refused backup wrote"
+    );
+    let out = env.run(&[
+        "backup",
+        "--pg",
+        &pg_conn,
+        "--checkpoint",
+        "fast",
+        "--max-rate",
+        "64MiB",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let log = pg.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("BASE_BACKUP") && l.contains("MAX_RATE 65536")),
+        "no BASE_BACKUP with MAX_RATE 65536 in the server log:\n{log}"
+    );
+    let out = env.run(&["verify", "--backup", meta["id"].as_str().unwrap()]);
+    assert!(out.status.success(), "verify: {}", text(&out));
+}
+pg_test!(max_rate_reaches_the_server);
+
 /// A backup frozen past the orphan grace is taken for an interrupted one and
 /// cleaned up by the next backup; when it wakes up it must fail rather than
 /// write a backup.json that describes objects that are gone.

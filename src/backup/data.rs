@@ -69,6 +69,7 @@ pub(super) async fn store_data(
         label: label.to_string(),
         fast_checkpoint: opts.fast_checkpoint,
         server_zstd_level: opts.server_zstd_level,
+        max_rate_kib: opts.max_rate_bytes.map(super::max_rate_kib),
     };
 
     let concurrency = opts.upload_concurrency.max(1);

@@ -57,6 +57,30 @@ const WAL_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 /// How long the backup's own WAL stream may take to store its tail.
 const WAL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The rates BASE_BACKUP's MAX_RATE accepts, in bytes per second (the
+/// server takes whole KiB per second from 32 KiB to 1 GiB).
+pub const MAX_RATE_BYTES: std::ops::RangeInclusive<u64> = (32 << 10)..=(1 << 30);
+
+/// Checks a backup rate limit given in bytes per second.
+///
+/// # Errors
+/// A message naming the allowed range.
+pub fn check_max_rate(bytes: u64) -> Result<u64, String> {
+    if MAX_RATE_BYTES.contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(format!(
+            "{bytes} bytes per second is outside what the server accepts: from 32KiB to 1GiB per second"
+        ))
+    }
+}
+
+/// A rate in bytes per second as BASE_BACKUP's MAX_RATE takes it: KiB per
+/// second, rounded down.
+fn max_rate_kib(bytes: u64) -> u32 {
+    u32::try_from(bytes / 1024).unwrap_or(u32::MAX)
+}
+
 /// Settings of one backup.
 #[derive(Clone, Debug)]
 pub struct BackupOptions {
@@ -73,6 +97,9 @@ pub struct BackupOptions {
     pub part_size_bytes: u64,
     /// Parts uploaded at once.
     pub upload_concurrency: usize,
+    /// The server sends the backup at most this fast (bytes per second,
+    /// within [`MAX_RATE_BYTES`]; BASE_BACKUP's MAX_RATE).
+    pub max_rate_bytes: Option<u64>,
     /// Settings for streaming the backup's WAL range.
     pub stream: StreamOptions,
     /// Unfinished backups untouched for this long are deleted as orphans.
@@ -103,6 +130,7 @@ impl BackupOptions {
             label: None,
             fast_checkpoint,
             server_zstd_level: None,
+            max_rate_bytes: None,
             part_size_bytes: part_size_bytes.max(MIN_PART_SIZE_BYTES),
             upload_concurrency: upload_concurrency.max(1),
             orphan_grace: DEFAULT_ORPHAN_GRACE,

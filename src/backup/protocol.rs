@@ -22,6 +22,8 @@ pub struct BaseBackupOptions {
     pub fast_checkpoint: bool,
     /// Server-side zstd at this level (PostgreSQL 15+).
     pub server_zstd_level: Option<i32>,
+    /// MAX_RATE: the server sends at most this many KiB per second.
+    pub max_rate_kib: Option<u32>,
 }
 
 /// A tablespace as the server lists it before the data.
@@ -93,13 +95,21 @@ pub fn base_backup_command(major: u32, opts: &BaseBackupOptions) -> String {
             .server_zstd_level
             .map(|l| format!(", COMPRESSION 'zstd', COMPRESSION_DETAIL 'level={l}'"))
             .unwrap_or_default();
+        let rate = opts
+            .max_rate_kib
+            .map(|r| format!(", MAX_RATE {r}"))
+            .unwrap_or_default();
         format!(
-            "BASE_BACKUP (LABEL {label}, PROGRESS, CHECKPOINT '{checkpoint}', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP{compression})"
+            "BASE_BACKUP (LABEL {label}, PROGRESS, CHECKPOINT '{checkpoint}', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP{rate}{compression})"
         )
     } else {
         let fast = if opts.fast_checkpoint { " FAST" } else { "" };
+        let rate = opts
+            .max_rate_kib
+            .map(|r| format!(" MAX_RATE {r}"))
+            .unwrap_or_default();
         format!(
-            "BASE_BACKUP LABEL {label} PROGRESS{fast} NOWAIT TABLESPACE_MAP MANIFEST 'yes' MANIFEST_CHECKSUMS 'CRC32C'"
+            "BASE_BACKUP LABEL {label} PROGRESS{fast} NOWAIT TABLESPACE_MAP{rate} MANIFEST 'yes' MANIFEST_CHECKSUMS 'CRC32C'"
         )
     }
 }
@@ -379,6 +389,7 @@ mod tests {
             label: "it's".into(),
             fast_checkpoint: true,
             server_zstd_level: None,
+            max_rate_kib: None,
         };
         assert_eq!(
             base_backup_command(15, &o),
@@ -393,5 +404,11 @@ mod tests {
             base_backup_command(16, &o)
                 .ends_with("COMPRESSION 'zstd', COMPRESSION_DETAIL 'level=3')")
         );
+        o.max_rate_kib = Some(65536);
+        assert!(
+            base_backup_command(16, &o)
+                .contains("TABLESPACE_MAP, MAX_RATE 65536, COMPRESSION 'zstd'")
+        );
+        assert!(base_backup_command(14, &o).contains("TABLESPACE_MAP MAX_RATE 65536 MANIFEST"));
     }
 }

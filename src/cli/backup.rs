@@ -56,12 +56,22 @@ pub struct Args {
     /// server's CPU to the database.
     #[arg(long, value_name = "LEVEL", env = "WALVAULT_SERVER_ZSTD")]
     pub server_zstd: Option<i32>,
+    /// Ask the server to send the backup at most this fast, per second (e.g. 50MiB; from 32KiB
+    /// to 1GiB), so a backup cannot saturate a shared disk or link. The backup's WAL is not
+    /// limited.
+    #[arg(long, value_name = "BYTES", value_parser = parse_max_rate, env = "WALVAULT_MAX_RATE")]
+    pub max_rate: Option<u64>,
     /// Print the backup's metadata as JSON.
     #[arg(long)]
     pub json: bool,
     /// Unfinished backups whose newest object is older than this are deleted first.
     #[arg(long, default_value = "60s", value_parser = parse_duration, hide = true)]
     pub orphan_grace: Duration,
+}
+
+/// A backup rate limit: a size per second, within what BASE_BACKUP takes.
+pub(super) fn parse_max_rate(text: &str) -> Result<u64, String> {
+    backup::check_max_rate(parse_byte_size(text)?)
 }
 
 /// Takes the backup.
@@ -82,6 +92,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     opts.label = args.label;
     opts.orphan_grace = args.orphan_grace;
     opts.server_zstd_level = args.server_zstd;
+    opts.max_rate_bytes = args.max_rate;
     let shutdown = Shutdown::new();
     shutdown.cancel_on_signals();
     let wal = WalSource::for_repository(&repo)

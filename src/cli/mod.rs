@@ -70,6 +70,8 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Stream WAL from PostgreSQL into the repository (the sidecar).
     Stream(stream::Args),

@@ -72,6 +72,9 @@ pub struct Args {
         env = "WALVAULT_BACKUP_CHECKPOINT"
     )]
     pub backup_checkpoint: Checkpoint,
+    /// Rate limit of scheduled backups, per second (as `backup --max-rate`).
+    #[arg(long, value_name = "BYTES", value_parser = super::backup::parse_max_rate, env = "WALVAULT_BACKUP_MAX_RATE")]
+    pub backup_max_rate: Option<u64>,
     #[command(flatten)]
     pub retention: RetentionArgs,
     /// Time between expire runs (besides the run after each scheduled backup).
@@ -123,6 +126,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         shutdown_timeout: args.shutdown_timeout,
         backup_schedule: args.backup_schedule,
         backup_fast_checkpoint: args.backup_checkpoint == Checkpoint::Fast,
+        backup_max_rate_bytes: args.backup_max_rate,
         retention: args.retention.policy(),
         expire_interval: args.expire_interval,
         metrics_addr: args.metrics_addr,

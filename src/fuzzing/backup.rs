@@ -164,6 +164,7 @@ fn read(major: u32, mut stream: Vec<u8>) -> (Result<BackupEnd, protocol::Error>,
         label: "fuzz".into(),
         fast_checkpoint: true,
         server_zstd_level: None,
+        max_rate_kib: None,
     };
     let (result, events) = runtime.block_on(async {
         let socket = tokio::net::UnixStream::from_std(client).expect("a tokio socket");

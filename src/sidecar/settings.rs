@@ -50,6 +50,8 @@ pub struct SidecarSettings {
     pub backup_schedule: Option<String>,
     /// Scheduled backups start with an immediate checkpoint.
     pub backup_fast_checkpoint: bool,
+    /// Rate limit of scheduled backups, bytes per second.
+    pub backup_max_rate_bytes: Option<u64>,
     /// What retention keeps.
     pub retention: Policy,
     /// Time between expire runs.
@@ -172,13 +174,16 @@ impl SidecarSettings {
         let backups = match &self.backup_schedule {
             Some(text) => Some(BackupSchedule {
                 schedule: schedule("--backup-schedule", text)?,
-                options: BackupOptions::new(
-                    stream.conninfo.clone(),
-                    self.backup_fast_checkpoint,
-                    DEFAULT_PART_SIZE_BYTES,
-                    stream.upload_concurrency,
-                    stream.memory_budget_bytes,
-                ),
+                options: BackupOptions {
+                    max_rate_bytes: self.backup_max_rate_bytes,
+                    ..BackupOptions::new(
+                        stream.conninfo.clone(),
+                        self.backup_fast_checkpoint,
+                        DEFAULT_PART_SIZE_BYTES,
+                        stream.upload_concurrency,
+                        stream.memory_budget_bytes,
+                    )
+                },
             }),
             None => None,
         };

@@ -23,6 +23,9 @@ cargo check --manifest-path fuzz/Cargo.toml --locked
 echo "== layout (imports point down, no circle, file sizes)"
 python3 scripts/check-layout.py
 
+echo "== docs (every test docs/security.md names exists)"
+python3 scripts/check-docs.py
+
 echo "== docker-compose.yml"
 docker-compose -f docker-compose.yml config -q
 

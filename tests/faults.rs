@@ -279,27 +279,86 @@ async fn server_killed_under_a_backup() {
     );
 }
 
+/// A stream whose durable LSN a test watches.
+struct DurableStream {
+    task: tokio::task::JoinHandle<Result<receiver::StreamSummary, receiver::Error>>,
+    durable: tokio::sync::watch::Receiver<walvault::lsn::Lsn>,
+    shutdown: Shutdown,
+}
+
+impl DurableStream {
+    fn start(pg: &PgCluster, repo: &Repository) -> Self {
+        let shutdown = Shutdown::new();
+        let (durable_tx, durable) = tokio::sync::watch::channel(walvault::lsn::Lsn::INVALID);
+        let opts = options(pg, Duration::from_secs(60));
+        let (repo, stop) = (repo.clone(), shutdown.clone());
+        let plan = StreamPlan {
+            durable: Some(durable_tx),
+            ..StreamPlan::default()
+        };
+        let task = tokio::spawn(async move { receiver::run(&opts, &repo, &stop, plan).await });
+        DurableStream {
+            task,
+            durable,
+            shutdown,
+        }
+    }
+
+    fn durable(&self) -> walvault::lsn::Lsn {
+        *self.durable.borrow()
+    }
+
+    /// Waits until segment `later` is stored while `held` is not.
+    async fn wait_stored_beyond(
+        &self,
+        repo: &Repository,
+        held: walvault::lsn::SegmentName,
+        later: walvault::lsn::SegmentName,
+    ) {
+        crate::support::wait_for("later segments stored", Duration::from_secs(60), || async {
+            let inv = walvault::wal::inventory::WalInventory::scan(repo, MIB)
+                .await
+                .ok()?;
+            let tl = inv.timelines.get(&later.timeline)?;
+            (tl.complete.contains(&later.number) && !tl.complete.contains(&held.number))
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// Waits for the archive and the durable LSN to reach `end`, then stops.
+    async fn catch_up_and_stop(self, repo: &Repository, end: walvault::lsn::Lsn) {
+        wait_archived(repo, MIB, 1, end, Duration::from_secs(60)).await;
+        crate::support::wait_for(
+            "the durable LSN to catch up",
+            Duration::from_secs(30),
+            || async { (*self.durable.borrow() >= end).then_some(()) },
+        )
+        .await;
+        self.shutdown.graceful.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// The flush position the server last heard from walvault.
+async fn flush_position(pg: &PgCluster) -> walvault::lsn::Lsn {
+    pg.query_one("SELECT coalesce(flush_lsn::text, '0/0') FROM pg_stat_replication WHERE application_name = 'walvault'")
+        .await
+        .parse()
+        .unwrap()
+}
+
 /// Uploads that finish out of order: the writes of one segment are held
 /// back while later segments are stored. The durable LSN, and so the flush
 /// position the server hears, never passes the held segment until it is
 /// stored itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_lsn_waits_for_an_upload_that_finishes_last() {
-    use walvault::lsn::{Lsn, SegmentName, TimelineId};
+    use walvault::lsn::{SegmentName, TimelineId};
     let pg = PgCluster::start(15, &PgOptions::default());
     let s3 = S3Server::start();
     let (repo, faults) = faulty_repo(&s3, "reorder");
-    let shutdown = Shutdown::new();
-    let (durable_tx, durable_rx) = tokio::sync::watch::channel(Lsn::INVALID);
-    let opts = options(&pg, Duration::from_secs(60));
-    let stream = {
-        let (repo, shutdown) = (repo.clone(), shutdown.clone());
-        let plan = StreamPlan {
-            durable: Some(durable_tx),
-            ..StreamPlan::default()
-        };
-        tokio::spawn(async move { receiver::run(&opts, &repo, &shutdown, plan).await })
-    };
+    let stream = DurableStream::start(&pg, &repo);
     let first = pg.switch_wal().await;
     wait_archived(&repo, MIB, 1, first, Duration::from_secs(30)).await;
     let held = SegmentName::from_lsn(TimelineId::FIRST, first, MIB);
@@ -311,38 +370,17 @@ async fn durable_lsn_waits_for_an_upload_that_finishes_last() {
         timeline: TimelineId::FIRST,
         number: held.number + 4,
     };
-    crate::support::wait_for("later segments stored", Duration::from_secs(60), || async {
-        let inv = walvault::wal::inventory::WalInventory::scan(&repo, MIB)
-            .await
-            .ok()?;
-        inv.timelines[&TimelineId::FIRST]
-            .complete
-            .contains(&later.number)
-            .then_some(())
-    })
-    .await;
-    let durable = *durable_rx.borrow();
+    stream.wait_stored_beyond(&repo, held, later).await;
+    let durable = stream.durable();
     assert!(
         durable <= held.start_lsn(MIB),
         "durable {durable} passed the held segment {}",
         held.to_file_name(MIB)
     );
-    let told: Lsn = pg
-        .query_one("SELECT coalesce(flush_lsn::text, '0/0') FROM pg_stat_replication WHERE application_name = 'walvault'")
-        .await
-        .parse()
-        .unwrap();
+    let told = flush_position(&pg).await;
     assert!(told <= held.start_lsn(MIB), "the server was told {told}");
     faults.release();
-    wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
-    crate::support::wait_for(
-        "the durable LSN to catch up",
-        Duration::from_secs(30),
-        || async { (*durable_rx.borrow() >= end).then_some(()) },
-    )
-    .await;
-    shutdown.graceful.cancel();
-    stream.await.unwrap().unwrap();
+    stream.catch_up_and_stop(&repo, end).await;
 }
 
 /// A read that comes back damaged is refused, naming the object.
@@ -422,22 +460,12 @@ async fn local_directory_outage_loses_nothing() {
 /// durable LSN pass bytes stored nowhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_lsn_waits_for_a_segment_whose_deltas_are_stored() {
-    use walvault::lsn::{Lsn, SegmentName, TimelineId};
+    use walvault::lsn::{SegmentName, TimelineId};
     use walvault::storage::layout;
     let pg = PgCluster::start(15, &PgOptions::default());
     let s3 = S3Server::start();
     let (repo, faults) = faulty_repo(&s3, "order");
-    let shutdown = Shutdown::new();
-    let (durable_tx, durable_rx) = tokio::sync::watch::channel(Lsn::INVALID);
-    let opts = options(&pg, Duration::from_secs(60));
-    let stream = {
-        let (repo, shutdown) = (repo.clone(), shutdown.clone());
-        let plan = StreamPlan {
-            durable: Some(durable_tx),
-            ..StreamPlan::default()
-        };
-        tokio::spawn(async move { receiver::run(&opts, &repo, &shutdown, plan).await })
-    };
+    let stream = DurableStream::start(&pg, &repo);
     let first = pg.switch_wal().await;
     wait_archived(&repo, MIB, 1, first, Duration::from_secs(30)).await;
     let held = SegmentName::from_lsn(TimelineId::FIRST, first, MIB);
@@ -471,36 +499,17 @@ async fn durable_lsn_waits_for_a_segment_whose_deltas_are_stored() {
         timeline: TimelineId::FIRST,
         number: held.number + 4,
     };
-    crate::support::wait_for("later segments stored", Duration::from_secs(60), || async {
-        let inv = walvault::wal::inventory::WalInventory::scan(&repo, MIB)
-            .await
-            .ok()?;
-        let tl = &inv.timelines[&TimelineId::FIRST];
-        (tl.complete.contains(&later.number) && !tl.complete.contains(&held.number)).then_some(())
-    })
-    .await;
-    let durable = *durable_rx.borrow();
+    stream.wait_stored_beyond(&repo, held, later).await;
+    let durable = stream.durable();
     assert!(
         durable <= held_end,
         "durable {durable} passed the end of {} ({held_end}), whose last bytes are only in the held object",
         held.to_file_name(MIB)
     );
-    let told: Lsn = pg
-        .query_one("SELECT coalesce(flush_lsn::text, '0/0') FROM pg_stat_replication WHERE application_name = 'walvault'")
-        .await
-        .parse()
-        .unwrap();
+    let told = flush_position(&pg).await;
     assert!(told <= held_end, "the server was told {told}");
     faults.release();
-    wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
-    crate::support::wait_for(
-        "the durable LSN to catch up",
-        Duration::from_secs(30),
-        || async { (*durable_rx.borrow() >= end).then_some(()) },
-    )
-    .await;
-    shutdown.graceful.cancel();
-    stream.await.unwrap().unwrap();
+    stream.catch_up_and_stop(&repo, end).await;
 }
 
 /// A running backup's objects (a part and a fresh heartbeat) are never

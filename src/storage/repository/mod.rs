@@ -128,10 +128,9 @@ pub struct Repository {
     pub(super) seal: SealOptions,
     /// For `file://` repositories: the directory, so writes can be fsynced.
     pub(super) local_root: Option<std::path::PathBuf>,
-    /// Set once `walvault.json` is read.
-    pub(super) policy: Arc<std::sync::OnceLock<ObjectPolicy>>,
-    /// `walvault.json` as first opened (or created) by this handle.
-    pub(super) identity: Arc<std::sync::OnceLock<RepositoryManifest>>,
+    /// `walvault.json` as first opened (or created) by this handle, and
+    /// the object policy it gives.
+    pub(super) identity: Arc<std::sync::OnceLock<(RepositoryManifest, ObjectPolicy)>>,
     /// Held while `walvault.json` is looked for and created, so tasks of
     /// one process sharing the handle (the sidecar's stream and its first
     /// backup) never each create one: a store whose create-only writes
@@ -238,7 +237,6 @@ impl Repository {
             keyring: Arc::new(keyring),
             seal,
             local_root: None,
-            policy: Arc::new(std::sync::OnceLock::new()),
             identity: Arc::new(std::sync::OnceLock::new()),
             creating: Arc::new(tokio::sync::Mutex::new(())),
             create_only: Arc::new(std::sync::OnceLock::new()),
@@ -303,11 +301,14 @@ impl Repository {
 
     /// How objects are sealed and opened.
     pub fn policy(&self) -> ObjectPolicy {
-        self.policy.get().copied().unwrap_or(ObjectPolicy {
-            bound: true,
-            repository: None,
-            require_cipher: !self.keyring.is_empty(),
-        })
+        self.identity
+            .get()
+            .map(|(_, p)| *p)
+            .unwrap_or(ObjectPolicy {
+                bound: true,
+                repository: None,
+                require_cipher: !self.keyring.is_empty(),
+            })
     }
 
     /// The policy, reading `walvault.json` first when this handle has not
@@ -318,7 +319,7 @@ impl Repository {
     /// # Errors
     /// As [`Repository::open_manifest`].
     pub(super) async fn settled_policy(&self) -> Result<ObjectPolicy, Error> {
-        if self.policy.get().is_none() {
+        if self.identity.get().is_none() {
             self.open_manifest().await?;
         }
         Ok(self.policy())
@@ -327,14 +328,15 @@ impl Repository {
     /// Adopts `walvault.json`: the policy it gives and the identity the
     /// stored backups and WAL are checked against (once; later calls agree).
     pub(super) fn adopt(&self, manifest: &RepositoryManifest) {
-        let _ = self.policy.set(ObjectPolicy::of(manifest));
-        let _ = self.identity.get_or_init(|| manifest.clone());
+        let _ = self
+            .identity
+            .get_or_init(|| (manifest.clone(), ObjectPolicy::of(manifest)));
     }
 
     /// `walvault.json` as this handle first opened or created it; `None`
     /// before that.
     pub fn identity(&self) -> Option<&RepositoryManifest> {
-        self.identity.get()
+        self.identity.get().map(|(m, _)| m)
     }
 
     /// The URL, without credentials, for messages.

@@ -61,6 +61,8 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v pgbackrest >/dev/null || need_apt+=(pgbackrest)
 # The fsync test reads walvault's system calls.
 command -v strace >/dev/null || need_apt+=(strace)
+# The alert rules' tests run under promtool.
+command -v promtool >/dev/null || need_apt+=(prometheus)
 # Debian's python3 makes virtualenvs only with python3-venv.
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
 dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q 'ok installed' || need_apt+=(python3-venv)

@@ -26,6 +26,10 @@ python3 scripts/check-layout.py
 echo "== docs (every test docs/security.md names exists)"
 python3 scripts/check-docs.py
 
+echo "== alert rules (promtool)"
+promtool check rules packaging/prometheus/walvault-alerts.yml
+promtool test rules packaging/prometheus/walvault-alerts.test.yml
+
 echo "== docker-compose.yml"
 docker-compose -f docker-compose.yml config -q
 

@@ -96,6 +96,7 @@ async fn metrics_and_health_follow_the_stream_and_the_store() {
     assert!(value(&s, "walvault_last_backup_size_bytes", None) > 0.0);
     assert!(value(&s, "walvault_earliest_restorable_timestamp_seconds", None) > 0.0);
     assert_eq!(value(&s, "walvault_streaming", None), 1.0);
+    dashboard_and_alerts_read_only_served_metrics(&s);
 
     // Under load: the lag falls under the flush interval, and health is ok.
     let load = pg.pgbench_background(20, 1);
@@ -154,6 +155,74 @@ async fn metrics_and_health_follow_the_stream_and_the_store() {
     let (code, log) = stream.terminate();
     assert_eq!(code, Some(0), "{log}");
     let _ = repo;
+}
+
+/// The `walvault_*` names a packaged file reads.
+fn metric_names_in(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("walvault_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every metric the Grafana dashboard and the alert rules read is one the
+/// sidecar serves (a renamed metric would leave a panel or an alert silently
+/// empty), and the dashboard shows the lag, the restorable window, backups,
+/// drills, requests and their cost.
+fn dashboard_and_alerts_read_only_served_metrics(s: &prometheus_parse::Scrape) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging");
+    let served: std::collections::BTreeSet<&str> = s
+        .samples
+        .iter()
+        .map(|x| x.metric.as_str())
+        .chain(s.docs.keys().map(String::as_str))
+        .collect();
+    let dashboard_text = std::fs::read_to_string(root.join("grafana/walvault.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard_text).unwrap();
+    let exprs: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .map(|t| t["expr"].as_str().unwrap())
+        .collect();
+    let read = metric_names_in(&exprs.join("\n"));
+    for needed in [
+        "walvault_lag_seconds",
+        "walvault_earliest_restorable_timestamp_seconds",
+        "walvault_latest_restorable_timestamp_seconds",
+        "walvault_last_backup_timestamp_seconds",
+        "walvault_backups_total",
+        "walvault_restore_test_success",
+        "walvault_store_requests_total",
+    ] {
+        assert!(
+            read.contains(needed),
+            "the dashboard does not show {needed}"
+        );
+    }
+    assert!(
+        exprs.iter().any(|e| e.contains("$put_price_per_1000")),
+        "the dashboard has no cost panel"
+    );
+    let alerts = std::fs::read_to_string(root.join("prometheus/walvault-alerts.yml")).unwrap();
+    let alerted = metric_names_in(&alerts);
+    assert!(alerted.contains("walvault_lag_seconds"), "{alerted:?}");
+    for (file, names) in [("the dashboard", &read), ("the alert rules", &alerted)] {
+        for name in names {
+            assert!(
+                served.contains(name.as_str()),
+                "{file} reads {name}, which the sidecar does not serve"
+            );
+        }
+    }
 }
 
 /// A webhook receiver on loopback: every JSON body posted to it.

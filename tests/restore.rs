@@ -968,3 +968,95 @@ async fn standby_pause_and_shutdown() {
         stop();
     }
 }
+
+/// `--recovery-settings print|json`, for a platform that renders the
+/// server's configuration itself: with `--dry-run` the settings come out
+/// and nothing is written; a restore with `print` writes the data
+/// directory, the signal file and the settings file but leaves walvault's
+/// settings out of `postgresql.auto.conf` (a server started as it is would
+/// not recover to the target), and stdout holds only the settings. Added to
+/// `postgresql.conf` as printed, they recover exactly to the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_settings_printed_for_the_platform() {
+    let pg = PgCluster::start(15, &PgOptions::default());
+    let s3 = S3Server::start();
+    let (env, repo) = s3_env(&s3, "printed");
+    let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);
+    pg.execute("CREATE TABLE ledger (id int PRIMARY KEY)").await;
+    let out = env.run(&["backup", "--pg", &conn_of(&pg), "--checkpoint", "fast"]);
+    assert!(out.status.success(), "backup: {}", text(&out));
+    pg.execute("INSERT INTO ledger SELECT generate_series(0, 9)")
+        .await;
+    pg.execute("SELECT pg_create_restore_point('cut')").await;
+    pg.execute("INSERT INTO ledger SELECT generate_series(10, 19)")
+        .await;
+    let end = pg.switch_wal().await;
+    wait_archived(&repo, MIB, 1, end, Duration::from_secs(60)).await;
+    let (code, log) = stream.terminate();
+    assert_eq!(code, Some(0), "{log}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let pgdata = dir.path().join("data");
+    let base = ["restore", "--pgdata", pgdata.to_str().unwrap()];
+    let target = ["--target-name", "cut", "--target-action", "promote"];
+
+    let mut args = base.to_vec();
+    args.extend(target);
+    args.extend(["--recovery-settings", "json", "--dry-run"]);
+    let out = env.run(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}", text(&out)));
+    assert_eq!(doc["signal_file"], "recovery.signal", "{doc}");
+    assert_eq!(doc["settings"]["recovery_target_name"], "cut", "{doc}");
+    assert_eq!(
+        doc["settings"]["recovery_target_action"], "promote",
+        "{doc}"
+    );
+    let command = doc["settings"]["restore_command"].as_str().unwrap();
+    assert!(command.contains(" wal-fetch --repo-config "), "{command}");
+    assert!(!pgdata.exists(), "a dry run wrote the data directory");
+
+    let mut args = base.to_vec();
+    args.extend(target);
+    args.extend(["--recovery-settings", "print"]);
+    let out = env.run(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = String::from_utf8(out.stdout.clone()).unwrap();
+    for line in printed.lines() {
+        let (name, _) = line
+            .split_once(" = ")
+            .unwrap_or_else(|| panic!("not a setting on stdout: {line:?}"));
+        assert!(
+            name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+            "{line:?}"
+        );
+    }
+    assert!(
+        printed.contains("recovery_target_name = 'cut'\n"),
+        "{printed}"
+    );
+    assert!(pgdata.join("recovery.signal").exists());
+    assert!(walvault::restore::default_settings_file(&pgdata).exists());
+    let auto = std::fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        !auto
+            .lines()
+            .any(|l| l.starts_with("restore_command") || l.starts_with("recovery_target")),
+        "walvault's settings were written: {auto}"
+    );
+
+    // The platform renders them into the server's configuration.
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(pgdata.join("postgresql.conf"))
+        .unwrap();
+    std::io::Write::write_all(&mut conf, format!("\n{printed}").as_bytes()).unwrap();
+    drop(conf);
+    let restored = PgCluster::start_restored(15, pgdata.clone());
+    wait_promoted(&restored).await;
+    let got = restored
+        .query_one("SELECT string_agg(id::text, ',' ORDER BY id) FROM ledger")
+        .await;
+    assert_eq!(got, ids(0..10), "server log:\n{}", restored.log_text());
+}

@@ -345,3 +345,14 @@ fn usage(what: &'static str, value: &str, reason: impl Into<String>) -> crate::c
         reason: reason.into(),
     }
 }
+
+/// Where `restore` puts its recovery settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SettingsOutput {
+    /// Into postgresql.auto.conf.
+    Write,
+    /// On stdout, as postgresql.conf lines.
+    Print,
+    /// On stdout, as a JSON object.
+    Json,
+}

@@ -9,12 +9,12 @@ use chrono::{DateTime, Utc};
 use crate::config::ByteSize;
 use crate::lsn::Lsn;
 use crate::progress::human_bytes;
-use crate::restore::start::{StartOptions, StartOutcome};
+use crate::restore::start::StartOptions;
 use crate::restore::{RecoveryOptions, RecoveryTarget, RestoreOptions, TimelineTarget, prepare};
 
 use super::args::{
-    RepoArgs, TargetActionArg, parse_byte_size_arg, parse_target_lsn, parse_target_time,
-    parse_target_timeline, parse_target_xid,
+    RepoArgs, SettingsOutput, TargetActionArg, parse_byte_size_arg, parse_target_lsn,
+    parse_target_time, parse_target_timeline, parse_target_xid,
 };
 
 /// Arguments of `restore`.
@@ -86,6 +86,14 @@ pub struct Args {
     /// it holds the key and store credentials.
     #[arg(long)]
     pub settings_file: Option<PathBuf>,
+    /// Where walvault's recovery settings (restore_command, the target and the action) go:
+    /// `write` appends them to postgresql.auto.conf; `print` leaves them out and prints them
+    /// on stdout as postgresql.conf lines, `json` as one JSON object, for a platform that
+    /// renders the server's configuration itself. The signal file, the settings file and the
+    /// disabling of the source's replication settings happen either way; the other messages
+    /// go to stderr. With --dry-run, prints them without writing anything.
+    #[arg(long, value_enum, default_value = "write", conflicts_with = "start")]
+    pub recovery_settings: SettingsOutput,
     /// Print the plan and stop.
     #[arg(long)]
     pub dry_run: bool,
@@ -143,25 +151,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let (repo, _) = args.repo.open_existing().await?;
     let prepared = prepare(&repo, &options).await?;
-    let (plan, b) = (&prepared.plan, &prepared.plan.backup);
-    println!(
-        "plan: backup {} ({} taken {} .. {}, {}, timeline {}), WAL on timeline {} from {} to {} (archive end {}), target {}",
-        b.id,
-        human_bytes(b.plain_bytes),
-        crate::format::time::to_text(&b.start_time),
-        crate::format::time::to_text(&b.stop_time),
-        b.source.role,
-        b.timeline,
-        plan.path
-            .iter()
-            .map(|s| s.timeline.to_string())
-            .collect::<Vec<_>>()
-            .join(" -> "),
-        plan.first_segment,
-        plan.last_segment,
-        plan.wal_end,
-        prepared.target,
-    );
+    let b = &prepared.plan.backup;
+    // stdout carries only the settings when they are printed.
+    let to_stdout = args.recovery_settings == SettingsOutput::Write;
+    let say = |line: String| {
+        if to_stdout {
+            println!("{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    };
+    say(prepared.summary());
     let start = StartOptions {
         pgdata: prepared.pgdata.clone(),
         pg_bin: args.pg_bin.clone(),
@@ -175,7 +175,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         // Before anything is written: a restore that cannot be started is refused.
         crate::restore::start::check_can_start(&start, b.pg_major)?;
     }
-    if args.dry_run {
+    if args.dry_run && to_stdout {
         return Ok(ExitCode::SUCCESS);
     }
     let recovery = RecoveryOptions {
@@ -187,20 +187,49 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         prefetch: args.prefetch,
         spool_max: args.spool_max,
         fetch_timeout: args.fetch_timeout,
+        leave_settings_out: !to_stdout,
     };
+    let print_settings = || {
+        let settings = crate::restore::recovery_settings(&prepared, &recovery);
+        if args.recovery_settings == SettingsOutput::Json {
+            let doc = crate::restore::recovery::settings_document(
+                args.standby,
+                &prepared.settings_file,
+                &settings,
+            );
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).expect("serializes")
+            );
+        } else {
+            print!("{}", crate::restore::recovery::render_settings(&settings));
+        }
+    };
+    if args.dry_run {
+        print_settings();
+        return Ok(ExitCode::SUCCESS);
+    }
     // A signal stops the restore and removes what it wrote.
     let shutdown = crate::shutdown::Shutdown::new();
     shutdown.cancel_on_signals();
     let restored = crate::restore::execute(&repo, &prepared, &recovery, &shutdown.graceful).await?;
     tracing::info!(requests = repo.requests().summary(), "store requests");
-    println!(
+    say(format!(
         "restored backup {} into {}: {} unpacked in {:.1}s, synced in {:.1}s",
         b.id,
         prepared.pgdata.display(),
         human_bytes(b.plain_bytes),
         restored.unpacked.as_secs_f64(),
         restored.synced.as_secs_f64()
-    );
+    ));
+    if !to_stdout {
+        say(format!(
+            "add these recovery settings to the server's configuration, then start PostgreSQL on {}",
+            prepared.pgdata.display()
+        ));
+        print_settings();
+        return Ok(ExitCode::SUCCESS);
+    }
     if !args.start {
         println!("start PostgreSQL on it to recover");
         return Ok(ExitCode::SUCCESS);
@@ -214,24 +243,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     })
     .await?;
-    match outcome {
-        StartOutcome::ShutDown { log } => println!(
-            "recovery reached the target and the server shut down as asked; see {}",
-            log.display()
-        ),
-        StartOutcome::Stopped {
-            promoted,
-            lsn,
-            timeline,
-            last_commit,
-        } => println!(
-            "recovery {}: final LSN {lsn}, timeline {timeline}, last replayed commit at {last_commit}",
-            if promoted {
-                "promoted"
-            } else {
-                "paused at the target"
-            }
-        ),
-    }
+    println!("{outcome}");
     Ok(ExitCode::SUCCESS)
 }

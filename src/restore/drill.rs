@@ -165,6 +165,7 @@ async fn drill_in(
         prefetch: DRILL_PREFETCH,
         spool_max: DRILL_SPOOL_MAX,
         fetch_timeout: DRILL_FETCH_TIMEOUT,
+        leave_settings_out: false,
     };
     execute(repo, &prepared, &recovery, cancel)
         .await

@@ -116,6 +116,10 @@ pub struct RecoveryOptions {
     pub spool_max: ByteSize,
     /// How long restore_command retries a failing store.
     pub fetch_timeout: Duration,
+    /// Leave walvault's recovery settings out of `postgresql.auto.conf`
+    /// (the caller prints them for a platform that renders the server's
+    /// configuration itself); the source's are still disabled there.
+    pub leave_settings_out: bool,
 }
 
 /// How long the steps of a restore took.
@@ -293,26 +297,33 @@ fn write_recovery_config(req: &Prepared, options: &RecoveryOptions) -> Result<()
     });
     write_repository_config(settings_file, &settings)
         .map_err(io(format!("create {}", settings_file.display())))?;
-    let spool = spool_dir(dir);
     let auto = dir.join("postgresql.auto.conf");
     let existing = std::fs::read_to_string(&auto).unwrap_or_default();
-    let text = recovery::render_auto_conf(
-        &existing,
-        &recovery::RecoverySettings {
-            walvault: &options.walvault,
-            settings_file,
-            spool: Some(&spool),
-            prefetch: options.prefetch,
-            spool_max: options.spool_max,
-            fetch_timeout: options.fetch_timeout,
-            target: &req.target,
-            exclusive: options.exclusive,
-            action: options.action,
-            timeline: req.timeline,
-            standby: options.standby,
-        },
-    );
+    let text = if options.leave_settings_out {
+        recovery::disable_source_settings(&existing)
+    } else {
+        recovery::render_auto_conf(&existing, &recovery_settings(req, options))
+    };
     std::fs::write(&auto, text).map_err(io("write postgresql.auto.conf"))
+}
+
+/// The recovery settings a restore writes into `postgresql.auto.conf` (or
+/// leaves for the caller to print).
+pub fn recovery_settings(req: &Prepared, options: &RecoveryOptions) -> Vec<recovery::Setting> {
+    let spool = spool_dir(&req.pgdata);
+    recovery::recovery_settings(&recovery::RecoverySettings {
+        walvault: &options.walvault,
+        settings_file: &req.settings_file,
+        spool: Some(&spool),
+        prefetch: options.prefetch,
+        spool_max: options.spool_max,
+        fetch_timeout: options.fetch_timeout,
+        target: &req.target,
+        exclusive: options.exclusive,
+        action: options.action,
+        timeline: req.timeline,
+        standby: options.standby,
+    })
 }
 
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {

@@ -49,6 +49,31 @@ pub struct Prepared {
     pub timeline: TimelineTarget,
 }
 
+impl Prepared {
+    /// The plan in one line: the backup, the WAL path and the target.
+    pub fn summary(&self) -> String {
+        let (plan, b) = (&self.plan, &self.plan.backup);
+        format!(
+            "plan: backup {} ({} taken {} .. {}, {}, timeline {}), WAL on timeline {} from {} to {} (archive end {}), target {}",
+            b.id,
+            crate::progress::human_bytes(b.plain_bytes),
+            crate::format::time::to_text(&b.start_time),
+            crate::format::time::to_text(&b.stop_time),
+            b.source.role,
+            b.timeline,
+            plan.path
+                .iter()
+                .map(|s| s.timeline.to_string())
+                .collect::<Vec<_>>()
+                .join(" -> "),
+            plan.first_segment,
+            plan.last_segment,
+            plan.wal_end,
+            self.target,
+        )
+    }
+}
+
 /// Why a restore is refused before anything is written.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {

@@ -59,9 +59,37 @@ pub fn signal_file(standby: bool) -> &'static str {
     }
 }
 
+/// One recovery setting walvault adds: its name and its value, unquoted.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Setting {
+    /// The parameter.
+    pub name: &'static str,
+    /// Its value, as PostgreSQL reads it (before postgresql.conf quoting).
+    pub value: String,
+}
+
+impl Setting {
+    fn new(name: &'static str, value: impl Into<String>) -> Setting {
+        Setting {
+            name,
+            value: value.into(),
+        }
+    }
+}
+
 /// The new `postgresql.auto.conf`: the source's lines with its replication
 /// and recovery settings commented out, then walvault's.
-pub fn render_auto_conf(existing: &str, s: &RecoverySettings<'_>) -> String {
+pub fn render_auto_conf(existing: &str, settings: &[Setting]) -> String {
+    let mut text = disable_source_settings(existing);
+    text.push_str("# Added by walvault restore\n");
+    text.push_str(&render_settings(settings));
+    text
+}
+
+/// The source's `postgresql.auto.conf` with its replication and recovery
+/// settings commented out: they would make the restored cluster follow
+/// another server or run the source's commands. Ends with a newline.
+pub fn disable_source_settings(existing: &str) -> String {
     let mut text: String = existing
         .lines()
         .map(|l| {
@@ -74,10 +102,50 @@ pub fn render_auto_conf(existing: &str, s: &RecoverySettings<'_>) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    text.push_str("\n# Added by walvault restore\n");
+    text.push('\n');
+    text
+}
+
+/// The settings as `postgresql.conf` lines.
+pub fn render_settings(settings: &[Setting]) -> String {
+    settings
+        .iter()
+        .map(|s| {
+            if s.name == "recovery_target_inclusive" {
+                format!("{} = {}\n", s.name, s.value)
+            } else {
+                format!("{} = {}\n", s.name, quote(&s.value))
+            }
+        })
+        .collect()
+}
+
+/// The settings as one JSON document: the signal file to create, the
+/// settings file `restore_command` reads, and each setting by name.
+pub fn settings_document(
+    standby: bool,
+    settings_file: &Path,
+    settings: &[Setting],
+) -> serde_json::Value {
+    let map: serde_json::Map<String, serde_json::Value> = settings
+        .iter()
+        .map(|s| (s.name.to_string(), s.value.clone().into()))
+        .collect();
+    serde_json::json!({
+        "signal_file": signal_file(standby),
+        "settings_file": settings_file,
+        "settings": map,
+    })
+}
+
+/// walvault's recovery settings, in the order they are written.
+pub fn recovery_settings(s: &RecoverySettings<'_>) -> Vec<Setting> {
     // The source's replication settings (postgresql.conf of a standby, say)
     // must not make the restored cluster follow another server.
-    text.push_str("primary_conninfo = ''\nprimary_slot_name = ''\n");
+    let mut out = vec![
+        Setting::new("primary_conninfo", ""),
+        Setting::new("primary_slot_name", ""),
+    ];
     let mut fetch = format!(
         "{} wal-fetch --repo-config {}",
         sh_quote(&s.walvault.display().to_string()),
@@ -90,61 +158,50 @@ pub fn render_auto_conf(existing: &str, s: &RecoverySettings<'_>) -> String {
         ));
     }
     match s.spool.filter(|_| s.prefetch > 0) {
-        None => text.push_str(&format!(
-            "restore_command = {}\n",
-            quote(&format!("{fetch} %f %p"))
-        )),
+        None => out.push(Setting::new("restore_command", format!("{fetch} %f %p"))),
         Some(spool) => {
             let spool = sh_quote(&spool.display().to_string());
-            text.push_str(&format!(
-                "restore_command = {}\n",
-                quote(&format!(
+            out.push(Setting::new(
+                "restore_command",
+                format!(
                     "{fetch} --spool {spool} --prefetch {} --spool-max {} %f %p",
                     s.prefetch, s.spool_max
-                ))
+                ),
             ));
-            text.push_str(&format!(
-                "recovery_end_command = {}\n",
-                quote(&format!("{fetch} --spool {spool} --clean-spool"))
+            out.push(Setting::new(
+                "recovery_end_command",
+                format!("{fetch} --spool {spool} --clean-spool"),
             ));
         }
     }
     match s.target {
         RecoveryTarget::End => {}
-        RecoveryTarget::Time(t) => text.push_str(&format!(
-            "recovery_target_time = {}\n",
-            quote(&t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
+        RecoveryTarget::Time(t) => out.push(Setting::new(
+            "recovery_target_time",
+            t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
         )),
-        RecoveryTarget::Lsn(l) => text.push_str(&format!(
-            "recovery_target_lsn = {}\n",
-            quote(&l.to_string())
-        )),
-        RecoveryTarget::Xid(x) => {
-            text.push_str(&format!(
-                "recovery_target_xid = {}\n",
-                quote(&x.to_string())
-            ));
-        }
-        RecoveryTarget::Name(n) => text.push_str(&format!("recovery_target_name = {}\n", quote(n))),
-        RecoveryTarget::Immediate => text.push_str("recovery_target = 'immediate'\n"),
+        RecoveryTarget::Lsn(l) => out.push(Setting::new("recovery_target_lsn", l.to_string())),
+        RecoveryTarget::Xid(x) => out.push(Setting::new("recovery_target_xid", x.to_string())),
+        RecoveryTarget::Name(n) => out.push(Setting::new("recovery_target_name", n.clone())),
+        RecoveryTarget::Immediate => out.push(Setting::new("recovery_target", "immediate")),
     }
     if !matches!(s.target, RecoveryTarget::End) {
-        text.push_str(&format!(
-            "recovery_target_inclusive = {}\n",
-            if s.exclusive { "off" } else { "on" }
+        out.push(Setting::new(
+            "recovery_target_inclusive",
+            if s.exclusive { "off" } else { "on" },
         ));
         let action = match s.action {
             TargetAction::Promote => "promote",
             TargetAction::Pause => "pause",
             TargetAction::Shutdown => "shutdown",
         };
-        text.push_str(&format!("recovery_target_action = '{action}'\n"));
+        out.push(Setting::new("recovery_target_action", action));
     }
-    text.push_str(&format!(
-        "recovery_target_timeline = {}\n",
-        quote(&s.timeline.to_string())
+    out.push(Setting::new(
+        "recovery_target_timeline",
+        s.timeline.to_string(),
     ));
-    text
+    out
 }
 
 /// Quotes a word for restore_command: PostgreSQL expands `%` escapes, then
@@ -190,7 +247,10 @@ mod tests {
     fn source_replication_settings_are_disabled() {
         let existing =
             "work_mem = '8MB'\nprimary_conninfo = 'host=old'\nrecovery_target_name = 'x'";
-        let out = render_auto_conf(existing, &settings(&RecoveryTarget::End, None));
+        let out = render_auto_conf(
+            existing,
+            &recovery_settings(&settings(&RecoveryTarget::End, None)),
+        );
         assert!(out.starts_with("work_mem = '8MB'\n# primary_conninfo = 'host=old'  (disabled by walvault restore)\n# recovery_target_name = 'x'  (disabled"));
         assert!(out.contains("\nprimary_conninfo = ''\nprimary_slot_name = ''\n"));
         // The end of the archive: no target settings, only the timeline.
@@ -200,7 +260,10 @@ mod tests {
 
     #[test]
     fn restore_command_quotes_for_the_shell_and_the_config() {
-        let out = render_auto_conf("", &settings(&RecoveryTarget::End, None));
+        let out = render_auto_conf(
+            "",
+            &recovery_settings(&settings(&RecoveryTarget::End, None)),
+        );
         assert!(
             out.contains(
                 "restore_command = '/usr/bin/walvault wal-fetch --repo-config ''/restore/it''\\\\''''s here.json'' %f %p'\n"
@@ -213,7 +276,10 @@ mod tests {
     #[test]
     fn prefetch_adds_the_spool_and_its_cleanup() {
         let spool = Path::new("/data/walvault-spool");
-        let out = render_auto_conf("", &settings(&RecoveryTarget::End, Some(spool)));
+        let out = render_auto_conf(
+            "",
+            &recovery_settings(&settings(&RecoveryTarget::End, Some(spool))),
+        );
         assert!(
             out.contains("--spool /data/walvault-spool --prefetch 8 --spool-max 512MiB %f %p'\n")
         );
@@ -228,15 +294,15 @@ mod tests {
         let mut s = settings(&t, None);
         s.exclusive = true;
         s.action = TargetAction::Pause;
-        let out = render_auto_conf("", &s);
+        let out = render_auto_conf("", &recovery_settings(&s));
         assert!(out.contains("recovery_target_time = '2026-11-21 10:15:00.250000+00'\n"));
         assert!(out.contains("recovery_target_inclusive = off\n"));
         assert!(out.contains("recovery_target_action = 'pause'\n"));
         let l = RecoveryTarget::Lsn(Lsn(0x1_0000_0028));
-        let out = render_auto_conf("", &settings(&l, None));
+        let out = render_auto_conf("", &recovery_settings(&settings(&l, None)));
         assert!(out.contains("recovery_target_lsn = '1/28'\nrecovery_target_inclusive = on\nrecovery_target_action = 'promote'\n"));
         let n = RecoveryTarget::Name("before 'migration'".into());
-        let out = render_auto_conf("", &settings(&n, None));
+        let out = render_auto_conf("", &recovery_settings(&settings(&n, None)));
         assert!(out.contains("recovery_target_name = 'before ''migration'''\n"));
         assert_eq!(signal_file(true), "standby.signal");
         assert_eq!(signal_file(false), "recovery.signal");

@@ -58,6 +58,32 @@ pub enum StartOutcome {
     },
 }
 
+impl std::fmt::Display for StartOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartOutcome::ShutDown { log } => write!(
+                f,
+                "recovery reached the target and the server shut down as asked; see {}",
+                log.display()
+            ),
+            StartOutcome::Stopped {
+                promoted,
+                lsn,
+                timeline,
+                last_commit,
+            } => write!(
+                f,
+                "recovery {}: final LSN {lsn}, timeline {timeline}, last replayed commit at {last_commit}",
+                if *promoted {
+                    "promoted"
+                } else {
+                    "paused at the target"
+                }
+            ),
+        }
+    }
+}
+
 /// What `start_and_wait` reports as it goes.
 #[derive(Clone, Debug)]
 pub struct Started {

@@ -418,6 +418,9 @@ async fn server_side_compression(major: u32) {
     assert!(out.status.success(), "{}", text(&out));
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(meta["server_compression"], "zstd");
+    // The label file is read from the compressed stream too.
+    let label = meta["backup_label"].as_str().unwrap_or_default();
+    assert!(label.starts_with("START WAL LOCATION: "), "{meta}");
     let out = env.run(&["verify", "--backup", meta["id"].as_str().unwrap(), "--json"]);
     assert!(out.status.success(), "verify: {}", text(&out));
     let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -544,3 +547,117 @@ async fn a_stalled_backup_that_was_cleaned_up_fails() {
     let out = env.run(&["verify"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// What an operator records from `backup --json`: the id, label, times,
+/// LSNs and WAL file names, timeline, sizes, the server's `backup_label`
+/// (as the server wrote it into the backup) and `--annotate` metadata,
+/// which `list` and `info` show and `restore --backup-annotation` selects
+/// by. Malformed and repeated annotations are refused before anything runs.
+async fn backup_json_for_operators(major: u32) {
+    let pg = PgCluster::start(major, &PgOptions::default());
+    let s3 = S3Server::start();
+    let (env, _repo) = s3_repo(&s3, "operators");
+    let pg_conn = pg_arg(&pg);
+    for (bad, why) in [
+        (vec!["--annotate", "no-equals"], "KEY=VALUE"),
+        (vec!["--annotate", "a b=c"], "annotation key"),
+        (vec!["--annotate", "t=1", "--annotate", "t=2"], "twice"),
+    ] {
+        let mut args = vec!["backup", "--pg", pg_conn.as_str()];
+        args.extend(bad.iter().copied());
+        let out = env.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out));
+        assert!(text(&out).contains(why), "{bad:?}: {}", text(&out));
+    }
+    assert!(
+        env.run(&["list"]).status.code() != Some(0),
+        "a refused backup created the repository"
+    );
+
+    let first = run_backup(
+        &env,
+        &pg,
+        &[
+            "--label",
+            "before migration 42",
+            "--annotate",
+            "ticket=OPS-42",
+            "--annotate",
+            "reason=pre-migration = yes",
+        ],
+    );
+    let id = first["id"].as_str().unwrap().to_string();
+    assert_eq!(first["label"], "before migration 42");
+    assert_eq!(first["annotations"]["ticket"], "OPS-42", "{first}");
+    assert_eq!(first["annotations"]["reason"], "pre-migration = yes");
+    let label = first["backup_label"].as_str().unwrap();
+    let start = first["start_lsn"].as_str().unwrap();
+    let first_segment = first["wal_range"]["first_segment"].as_str().unwrap();
+    assert!(
+        label.starts_with(&format!(
+            "START WAL LOCATION: {start} (file {first_segment})\n"
+        )),
+        "{label}"
+    );
+    assert!(label.contains("\nLABEL: before migration 42\n"), "{label}");
+    assert!(label.contains("BACKUP FROM: primary"), "{label}");
+    for field in [
+        "start_time",
+        "stop_time",
+        "stop_lsn",
+        "timeline",
+        "plain_bytes",
+    ] {
+        assert!(!first[field].is_null(), "{field} missing: {first}");
+    }
+    assert!(first["wal_range"]["last_segment"].is_string());
+
+    pg.execute("CREATE TABLE after_first (id int)").await;
+    let second = run_backup(&env, &pg, &[]);
+    assert!(second.get("annotations").is_none(), "{second}");
+
+    let out = env.run(&["list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["backups"][0]["annotations"]["ticket"], "OPS-42");
+    assert_eq!(list["backups"][1]["annotations"], serde_json::json!({}));
+    let out = env.run(&["list"]);
+    assert!(
+        text(&out).contains("reason=pre-migration = yes, ticket=OPS-42"),
+        "{}",
+        text(&out)
+    );
+    let out = env.run(&["info", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["backups"][0]["annotations"]["ticket"], "OPS-42");
+    assert_eq!(info["backups"][0]["label"], "before migration 42");
+    assert!(text(&env.run(&["info"])).contains("ticket=OPS-42"));
+
+    // restore picks among the backups that carry the annotation.
+    let dir = tempfile::tempdir().unwrap();
+    let pgdata = dir.path().join("data");
+    let restore = |annotation: &str| {
+        env.run(&[
+            "restore",
+            "--pgdata",
+            pgdata.to_str().unwrap(),
+            "--backup-annotation",
+            annotation,
+            // No sidecar ran: only each backup's own WAL is stored.
+            "--target-immediate",
+            "--dry-run",
+        ])
+    };
+    let out = restore("ticket=OPS-42");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("plan: backup {id} ")),
+        "{}",
+        text(&out)
+    );
+    let out = restore("ticket=OPS-43");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("no backup in the repository carries it"));
+}
+pg_test!(backup_json_for_operators);

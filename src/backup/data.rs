@@ -29,6 +29,10 @@ use super::{BackupOptions, Error};
 /// flight, this one and the one filling.
 const PART_QUEUE_DEPTH: usize = 1;
 
+/// Bytes kept from the start of the main directory's stream, where the
+/// server puts `backup_label`.
+pub(super) const HEAD_BYTES: usize = 64 * 1024;
+
 /// What the data step produced.
 pub(super) struct DataStored {
     /// Start LSN and timeline.
@@ -45,6 +49,9 @@ pub(super) struct DataStored {
     pub manifest: Vec<u8>,
     /// Plaintext bytes of all streams.
     pub received: u64,
+    /// The first bytes of the main directory's stream (as the server sent
+    /// them: compressed with server-side compression).
+    pub head: Vec<u8>,
 }
 
 /// Runs BASE_BACKUP (with `label`) on `conn` and stores its parts under backup `id`.
@@ -104,6 +111,7 @@ pub(super) async fn store_data(
         manifest: Vec::new(),
         start: None,
         received: 0,
+        head: Vec::new(),
         on_start,
         cancel,
     };
@@ -115,6 +123,7 @@ pub(super) async fn store_data(
         manifest,
         start,
         received,
+        head,
         jobs,
         ..
     } = sink;
@@ -141,6 +150,7 @@ pub(super) async fn store_data(
         parts,
         manifest,
         received,
+        head,
     })
 }
 
@@ -158,6 +168,7 @@ struct Cutter<'a, F> {
     manifest: Vec<u8>,
     start: Option<(Lsn, TimelineId)>,
     received: u64,
+    head: Vec<u8>,
     on_start: F,
     cancel: &'a CancellationToken,
 }
@@ -209,6 +220,10 @@ impl<F: FnMut(Lsn, TimelineId) + Send> protocol::BackupSink for Cutter<'_, F> {
                     .as_mut()
                     .ok_or_else(|| Error::Unsupported("data before an archive".into()))?;
                 let i = *i;
+                if self.tablespaces.get(i).is_some_and(|t| t.oid.is_none()) {
+                    let take = HEAD_BYTES.saturating_sub(self.head.len()).min(data.len());
+                    self.head.extend_from_slice(&data[..take]);
+                }
                 let parts = c.push(&data);
                 self.received += data.len() as u64;
                 self.plain_by_tablespace[i] += data.len() as u64;

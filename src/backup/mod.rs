@@ -104,6 +104,8 @@ pub struct BackupOptions {
     pub stream: StreamOptions,
     /// Unfinished backups untouched for this long are deleted as orphans.
     pub orphan_grace: Duration,
+    /// User metadata stored in `backup.json` (`backup --annotate`).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 impl BackupOptions {
@@ -134,6 +136,7 @@ impl BackupOptions {
             part_size_bytes: part_size_bytes.max(MIN_PART_SIZE_BYTES),
             upload_concurrency: upload_concurrency.max(1),
             orphan_grace: DEFAULT_ORPHAN_GRACE,
+            annotations: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -443,6 +446,7 @@ fn metadata(
         plain_by_tablespace,
         mut parts,
         received,
+        head,
         ..
     } = stored;
     let size = server.segment_size_bytes;
@@ -493,7 +497,33 @@ fn metadata(
         stored_bytes: stored_total,
         part_size_bytes: opts.part_size_bytes,
         server_compression: opts.server_zstd_level.map(|_| "zstd".to_string()),
+        backup_label: backup_label(&head, opts.server_zstd_level.is_some()),
+        annotations: opts.annotations.clone(),
     }
+}
+
+/// The `backup_label` at the start of the main directory's stream
+/// (decompressed first when the server compressed it), if it is there and
+/// whole: recorded for operators, never relied on by restore, which reads
+/// the one in the restored directory.
+fn backup_label(head: &[u8], server_compressed: bool) -> Option<String> {
+    const MAX_LABEL_BYTES: u64 = 16 * 1024;
+    let plain;
+    let tar = if server_compressed {
+        let mut out = Vec::new();
+        let mut reader = zstd::stream::read::Decoder::new(head).ok()?;
+        // A prefix of the stream: read what decompresses, then stop.
+        let _ = std::io::Read::read_to_end(
+            &mut std::io::Read::take(&mut reader, data::HEAD_BYTES as u64),
+            &mut out,
+        );
+        plain = out;
+        &plain[..]
+    } else {
+        head
+    };
+    let bytes = tar::leading_file(tar, "backup_label", MAX_LABEL_BYTES)?;
+    String::from_utf8(bytes).ok()
 }
 
 /// Writes `backup.json`: from now on the backup exists.

@@ -238,6 +238,24 @@ impl TarWalker {
     }
 }
 
+/// The contents of the archive's first entry when it is the regular file
+/// `name`, at most `max` bytes, whole within `head` (the archive's first
+/// bytes) and under a sound header: PostgreSQL sends `backup_label` first
+/// in the main directory's archive.
+pub fn leading_file(head: &[u8], name: &str, max: u64) -> Option<Vec<u8>> {
+    let size = parse_size(head.get(124..136)?)?;
+    if size > max {
+        return None;
+    }
+    let end = BLOCK + size as usize;
+    let padded = end + (BLOCK - end % BLOCK) % BLOCK;
+    let files = TarWalker::new().feed(head.get(..padded)?).ok()?;
+    match files.as_slice() {
+        [f] if f.path == name && f.size == size => Some(head[BLOCK..end].to_vec()),
+        _ => None,
+    }
+}
+
 fn cstr(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
@@ -339,6 +357,21 @@ mod tests {
             assert_eq!(files[1].path, "empty");
             assert_eq!(files[2].crc32c, crc32c::crc32c(&[7u8; 1024]));
         }
+    }
+
+    #[test]
+    fn the_leading_file_is_read_only_when_whole_and_sound() {
+        let a = archive();
+        assert_eq!(
+            leading_file(&a, "backup_label", 1024).as_deref(),
+            Some(&b"hello"[..])
+        );
+        assert_eq!(leading_file(&a, "tablespace_map", 1024), None);
+        assert_eq!(leading_file(&a, "backup_label", 4), None);
+        assert_eq!(leading_file(&a[..515], "backup_label", 1024), None);
+        let mut damaged = a.clone();
+        damaged[0] = b'B';
+        assert_eq!(leading_file(&damaged, "backup_label", 1024), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use anyhow::Context;
 
 use crate::backup::{self, BackupOptions, WalSource};
 use crate::config::{parse_byte_size, parse_duration};
+use crate::format::backup::{annotations_from, parse_annotation};
 use crate::progress::human_bytes;
 use crate::protocol::ConnInfo;
 use crate::shutdown::Shutdown;
@@ -23,7 +24,8 @@ backup is restorable with nothing else running. backup.json is written last: a b
 exist, and the parts of an interrupted backup are removed by a later run.",
     after_long_help = "Examples:\
 \n  walvault backup --pg 'host=db.internal user=walvault' --repo s3://bucket/cluster-1 --key-file walvault.key\
-\n  walvault backup --config walvault.toml --checkpoint fast --label before-migration --json"
+\n  walvault backup --config walvault.toml --checkpoint fast --label before-migration --json\
+\n  walvault backup --config walvault.toml --annotate ticket=OPS-1234 --annotate reason=pre-migration"
 )]
 pub struct Args {
     /// PostgreSQL connection string (URI or key=value); missing parts come from the PG* variables.
@@ -61,7 +63,12 @@ pub struct Args {
     /// limited.
     #[arg(long, value_name = "BYTES", value_parser = parse_max_rate, env = "WALVAULT_MAX_RATE")]
     pub max_rate: Option<u64>,
-    /// Print the backup's metadata as JSON.
+    /// Store user metadata with the backup (repeatable): shown by list and info, and
+    /// `restore --backup-annotation KEY=VALUE` restores the newest backup that carries it.
+    #[arg(long = "annotate", value_name = "KEY=VALUE", value_parser = parse_annotation)]
+    pub annotations: Vec<(String, String)>,
+    /// Print the backup's metadata as JSON (backup.json: id, label, start and stop times and
+    /// LSNs, timeline, first and last WAL segment, sizes, the backup_label file, annotations).
     #[arg(long)]
     pub json: bool,
     /// Unfinished backups whose newest object is older than this are deleted first.
@@ -80,6 +87,12 @@ pub(super) fn parse_max_rate(text: &str) -> Result<u64, String> {
 /// Configuration, server or store failures.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let conninfo = ConnInfo::parse(&args.pg, &|k| std::env::var(k).ok()).context("parse --pg")?;
+    let annotations =
+        annotations_from(&args.annotations).map_err(|reason| crate::config::Error::Invalid {
+            what: "--annotate",
+            value: String::new(),
+            reason,
+        })?;
     // Every argument is checked before a new repository is created.
     let repo = args.repo.source()?.open_for_writing().await?;
     let mut opts = BackupOptions::new(
@@ -93,6 +106,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     opts.orphan_grace = args.orphan_grace;
     opts.server_zstd_level = args.server_zstd;
     opts.max_rate_bytes = args.max_rate;
+    opts.annotations = annotations;
     let shutdown = Shutdown::new();
     shutdown.cancel_on_signals();
     let wal = WalSource::for_repository(&repo)

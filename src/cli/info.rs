@@ -82,6 +82,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             human_bytes(b.stored_bytes),
             notes.join(", ")
         );
+        if !b.annotations.is_empty() {
+            println!("{:<20} {}", "", annotation_text(&b.annotations));
+        }
     }
     for l in &info.locked_backups {
         println!(
@@ -177,4 +180,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A backup's annotations on one line: `key=value, key=value`.
+pub(super) fn annotation_text(annotations: &std::collections::BTreeMap<String, String>) -> String {
+    annotations
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

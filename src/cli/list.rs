@@ -67,6 +67,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             b.source_server,
             b.source_role
         );
+        if !b.annotations.is_empty() {
+            println!(
+                "{:<18} {}",
+                "",
+                super::info::annotation_text(&b.annotations)
+            );
+        }
     }
     for l in &out.locked_backups {
         println!(

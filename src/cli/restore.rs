@@ -40,6 +40,11 @@ pub struct Args {
     /// Restore this backup instead of the newest one before the target.
     #[arg(long)]
     pub backup: Option<String>,
+    /// Choose among the backups carrying this annotation (backup --annotate): the newest of
+    /// them that ends before the target.
+    #[arg(long, value_name = "KEY=VALUE", conflicts_with = "backup",
+          value_parser = crate::format::backup::parse_annotation)]
+    pub backup_annotation: Option<(String, String)>,
     /// Recover to this time (with an explicit UTC offset, e.g. "2026-11-21 10:15:00+00").
     #[arg(long, conflicts_with_all = ["target_lsn", "target_xid", "target_name"], value_parser = parse_target_time)]
     pub target_time: Option<DateTime<Utc>>,
@@ -86,12 +91,9 @@ pub struct Args {
     /// it holds the key and store credentials.
     #[arg(long)]
     pub settings_file: Option<PathBuf>,
-    /// Where walvault's recovery settings (restore_command, the target and the action) go:
-    /// `write` appends them to postgresql.auto.conf; `print` leaves them out and prints them
-    /// on stdout as postgresql.conf lines, `json` as one JSON object, for a platform that
-    /// renders the server's configuration itself. The signal file, the settings file and the
-    /// disabling of the source's replication settings happen either way; the other messages
-    /// go to stderr. With --dry-run, prints them without writing anything.
+    /// Where walvault's recovery settings go: `write` appends them to postgresql.auto.conf;
+    /// `print` (postgresql.conf lines) and `json` print them on stdout instead, for platforms
+    /// that render the configuration themselves (docs/operations.md). With --dry-run: print only.
     #[arg(long, value_enum, default_value = "write", conflicts_with = "start")]
     pub recovery_settings: SettingsOutput,
     /// Print the plan and stop.
@@ -143,6 +145,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let options = RestoreOptions {
         pgdata: args.pgdata.clone(),
         backup: args.backup.clone(),
+        annotation: args.backup_annotation.clone(),
         target: args.target(),
         timeline: args.target_timeline,
         tablespace_map: crate::restore::tablespaces::parse_map(&args.tablespace_map)?,
@@ -223,10 +226,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         restored.synced.as_secs_f64()
     ));
     if !to_stdout {
-        say(format!(
-            "add these recovery settings to the server's configuration, then start PostgreSQL on {}",
-            prepared.pgdata.display()
-        ));
+        say("add these recovery settings to the configuration, then start PostgreSQL".into());
         print_settings();
         return Ok(ExitCode::SUCCESS);
     }

@@ -9,8 +9,66 @@ use serde::{Deserialize, Serialize};
 
 use crate::lsn::{Lsn, TimelineId};
 
-/// The `backup.json` version this code writes.
-pub const BACKUP_METADATA_VERSION: u32 = 1;
+/// The `backup.json` version this code writes. Version 2 added
+/// `backup_label` and `annotations`; version 1 documents are read as they are.
+pub const BACKUP_METADATA_VERSION: u32 = 2;
+
+/// Most annotations one backup carries.
+pub const MAX_ANNOTATIONS: usize = 32;
+/// Longest annotation key, in bytes.
+const MAX_ANNOTATION_KEY: usize = 64;
+/// Longest annotation value, in bytes.
+const MAX_ANNOTATION_VALUE: usize = 1024;
+
+/// Parses `KEY=VALUE` of `backup --annotate`: the key of letters, digits,
+/// `_`, `.`, `-` and `/` (at most 64 bytes), the value any text without
+/// control characters (at most 1024 bytes).
+///
+/// # Errors
+/// The rule the text breaks.
+pub fn parse_annotation(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    if key.is_empty()
+        || key.len() > MAX_ANNOTATION_KEY
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b))
+    {
+        return Err(format!(
+            "annotation key {key:?}: use 1 to {MAX_ANNOTATION_KEY} letters, digits, '_', '.', '-' or '/'"
+        ));
+    }
+    if value.len() > MAX_ANNOTATION_VALUE || value.chars().any(char::is_control) {
+        return Err(format!(
+            "annotation {key}: the value must be at most {MAX_ANNOTATION_VALUE} bytes, without control characters"
+        ));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// The annotations of `backup --annotate`, each key once.
+///
+/// # Errors
+/// A malformed pair, a key given twice, or more than [`MAX_ANNOTATIONS`].
+pub fn annotations_from(
+    pairs: &[(String, String)],
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    if pairs.len() > MAX_ANNOTATIONS {
+        return Err(format!(
+            "{} annotations: a backup carries at most {MAX_ANNOTATIONS}",
+            pairs.len()
+        ));
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in pairs {
+        if out.insert(k.clone(), v.clone()).is_some() {
+            return Err(format!("annotation {k} is given twice"));
+        }
+    }
+    Ok(out)
+}
 
 /// One stored part of a tablespace's tar stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +178,29 @@ pub struct BackupMetadata {
     /// the parts then hold the compressed stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_compression: Option<String>,
+    /// The `backup_label` file the server wrote into the backup (version
+    /// 2; absent in version 1 and when it could not be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_label: Option<String>,
+    /// User metadata of `backup --annotate KEY=VALUE` (version 2).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+impl BackupMetadata {
+    /// Refuses a document of a version this code does not read.
+    ///
+    /// # Errors
+    /// The version, and what to do.
+    pub fn check_version(&self) -> Result<(), String> {
+        if self.version == 0 || self.version > BACKUP_METADATA_VERSION {
+            return Err(format!(
+                "backup.json version {}, but this walvault reads versions 1 to {BACKUP_METADATA_VERSION}: upgrade walvault",
+                self.version
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One file of the server's manifest.
@@ -250,6 +331,45 @@ mod tests {
         assert_eq!(m.timeline, TimelineId::FIRST);
         let golden: serde_json::Value = serde_json::from_str(text).unwrap();
         assert_eq!(serde_json::to_value(&m).unwrap(), golden);
+    }
+
+    #[test]
+    fn annotations_are_checked() {
+        assert_eq!(
+            parse_annotation("ticket=OPS-12 = b").unwrap(),
+            ("ticket".into(), "OPS-12 = b".into())
+        );
+        assert_eq!(
+            parse_annotation("k8s.io/app=").unwrap(),
+            ("k8s.io/app".into(), String::new())
+        );
+        for bad in ["noequals", "=v", "a b=c", "k=line\nbreak"] {
+            assert!(parse_annotation(bad).is_err(), "{bad} accepted");
+        }
+        assert!(parse_annotation(&format!("{}=v", "k".repeat(65))).is_err());
+        assert!(parse_annotation(&format!("k={}", "v".repeat(1025))).is_err());
+        let twice = [("a".to_string(), "1".to_string()), ("a".into(), "2".into())];
+        assert!(annotations_from(&twice).unwrap_err().contains("twice"));
+        let many: Vec<_> = (0..33).map(|i| (format!("k{i}"), String::new())).collect();
+        assert!(annotations_from(&many).is_err());
+        assert_eq!(annotations_from(&many[..32]).unwrap().len(), 32);
+    }
+
+    /// Version 2 adds the label file and the annotations; a version this
+    /// code does not know is refused by name.
+    #[test]
+    fn version_2_fields_and_newer_versions() {
+        let text = include_str!("../../tests/data/golden/backup-v1.json");
+        let mut m: BackupMetadata = serde_json::from_str(text).unwrap();
+        assert!(m.check_version().is_ok());
+        m.version = 2;
+        m.backup_label = Some("START WAL LOCATION: 0/2000028\n".into());
+        m.annotations.insert("ticket".into(), "OPS-12".into());
+        let again: BackupMetadata =
+            serde_json::from_slice(&serde_json::to_vec(&m).unwrap()).unwrap();
+        assert_eq!(again, m);
+        m.version = 3;
+        assert!(m.check_version().unwrap_err().contains("upgrade walvault"));
     }
 
     #[test]

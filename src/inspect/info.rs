@@ -79,6 +79,10 @@ pub struct BackupInfo {
     pub restorable: bool,
     /// Pinned by `keep`.
     pub pinned: bool,
+    /// The label given to BASE_BACKUP.
+    pub label: String,
+    /// `backup --annotate` metadata (empty when none).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// What can be restored on one timeline.
@@ -226,6 +230,8 @@ pub async fn gather(
                 )
                 .is_none(),
             pinned: pins.iter().any(|p| p.backup_id == b.id),
+            label: b.label.clone(),
+            annotations: b.annotations.clone(),
         })
         .collect();
 

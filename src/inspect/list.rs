@@ -57,6 +57,8 @@ pub struct BackupSummary {
     pub source_server: String,
     pub source_role: String,
     pub server_version: String,
+    /// `backup --annotate` metadata (empty when none).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// Why the listing could not be gathered.
@@ -113,6 +115,7 @@ pub async fn gather(
             source_server: b.source.server,
             source_role: b.source.role,
             server_version: b.server_version,
+            annotations: b.annotations,
         })
         .collect();
     let out = ListOutput {

@@ -129,6 +129,7 @@ async fn drill_in(
     let options = RestoreOptions {
         pgdata: scratch.join("data"),
         backup: opts.backup.clone(),
+        annotation: None,
         target: opts.target.clone(),
         timeline: TimelineTarget::Latest,
         tablespace_map: Vec::new(),

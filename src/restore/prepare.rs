@@ -18,6 +18,8 @@ pub struct RestoreOptions {
     pub pgdata: PathBuf,
     /// This backup instead of the newest one before the target.
     pub backup: Option<String>,
+    /// Only backups carrying this annotation (`backup --annotate`).
+    pub annotation: Option<(String, String)>,
     /// Where recovery stops.
     pub target: RecoveryTarget,
     /// Which timeline recovery follows.
@@ -169,7 +171,17 @@ pub async fn prepare(repo: &Repository, opts: &RestoreOptions) -> Result<Prepare
         tracing::warn!(backup = locked.id, key = %locked.key_id,
             "a backup is sealed with a key the key file lacks; it is left out of the choice");
     }
-    let backups = listed.backups;
+    let mut backups = listed.backups;
+    if let Some((key, value)) = &opts.annotation {
+        backups.retain(|b| b.annotations.get(key) == Some(value));
+        if backups.is_empty() {
+            return Err(PrepareError::Usage(crate::config::Error::Invalid {
+                what: "--backup-annotation",
+                value: format!("{key}={value}"),
+                reason: "no backup in the repository carries it (see walvault list)".into(),
+            }));
+        }
+    }
     let plan = plan_restore(
         repo,
         backups,

@@ -110,6 +110,10 @@ impl Repository {
                 reason,
             })
         };
+        meta.check_version().map_err(|reason| Error::BadManifest {
+            key: key.to_string(),
+            reason,
+        })?;
         if meta.id != id {
             return bad(format!("it describes backup {}, not {id}", meta.id));
         }

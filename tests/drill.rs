@@ -103,6 +103,19 @@ async fn drill_tests_a_restore(major: u32) {
         0,
         "scratch left behind"
     );
+    // Both drills are in the audit trail, the failure with its reason.
+    let out = env.run(&["log", "--operation", "drill", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let audit: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let drills = audit["records"].as_array().unwrap();
+    assert_eq!(drills.len(), 2, "{audit}");
+    assert_eq!(drills[0]["result"], "success", "{audit}");
+    assert_eq!(drills[0]["target"], backup.id.as_str(), "{audit}");
+    assert_eq!(drills[1]["result"], "failure", "{audit}");
+    assert!(
+        drills[1]["detail"].as_str().unwrap().contains(&part),
+        "{audit}"
+    );
     if major != 15 {
         return;
     }

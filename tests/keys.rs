@@ -149,6 +149,34 @@ async fn keys_rotate_end_to_end() {
     assert_eq!(a["objects"], 0, "{listed}");
     let out = env_ba.run(&["key", "retire", &id_a]);
     assert!(out.status.success(), "{}", text(&out));
+    // The audit trail's records sealed with A do not hold A back; B alone
+    // reads the rotation's records and counts the ones A sealed.
+    let out = env_b.run(&["log", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let audit: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        audit["unreadable_records"].as_u64().unwrap() >= 1,
+        "{audit}"
+    );
+    let keys: Vec<(String, String)> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["operation"].as_str().unwrap().starts_with("key-"))
+        .map(|r| {
+            (
+                r["operation"].as_str().unwrap().to_string(),
+                r["result"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("key-add", "success"),
+        ("key-retire", "failure"),
+        ("key-retire", "success"),
+    ]
+    .map(|(o, r)| (o.to_string(), r.to_string()));
+    assert_eq!(keys, want, "{audit}");
 
     // B alone restores exactly the rows; A alone is refused.
     let out = env_a.run(&["list"]);

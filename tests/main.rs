@@ -12,6 +12,7 @@
 //! | `expire` and `keep`: what a policy keeps stays restorable | `retention.rs` |
 //! | `check`: one finding per part, healthy and broken | `check.rs` |
 //! | `mark` and `info`: restore points before a migration | `mark.rs` |
+//! | the audit trail: every change recorded, `log`, forged records refused | `audit.rs` |
 //! | `drill`: restore tests recorded in the repository | `drill.rs` |
 //! | `key add`, `key list`, `key retire`: rotation end to end | `keys.rs` |
 //! | `/metrics`, `/health`, webhook notifications | `metrics.rs` |
@@ -30,6 +31,7 @@
 mod support;
 
 mod attack;
+mod audit;
 mod backup;
 mod check;
 mod cli;

@@ -226,6 +226,34 @@ pub async fn run(
     wal: WalSource,
     cancel: &CancellationToken,
 ) -> Result<BackupMetadata, Error> {
+    let result = take(opts, repo, wal, cancel).await;
+    match &result {
+        Ok(m) => {
+            let detail = format!(
+                "{} bytes read, {} stored, WAL {}..{} on timeline {}, {:.1}s",
+                m.plain_bytes,
+                m.stored_bytes,
+                m.start_lsn,
+                m.stop_lsn,
+                m.timeline,
+                m.duration_seconds
+            );
+            repo.audit("backup", Some(&m.id), Ok(detail)).await;
+        }
+        Err(e) => {
+            repo.audit("backup", None, Err(crate::error::chain(e)))
+                .await
+        }
+    }
+    result
+}
+
+async fn take(
+    opts: &BackupOptions,
+    repo: &Repository,
+    wal: WalSource,
+    cancel: &CancellationToken,
+) -> Result<BackupMetadata, Error> {
     let started = Instant::now();
     let start_time = Utc::now();
     let (conn, server) = check_server(opts, repo).await?;

@@ -15,7 +15,7 @@ use super::args::RepoArgs;
     long_about = "Show the repository for the operator in one screen: backups with sizes and durations, what can \
 be restored on each timeline (from the earliest backup's stop to about when the newest WAL was stored), the \
 archive's end and, with --pg, how many bytes of WAL the server holds that the archive does not, the retention in \
-force, pinned backups and marks. --json gives the same (schema version 1, docs/operations.md).",
+force, pinned backups and marks. --json gives the same (schema version 2, docs/operations.md).",
     after_long_help = "Examples:\
 \n  walvault info --config walvault.toml\
 \n  walvault info --config walvault.toml --pg 'host=db.internal user=walvault' --keys --json"
@@ -112,6 +112,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 t.archive_end_lsn.map_or("-".into(), |l| l.to_string())
             ),
         }
+    }
+    if let Some(f) = &info.last_failed_backup {
+        println!(
+            "last failed backup {} on {}: {}",
+            f.time,
+            f.host.as_deref().unwrap_or("-"),
+            f.error.as_deref().unwrap_or("-")
+        );
+    }
+    if let Some(age) = info.wal_age_seconds {
+        println!("newest WAL stored {age}s ago");
     }
     if let Some(s) = &info.server {
         println!(

@@ -14,6 +14,7 @@ pub mod keep;
 pub mod key;
 pub mod keygen;
 pub mod list;
+pub mod log;
 pub mod mark;
 pub mod parse;
 pub mod restore;
@@ -101,6 +102,8 @@ pub enum Command {
     Key(key::Args),
     /// Print a new random encryption key (64 hexadecimal characters).
     Keygen(keygen::Args),
+    /// Show the audit trail: who changed the repository, when, and how it ended.
+    Log(log::Args),
 }
 
 impl Command {
@@ -147,6 +150,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Key(args) => key::run(args).await,
         Command::Mark(args) => mark::run(args).await,
         Command::Keygen(args) => keygen::run(&args),
+        Command::Log(args) => log::run(args).await,
     }
 }
 

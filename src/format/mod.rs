@@ -1,6 +1,7 @@
 //! What walvault writes to storage: the sealed-object envelope, keys and the
 //! JSON manifests. Pure and versioned; nothing here does I/O.
 
+pub mod audit;
 pub mod backup;
 pub mod chunk;
 pub mod conflict;

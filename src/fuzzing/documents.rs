@@ -14,7 +14,8 @@ use crate::wal::history::{follow_history, parse_history};
 /// bytes: `backup.json`, `walvault.json`, the repository settings file,
 /// PostgreSQL's `backup_manifest`, timeline history files, key files, WAL
 /// object keys and WAL file names, the records beside the backups (WAL
-/// index, pins, expire records, marks, drills, leases, conflicts), the
+/// index, pins, expire records, marks, drills, leases, conflicts, audit
+/// records), the
 /// configuration file and the password file. None panics; whatever parses
 /// writes back out in a form that parses to the same value and writes out
 /// identically.
@@ -58,9 +59,9 @@ where
 
 /// The records beside the backups: the WAL index (and its own checks at
 /// every segment size), pins, expire records, marks, drill records,
-/// leases and WAL conflict records.
+/// leases, WAL conflict records and audit records (and their keys).
 fn records(data: &[u8]) {
-    use crate::format::{conflict, drill, lease, mark, retention, wal_index};
+    use crate::format::{audit, conflict, drill, lease, mark, retention, wal_index};
     if let Some(index) = round_trip::<wal_index::WalIndex>(data, "index/wal.json") {
         for size in SEGMENT_SIZES_BYTES {
             let _ = index.check(size);
@@ -74,6 +75,12 @@ fn records(data: &[u8]) {
     round_trip::<drill::DrillRecord>(data, "a drill record");
     round_trip::<lease::Lease>(data, "a lease");
     round_trip::<conflict::WalConflict>(data, "a WAL conflict record");
+    if let Some(r) = round_trip::<audit::AuditRecord>(data, "an audit record") {
+        let _ = r.validate();
+    }
+    if let Ok(key) = std::str::from_utf8(data) {
+        let _ = layout::audit_key_parts(key);
+    }
 }
 
 /// The configuration file, read and applied to every command: never a

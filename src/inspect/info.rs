@@ -12,13 +12,29 @@ use crate::restore::plan::{RecoveryTarget, TimelineTarget, plan_restore};
 use crate::storage::{self, Repository, layout};
 use crate::wal::inventory::WalInventory;
 
-/// `info --json`, schema version 1.
+/// The `info --json` schema version (docs/operations.md).
+pub const INFO_VERSION: u32 = 2;
+
+/// `info --json`, schema version [`INFO_VERSION`].
 #[derive(Clone, Debug, Serialize)]
 pub struct Info {
     /// Schema version.
     pub version: u32,
     /// The repository, without credentials.
     pub repository: String,
+    /// The first moment a restore can reach: the earliest restorable time
+    /// over all timelines (`None`: nothing is restorable).
+    pub first_recoverable_time: Option<String>,
+    /// The backup a restore to that moment starts from.
+    pub first_recoverable_backup: Option<String>,
+    /// The newest backup in the repository.
+    pub last_successful_backup: Option<BackupEvent>,
+    /// The newest failed backup in the audit trail, if any.
+    pub last_failed_backup: Option<BackupEvent>,
+    /// Seconds since the newest WAL object was stored (this host's clock
+    /// against the store's times), `None` without WAL: how far behind
+    /// the archive is when nothing newer reaches it.
+    pub wal_age_seconds: Option<i64>,
     /// The cluster's system identifier.
     pub system_identifier: String,
     /// PostgreSQL major.
@@ -85,6 +101,19 @@ pub struct BackupInfo {
     pub annotations: std::collections::BTreeMap<String, String>,
 }
 
+/// A backup that ended, as `info` reports the last success and failure.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackupEvent {
+    /// When it ended (the stop time of a stored backup).
+    pub time: String,
+    /// The backup's id (`None` for a failure before it had one).
+    pub backup_id: Option<String>,
+    /// Where it ran (failures: the audit record's host).
+    pub host: Option<String>,
+    /// Why it failed (`None` for a success).
+    pub error: Option<String>,
+}
+
 /// What can be restored on one timeline.
 #[derive(Clone, Debug, Serialize)]
 pub struct TimelineInfo {
@@ -98,6 +127,12 @@ pub struct TimelineInfo {
     pub latest_restorable_time: Option<String>,
     /// The backup recovery would start from for the earliest time.
     pub earliest_backup: Option<String>,
+    /// The first WAL held on the timeline: its LSN and segment file.
+    pub first_lsn: Option<Lsn>,
+    /// The first segment file held.
+    pub first_segment: Option<String>,
+    /// The last segment file held (complete or as deltas).
+    pub last_segment: Option<String>,
     /// End of the WAL held without a hole.
     pub archive_end_lsn: Option<Lsn>,
     /// Stored bytes of its WAL.
@@ -235,8 +270,10 @@ pub async fn gather(
         })
         .collect();
 
+    let summary = crate::wal::summary::summarize(&inv, size);
     let mut timelines = Vec::new();
     for (&tli, t) in &inv.timelines {
+        let held = summary.timelines.iter().find(|s| s.timeline == tli);
         let newest_stored = wal_objects
             .iter()
             .filter(|o| {
@@ -269,6 +306,9 @@ pub async fn gather(
                 .map(|b| newest_stored.map_or(b.stop_time, |t| t.max(b.stop_time)))
                 .map(|t| to_text(&t)),
             earliest_backup: earliest.map(|b| b.id.clone()),
+            first_lsn: held.map(|h| h.start_lsn),
+            first_segment: held.map(|h| h.first_segment.clone()),
+            last_segment: held.map(|h| h.last_segment.clone()),
             archive_end_lsn: t.contiguous_end(size),
             stored_bytes: t.stored_bytes,
         });
@@ -278,9 +318,47 @@ pub async fn gather(
         Some(c) => server_lag(c, &inv, size).await,
         None => None,
     };
+    let first = timelines
+        .iter()
+        .filter_map(|t| {
+            Some((
+                t.earliest_restorable_time.clone()?,
+                t.earliest_backup.clone(),
+            ))
+        })
+        .min();
+    let (failures, _) = repo
+        .read_audit(|_, operation| operation == "backup")
+        .await?;
+    let last_failed_backup = failures
+        .iter()
+        .rev()
+        .find(|r| !r.succeeded())
+        .map(|r| BackupEvent {
+            time: to_text(&r.at),
+            backup_id: r.target.clone(),
+            host: Some(r.host.clone()),
+            error: Some(r.detail.clone()),
+        });
+    let last_successful_backup = backups.last().map(|b| BackupEvent {
+        time: to_text(&b.stop_time),
+        backup_id: Some(b.id.clone()),
+        host: Some(b.source.server.clone()),
+        error: None,
+    });
+    let wal_age_seconds = wal_objects
+        .iter()
+        .map(|o| o.last_modified)
+        .max()
+        .map(|t| (now - t).num_seconds().max(0));
     Ok(Info {
-        version: 1,
+        version: INFO_VERSION,
         repository: repo.display().to_string(),
+        first_recoverable_time: first.as_ref().map(|(t, _)| t.clone()),
+        first_recoverable_backup: first.and_then(|(_, b)| b),
+        last_successful_backup,
+        last_failed_backup,
+        wal_age_seconds,
         system_identifier: manifest.system_identifier.clone(),
         pg_major: manifest.pg_major,
         encryption: manifest.encryption.clone(),

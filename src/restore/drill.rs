@@ -112,6 +112,16 @@ pub async fn run(
     if let Err(e) = repo.write_drill(&record).await {
         tracing::error!(error = %crate::error::chain(&e), "cannot record the drill in the repository");
     }
+    let outcome = if record.success {
+        Ok(format!(
+            "target {}, RTO {:.1}s: {}",
+            record.target, record.rto_seconds, record.message
+        ))
+    } else {
+        Err(record.message.clone())
+    };
+    repo.audit("drill", record.backup_id.as_deref(), outcome)
+        .await;
     Ok(record)
 }
 

@@ -101,6 +101,37 @@ pub async fn run(
     segment_size_bytes: u64,
     opts: &ExpireOptions,
 ) -> Result<ExpireReport, storage::Error> {
+    let result = apply(repo, segment_size_bytes, opts).await;
+    if !opts.dry_run {
+        let outcome = match &result {
+            Ok(r) => Ok(match &r.skipped {
+                Some(why) => format!("skipped: {why}"),
+                None => format!(
+                    "removed {} backups ({}), {} WAL objects, {} interrupted backups, {} pins; kept {} backups",
+                    r.removed.len(),
+                    r.removed
+                        .iter()
+                        .map(|b| b.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    r.wal_objects_removed,
+                    r.interrupted_backups_removed.len(),
+                    r.pins_removed.len(),
+                    r.kept.len()
+                ),
+            }),
+            Err(e) => Err(crate::error::chain(e)),
+        };
+        repo.audit("expire", None, outcome).await;
+    }
+    result
+}
+
+async fn apply(
+    repo: &Repository,
+    segment_size_bytes: u64,
+    opts: &ExpireOptions,
+) -> Result<ExpireReport, storage::Error> {
     let mut report = ExpireReport {
         version: 1,
         dry_run: opts.dry_run,

@@ -41,6 +41,38 @@ pub async fn pin(
     lasting: Option<std::time::Duration>,
     now: DateTime<Utc>,
 ) -> Result<Pin, PinError> {
+    let result = write_pin(repo, id, reason, lasting, now).await;
+    let outcome = match &result {
+        Ok(p) => Ok(match (&p.until, &p.reason) {
+            (Some(until), reason) => format!(
+                "kept until {}{}",
+                crate::format::time::to_text(until),
+                reason
+                    .as_ref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ),
+            (None, reason) => format!(
+                "kept for ever{}",
+                reason
+                    .as_ref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ),
+        }),
+        Err(e) => Err(crate::error::chain(e)),
+    };
+    repo.audit("keep", Some(id), outcome).await;
+    result
+}
+
+async fn write_pin(
+    repo: &Repository,
+    id: &str,
+    reason: Option<String>,
+    lasting: Option<std::time::Duration>,
+    now: DateTime<Utc>,
+) -> Result<Pin, PinError> {
     let listed = repo
         .list_backups_readable()
         .await
@@ -73,5 +105,11 @@ pub async fn pin(
 /// # Errors
 /// Store errors.
 pub async fn unpin(repo: &Repository, id: &str) -> Result<(), storage::Error> {
-    repo.delete_pin(id).await
+    let result = repo.delete_pin(id).await;
+    let outcome = match &result {
+        Ok(()) => Ok("no longer kept by a pin".to_string()),
+        Err(e) => Err(crate::error::chain(e)),
+    };
+    repo.audit("unkeep", Some(id), outcome).await;
+    result
 }

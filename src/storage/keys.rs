@@ -54,7 +54,9 @@ pub struct KeyUsage {
 
 impl Repository {
     /// Reads the header of every object (except `walvault.json`, probes
-    /// and leases, whose contents are never read back) and counts objects
+    /// and leases, whose contents are never read back, and the audit
+    /// trail, which must not keep a key from retiring: `log` counts the
+    /// records a retired key sealed) and counts objects
     /// and bytes by the key that sealed them (`None`: not encrypted). One
     /// ranged read per object.
     ///
@@ -69,6 +71,7 @@ impl Repository {
                 o.key != layout::REPOSITORY_MANIFEST
                     && !o.key.starts_with(layout::PROBE_PREFIX)
                     && !o.key.starts_with(layout::LEASE_PREFIX)
+                    && !o.key.starts_with(layout::AUDIT_PREFIX)
             })
             .collect();
         let policy = self.settled_policy().await?;
@@ -183,6 +186,25 @@ impl Repository {
         &self,
         manifest: &RepositoryManifest,
     ) -> Result<Option<RepositoryManifest>, Error> {
+        let result = self.add_keys(manifest).await;
+        match &result {
+            Ok(Some(m)) => {
+                let listed = format!("walvault.json lists {}", join_ids(&m.key_ids));
+                self.audit("key-add", None, Ok(listed)).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let why = crate::error::chain(e);
+                self.audit("key-add", None, Err(why)).await;
+            }
+        }
+        result
+    }
+
+    async fn add_keys(
+        &self,
+        manifest: &RepositoryManifest,
+    ) -> Result<Option<RepositoryManifest>, Error> {
         if self
             .keyring()
             .ids()
@@ -206,6 +228,21 @@ impl Repository {
     /// # Errors
     /// [`Error::Retire`] naming why the key stays; store errors.
     pub async fn retire_key(
+        &self,
+        manifest: &RepositoryManifest,
+        id: KeyId,
+    ) -> Result<RepositoryManifest, Error> {
+        let result = self.retire(manifest, id).await;
+        let outcome = match &result {
+            Ok(m) => Ok(format!("walvault.json lists {}", join_ids(&m.key_ids))),
+            Err(e) => Err(crate::error::chain(e)),
+        };
+        self.audit("key-retire", Some(&id.to_string()), outcome)
+            .await;
+        result
+    }
+
+    async fn retire(
         &self,
         manifest: &RepositoryManifest,
         id: KeyId,

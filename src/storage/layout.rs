@@ -80,6 +80,28 @@ pub fn conflict_key(at: &chrono::DateTime<chrono::Utc>, suffix: u64) -> String {
     )
 }
 
+/// The prefix of audit records (`format::audit`).
+pub const AUDIT_PREFIX: &str = "log/";
+
+/// The key of an audit record: its time to the millisecond
+/// (`YYYYMMDDTHHMMSS.mmmZ`, so keys sort in the order operations ended,
+/// several in one second included), its operation (so a reader picks
+/// records without opening them) and a random suffix.
+pub fn audit_key(at: &chrono::DateTime<chrono::Utc>, operation: &str, suffix: u64) -> String {
+    format!(
+        "{AUDIT_PREFIX}{}-{operation}-{suffix:016x}.json",
+        at.format("%Y%m%dT%H%M%S%.3fZ")
+    )
+}
+
+/// The time stamp and operation in an audit record's key.
+pub fn audit_key_parts(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix(AUDIT_PREFIX)?.strip_suffix(".json")?;
+    let (stamp, rest) = rest.split_once('-')?;
+    let (operation, suffix) = rest.rsplit_once('-')?;
+    (stamp.len() == 20 && suffix.len() == 16).then_some((stamp, operation))
+}
+
 /// The prefix of marks.
 pub const MARKS_PREFIX: &str = "marks/";
 

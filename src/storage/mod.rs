@@ -14,6 +14,7 @@
 //! Invariant: an object counts as stored only once the store acknowledged
 //! it (and, for a local directory, it and its directories are fsynced).
 
+mod audit;
 mod clock;
 mod error;
 mod identity;

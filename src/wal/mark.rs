@@ -88,6 +88,24 @@ pub async fn create(
     name: &str,
     timeout: Duration,
 ) -> Result<Mark, Error> {
+    let result = record(conninfo, repo, name, timeout).await;
+    let outcome = match &result {
+        Ok(m) => Ok(format!(
+            "restore point at {} on timeline {}",
+            m.lsn, m.timeline
+        )),
+        Err(e) => Err(crate::error::chain(e)),
+    };
+    repo.audit("mark", Some(name), outcome).await;
+    result
+}
+
+async fn record(
+    conninfo: &ConnInfo,
+    repo: &Repository,
+    name: &str,
+    timeout: Duration,
+) -> Result<Mark, Error> {
     validate_name(name).map_err(|reason| Error::Name {
         name: name.to_string(),
         reason,

@@ -21,6 +21,7 @@ pub mod restore;
 pub mod stream;
 pub mod verify;
 pub mod wal_fetch;
+pub mod wal_push;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +85,8 @@ pub enum Command {
     Restore(Box<restore::Args>),
     /// Fetch one WAL segment or history file from the repository (for restore_command).
     WalFetch(wal_fetch::Args),
+    /// Archive one WAL file into the repository (archive_command), beside the stream or alone.
+    WalPush(wal_push::Args),
     /// Show what the repository holds: backups, timelines and WAL ranges.
     List(list::Args),
     /// Check the server, the repository, the key and the WAL; exit 0 ok, 1 warning, 2 critical.
@@ -151,6 +154,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mark(args) => mark::run(args).await,
         Command::Keygen(args) => keygen::run(&args),
         Command::Log(args) => log::run(args).await,
+        Command::WalPush(args) => wal_push::run(args).await,
     }
 }
 

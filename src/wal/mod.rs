@@ -9,13 +9,15 @@
 //!   where it stops;
 //! - [`fetch`]: reading segments and history files back;
 //! - [`summary`]: the WAL part of `walvault list`;
-//! - [`index`]: the WAL index expire writes and `list` reads.
+//! - [`index`]: the WAL index expire writes and `list` reads;
+//! - [`push`]: `wal-push`, one file of `archive_command`.
 
 pub mod fetch;
 pub mod history;
 pub mod index;
 pub mod inventory;
 pub mod mark;
+pub mod push;
 pub mod receiver;
 pub mod records;
 pub mod segmenter;

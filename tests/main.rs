@@ -9,6 +9,7 @@
 //! | `stream`: byte-exact segments, the data-loss window, restarts, outages, timeline switches, synchronous mode | `stream.rs` |
 //! | `backup` and `verify`: tablespaces, backups beside the sidecar, interrupted backups, damage named | `backup.rs` |
 //! | `restore` and `wal-fetch`: every target kind, timelines, prefetch, `--start` | `restore.rs` |
+//! | `pg_rewind --restore-target-wal` with `wal-fetch --exact` after a failover | `rewind.rs` |
 //! | `wal-push` as `archive_command`: alone, beside a stopped sidecar, refusals | `wal_push.rs` |
 //! | `expire` and `keep`: what a policy keeps stays restorable | `retention.rs` |
 //! | `check`: one finding per part, healthy and broken | `check.rs` |
@@ -49,6 +50,7 @@ mod mistakes;
 mod protocol;
 mod restore;
 mod retention;
+mod rewind;
 mod stores;
 mod stream;
 mod wal_push;

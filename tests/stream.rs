@@ -162,6 +162,17 @@ async fn commit_reaches_store_within_flush_interval(major: u32) {
         fetched[held_end..].iter().all(|&b| b == 0),
         "tail after the known bytes is not zero"
     );
+    // --exact (pg_rewind) serves only whole segments: this one is not in
+    // the archive for it, and nothing is written.
+    let exact = dest.path().join("exact");
+    let out = env.run(&["wal-fetch", "--exact", &name, exact.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!exact.exists(), "--exact wrote a partial segment");
 
     // list --json reports the newest delta's end.
     let out = env.run(&["list", "--json"]);

@@ -16,7 +16,7 @@ use crate::support::wait_for;
 
 /// The repository settings `archive_command` reads (mode 0600, owned by
 /// the server's user), in a directory of their own.
-fn settings_for_server(s3: &S3Server, env: &RepoEnv) -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn settings_for_server(s3: &S3Server, env: &RepoEnv) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::Builder::new()
         .prefix("walvault-push")
         .tempdir()

@@ -23,6 +23,7 @@ walvault restore sets both up.",
 \n  restore_command = 'walvault wal-fetch --repo-config /srv/pg/restored.walvault.json %f %p'\
 \n  restore_command = 'walvault wal-fetch --repo-config /srv/pg/restored.walvault.json --spool pg_wal/walvault-spool --prefetch 8 %f %p'\
 \n  recovery_end_command = 'walvault wal-fetch --repo-config /srv/pg/restored.walvault.json --spool pg_wal/walvault-spool --clean-spool'\
+\n  pg_rewind --restore-target-wal with restore_command = 'walvault wal-fetch --exact --repo-config /etc/walvault/repository.json %f %p'\
 \n\
 \nExit codes: 0 the file is written to DEST; 1 it is not in the archive; 200 anything else (a bad flag, an\
 \nunreachable store after --fetch-timeout, a damaged object, a wrong key): PostgreSQL stops recovery on a status\
@@ -48,6 +49,11 @@ pub struct Args {
     /// (exit 200, and PostgreSQL stops recovery).
     #[arg(long, default_value = "5m", value_parser = crate::config::parse_duration)]
     pub fetch_timeout: std::time::Duration,
+    /// Serve exactly the file asked for, as pg_rewind --restore-target-wal needs: only what the
+    /// archive holds whole (a segment held only in part is not in the archive, exit 1), no
+    /// prefetch, no spool, and no restore plan from the settings file.
+    #[arg(long, conflicts_with_all = ["spool", "clean_spool", "prefetch_worker"])]
+    pub exact: bool,
     /// Stop the prefetch worker and remove the spool (recovery_end_command), then exit.
     #[arg(long, requires = "spool")]
     pub clean_spool: bool,
@@ -83,6 +89,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         prefetch: args.prefetch,
         spool_max_bytes: args.spool_max,
         fetch_timeout: args.fetch_timeout,
+        exact: args.exact,
     };
     let source = args.repo.source()?;
     match wal_fetch(&request, &source).await? {

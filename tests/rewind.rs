@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::restore::text;
-use crate::support::pg::{PgCluster, PgOptions, command_as_server_user, pg_program};
+use crate::support::pg::{PgCluster, PgOptions, command_as_server_user, pg_program, pg18_tool};
 use crate::support::process::{StreamProcess, walvault_bin};
 use crate::support::s3::S3Server;
 use crate::support::wait_for;
@@ -17,9 +17,12 @@ async fn rows(pg: &PgCluster) -> String {
         .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_rewind_reads_the_old_primarys_wal_from_the_repository() {
-    let major = 15;
+/// PostgreSQL 15 with Debian's pg_rewind, 18 with the PyPI wheel's.
+async fn pg_rewind_reads_the_old_primarys_wal_from_the_repository(major: u32) {
+    let pg_rewind = match major {
+        18 => pg18_tool("pg_rewind"),
+        _ => pg_program(major, "pg_rewind"),
+    };
     let s3 = S3Server::start();
     let (env, repo) = crate::restore::s3_env(&s3, "rewind");
     let (_settings_dir, settings) = settings_for_server(&s3, &env);
@@ -77,7 +80,7 @@ async fn pg_rewind_reads_the_old_primarys_wal_from_the_repository() {
     old.stop_fast();
 
     let rewind = || {
-        let mut c = command_as_server_user(&pg_program(major, "pg_rewind"), major);
+        let mut c = command_as_server_user(&pg_rewind, major);
         c.arg("--target-pgdata").arg(&old.data_dir).arg(format!(
             "--source-server=host=127.0.0.1 port={} user=postgres dbname=postgres",
             new.port
@@ -122,4 +125,14 @@ async fn pg_rewind_reads_the_old_primarys_wal_from_the_repository() {
         old.query_one("SELECT pg_is_in_recovery()::text").await,
         "true"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_rewind_pg15() {
+    pg_rewind_reads_the_old_primarys_wal_from_the_repository(15).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_rewind_pg18() {
+    pg_rewind_reads_the_old_primarys_wal_from_the_repository(18).await;
 }

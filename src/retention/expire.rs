@@ -102,26 +102,26 @@ pub async fn run(
     opts: &ExpireOptions,
 ) -> Result<ExpireReport, storage::Error> {
     let result = apply(repo, segment_size_bytes, opts).await;
-    if !opts.dry_run {
-        let outcome = match &result {
-            Ok(r) => Ok(match &r.skipped {
-                Some(why) => format!("skipped: {why}"),
-                None => format!(
-                    "removed {} backups ({}), {} WAL objects, {} interrupted backups, {} pins; kept {} backups",
-                    r.removed.len(),
-                    r.removed
-                        .iter()
-                        .map(|b| b.id.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    r.wal_objects_removed,
-                    r.interrupted_backups_removed.len(),
-                    r.pins_removed.len(),
-                    r.kept.len()
-                ),
-            }),
-            Err(e) => Err(crate::error::chain(e)),
-        };
+    // A dry run, and a run skipped while a backup runs, change nothing.
+    let outcome = match &result {
+        _ if opts.dry_run => None,
+        Ok(r) if r.skipped.is_some() => None,
+        Ok(r) => Some(Ok(format!(
+            "removed {} backups ({}), {} WAL objects, {} interrupted backups, {} pins; kept {} backups",
+            r.removed.len(),
+            r.removed
+                .iter()
+                .map(|b| b.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.wal_objects_removed,
+            r.interrupted_backups_removed.len(),
+            r.pins_removed.len(),
+            r.kept.len()
+        ))),
+        Err(e) => Some(Err(crate::error::chain(e))),
+    };
+    if let Some(outcome) = outcome {
         repo.audit("expire", None, outcome).await;
     }
     result

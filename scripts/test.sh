@@ -49,3 +49,4 @@ python3 scripts/bench-compare.py --baseline target/debug/walvault \
   --candidate target/debug/walvault --scale 1 --rounds 1 --wal-mib 16
 python3 scripts/bench-restore.py --walvault target/debug/walvault --scale 1 --rounds 1 \
   --load-seconds 5
+python3 scripts/bench-archive.py --walvault target/debug/walvault --scale 1 --segments 2

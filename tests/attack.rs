@@ -129,6 +129,20 @@ impl Archive {
         )
     }
 
+    /// Segment `n` as the archive holds it (the server's own copy may be
+    /// recycled already: only the stream's slot kept it, until stored).
+    async fn stored_segment(&self, n: u64) -> Vec<u8> {
+        let seg = SegmentName {
+            timeline: TimelineId::FIRST,
+            number: n,
+        };
+        self.repo
+            .get_opened(&layout::segment_key(seg, MIB))
+            .await
+            .unwrap()
+            .expect("the segment is archived")
+    }
+
     fn segment_name(&self, n: u64) -> String {
         SegmentName {
             timeline: TimelineId::FIRST,
@@ -232,7 +246,7 @@ async fn moved_forged_and_edited_objects_are_refused(major: u32) {
 
     // A plaintext object forged where an encrypted one belongs.
     let forged = seal_bound(
-        &[Bytes::from(a.pg.wal_file(&a.segment_name(m)))],
+        &[Bytes::from(a.stored_segment(m).await)],
         &SealOptions::default(),
         None,
         [0; 16],
@@ -240,7 +254,7 @@ async fn moved_forged_and_edited_objects_are_refused(major: u32) {
     );
     let bound_here = a.repo.policy().bound_name(&seg_m).unwrap();
     let forged_here = seal_bound(
-        &[Bytes::from(a.pg.wal_file(&a.segment_name(m)))],
+        &[Bytes::from(a.stored_segment(m).await)],
         &SealOptions::default(),
         None,
         [0; 16],
@@ -565,7 +579,7 @@ async fn verify_reads_wal_as_wal() {
         number: full,
     };
     let key = layout::segment_key(seg, MIB);
-    let good = a.pg.wal_file(&seg.to_file_name(MIB));
+    let good = a.stored_segment(full).await;
     let bound = a.repo.policy().bound_name(&key).unwrap();
     let reseal = |bytes: Vec<u8>| {
         seal_bound(
@@ -581,13 +595,7 @@ async fn verify_reads_wal_as_wal() {
     let mut zeroed = good.clone();
     zeroed[3 * 8192..4 * 8192].fill(0);
     let mut stale = good.clone();
-    let earlier = a.pg.wal_file(
-        &SegmentName {
-            timeline: TimelineId::FIRST,
-            number: a.segments[0],
-        }
-        .to_file_name(MIB),
-    );
+    let earlier = a.stored_segment(a.segments[0]).await;
     stale[5 * 8192..6 * 8192].copy_from_slice(&earlier[5 * 8192..6 * 8192]);
     let mut foreign = good.clone();
     foreign[24] ^= 0x5a;

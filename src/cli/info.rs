@@ -73,6 +73,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         if b.pinned {
             notes.push("pinned");
         }
+        let earlier;
+        if b.system_identifier != info.system_identifier {
+            earlier = format!(
+                "system {} (PostgreSQL {}, before the upgrade)",
+                b.system_identifier, b.pg_major
+            );
+            notes.push(&earlier);
+        }
         println!(
             "{:<20} {:<21} {:>8.1}s {:>10} {:>10}  {}",
             b.id,
@@ -110,6 +118,24 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "timeline {}: no backup restores onto it; archive end {}",
                 t.timeline,
                 t.archive_end_lsn.map_or("-".into(), |l| l.to_string())
+            ),
+        }
+    }
+    for e in &info.earlier_systems {
+        match &e.earliest_restorable_time {
+            Some(from) => println!(
+                "system {} (PostgreSQL {}, until the upgrade on {}): restorable from {} (backup {}) to about {}, WAL under {}",
+                e.system_identifier,
+                e.pg_major,
+                e.until,
+                from,
+                e.earliest_backup.as_deref().unwrap_or("-"),
+                e.latest_wal_time.as_deref().unwrap_or("-"),
+                e.wal_prefix
+            ),
+            None => println!(
+                "system {} (PostgreSQL {}, until the upgrade on {}): {} backups, none restorable; WAL under {}",
+                e.system_identifier, e.pg_major, e.until, e.backups, e.wal_prefix
             ),
         }
     }

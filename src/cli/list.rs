@@ -67,6 +67,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             b.source_server,
             b.source_role
         );
+        if b.system_identifier != out.system_identifier {
+            println!(
+                "{:<18} system {} (PostgreSQL {}), before the upgrade",
+                "", b.system_identifier, b.pg_major
+            );
+        }
         if !b.annotations.is_empty() {
             println!(
                 "{:<18} {}",
@@ -107,6 +113,24 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if out.wal.timelines.is_empty() {
         println!("(no WAL yet)");
+    }
+    for e in &out.earlier_systems {
+        println!();
+        println!(
+            "system {} (PostgreSQL {}), before the upgrade: WAL under {}",
+            e.system_identifier, e.pg_major, e.wal_prefix
+        );
+        for t in &e.wal.timelines {
+            println!(
+                "{:<9} {:<14} {:<14} {:>9} {:>8} {:>12}",
+                t.timeline,
+                t.start_lsn,
+                t.end_lsn,
+                t.complete_segments,
+                t.partial_segments,
+                t.stored_bytes
+            );
+        }
     }
     if let Some(time) = &out.wal_listing.index_time {
         println!();

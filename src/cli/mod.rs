@@ -7,6 +7,7 @@ pub mod args;
 pub mod backup;
 pub mod check;
 pub mod config_file;
+pub mod copy;
 pub mod drill;
 pub mod expire;
 pub mod info;
@@ -17,6 +18,7 @@ pub mod list;
 pub mod log;
 pub mod mark;
 pub mod parse;
+pub mod record_upgrade;
 pub mod restore;
 pub mod stream;
 pub mod verify;
@@ -101,6 +103,10 @@ pub enum Command {
     Keep(keep::Args),
     /// Create a named restore point and wait until its WAL is stored (before a migration).
     Mark(mark::Args),
+    /// Copy the repository into another place (resumable); the copy restores alone.
+    Copy(copy::Args),
+    /// After pg_upgrade: continue the repository with the upgraded cluster's new system identifier.
+    RecordUpgrade(record_upgrade::Args),
     /// Rotate keys: list what each key seals, add the key file's new key, retire an old one.
     Key(key::Args),
     /// Print a new random encryption key (64 hexadecimal characters).
@@ -152,6 +158,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keep(args) => keep::run(args).await,
         Command::Key(args) => key::run(args).await,
         Command::Mark(args) => mark::run(args).await,
+        Command::RecordUpgrade(args) => record_upgrade::run(args).await,
+        Command::Copy(args) => copy::run(args).await,
         Command::Keygen(args) => keygen::run(&args),
         Command::Log(args) => log::run(args).await,
         Command::WalPush(args) => wal_push::run(args).await,

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::inspect::verify::{verify_backup, verify_wal};
+use crate::inspect::verify::{WalReport, verify_backup, verify_wal};
 use crate::progress::Progress;
 
 use super::args::RepoArgs;
@@ -78,11 +78,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         reports.push(report);
     }
     let wal = if args.wal {
-        let progress = Progress::files("verify WAL", 0);
-        let report = verify_wal(&repo, &manifest, &progress)
-            .await
-            .context("verify the WAL")?;
-        progress.finish();
+        // Each system the repository holds (more than one after an upgrade).
+        let mut report = WalReport {
+            files_checked: 0,
+            failures: Vec::new(),
+        };
+        let stored = repo.stored_identity().cloned().unwrap_or(manifest.clone());
+        for (system, _, _) in stored.systems() {
+            let system_repo = repo.for_system(&system)?;
+            let view = stored.system_view(&system).expect("a system it holds");
+            let progress = Progress::files(&format!("verify WAL of system {system}"), 0);
+            let one = verify_wal(&system_repo, &view, &progress)
+                .await
+                .with_context(|| format!("verify the WAL of system {system}"))?;
+            progress.finish();
+            report.files_checked += one.files_checked;
+            report.failures.extend(one.failures);
+        }
         Some(report)
     } else {
         None

@@ -118,7 +118,12 @@ impl RepositorySource {
     /// # Errors
     /// [`OpenError`].
     pub async fn open_existing(&self) -> Result<(Repository, RepositoryManifest), OpenError> {
-        let repo = self.open()?;
+        let mut repo = self.open()?;
+        // A restore of a backup taken before an upgrade reads that
+        // system's WAL.
+        if let Some(system) = self.planned_wal()?.and_then(|p| p.system_identifier) {
+            repo = repo.for_system(&system)?;
+        }
         let manifest = repo
             .open_manifest()
             .await?

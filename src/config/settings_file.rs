@@ -42,6 +42,11 @@ pub struct PlannedWal {
     pub path: Vec<PlannedStep>,
     /// The end of the WAL held without a hole on the path.
     pub end: Lsn,
+    /// The system whose WAL replay reads: the backup's (one held before an
+    /// upgrade has its own WAL); absent in files of earlier releases, which
+    /// read the current system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
 }
 
 /// One timeline of a [`PlannedWal`].

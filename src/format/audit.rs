@@ -19,6 +19,8 @@ pub const OPERATIONS: &[&str] = &[
     "drill",
     "key-add",
     "key-retire",
+    "record-upgrade",
+    "copy",
 ];
 
 /// One audit record.

@@ -58,10 +58,39 @@ pub struct RepositoryManifest {
     /// When the repository was created (RFC 3339, UTC, whole seconds).
     #[serde(with = "super::time")]
     pub created_at: DateTime<Utc>,
+    /// The systems this repository held before the current one, oldest
+    /// first: a `pg_upgrade` gives the cluster a new system identifier, and
+    /// `walvault record-upgrade` moves the one above here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_systems: Vec<EarlierSystem>,
     /// Version 2, encrypted: per key id, the hex HMAC-SHA256 of this
     /// document without this field, under that key's manifest key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub macs: Option<BTreeMap<KeyId, String>>,
+}
+
+/// A system the repository held before an upgrade: its backups stay
+/// listed and restorable, its WAL stays under its own prefix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlierSystem {
+    /// Its system identifier.
+    pub system_identifier: String,
+    /// Its major version.
+    pub pg_major: u32,
+    /// Its WAL segment size in bytes.
+    pub wal_segment_size: u64,
+    /// When the next system was recorded (RFC 3339, UTC, whole seconds).
+    #[serde(with = "super::time")]
+    pub until: DateTime<Utc>,
+}
+
+/// Where a system's WAL lives, relative to the repository: the first
+/// system's under `wal/` (and its WAL index under `index/`), every later
+/// one's under `systems/{system_identifier}/`, so the timeline-1 segment
+/// names of an upgraded cluster never meet the old cluster's.
+pub fn system_prefix(system_identifier: &str) -> String {
+    format!("systems/{system_identifier}/")
 }
 
 /// Bytes of a repository id (stored as twice as many hex digits).
@@ -79,6 +108,31 @@ pub fn join_ids(ids: &[KeyId]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Why `record-upgrade` refuses a server.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UpgradeError {
+    /// Nothing to record.
+    #[error(
+        "the server is system identifier {0}, which the repository already holds as its current system: there is no upgrade to record"
+    )]
+    Current(String),
+    /// Going back.
+    #[error(
+        "the server is system identifier {0}, which the repository held before an upgrade: an old cluster cannot become current again; use another repository for it"
+    )]
+    Earlier(String),
+    /// pg_upgrade only goes up.
+    #[error(
+        "the server runs PostgreSQL {to}, older than the repository's current PostgreSQL {from}: pg_upgrade never goes down, so this is another cluster; use another repository for it"
+    )]
+    Downgrade {
+        /// The current major.
+        from: u32,
+        /// The server's.
+        to: u32,
+    },
 }
 
 /// A `walvault.json` that must not be trusted.
@@ -99,7 +153,7 @@ pub enum ManifestError {
 pub enum MismatchError {
     /// Another cluster's repository.
     #[error(
-        "repository belongs to system identifier {repository}, but the server is {server}; use another --repo (or prefix) for this cluster"
+        "repository belongs to system identifier {repository}, but the server is {server}: if this server is that cluster after pg_upgrade, run `walvault record-upgrade` with its connection to continue the repository with it; otherwise use another --repo (or prefix) for this cluster"
     )]
     SystemIdentifier {
         /// In the repository.
@@ -114,6 +168,16 @@ pub enum MismatchError {
         repository: u64,
         /// Of the server.
         server: u64,
+    },
+    /// A system the repository held before an upgrade is writing again.
+    #[error(
+        "the server is system identifier {server}, which this repository held before it was upgraded to {repository}: an old cluster must not write into the upgraded one's repository; use another --repo (or prefix) for it"
+    )]
+    EarlierSystem {
+        /// The current system.
+        repository: String,
+        /// Of the server.
+        server: String,
     },
     /// Encrypted repository, no key given.
     #[error(
@@ -223,6 +287,32 @@ impl RepositoryManifest {
             }
             (false, None) => {}
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for (id, size, major) in self
+            .earlier_systems
+            .iter()
+            .map(|e| (&e.system_identifier, e.wal_segment_size, e.pg_major))
+            .chain([(
+                &self.system_identifier,
+                self.wal_segment_size,
+                self.pg_major,
+            )])
+        {
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+                return bad(format!("system_identifier {id:?} is not a number"));
+            }
+            if !seen.insert(id) {
+                return bad(format!("system identifier {id} is listed twice"));
+            }
+            if !size.is_power_of_two() || !WAL_SEGMENT_SIZES.contains(&size) {
+                return bad(format!(
+                    "wal_segment_size {size} is not a power of two from 1 MiB to 1 GiB"
+                ));
+            }
+            if !(10..=99).contains(&major) {
+                return bad(format!("pg_major {major} is not a PostgreSQL major"));
+            }
+        }
         if self.binds_objects() && self.is_encrypted() && self.macs.is_none() {
             return bad("an encrypted repository's identity has no authentication".into());
         }
@@ -308,6 +398,93 @@ impl RepositoryManifest {
         }
     }
 
+    /// Where the current system's WAL lives: `None` for `wal/` at the
+    /// top (the first system), else [`system_prefix`].
+    pub fn wal_namespace(&self) -> Option<String> {
+        let first = self
+            .earlier_systems
+            .first()
+            .map_or(&self.system_identifier, |e| &e.system_identifier);
+        (*first != self.system_identifier).then(|| system_prefix(&self.system_identifier))
+    }
+
+    /// Every system the repository holds, oldest first, as
+    /// `(system identifier, major, segment size)`; the last is current.
+    pub fn systems(&self) -> Vec<(String, u32, u64)> {
+        self.earlier_systems
+            .iter()
+            .map(|e| (e.system_identifier.clone(), e.pg_major, e.wal_segment_size))
+            .chain([(
+                self.system_identifier.clone(),
+                self.pg_major,
+                self.wal_segment_size,
+            )])
+            .collect()
+    }
+
+    /// This document as seen by a reader of the system `system_identifier`
+    /// (current or earlier): that system's identity, segment size and major
+    /// in place of the current one's; `None` when it holds no such system.
+    /// Only for reading: the view is never written back.
+    pub fn system_view(&self, system_identifier: &str) -> Option<RepositoryManifest> {
+        if self.system_identifier == system_identifier {
+            return Some(self.clone());
+        }
+        let e = self
+            .earlier_systems
+            .iter()
+            .find(|e| e.system_identifier == system_identifier)?;
+        let mut view = self.clone();
+        view.system_identifier = e.system_identifier.clone();
+        view.pg_major = e.pg_major;
+        view.wal_segment_size = e.wal_segment_size;
+        Some(view)
+    }
+
+    /// The document after `pg_upgrade` gave the cluster a new system
+    /// identifier: the current system moves to `earlier_systems`, the new
+    /// one becomes current (unsigned: the caller signs it).
+    ///
+    /// # Errors
+    /// [`UpgradeError`] for a system the repository holds already or an
+    /// older major.
+    pub fn record_upgrade(
+        &self,
+        system_identifier: &str,
+        pg_major: u32,
+        wal_segment_size: u64,
+        at: DateTime<Utc>,
+    ) -> Result<RepositoryManifest, UpgradeError> {
+        if self.system_identifier == system_identifier {
+            return Err(UpgradeError::Current(system_identifier.to_string()));
+        }
+        if self
+            .earlier_systems
+            .iter()
+            .any(|e| e.system_identifier == system_identifier)
+        {
+            return Err(UpgradeError::Earlier(system_identifier.to_string()));
+        }
+        if pg_major < self.pg_major {
+            return Err(UpgradeError::Downgrade {
+                from: self.pg_major,
+                to: pg_major,
+            });
+        }
+        let mut next = self.clone();
+        next.earlier_systems.push(EarlierSystem {
+            system_identifier: self.system_identifier.clone(),
+            pg_major: self.pg_major,
+            wal_segment_size: self.wal_segment_size,
+            until: at,
+        });
+        next.system_identifier = system_identifier.to_string();
+        next.pg_major = pg_major;
+        next.wal_segment_size = wal_segment_size;
+        next.macs = None;
+        Ok(next)
+    }
+
     /// Checks that a server's identity matches this repository.
     ///
     /// # Errors
@@ -317,6 +494,16 @@ impl RepositoryManifest {
         system_identifier: &str,
         wal_segment_size: u64,
     ) -> Result<(), MismatchError> {
+        if self
+            .earlier_systems
+            .iter()
+            .any(|e| e.system_identifier == system_identifier)
+        {
+            return Err(MismatchError::EarlierSystem {
+                repository: self.system_identifier.clone(),
+                server: system_identifier.to_string(),
+            });
+        }
         if self.system_identifier != system_identifier {
             return Err(MismatchError::SystemIdentifier {
                 repository: self.system_identifier.clone(),
@@ -348,8 +535,60 @@ mod tests {
             encryption: encryption.into(),
             key_ids: key_ids.iter().map(|s| s.parse().unwrap()).collect(),
             created_at: "2026-11-21T00:00:00Z".parse().unwrap(),
+            earlier_systems: Vec::new(),
             macs: None,
         }
+    }
+
+    #[test]
+    fn an_upgrade_moves_the_current_system_and_is_authenticated() {
+        use crate::format::key::MasterKey;
+        let ring = Keyring::single(MasterKey::from_hex(&"42".repeat(32)).unwrap());
+        let id = ring.ids()[0].to_string();
+        let mut m = manifest("aes-256-gcm", &[id.as_str()]);
+        m.version = REPOSITORY_MANIFEST_VERSION;
+        m.repository_id = Some(RepositoryManifest::new_repository_id());
+        m.sign(&ring);
+        assert_eq!(m.wal_namespace(), None);
+        let at: DateTime<Utc> = "2026-12-01T10:00:00Z".parse().unwrap();
+        let mut up = m
+            .record_upgrade("7400000000000000002", 18, 16 << 20, at)
+            .unwrap();
+        up.sign(&ring);
+        up.validate().unwrap();
+        up.verify(&ring).unwrap();
+        assert_eq!(
+            up.wal_namespace().as_deref(),
+            Some("systems/7400000000000000002/")
+        );
+        let old = up.system_view("7300000000000000001").unwrap();
+        assert_eq!((old.pg_major, old.wal_namespace()), (15, None));
+        assert!(up.system_view("1").is_none());
+        // The old cluster, the same one again, or a downgrade are refused.
+        assert!(matches!(
+            up.check_server("7300000000000000001", 16 << 20),
+            Err(MismatchError::EarlierSystem { .. })
+        ));
+        up.check_server("7400000000000000002", 16 << 20).unwrap();
+        for (sys, major) in [
+            ("7300000000000000001", 18),
+            ("7400000000000000002", 18),
+            ("7500000000000000003", 17),
+        ] {
+            assert!(
+                up.record_upgrade(sys, major, 16 << 20, at).is_err(),
+                "{sys}"
+            );
+        }
+        // The list of systems is authenticated: dropping the upgrade from
+        // the document is detected.
+        let text = serde_json::to_string(&up).unwrap();
+        let mut dropped: RepositoryManifest = serde_json::from_str(&text).unwrap();
+        dropped.earlier_systems.clear();
+        assert_eq!(dropped.verify(&ring), Err(ManifestError::Tampered));
+        let mut twice = up.clone();
+        twice.earlier_systems.push(twice.earlier_systems[0].clone());
+        assert!(twice.validate().is_err());
     }
 
     #[test]

@@ -59,6 +59,30 @@ pub struct Info {
     pub last_drill: Option<crate::format::drill::DrillRecord>,
     /// The keys `walvault.json` lists, with what each seals when counted.
     pub keys: Vec<KeyInfo>,
+    /// The systems the repository held before upgrades, oldest first
+    /// (empty unless the cluster was upgraded).
+    pub earlier_systems: Vec<EarlierSystemInfo>,
+}
+
+/// A system the repository held before an upgrade.
+#[derive(Clone, Debug, Serialize)]
+pub struct EarlierSystemInfo {
+    /// Its system identifier.
+    pub system_identifier: String,
+    /// Its major version.
+    pub pg_major: u32,
+    /// When the next system was recorded.
+    pub until: String,
+    /// Where its WAL is stored.
+    pub wal_prefix: String,
+    /// Its backups in the repository.
+    pub backups: usize,
+    /// The oldest moment restorable within it (its oldest restorable backup's end).
+    pub earliest_restorable_time: Option<String>,
+    /// That backup.
+    pub earliest_backup: Option<String>,
+    /// When its newest WAL was stored.
+    pub latest_wal_time: Option<String>,
 }
 
 /// One key.
@@ -79,6 +103,10 @@ pub struct KeyInfo {
 pub struct BackupInfo {
     /// Id.
     pub id: String,
+    /// The system it is a backup of (an earlier one's after an upgrade).
+    pub system_identifier: String,
+    /// Its PostgreSQL major: restore it with that major's binaries.
+    pub pg_major: u32,
     /// Start and stop (RFC 3339 UTC).
     pub start_time: String,
     /// Stop time: restorable from here.
@@ -246,24 +274,73 @@ pub async fn gather(
         })
         .collect();
 
+    // Systems held before an upgrade: their own WAL, their own backups.
+    let stored = repo.stored_identity().cloned().unwrap_or(manifest.clone());
+    let mut earlier = Vec::new();
+    for e in &stored.earlier_systems {
+        let handle = repo.for_system(&e.system_identifier)?;
+        let objects = handle.list(layout::WAL_PREFIX).await?;
+        let inventory = WalInventory::from_listing(&objects, None, e.wal_segment_size);
+        earlier.push((e, handle, objects, inventory));
+    }
+    let restorable = |b: &crate::format::backup::BackupMetadata| {
+        let (inv, size) = if b.system_identifier == manifest.system_identifier {
+            (&inv, size)
+        } else {
+            match earlier
+                .iter()
+                .find(|(e, ..)| e.system_identifier == b.system_identifier)
+            {
+                Some((e, _, _, i)) => (i, e.wal_segment_size),
+                None => return false,
+            }
+        };
+        inv.first_missing(
+            b.wal_range.timeline,
+            b.wal_range.start_lsn,
+            b.wal_range.stop_lsn,
+            size,
+        )
+        .is_none()
+    };
+    let earlier_systems: Vec<EarlierSystemInfo> = earlier
+        .iter()
+        .map(|(e, handle, objects, _)| {
+            let own = || {
+                backups
+                    .iter()
+                    .filter(|b| b.system_identifier == e.system_identifier)
+            };
+            let first = own().find(|b| restorable(b));
+            EarlierSystemInfo {
+                system_identifier: e.system_identifier.clone(),
+                pg_major: e.pg_major,
+                until: to_text(&e.until),
+                wal_prefix: handle.stored_key(layout::WAL_PREFIX),
+                backups: own().count(),
+                earliest_restorable_time: first.map(|b| to_text(&b.stop_time)),
+                earliest_backup: first.map(|b| b.id.clone()),
+                latest_wal_time: objects
+                    .iter()
+                    .map(|o| o.last_modified)
+                    .max()
+                    .map(|t| to_text(&t)),
+            }
+        })
+        .collect();
     let backup_infos = backups
         .iter()
         .map(|b| BackupInfo {
             id: b.id.clone(),
+            system_identifier: b.system_identifier.clone(),
+            pg_major: b.pg_major,
             start_time: to_text(&b.start_time),
             stop_time: to_text(&b.stop_time),
             duration_seconds: b.duration_seconds,
             size_bytes: b.plain_bytes,
             stored_bytes: b.stored_bytes,
             timeline: b.timeline.get(),
-            restorable: inv
-                .first_missing(
-                    b.wal_range.timeline,
-                    b.wal_range.start_lsn,
-                    b.wal_range.stop_lsn,
-                    size,
-                )
-                .is_none(),
+            restorable: restorable(b),
             pinned: pins.iter().any(|p| p.backup_id == b.id),
             label: b.label.clone(),
             annotations: b.annotations.clone(),
@@ -283,7 +360,10 @@ pub async fn gather(
             .map(|o| o.last_modified)
             .max();
         let mut earliest = None;
-        for b in &backups {
+        for b in backups
+            .iter()
+            .filter(|b| b.system_identifier == manifest.system_identifier)
+        {
             let plan = plan_restore(
                 repo,
                 vec![b.clone()],
@@ -326,6 +406,12 @@ pub async fn gather(
                 t.earliest_backup.clone(),
             ))
         })
+        .chain(earlier_systems.iter().filter_map(|e| {
+            Some((
+                e.earliest_restorable_time.clone()?,
+                e.earliest_backup.clone(),
+            ))
+        }))
         .min();
     let (failures, _) = repo
         .read_audit(|_, operation| operation == "backup")
@@ -390,6 +476,7 @@ pub async fn gather(
             .collect(),
         last_drill,
         keys,
+        earlier_systems,
     })
 }
 

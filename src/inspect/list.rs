@@ -26,6 +26,19 @@ pub struct ListOutput {
     pub locked_backups: Vec<crate::storage::LockedBackup>,
     pub wal: WalSummary,
     pub wal_listing: WalListing,
+    /// The systems held before upgrades, oldest first, with their WAL
+    /// (empty unless the cluster was upgraded).
+    pub earlier_systems: Vec<EarlierSystemSummary>,
+}
+
+/// A system the repository held before an upgrade, in `list --json`.
+#[derive(Debug, Serialize)]
+pub struct EarlierSystemSummary {
+    pub system_identifier: String,
+    pub pg_major: u32,
+    /// Where its WAL is stored.
+    pub wal_prefix: String,
+    pub wal: WalSummary,
 }
 
 /// How `list` learned the WAL part.
@@ -43,6 +56,10 @@ pub struct WalListing {
 #[derive(Debug, Serialize)]
 pub struct BackupSummary {
     pub id: String,
+    /// The system it is a backup of (an earlier one's after an upgrade).
+    pub system_identifier: String,
+    /// Its major: restore it with that major's binaries.
+    pub pg_major: u32,
     pub label: String,
     pub start_time: String,
     pub stop_time: String,
@@ -101,6 +118,8 @@ pub async fn gather(
         .into_iter()
         .map(|b| BackupSummary {
             id: b.id,
+            system_identifier: b.system_identifier,
+            pg_major: b.pg_major,
             label: b.label,
             start_time: crate::format::time::to_text(&b.start_time),
             stop_time: crate::format::time::to_text(&b.stop_time),
@@ -118,6 +137,22 @@ pub async fn gather(
             annotations: b.annotations,
         })
         .collect();
+    let mut earlier_systems = Vec::new();
+    let stored = repo.stored_identity().cloned();
+    for e in stored.iter().flat_map(|m| &m.earlier_systems) {
+        let handle = repo
+            .for_system(&e.system_identifier)
+            .map_err(ListError::Wal)?;
+        let inv = WalInventory::scan(&handle, e.wal_segment_size)
+            .await
+            .map_err(ListError::Wal)?;
+        earlier_systems.push(EarlierSystemSummary {
+            system_identifier: e.system_identifier.clone(),
+            pg_major: e.pg_major,
+            wal_prefix: handle.stored_key(layout::WAL_PREFIX),
+            wal: summarize(&inv, e.wal_segment_size),
+        });
+    }
     let out = ListOutput {
         version: 1,
         repository: repo.display().to_string(),
@@ -128,6 +163,7 @@ pub async fn gather(
         locked_backups,
         wal: summarize(&inv, manifest.wal_segment_size),
         wal_listing,
+        earlier_systems,
     };
     Ok(out)
 }

@@ -233,7 +233,9 @@ pub async fn verify_backup(
         }
     }
 
-    // The WAL range.
+    // The WAL range, in the backup's system (its own after an upgrade).
+    let system_repo = repo.for_system(&meta.system_identifier)?;
+    let repo = &system_repo;
     let range = &meta.wal_range;
     let inv = WalInventory::scan(repo, meta.wal_segment_size).await?;
     if let Some(missing) = inv.first_missing(
@@ -243,7 +245,7 @@ pub async fn verify_backup(
         meta.wal_segment_size,
     ) {
         report.failures.push(fail(
-            Some(&layout::segment_key(missing, meta.wal_segment_size)),
+            Some(&repo.stored_key(&layout::segment_key(missing, meta.wal_segment_size))),
             None,
             format!(
                 "WAL segment {} of the backup's range {}..{} is missing",
@@ -318,7 +320,7 @@ pub async fn verify_wal(
         for number in t.missing_segments() {
             let seg = SegmentName { timeline, number };
             failures.push(fail(
-                Some(&layout::segment_key(seg, segment_size_bytes)),
+                Some(&repo.stored_key(&layout::segment_key(seg, segment_size_bytes))),
                 None,
                 format!(
                     "WAL segment {} is missing: the archive has a gap on timeline {timeline}; restoring across it needs a base backup taken after it",
@@ -374,7 +376,7 @@ async fn open_wal_files(
         if let Some(p) = progress {
             p.set_done(checked as u64);
         }
-        let key = match file {
+        let key = repo.stored_key(&match file {
             WalFileName::History(t) => layout::history_key(t),
             WalFileName::Segment(seg) => {
                 let complete = inv
@@ -387,7 +389,7 @@ async fn open_wal_files(
                     layout::delta_prefix(seg, segment_size_bytes)
                 }
             }
-        };
+        });
         match result {
             Ok(Some(fetched)) => {
                 let (bytes, valid) = match &fetched {

@@ -107,24 +107,35 @@ pub async fn read_repository(metrics: &Metrics, repo: &Repository) {
         stored_bytes: b.stored_bytes,
         duration_seconds: b.duration_seconds,
     });
-    let earliest = match backups.first() {
-        Some(first) => match WalInventory::scan(repo, first.wal_segment_size).await {
-            Ok(inv) => backups
-                .iter()
-                .find(|b| {
-                    inv.first_missing(
-                        b.wal_range.timeline,
-                        b.wal_range.start_lsn,
-                        b.wal_range.stop_lsn,
-                        b.wal_segment_size,
-                    )
-                    .is_none()
-                })
-                .map(|b| b.stop_time),
-            Err(_) => None,
-        },
-        None => None,
-    };
+    // The oldest backup whose WAL range is whole, in its own system's WAL
+    // (an earlier system's after an upgrade).
+    let mut inventories: std::collections::BTreeMap<&str, Option<WalInventory>> =
+        std::collections::BTreeMap::new();
+    let mut earliest = None;
+    for b in &backups {
+        if !inventories.contains_key(b.system_identifier.as_str()) {
+            let scanned = match repo.for_system(&b.system_identifier) {
+                Ok(handle) => WalInventory::scan(&handle, b.wal_segment_size).await.ok(),
+                Err(_) => None,
+            };
+            inventories.insert(&b.system_identifier, scanned);
+        }
+        let whole = inventories[b.system_identifier.as_str()]
+            .as_ref()
+            .is_some_and(|inv| {
+                inv.first_missing(
+                    b.wal_range.timeline,
+                    b.wal_range.start_lsn,
+                    b.wal_range.stop_lsn,
+                    b.wal_segment_size,
+                )
+                .is_none()
+            });
+        if whole {
+            earliest = Some(b.stop_time);
+            break;
+        }
+    }
     let drill = match repo.latest_drill().await {
         Ok(d) => d.map(|d| DrillFacts {
             success: d.success,

@@ -205,8 +205,10 @@ async fn restore_into(
     });
     // While the files sync, the first segments recovery asks for go into
     // the spool, so that it does not start by waiting on the repository.
-    if recovery.prefetch > 0 {
-        prefill_spool(repo, plan, &spool, recovery.prefetch).await;
+    if recovery.prefetch > 0
+        && let Ok(system_repo) = repo.for_system(&b.system_identifier)
+    {
+        prefill_spool(&system_repo, plan, &spool, recovery.prefetch).await;
     }
     sync.await
         .expect("sync does not panic")
@@ -294,6 +296,7 @@ fn write_recovery_config(req: &Prepared, options: &RecoveryOptions) -> Result<()
             })
             .collect(),
         end: req.plan.wal_end,
+        system_identifier: Some(req.plan.backup.system_identifier.clone()),
     });
     write_repository_config(settings_file, &settings)
         .map_err(io(format!("create {}", settings_file.display())))?;

@@ -314,6 +314,15 @@ pub async fn plan_restore(
             fitting
         }
     };
+    // The candidates of one system, the newest one's: a system held before
+    // an upgrade has its own WAL, under its own prefix.
+    let system = candidates[0].system_identifier.clone();
+    let candidates: Vec<BackupMetadata> = candidates
+        .into_iter()
+        .filter(|b| b.system_identifier == system)
+        .collect();
+    let system_repo = repo.for_system(&system)?;
+    let repo = &system_repo;
     let size = candidates[0].wal_segment_size;
     // The WAL from the newest candidate on; the whole archive only when an
     // older candidate has to be tried.

@@ -190,7 +190,10 @@ pub async fn prepare(repo: &Repository, opts: &RestoreOptions) -> Result<Prepare
         opts.timeline,
     )
     .await?;
-    super::reach::check_reachable(repo, &plan, &opts.target).await?;
+    let system_repo = repo
+        .for_system(&plan.backup.system_identifier)
+        .map_err(PrepareError::ListBackups)?;
+    super::reach::check_reachable(&system_repo, &plan, &opts.target).await?;
     let mut map = opts.tablespace_map.clone();
     if let Some(root) = &opts.tablespaces_under {
         for oid in plan.backup.tablespaces.iter().filter_map(|t| t.oid) {

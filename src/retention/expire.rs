@@ -166,38 +166,102 @@ async fn apply(
     }
     let backups = repo.list_backups().await?;
     let listed_at = Utc::now();
-    let wal_objects = repo.list(layout::WAL_PREFIX).await?;
     let previous = repo.latest_expire_record().await?;
     let old_floor = previous.as_ref().and_then(|(_, r)| r.floor_lsn);
-    let inv = WalInventory::from_listing(&wal_objects, old_floor, segment_size_bytes);
     let pins = repo.read_pins().await?;
-
-    let facts: Vec<BackupFacts> = backups
+    // The WAL of each system the repository holds, the current one last
+    // (one system unless the cluster was upgraded).
+    let mut systems = Vec::new();
+    if repo.stored_identity().is_none() {
+        repo.open_manifest().await?;
+    }
+    let held = repo
+        .stored_identity()
+        .map(crate::format::manifest::RepositoryManifest::systems)
+        .unwrap_or_default();
+    let count = held.len();
+    for (n, (id, _, size)) in held.into_iter().enumerate() {
+        let current = n + 1 == count;
+        let handle = if current {
+            repo.clone()
+        } else {
+            repo.for_system(&id)?
+        };
+        let objects = handle.list(layout::WAL_PREFIX).await?;
+        // The floor of the expire records is the current system's.
+        let inv = WalInventory::from_listing(&objects, old_floor.filter(|_| current), size);
+        systems.push(SystemWal {
+            id,
+            size,
+            current,
+            handle,
+            objects,
+            inv,
+        });
+    }
+    let facts: Vec<(usize, BackupFacts)> = backups
         .iter()
-        .filter_map(|b| facts_of(b, &inv, segment_size_bytes))
-        .collect();
-    let decision = retention::decide(&facts, &pins, &opts.policy, opts.now);
-    let kept_facts: Vec<&BackupFacts> = facts
-        .iter()
-        .filter(|f| decision.keep.contains_key(&f.id))
-        .collect();
-    let parsed: Vec<(String, WalObject)> = wal_objects
-        .iter()
-        .filter_map(|o| {
-            layout::parse_wal_key(&o.key, segment_size_bytes).map(|w| (o.key.clone(), w))
+        .filter_map(|b| {
+            let (n, s) = systems
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.id == b.system_identifier)?;
+            facts_of(b, &s.inv, s.size).map(|f| (n, f))
         })
         .collect();
-    let sizes: BTreeMap<&str, u64> = wal_objects
-        .iter()
-        .map(|o| (o.key.as_str(), o.size))
-        .collect();
-    let wal_gone =
-        retention::wal_to_remove(&parsed, &kept_facts, decision.horizon, segment_size_bytes);
-    let floor = match (old_floor, decision.horizon) {
-        (Some(a), Some(b)) => Some(a.max(b.segment_start(segment_size_bytes))),
-        (a, b) => a.or(b.map(|h| h.segment_start(segment_size_bytes))),
-    };
-    report.horizon_lsn = decision.horizon;
+    let all_facts: Vec<BackupFacts> = facts.iter().map(|(_, f)| f.clone()).collect();
+    let decision = retention::decide(&all_facts, &pins, &opts.policy, opts.now);
+    let mut removals: Vec<(usize, String, WalRemoval, u64)> = Vec::new();
+    let mut horizon = None;
+    let mut floor = None;
+    for (n, system) in systems.iter().enumerate() {
+        let kept_facts: Vec<&BackupFacts> = facts
+            .iter()
+            .filter(|(s, f)| *s == n && decision.keep.contains_key(&f.id))
+            .map(|(_, f)| f)
+            .collect();
+        // Point-in-time recovery from the oldest backup of this system a
+        // policy keeps for it; a system before an upgrade that no such
+        // backup needs keeps only the ranges of its kept backups.
+        let system_horizon = kept_facts
+            .iter()
+            .filter(|f| {
+                decision.keep[&f.id]
+                    .iter()
+                    .any(retention::Reason::keeps_recovery)
+            })
+            .map(|f| f.start_lsn)
+            .min()
+            .or((!system.current).then_some(Lsn(u64::MAX)));
+        let parsed: Vec<(String, WalObject)> = system
+            .objects
+            .iter()
+            .filter_map(|o| layout::parse_wal_key(&o.key, system.size).map(|w| (o.key.clone(), w)))
+            .collect();
+        let sizes: BTreeMap<&str, u64> = system
+            .objects
+            .iter()
+            .map(|o| (o.key.as_str(), o.size))
+            .collect();
+        for (key, why) in
+            retention::wal_to_remove(&parsed, &kept_facts, system_horizon, system.size)
+        {
+            removals.push((
+                n,
+                key.to_string(),
+                why,
+                sizes.get(key).copied().unwrap_or(0),
+            ));
+        }
+        if system.current {
+            horizon = system_horizon;
+            floor = match (old_floor, system_horizon) {
+                (Some(a), Some(b)) => Some(a.max(b.segment_start(system.size))),
+                (a, b) => a.or(b.map(|h| h.segment_start(system.size))),
+            };
+        }
+    }
+    report.horizon_lsn = horizon;
     report.floor_lsn = floor;
     report.kept = decision
         .keep
@@ -218,16 +282,14 @@ async fn apply(
             stored_bytes: by_id[id.as_str()].stored_bytes,
         })
         .collect();
-    let mut wal_keys = Vec::new();
-    for (key, why) in &wal_gone {
+    for (_, _, why, size) in &removals {
         match why {
             WalRemoval::BelowHorizon => {
                 report.wal_objects_removed += 1;
-                report.wal_bytes_removed += sizes.get(key).copied().unwrap_or(0);
+                report.wal_bytes_removed += size;
             }
             WalRemoval::Superseded => report.superseded_deltas_removed += 1,
         }
-        wal_keys.push((*key).to_string());
     }
     report.interrupted_backups_removed = unfinished.dead.iter().map(|(id, _)| id.clone()).collect();
     report.pins_removed = pins
@@ -265,13 +327,21 @@ async fn apply(
             .collect();
         repo.delete_many(&keys).await?;
     }
-    if !wal_keys.is_empty() {
-        info!(
-            objects = wal_keys.len(),
-            floor = ?floor.map(|l| l.to_string()),
-            "removing WAL no kept backup or recovery window needs"
-        );
-        repo.delete_many(&wal_keys).await?;
+    for (n, system) in systems.iter().enumerate() {
+        let keys: Vec<String> = removals
+            .iter()
+            .filter(|(s, ..)| *s == n)
+            .map(|(_, k, ..)| k.clone())
+            .collect();
+        if !keys.is_empty() {
+            info!(
+                objects = keys.len(),
+                system = system.id,
+                floor = ?floor.filter(|_| system.current).map(|l| l.to_string()),
+                "removing WAL no kept backup or recovery window needs"
+            );
+            system.handle.delete_many(&keys).await?;
+        }
     }
     for (id, keys) in &unfinished.dead {
         info!(
@@ -286,17 +356,35 @@ async fn apply(
     }
     // The listing as it stands now, for `list`. Without it (a failed write),
     // `list` lists every object, as it does before the first run.
-    let gone: BTreeSet<&str> = wal_keys.iter().map(String::as_str).collect();
-    let remaining: Vec<storage::ObjectInfo> = wal_objects
-        .iter()
-        .filter(|o| !gone.contains(o.key.as_str()))
-        .cloned()
-        .collect();
-    let wal_index = index::build(&remaining, seq, listed_at, segment_size_bytes);
-    if let Err(e) = repo.write_wal_index(&wal_index).await {
-        warn!(error = %e, "could not store the WAL index: `list` lists every WAL object until the next run stores one");
+    if let Some((n, current)) = systems.iter().enumerate().find(|(_, s)| s.current) {
+        let gone: BTreeSet<&str> = removals
+            .iter()
+            .filter(|(s, ..)| *s == n)
+            .map(|(_, k, ..)| k.as_str())
+            .collect();
+        let remaining: Vec<storage::ObjectInfo> = current
+            .objects
+            .iter()
+            .filter(|o| !gone.contains(o.key.as_str()))
+            .cloned()
+            .collect();
+        let wal_index = index::build(&remaining, seq, listed_at, segment_size_bytes);
+        if let Err(e) = repo.write_wal_index(&wal_index).await {
+            warn!(error = %e, "could not store the WAL index: `list` lists every WAL object until the next run stores one");
+        }
     }
     Ok(report)
+}
+
+/// The WAL one system of the repository holds (see
+/// [`Repository::for_system`]).
+struct SystemWal {
+    id: String,
+    size: u64,
+    current: bool,
+    handle: Repository,
+    objects: Vec<storage::ObjectInfo>,
+    inv: WalInventory,
 }
 
 /// What retention needs of a backup: `None` for metadata whose segment

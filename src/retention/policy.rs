@@ -124,7 +124,7 @@ impl std::fmt::Display for Reason {
 
 impl Reason {
     /// Whether the reason keeps point-in-time recovery from this backup on.
-    fn keeps_recovery(&self) -> bool {
+    pub fn keeps_recovery(&self) -> bool {
         matches!(
             self,
             Reason::Newest | Reason::NewerThanRestorable | Reason::Full | Reason::Window

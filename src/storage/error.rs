@@ -121,6 +121,27 @@ pub enum Error {
     /// The repository belongs to another cluster or uses other keys.
     #[error(transparent)]
     Mismatch(#[from] MismatchError),
+    /// `record-upgrade` refused the server.
+    #[error(transparent)]
+    Upgrade(#[from] crate::format::manifest::UpgradeError),
+    /// The place a copy goes holds something else.
+    #[error("cannot copy into {repository}: {reason}")]
+    CopyTarget {
+        /// The copy's URL.
+        repository: String,
+        /// Why.
+        reason: String,
+    },
+    /// A reader asked for a system the repository does not hold.
+    #[error(
+        "the repository holds no system identifier {system} (it holds {systems}): the backup or settings file belongs to another repository"
+    )]
+    NoSuchSystem {
+        /// Asked for.
+        system: String,
+        /// Held, oldest first.
+        systems: String,
+    },
 }
 
 impl Error {
@@ -136,6 +157,9 @@ impl Error {
                 | Error::NoCredentials { .. }
                 | Error::Leased { .. }
                 | Error::VersionOne { .. }
+                | Error::NoSuchSystem { .. }
+                | Error::Upgrade(_)
+                | Error::CopyTarget { .. }
         )
     }
 

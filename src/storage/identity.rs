@@ -16,7 +16,7 @@ impl Repository {
     /// On store errors, an unreadable document or a value out of range.
     pub async fn read_manifest(&self) -> Result<Option<RepositoryManifest>, Error> {
         let key = layout::REPOSITORY_MANIFEST;
-        let Some(bytes) = self.get_raw(key).await? else {
+        let Some(bytes) = self.get_stored(key).await? else {
             return Ok(None);
         };
         let m: RepositoryManifest =
@@ -33,7 +33,8 @@ impl Repository {
 
     /// Reads `walvault.json`, checks that the given keys fit it and that it
     /// is authentic, and from then on reads objects as it says (bound to
-    /// their keys or not, encrypted or not).
+    /// their keys or not, encrypted or not). Returns it as this handle's
+    /// system sees it (see [`Repository::for_system`]).
     ///
     /// # Errors
     /// [`Error::Mismatch`] on the wrong key or missing key,
@@ -51,9 +52,36 @@ impl Repository {
                 key: layout::REPOSITORY_MANIFEST.into(),
                 reason: e.to_string(),
             })?;
-            self.adopt(m);
+            self.adopt(m)?;
+            // As this handle's system sees it.
+            return Ok(self.identity().cloned());
         }
         Ok(m)
+    }
+
+    /// Records that the cluster was upgraded (`pg_upgrade` gave it the
+    /// system identifier `system_identifier`): the current system becomes
+    /// an earlier one, whose backups and WAL stay readable, and writers of
+    /// the new system are accepted from now on. Returns the new document.
+    ///
+    /// # Errors
+    /// [`Error::Upgrade`] for a server that is not a later system; the
+    /// errors of [`Repository::rewrite_manifest`].
+    pub async fn record_upgrade(
+        &self,
+        system_identifier: &str,
+        pg_major: u32,
+        wal_segment_size: u64,
+    ) -> Result<RepositoryManifest, Error> {
+        let at = self
+            .store_now()
+            .await
+            .unwrap_or_else(|_| chrono::Utc::now());
+        self.rewrite_manifest(|m| {
+            *m = m.record_upgrade(system_identifier, pg_major, wal_segment_size, at)?;
+            Ok(())
+        })
+        .await
     }
 
     /// Makes sure `walvault.json` exists and fits this server and these keys:
@@ -102,6 +130,7 @@ impl Repository {
             },
             key_ids: self.keyring.ids(),
             created_at: chrono::Utc::now(),
+            earlier_systems: Vec::new(),
             macs: None,
         };
         let mut m = m;
@@ -112,7 +141,7 @@ impl Repository {
             .await
         {
             Ok(()) => {
-                self.adopt(&m);
+                self.adopt(&m)?;
                 Ok(m)
             }
             // Someone else created it first: check theirs.

@@ -63,7 +63,9 @@ impl Repository {
     /// # Errors
     /// Store errors; an object whose header is damaged or misplaced, named.
     pub async fn key_usage(&self) -> Result<BTreeMap<Option<KeyId>, KeyUsage>, Error> {
-        let objects: Vec<_> = self
+        // Every object by its stored name, whichever system's it is.
+        let this = &self.unmapped();
+        let objects: Vec<_> = this
             .list("")
             .await?
             .into_iter()
@@ -74,11 +76,11 @@ impl Repository {
                     && !o.key.starts_with(layout::AUDIT_PREFIX)
             })
             .collect();
-        let policy = self.settled_policy().await?;
+        let policy = this.settled_policy().await?;
         let mut usage: BTreeMap<Option<KeyId>, KeyUsage> = BTreeMap::new();
         let mut reads = futures::stream::iter(objects)
             .map(|o| async move {
-                let head = self.get_head(&o.key, HEADER_LEN).await?;
+                let head = this.get_head(&o.key, HEADER_LEN).await?;
                 let bound = policy.bound_name(&o.key);
                 let header = chunk::parse_header(&head, bound.as_deref()).map_err(|source| {
                     Error::Corrupt {
@@ -104,6 +106,7 @@ impl Repository {
     /// Store errors; a missing object.
     pub async fn get_head(&self, key: &str, n: usize) -> Result<bytes::Bytes, Error> {
         super::RequestCounts::count(&self.requests.get);
+        self.settle_for(key).await?;
         let path = self.path(key);
         let meta = self
             .store
@@ -131,13 +134,36 @@ impl Repository {
     /// [`Error::KeysMissing`] when the keyring lacks a listed key; store
     /// errors; the checks of [`Repository::open_manifest`].
     pub async fn rewrite_key_ids(&self, key_ids: Vec<KeyId>) -> Result<RepositoryManifest, Error> {
-        let mut m = self
-            .open_manifest()
+        self.rewrite_manifest(|m| {
+            m.key_ids = key_ids;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Replaces `walvault.json` with the stored document as `change`
+    /// leaves it, signed by every key it lists. The keyring must confirm
+    /// the current document and hold every key listed in the new one.
+    ///
+    /// # Errors
+    /// [`Error::KeysMissing`] when the keyring lacks a listed key; those of
+    /// `change`; store errors; the checks of [`Repository::open_manifest`].
+    pub async fn rewrite_manifest(
+        &self,
+        change: impl FnOnce(&mut RepositoryManifest) -> Result<(), Error>,
+    ) -> Result<RepositoryManifest, Error> {
+        self.open_manifest()
             .await?
             .ok_or_else(|| Error::BadManifest {
                 key: layout::REPOSITORY_MANIFEST.into(),
                 reason: "the repository is empty".into(),
             })?;
+        let mut m = self
+            .stored_identity()
+            .cloned()
+            .expect("adopted by open_manifest");
+        change(&mut m)?;
+        let key_ids = m.key_ids.clone();
         let signing = self.keyring.only(&key_ids);
         let missing: Vec<KeyId> = key_ids
             .iter()
@@ -149,7 +175,6 @@ impl Repository {
                 missing: join_ids(&missing),
             });
         }
-        m.key_ids = key_ids;
         m.macs = None;
         m.sign(&signing);
         m.validate().map_err(|e| Error::BadManifest {

@@ -16,6 +16,7 @@
 
 mod audit;
 mod clock;
+mod copy;
 mod error;
 mod identity;
 mod keys;
@@ -27,6 +28,7 @@ mod records;
 mod repository;
 pub mod retry;
 
+pub use copy::CopyReport;
 pub use error::Error;
 pub use keys::{KeyLine, KeyReport, KeyUsage};
 pub use open::{

@@ -117,15 +117,24 @@ impl Repository {
         if meta.id != id {
             return bad(format!("it describes backup {}, not {id}", meta.id));
         }
-        let Some(identity) = self.identity() else {
+        let Some(stored) = self.stored_identity() else {
             return Ok(());
         };
-        if meta.system_identifier != identity.system_identifier {
+        // A backup of a system held before an upgrade is checked against
+        // that system.
+        let Some(identity) = stored.system_view(&meta.system_identifier) else {
             return bad(format!(
                 "it is a backup of system identifier {}, but the repository belongs to {}: another cluster's backup",
-                meta.system_identifier, identity.system_identifier
+                meta.system_identifier,
+                stored
+                    .systems()
+                    .into_iter()
+                    .map(|(id, _, _)| id)
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join(", before that ")
             ));
-        }
+        };
         if meta.wal_segment_size != identity.wal_segment_size {
             return bad(format!(
                 "it is a backup with WAL segments of {} bytes, but the repository holds segments of {}",

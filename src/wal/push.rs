@@ -171,7 +171,13 @@ pub async fn push(repo: &Repository, path: &Path) -> Result<Pushed, PushError> {
             }
             let problems = wal_pages::check_pages(&bytes, size, &expect(segment));
             if !problems.is_empty() {
-                return Err(not_this(problems.join("; ")));
+                let mut reason = problems.join("; ");
+                if let Some((system, _, _)) = header_identity(&bytes)
+                    && let Err(e) = manifest.check_server(&system.to_string(), size)
+                {
+                    reason = format!("{reason}; {e}");
+                }
+                return Err(not_this(reason));
             }
             layout::segment_key(segment, size)
         }

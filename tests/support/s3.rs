@@ -94,6 +94,28 @@ impl S3Server {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     }
 
+    /// The files of the objects under `folder` of the repository at
+    /// `prefix`, sorted (s3s-fs keeps each object as a file).
+    pub fn stored_files(&self, prefix: &str, folder: &str) -> Vec<PathBuf> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.object_path(prefix, folder), &mut out);
+        out.sort();
+        out
+    }
+
     /// Where s3s-fs keeps an object's bytes on disk (for tampering tests).
     pub fn object_path(&self, prefix: &str, key: &str) -> PathBuf {
         self.root.path().join("walvault").join(prefix).join(key)

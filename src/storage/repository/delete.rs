@@ -17,6 +17,7 @@ impl Repository {
     /// # Errors
     /// Store errors.
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
+        self.settle_for(key).await?;
         RequestCounts::count(&self.requests.delete);
         match tokio::time::timeout(BASE_REQUEST_TIMEOUT, self.store.delete(&self.path(key))).await {
             Ok(Ok(()) | Err(object_store::Error::NotFound { .. })) => Ok(()),
@@ -40,6 +41,9 @@ impl Repository {
     pub async fn delete_many(&self, keys: &[String]) -> Result<u64, Error> {
         const BATCH: usize = 1000;
         let mut deleted = 0u64;
+        for key in keys.iter().take(1) {
+            self.settle_for(key).await?;
+        }
         for batch in keys.chunks(BATCH) {
             self.requests
                 .delete

@@ -33,6 +33,7 @@ impl Repository {
         prefix: &str,
         after: Option<&str>,
     ) -> Result<Vec<ObjectInfo>, Error> {
+        self.settle_for(prefix).await?;
         let path = self.start_listing(prefix);
         // A listing of many pages may take long as a whole; what must not
         // happen is a store that stops answering: the limit is per item (in
@@ -54,7 +55,7 @@ impl Repository {
         let mut out: Vec<ObjectInfo> = metas
             .into_iter()
             .map(|m| ObjectInfo {
-                key: self.relative(&m.location),
+                key: self.logical_key(prefix, self.relative(&m.location)),
                 size: m.size,
                 last_modified: m.last_modified,
             })
@@ -74,12 +75,13 @@ impl Repository {
         &self,
         prefix: &str,
     ) -> Result<(Vec<String>, Vec<ObjectInfo>), Error> {
+        self.settle_for(prefix).await?;
         let path = self.start_listing(prefix);
         let listed = await_listing(prefix, self.store.list_with_delimiter(path.as_ref())).await?;
         let mut folders: Vec<String> = listed
             .common_prefixes
             .iter()
-            .map(|p| format!("{}/", self.relative(p)))
+            .map(|p| format!("{}/", self.logical_key(prefix, self.relative(p))))
             .filter(|k| k.starts_with(prefix))
             .collect();
         folders.sort();
@@ -87,7 +89,7 @@ impl Repository {
             .objects
             .into_iter()
             .map(|m| ObjectInfo {
-                key: self.relative(&m.location),
+                key: self.logical_key(prefix, self.relative(&m.location)),
                 size: m.size,
                 last_modified: m.last_modified,
             })

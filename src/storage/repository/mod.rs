@@ -118,6 +118,13 @@ pub struct ObjectInfo {
     pub last_modified: chrono::DateTime<chrono::Utc>,
 }
 
+/// Whether `key` names WAL of one system: placed under that system's
+/// prefix by [`Repository::physical_key`].
+fn is_system_key(key: &str) -> bool {
+    let wal = super::layout::WAL_PREFIX;
+    key.starts_with(wal) || key == wal.trim_end_matches('/') || key == super::layout::WAL_INDEX
+}
+
 /// A repository of sealed objects.
 #[derive(Clone)]
 pub struct Repository {
@@ -130,7 +137,11 @@ pub struct Repository {
     pub(super) local_root: Option<std::path::PathBuf>,
     /// `walvault.json` as first opened (or created) by this handle, and
     /// the object policy it gives.
-    pub(super) identity: Arc<std::sync::OnceLock<(RepositoryManifest, ObjectPolicy)>>,
+    /// The first is the document as this handle's system sees it (see
+    /// [`Repository::for_system`]), the last as stored.
+    #[allow(clippy::type_complexity)]
+    pub(super) identity:
+        Arc<std::sync::OnceLock<(RepositoryManifest, ObjectPolicy, Arc<RepositoryManifest>)>>,
     /// Held while `walvault.json` is looked for and created, so tasks of
     /// one process sharing the handle (the sidecar's stream and its first
     /// backup) never each create one: a store whose create-only writes
@@ -149,6 +160,12 @@ pub struct Repository {
     pub(super) unencrypted_allowed: bool,
     /// Whether a `walvault.json` of format version 1 is read.
     pub(super) version_1_allowed: bool,
+    /// The system whose WAL this handle reads (`None`: the current one);
+    /// see [`Repository::for_system`].
+    pub(super) system: Option<Arc<str>>,
+    /// Whether WAL keys are placed under the system's prefix (off for a
+    /// handle that walks every object by its stored name).
+    pub(super) map_system_keys: bool,
 }
 
 /// The storage class new objects are written with, by kind (for example
@@ -245,6 +262,77 @@ impl Repository {
             credentials: Arc::from("given by the caller"),
             unencrypted_allowed: false,
             version_1_allowed: false,
+            system: None,
+            map_system_keys: true,
+        }
+    }
+
+    /// The same repository, reading the WAL of the system
+    /// `system_identifier` (the current one or one held before an upgrade)
+    /// under its own prefix, and checking stored objects against that
+    /// system's identity. Only for reading and expiring: writers use the
+    /// current system.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchSystem`] when `walvault.json`, already read, holds
+    /// no such system.
+    pub fn for_system(&self, system_identifier: &str) -> Result<Self, Error> {
+        let mut repo = self.clone();
+        repo.system = Some(Arc::from(system_identifier));
+        repo.identity = Arc::new(std::sync::OnceLock::new());
+        if let Some((_, _, stored)) = self.identity.get() {
+            repo.adopt(stored)?;
+        }
+        Ok(repo)
+    }
+
+    /// The same store, reading and sealing with `other`'s keys (a copy of
+    /// `other` in another place).
+    pub fn with_keys_of(mut self, other: &Repository) -> Self {
+        self.keyring = other.keyring.clone();
+        self
+    }
+
+    /// The same repository with every key taken as the object's stored
+    /// name (for walks over every object, such as [`Repository::key_usage`]).
+    pub(super) fn unmapped(&self) -> Self {
+        let mut repo = self.clone();
+        repo.map_system_keys = false;
+        repo
+    }
+
+    /// Where `key` is stored: the WAL keys (`wal/...`, the WAL index) of a
+    /// system after the first under its prefix (see
+    /// [`crate::format::manifest::system_prefix`]); every other key as is.
+    pub(super) fn physical_key<'a>(&self, key: &'a str) -> std::borrow::Cow<'a, str> {
+        let namespace = self
+            .identity
+            .get()
+            .filter(|_| self.map_system_keys && is_system_key(key))
+            .and_then(|(m, _, _)| m.wal_namespace());
+        match namespace {
+            Some(ns) => std::borrow::Cow::Owned(format!("{ns}{key}")),
+            None => std::borrow::Cow::Borrowed(key),
+        }
+    }
+
+    /// Where `key` is stored, relative to the repository (for messages:
+    /// the name an operator finds in the bucket).
+    pub fn stored_key(&self, key: &str) -> String {
+        self.physical_key(key).into_owned()
+    }
+
+    /// A listed key as callers name it: the system's prefix taken off the
+    /// keys of a listing of `prefix` (a WAL prefix).
+    pub(super) fn logical_key(&self, prefix: &str, key: String) -> String {
+        if !self.map_system_keys || !is_system_key(prefix) {
+            return key;
+        }
+        match self.identity.get().and_then(|(m, _, _)| m.wal_namespace()) {
+            Some(ns) => key
+                .strip_prefix(ns.as_str())
+                .map_or_else(|| key.clone(), str::to_string),
+            None => key,
         }
     }
 
@@ -303,7 +391,7 @@ impl Repository {
     pub fn policy(&self) -> ObjectPolicy {
         self.identity
             .get()
-            .map(|(_, p)| *p)
+            .map(|(_, p, _)| *p)
             .unwrap_or(ObjectPolicy {
                 bound: true,
                 repository: None,
@@ -319,24 +407,68 @@ impl Repository {
     /// # Errors
     /// As [`Repository::open_manifest`].
     pub(super) async fn settled_policy(&self) -> Result<ObjectPolicy, Error> {
-        if self.identity.get().is_none() {
-            self.open_manifest().await?;
-        }
+        self.settle().await?;
         Ok(self.policy())
     }
 
-    /// Adopts `walvault.json`: the policy it gives and the identity the
-    /// stored backups and WAL are checked against (once; later calls agree).
-    pub(super) fn adopt(&self, manifest: &RepositoryManifest) {
-        let _ = self
-            .identity
-            .get_or_init(|| (manifest.clone(), ObjectPolicy::of(manifest)));
+    /// Reads `walvault.json` when this handle has not yet, so that a key
+    /// is never placed under a guess of which system's prefix it has.
+    ///
+    /// # Errors
+    /// As [`Repository::open_manifest`].
+    pub(super) async fn settle_for(&self, key: &str) -> Result<(), Error> {
+        if self.map_system_keys && is_system_key(key) {
+            self.settle().await?;
+        }
+        Ok(())
     }
 
-    /// `walvault.json` as this handle first opened or created it; `None`
-    /// before that.
+    async fn settle(&self) -> Result<(), Error> {
+        if self.identity.get().is_none() {
+            self.open_manifest().await?;
+        }
+        Ok(())
+    }
+
+    /// Adopts `walvault.json`: the policy it gives and the identity the
+    /// stored backups and WAL are checked against (once; later calls
+    /// agree), as seen by this handle's system.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchSystem`] when the document holds no system this
+    /// handle was made for.
+    pub(super) fn adopt(&self, manifest: &RepositoryManifest) -> Result<(), Error> {
+        let view = match &self.system {
+            None => manifest.clone(),
+            Some(system) => manifest
+                .system_view(system)
+                .ok_or_else(|| Error::NoSuchSystem {
+                    system: system.to_string(),
+                    systems: manifest
+                        .systems()
+                        .into_iter()
+                        .map(|(id, major, _)| format!("{id} (PostgreSQL {major})"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?,
+        };
+        let _ = self.identity.get_or_init(|| {
+            let policy = ObjectPolicy::of(&view);
+            (view, policy, Arc::new(manifest.clone()))
+        });
+        Ok(())
+    }
+
+    /// `walvault.json` as this handle first opened or created it, seen by
+    /// its system (see [`Repository::for_system`]); `None` before that.
     pub fn identity(&self) -> Option<&RepositoryManifest> {
-        self.identity.get().map(|(m, _)| m)
+        self.identity.get().map(|(m, _, _)| m)
+    }
+
+    /// `walvault.json` as stored (every system it holds); `None` before
+    /// this handle read it.
+    pub fn stored_identity(&self) -> Option<&RepositoryManifest> {
+        self.identity.get().map(|(_, _, m)| m.as_ref())
     }
 
     /// The URL, without credentials, for messages.
@@ -350,8 +482,9 @@ impl Repository {
     }
 
     pub(super) fn path(&self, key: &str) -> Path {
+        let key = self.physical_key(key);
         if self.prefix.as_ref().is_empty() {
-            Path::from(key)
+            Path::from(key.as_ref())
         } else {
             Path::from(format!("{}/{key}", self.prefix))
         }

@@ -36,7 +36,9 @@ impl Repository {
         };
         let keyring = self.keyring.clone();
         let policy = self.settled_policy().await?;
-        let bound_name = policy.bound_name(key).unwrap_or_else(|| key.to_string());
+        let bound_name = policy
+            .bound_name(&self.physical_key(key))
+            .unwrap_or_else(|| key.to_string());
         let opened = tokio::task::spawn_blocking(move || {
             let expect = Expect {
                 key: &bound_name,
@@ -58,6 +60,13 @@ impl Repository {
     /// # Errors
     /// Store errors.
     pub async fn get_raw(&self, key: &str) -> Result<Option<Bytes>, Error> {
+        self.settle_for(key).await?;
+        self.get_stored(key).await
+    }
+
+    /// [`Repository::get_raw`] without reading `walvault.json` first (for
+    /// reading it).
+    pub(in crate::storage) async fn get_stored(&self, key: &str) -> Result<Option<Bytes>, Error> {
         let path = self.path(key);
         let fut = async {
             RequestCounts::count(&self.requests.get);

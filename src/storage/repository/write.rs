@@ -83,7 +83,9 @@ impl Repository {
         } else {
             [0; chunk::SALT_LEN]
         };
-        let bound_name = self.policy().bound_name(key);
+        // An error here comes back from the write that follows.
+        let _ = self.settle_for(key).await;
+        let bound_name = self.policy().bound_name(&self.physical_key(key));
         let seal = seal.unwrap_or(self.seal);
         let sealed = tokio::task::spawn_blocking(move || {
             let binding = match &bound_name {
@@ -173,7 +175,12 @@ impl Repository {
     }
 
     /// Stores `bytes` at `key` as they are, replacing what is there.
-    async fn put_replacing(&self, key: &str, bytes: Bytes) -> Result<(), Error> {
+    pub(in crate::storage) async fn put_replacing(
+        &self,
+        key: &str,
+        bytes: Bytes,
+    ) -> Result<(), Error> {
+        self.settle_for(key).await?;
         RequestCounts::count(&self.requests.put);
         self.store
             .put_opts(
@@ -266,6 +273,7 @@ impl Repository {
                 object_store::AttributeValue::from(class.to_string()),
             );
         }
+        self.settle_for(key).await?;
         let path = self.path(key);
         RequestCounts::count(&self.requests.put);
         if let Some(written) = self.put_local_create(key, payload.clone()).await {
@@ -303,6 +311,7 @@ impl Repository {
                 },
             });
         }
+        self.settle_for(key).await?;
         let path = self.path(key);
         let mut opts = PutOptions::default();
         if let Some(class) = self.storage_class(key) {

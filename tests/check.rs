@@ -69,6 +69,7 @@ async fn check_passes_and_names_each_broken_part() {
         "create_only",
         "key",
         "wal",
+        "system",
     ] {
         assert_eq!(finding(&report, name)["status"], "ok", "{name}: {report}");
     }

@@ -84,6 +84,15 @@ async fn a_copy_restores_alone_and_resumes_after_a_kill() {
     let again = json(&env.run(&["copy", "--to-repo-config", &to, "--json"]));
     assert_eq!(again["copied"], 0, "{again}");
     assert_eq!(again["replaced"], 0, "{again}");
+    // A pin made since is copied; changed, it is replaced in the copy.
+    let id = backup["id"].as_str().unwrap();
+    for reason in ["audit", "audit 2026, ticket 4711"] {
+        let out = env.run(&["keep", id, "--reason", reason]);
+        assert!(out.status.success(), "keep: {}", text(&out));
+        json(&env.run(&["copy", "--to-repo-config", &to, "--json"]));
+        let pins = json(&copy_env.run(&["keep", "--json"]));
+        assert_eq!(pins[0]["reason"], reason, "{pins}");
+    }
 
     // An object of the copy truncated: the rerun names it, and overwrites nothing.
     let parts = elsewhere.stored_files("copy", "backups");

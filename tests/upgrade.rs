@@ -137,6 +137,36 @@ async fn a_major_upgrade_continues_the_repository() {
         "{}",
         text(&out)
     );
+    // check says the same.
+    let out = env.run(&["check", "--pg", &conn_of(&new), "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let system = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "system")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(system["status"], "critical", "{report}");
+    assert!(
+        system["message"]
+            .as_str()
+            .unwrap()
+            .contains("walvault record-upgrade"),
+        "{report}"
+    );
+    // archive_command of the new cluster too, naming the command.
+    let segment = new
+        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())")
+        .await;
+    let path = new.data_dir.join("pg_wal").join(&segment);
+    let out = env.run(&["wal-push", path.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("walvault record-upgrade"),
+        "{}",
+        text(&out)
+    );
     let before_upgrade = std::fs::read(s3.object_path("upgrade", "walvault.json")).unwrap();
     let out = env.run(&["record-upgrade", "--pg", &conn_of(&new), "--json"]);
     assert!(out.status.success(), "record-upgrade: {}", text(&out));
@@ -259,6 +289,31 @@ async fn a_major_upgrade_continues_the_repository() {
     // WAL, started with PostgreSQL 16.
     let (got, restored) = restore_ledger(16, &env, &["--target-time", &t16]).await;
     assert_eq!(got, ids(0..20), "{}", restored.pg.log_text());
+    // The settings file names the system restore_command reads; one the
+    // repository does not hold is refused by name, never read as another.
+    let settings = walvault::restore::default_settings_file(&restored.pg.data_dir);
+    let text_settings = std::fs::read_to_string(&settings).unwrap();
+    assert!(text_settings.contains(&old_system), "{text_settings}");
+    let foreign = work.path().join("foreign.json");
+    std::fs::write(&foreign, text_settings.replace(&old_system, "1")).unwrap();
+    std::fs::set_permissions(
+        &foreign,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let out = env.run(&[
+        "wal-fetch",
+        "--repo-config",
+        foreign.to_str().unwrap(),
+        "00000001.history",
+        work.path().join("fetched").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(200), "{}", text(&out));
+    assert!(
+        text(&out).contains("holds no system identifier 1"),
+        "{}",
+        text(&out)
+    );
     drop(restored);
     // After it: the 18 backup and the new system's WAL, with 18.
     let (got, restored) = restore_ledger(18, &env, &["--target-time", &t18]).await;

@@ -86,11 +86,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             message: "settings parse".into(),
         });
     }
+    let mut system = None;
     if let Some(c) = &conninfo {
-        checks.extend(check::check_server(c, &args.slot).await);
+        let (server, identity) = check::check_server(c, &args.slot).await;
+        checks.extend(server);
+        system = identity;
     }
     if let Some(r) = &repo {
         checks.extend(check::check_repository(r).await);
+        if let Some((id, size)) = &system {
+            checks.extend(check::system_check(r, id, *size));
+        }
     }
     let status = check::worst(&checks);
     if args.json {

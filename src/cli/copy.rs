@@ -43,8 +43,9 @@ pub struct Args {
     /// for a copy whose store needs other credentials than this repository's.
     #[arg(long)]
     pub to_repo_config: Option<PathBuf>,
-    /// Objects copied at once.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Objects copied at once; each is held in memory twice (written, then read back), so with
+    /// backup parts of 16 MiB the default holds up to 128 MiB.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
     /// Print JSON.
     #[arg(long)]

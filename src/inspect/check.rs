@@ -63,8 +63,9 @@ impl Check {
 }
 
 /// The server's part: connection, version, role, `wal_level`,
-/// `max_wal_senders`, and the slot's `wal_status` and `safe_wal_size`.
-pub async fn check_server(conninfo: &ConnInfo, slot: &str) -> Vec<Check> {
+/// `max_wal_senders`, and the slot's `wal_status` and `safe_wal_size`;
+/// with the server's system identifier and segment size when it answered.
+pub async fn check_server(conninfo: &ConnInfo, slot: &str) -> (Vec<Check>, Option<(String, u64)>) {
     let mut out = Vec::new();
     let (mut conn, info) = match crate::protocol::server::connect(conninfo).await {
         Ok(c) => c,
@@ -80,7 +81,7 @@ pub async fn check_server(conninfo: &ConnInfo, slot: &str) -> Vec<Check> {
             // Why, when the server is reachable for SQL: the usual cause is
             // wal_level = minimal (max_wal_senders = 0).
             out.extend(settings_over_sql(conninfo).await);
-            return out;
+            return (out, None);
         }
     };
     out.push(Check::new(
@@ -103,7 +104,30 @@ pub async fn check_server(conninfo: &ConnInfo, slot: &str) -> Vec<Check> {
     out.push(wal_level_check(wal_level.as_deref()));
     out.push(senders_check(senders.as_deref()));
     out.push(slot_check(conninfo, slot).await);
-    out
+    let system = (
+        info.identity.system_identifier.clone(),
+        info.segment_size_bytes,
+    );
+    (out, Some(system))
+}
+
+/// Whether the server is the repository's current system: after a
+/// `pg_upgrade` it is not until `walvault record-upgrade` (the message
+/// says so), and a server of a system held before is refused for good.
+pub fn system_check(
+    repo: &Repository,
+    system_identifier: &str,
+    segment_size: u64,
+) -> Option<Check> {
+    let m = repo.stored_identity()?;
+    Some(match m.check_server(system_identifier, segment_size) {
+        Ok(()) => Check::new(
+            "system",
+            Status::Ok,
+            format!("the server is the repository's system {system_identifier}"),
+        ),
+        Err(e) => Check::new("system", Status::Critical, e.to_string()),
+    })
 }
 
 fn wal_level_check(level: Option<&str>) -> Check {

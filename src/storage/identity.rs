@@ -53,8 +53,10 @@ impl Repository {
                 reason: e.to_string(),
             })?;
             self.adopt(m)?;
-            // As this handle's system sees it.
-            return Ok(self.identity().cloned());
+            // As this handle's system sees it (adopt found the system).
+            if let Some(system) = &self.system {
+                return Ok(m.system_view(system));
+            }
         }
         Ok(m)
     }

@@ -152,16 +152,18 @@ impl Repository {
         &self,
         change: impl FnOnce(&mut RepositoryManifest) -> Result<(), Error>,
     ) -> Result<RepositoryManifest, Error> {
-        self.open_manifest()
-            .await?
-            .ok_or_else(|| Error::BadManifest {
-                key: layout::REPOSITORY_MANIFEST.into(),
-                reason: "the repository is empty".into(),
-            })?;
-        let mut m = self
-            .stored_identity()
-            .cloned()
-            .expect("adopted by open_manifest");
+        let empty = || Error::BadManifest {
+            key: layout::REPOSITORY_MANIFEST.into(),
+            reason: "the repository is empty".into(),
+        };
+        // The keys fit; then the document as stored now (never a view of
+        // one system, never one read earlier), authenticated.
+        self.open_manifest().await?.ok_or_else(empty)?;
+        let mut m = self.read_manifest().await?.ok_or_else(empty)?;
+        m.verify(&self.keyring).map_err(|e| Error::BadManifest {
+            key: layout::REPOSITORY_MANIFEST.into(),
+            reason: e.to_string(),
+        })?;
         change(&mut m)?;
         let key_ids = m.key_ids.clone();
         let signing = self.keyring.only(&key_ids);
